@@ -1,0 +1,355 @@
+"""BertGeneration: the BERT-compatible Transformer stack of Rothe et al. (2020), as encoder or decoder.
+
+Module and tensor names follow transformers' ``modeling_bert_generation.py`` exactly (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ``crossattention``, ``lm_head.decoder`` …), so ``state_dict`` keys are
+the checkpoint keys. The layer is post-LN BERT; the decoder adds cross-attention between self-attention and the FFN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import (
+    ACT_FNS,
+    attention,
+    fold_beams_into_queries,
+    merge_heads,
+    padding_mask,
+    self_attention_mask,
+    split_heads,
+    unfold_beams,
+)
+from .configuration import BertGenerationConfig
+from .modeling_utils import PreTrainedModel, check_input_ids
+from .outputs import BaseModelOutput, CausalLMOutput
+
+
+class BertGenerationEmbeddings(nn.Module):
+    """Word + absolute position embeddings → LayerNorm → dropout (no token types: they are folded at load)."""
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
+        self.pad_token_id = config.pad_token_id
+
+    def position_ids_for(self, input_ids: torch.Tensor | None, length: int, past_len: int, device) -> torch.Tensor:
+        if self.position_offset and input_ids is not None:
+            # RoBERTa: pads sit at padding_idx, real tokens count up from padding_idx + 1.
+            not_pad = input_ids.ne(self.pad_token_id).long()
+            return (torch.cumsum(not_pad, dim=1) + past_len) * not_pad + (self.position_offset - 1)
+        return torch.arange(past_len + self.position_offset, past_len + self.position_offset + length, device=device)[None]
+
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, past_len: int = 0) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if position_ids is None:
+            position_ids = self.position_ids_for(input_ids, inputs_embeds.size(1), past_len, inputs_embeds.device)
+        embeddings = inputs_embeds + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertGenerationSelfAttention(nn.Module):
+    """Q/K/V projections; keys and values come from ``kv_states`` for cross-attention."""
+
+    def __init__(self, config: BertGenerationConfig, is_cross_attention: bool = False):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        kv_width = (config.cross_attention_hidden_size or config.hidden_size) if is_cross_attention else config.hidden_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(kv_width, config.hidden_size)
+        self.value = nn.Linear(kv_width, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.is_cross_attention = is_cross_attention
+        self.position_embedding_type = "absolute" if is_cross_attention else config.position_embedding_type
+        if self.position_embedding_type != "absolute":
+            self.max_position_embeddings = config.max_position_embeddings
+            self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.head_dim)
+
+    def relative_scores(self, query: torch.Tensor, key: torch.Tensor, past_len: int) -> torch.Tensor:
+        """Shaw et al. relative position scores as BERT adds them (before the 1/sqrt(d) scaling)."""
+        q_len, k_len = query.size(2), key.size(2)
+        rows = torch.arange(past_len, past_len + q_len, device=query.device)[:, None]
+        cols = torch.arange(k_len, device=query.device)[None, :]
+        distance = self.distance_embedding(rows - cols + self.max_position_embeddings - 1).to(query.dtype)
+        scores = torch.einsum("bhld,lrd->bhlr", query, distance)
+        if self.position_embedding_type == "relative_key_query":
+            scores = scores + torch.einsum("bhrd,lrd->bhlr", key, distance)
+        return scores
+
+    def forward(self, hidden_states, mask, is_causal, kv_states=None, past=None, head_mask=None,
+                output_attentions=False):
+        query = split_heads(self.query(hidden_states), self.num_heads)
+        beams = 1
+        if self.is_cross_attention:
+            if past is not None:
+                key, value = past
+            else:
+                key = split_heads(self.key(kv_states), self.num_heads)
+                value = split_heads(self.value(kv_states), self.num_heads)
+            query, beams = fold_beams_into_queries(query, key.size(0))
+            past_len = 0
+        else:
+            key = split_heads(self.key(hidden_states), self.num_heads)
+            value = split_heads(self.value(hidden_states), self.num_heads)
+            past_len = 0
+            if past is not None:
+                past_len = past[0].size(2)
+                key = torch.cat([past[0], key], dim=2)
+                value = torch.cat([past[1], value], dim=2)
+        extra = self.relative_scores(query, key, past_len) if self.position_embedding_type != "absolute" else None
+        out, weights = attention(
+            query, key, value, mask, is_causal, self.dropout_p if self.training else 0.0,
+            need_weights=output_attentions, extra_scores=extra, head_mask=head_mask,
+        )
+        out = unfold_beams(out, beams)
+        if weights is not None and beams > 1:
+            weights = unfold_beams(weights, beams)
+        return merge_heads(out), (key, value), weights
+
+
+class BertGenerationSelfOutput(nn.Module):
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertGenerationAttention(nn.Module):
+    def __init__(self, config: BertGenerationConfig, is_cross_attention: bool = False):
+        super().__init__()
+        self.self = BertGenerationSelfAttention(config, is_cross_attention)
+        self.output = BertGenerationSelfOutput(config)
+
+    def forward(self, hidden_states, mask, is_causal, kv_states=None, past=None, head_mask=None,
+                output_attentions=False):
+        context, present, weights = self.self(hidden_states, mask, is_causal, kv_states, past, head_mask,
+                                              output_attentions)
+        return self.output(context, hidden_states), present, weights
+
+
+class BertGenerationIntermediate(nn.Module):
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT_FNS[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.act(self.dense(hidden_states))
+
+
+class BertGenerationOutput(BertGenerationSelfOutput):
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class BertGenerationLayer(nn.Module):
+    """Post-LN BERT layer: self-attention → (cross-attention) → feed-forward, each with residual + LayerNorm."""
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.attention = BertGenerationAttention(config)
+        if config.add_cross_attention:
+            self.crossattention = BertGenerationAttention(config, is_cross_attention=True)
+        self.intermediate = BertGenerationIntermediate(config)
+        self.output = BertGenerationOutput(config)
+
+    def forward(self, hidden_states, self_mask, is_causal, encoder_hidden_states=None, cross_mask=None,
+                past=None, head_mask=None, output_attentions=False):
+        self_past = past[:2] if past is not None else None
+        hidden_states, (k, v), self_weights = self.attention(
+            hidden_states, self_mask, is_causal, past=self_past, head_mask=head_mask,
+            output_attentions=output_attentions,
+        )
+        cross_k = cross_v = cross_weights = None
+        if encoder_hidden_states is not None or (past is not None and past[2] is not None):
+            if not hasattr(self, "crossattention"):
+                raise ValueError("encoder_hidden_states given, but this stack was built without add_cross_attention")
+            cross_past = past[2:] if past is not None and past[2] is not None else None
+            hidden_states, (cross_k, cross_v), cross_weights = self.crossattention(
+                hidden_states, cross_mask, False, kv_states=encoder_hidden_states, past=cross_past,
+                output_attentions=output_attentions,
+            )
+        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
+        return hidden_states, (k, v, cross_k, cross_v), self_weights, cross_weights
+
+
+class BertGenerationStack(nn.Module):
+    """HF's ``BertEncoder``: the list of layers (named ``encoder.layer`` in checkpoints)."""
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertGenerationLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertGenerationEncoder(PreTrainedModel):
+    """The bare stack: an encoder, or (``is_decoder``) a causal decoder body with optional cross-attention."""
+
+    config_class = BertGenerationConfig
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__(config)
+        self.embeddings = BertGenerationEmbeddings(config)
+        self.encoder = BertGenerationStack(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ):
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        if input_ids is not None:
+            check_input_ids(input_ids, config.vocab_size, config.max_position_embeddings - config.position_offset,
+                            past_len, type(self).__name__)
+            length = input_ids.size(1)
+        else:
+            length = inputs_embeds.size(1)
+            if past_len + length > config.max_position_embeddings - config.position_offset:
+                raise ValueError(f"{type(self).__name__}: sequence of {past_len + length} positions is longer than "
+                                 f"max_position_embeddings={config.max_position_embeddings}")
+        use_cache = config.is_decoder and (config.use_cache if use_cache is None else use_cache)
+
+        hidden = self.embeddings(input_ids, position_ids, inputs_embeds, past_len)
+        self_mask, is_causal = self_attention_mask(attention_mask, length, past_len, config.is_decoder, hidden.device)
+        cross_mask = padding_mask(encoder_attention_mask)
+        head_masks = _expand_head_mask(head_mask, config.num_hidden_layers, hidden.dtype)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_self, all_cross, presents = ([], [], [])
+        for i, layer in enumerate(self.encoder.layer):
+            hidden, present, self_w, cross_w = layer(
+                hidden, self_mask, is_causal, encoder_hidden_states, cross_mask,
+                past_key_values[i] if past_key_values is not None else None,
+                head_masks[i], output_attentions,
+            )
+            if use_cache:
+                presents.append(present)
+            if output_attentions:
+                all_self.append(self_w)
+                if cross_w is not None:
+                    all_cross.append(cross_w)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+        out = BaseModelOutput(
+            last_hidden_state=hidden,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=tuple(all_self) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if output_attentions and all_cross else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+def _expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, dtype) -> list:
+    """HF's head_mask: [heads] or [layers, heads], 1 keeps a head, 0 silences it → per-layer [1, H, 1, 1]."""
+    if head_mask is None:
+        return [None] * num_layers
+    if head_mask.dim() == 1:
+        head_mask = head_mask[None].expand(num_layers, -1)
+    if head_mask.dim() != 2 or head_mask.size(0) != num_layers:
+        raise ValueError(f"head_mask: expected shape [heads] or [{num_layers}, heads], got {tuple(head_mask.shape)}")
+    return [m.to(dtype)[None, :, None, None] for m in head_mask]
+
+
+class BertGenerationOnlyLMHead(nn.Module):
+    """One Linear to the vocabulary; its weight is tied to the word embeddings, its bias is ``lm_head.bias``."""
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__()
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states):
+        return F.linear(hidden_states, self.decoder.weight, self.bias)
+
+
+class BertGenerationDecoder(PreTrainedModel):
+    """Causal decoder: the stack (``bert``) plus the LM head; cross-attends to an encoder when configured to."""
+
+    config_class = BertGenerationConfig
+
+    def __init__(self, config: BertGenerationConfig):
+        super().__init__(config)
+        self.bert = BertGenerationEncoder(config)
+        self.lm_head = BertGenerationOnlyLMHead(config)
+        self.post_init()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def hf_retied_keys(self) -> set[str]:
+        return {"lm_head.decoder.weight"} if self.config.tie_word_embeddings else set()
+
+    @property
+    def base_model(self) -> BertGenerationEncoder:
+        return self.bert
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden_states)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+    ):
+        if labels is not None:
+            use_cache = False
+        body = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        logits = self.compute_logits(body.last_hidden_state)
+        loss = None
+        if labels is not None:
+            # Next-token loss: position t predicts labels[t + 1].
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        out = CausalLMOutput(loss=loss, logits=logits, past_key_values=body.past_key_values,
+                             hidden_states=body.hidden_states, attentions=body.attentions,
+                             cross_attentions=body.cross_attentions)
+        return out if return_dict else out.to_tuple()

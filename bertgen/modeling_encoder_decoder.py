@@ -1,0 +1,319 @@
+"""EncoderDecoderModel: any encoder stack plus any decoder with cross-attention, warm-started independently.
+
+As in transformers: ``labels`` become ``decoder_input_ids`` by a shift to the right behind
+``decoder_start_token_id``; positions labelled -100 do not count in the loss; when the two widths differ the encoder
+states pass through ``enc_to_dec_proj``; ``tie_encoder_decoder`` makes the decoder stack share every parameter
+whose name it has in common with the encoder (the paper's bertShare / robertaShare: only cross-attention and the LM
+head bias stay the decoder's own). ``share_word_embeddings`` shares only the embedding matrix (the paper's bert2rnd).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import (
+    CheckpointError,
+    LoadingReport,
+    _log_report,
+    assign_weights,
+    build_config,
+    family_for,
+    finish_report,
+    load_stack_checkpoint,
+    read_state_dict,
+    resolve_checkpoint_dir,
+    read_config_dict,
+)
+from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
+from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
+from .modeling_utils import PreTrainedModel
+from .outputs import Seq2SeqLMOutput
+
+# config class → (encoder class, decoder class); other families register themselves here.
+MODEL_CLASSES: dict[type, tuple[type | None, type | None]] = {
+    BertGenerationConfig: (BertGenerationEncoder, BertGenerationDecoder),
+}
+
+
+def register_model_family(config_class: type, encoder_class: type | None, decoder_class: type | None) -> None:
+    MODEL_CLASSES[config_class] = (encoder_class, decoder_class)
+
+
+def model_class_for(config: PretrainedConfig, role: str) -> type:
+    encoder_class, decoder_class = MODEL_CLASSES.get(type(config), (None, None))
+    cls = encoder_class if role == "encoder" else decoder_class
+    if cls is None:
+        raise ValueError(f"{type(config).__name__} ({config.model_type}) cannot be used as the {role}")
+    return cls
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
+    """[l0, l1, …] → [start, l0, l1, …] (dropping the last), with -100 replaced by the pad id."""
+    if decoder_start_token_id is None:
+        raise ValueError("decoder_start_token_id is not set: set config.decoder_start_token_id (e.g. [CLS] for BERT)")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is not set: set config.pad_token_id")
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+def pad_to_ignore(target_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Labels from padded target ids: pad positions become -100 so the loss skips them."""
+    return target_ids.masked_fill(target_ids == pad_token_id, -100)
+
+
+def _set_parameter(root: nn.Module, dotted: str, param: nn.Parameter) -> None:
+    *path, leaf = dotted.split(".")
+    module = root
+    for part in path:
+        module = getattr(module, part)
+    setattr(module, leaf, param)
+
+
+def tie_parameters(source: nn.Module, target: nn.Module) -> list[str]:
+    """Make every parameter of ``target`` that has a same-named, same-shaped one in ``source`` that parameter."""
+    source_params = dict(source.named_parameters(remove_duplicate=False))
+    tied = []
+    for name, param in list(target.named_parameters(remove_duplicate=False)):
+        other = source_params.get(name)
+        if other is not None and other.shape == param.shape and other is not param:
+            _set_parameter(target, name, other)
+            tied.append(name)
+    return tied
+
+
+class EncoderDecoderModel(PreTrainedModel):
+    config_class = EncoderDecoderConfig
+
+    def __init__(self, config: EncoderDecoderConfig | None = None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None):
+        if config is None:
+            if encoder is None or decoder is None:
+                raise ValueError("pass a config, or both an encoder and a decoder")
+            config = EncoderDecoderConfig(encoder=encoder.config, decoder=decoder.config)
+        super().__init__(config)
+        dec_config = config.decoder
+        if not (dec_config.is_decoder and getattr(dec_config, "add_cross_attention", True)):
+            raise ValueError("decoder config: is_decoder and add_cross_attention must both be true")
+        self.encoder = encoder if encoder is not None else model_class_for(config.encoder, "encoder")(config.encoder)
+        self.decoder = decoder if decoder is not None else model_class_for(config.decoder, "decoder")(config.decoder)
+        enc_width, dec_width = config.encoder.hidden_size, dec_config.hidden_size
+        if enc_width != dec_width and getattr(dec_config, "cross_attention_hidden_size", None) is None:
+            self.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
+        self.tie_weights()
+
+    # -- sharing ----------------------------------------------------------------------------------------------
+    def tie_weights(self) -> None:
+        if self.config.tie_encoder_decoder:
+            tie_parameters(self.encoder, self.decoder.base_model)
+        elif self.config.share_word_embeddings:
+            enc_emb, dec_emb = self.encoder.get_input_embeddings(), self.decoder.get_input_embeddings()
+            if enc_emb.weight.shape != dec_emb.weight.shape:
+                raise ValueError(f"share_word_embeddings: encoder vocabulary {tuple(enc_emb.weight.shape)} and "
+                                 f"decoder vocabulary {tuple(dec_emb.weight.shape)} differ")
+            dec_emb.weight = enc_emb.weight
+        self.decoder.tie_weights()
+
+    def hf_retied_keys(self) -> set[str]:
+        keys = {"decoder." + k for k in self.decoder.hf_retied_keys()}
+        if self.config.tie_encoder_decoder:
+            enc = dict(self.encoder.named_parameters(remove_duplicate=False))
+            base = self.decoder.base_model
+            prefix = "decoder." + next(n for n, m in self.decoder.named_children() if m is base) + "."
+            keys |= {prefix + n for n, p in base.named_parameters(remove_duplicate=False) if enc.get(n) is p}
+        return keys
+
+    def get_encoder(self) -> nn.Module:
+        return self.encoder
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> torch.Tensor:
+        """Encoder states as the decoder's cross-attention reads them (projected when widths differ)."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        return self.project_encoder_states(out.last_hidden_state), out
+
+    def project_encoder_states(self, states: torch.Tensor) -> torch.Tensor:
+        return self.enc_to_dec_proj(states) if hasattr(self, "enc_to_dec_proj") else states
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs=None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        head_mask: torch.Tensor | None = None,
+        decoder_head_mask: torch.Tensor | None = None,
+        return_logits: bool = True,
+    ):
+        """As transformers' EncoderDecoderModel.forward. ``return_logits=False`` with ``labels`` is the training
+        fast path: the LM head runs only on positions that have a label, and ``logits`` is None."""
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, head_mask=head_mask,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):
+            from .outputs import BaseModelOutput
+
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        encoder_states = self.project_encoder_states(encoder_outputs.last_hidden_state)
+
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+            if decoder_attention_mask is None:
+                decoder_attention_mask = decoder_input_ids.ne(self.config.pad_token_id).long()
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError("pass labels, decoder_input_ids or decoder_inputs_embeds")
+
+        decoder_kwargs: dict[str, Any] = dict(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
+            encoder_hidden_states=encoder_states, encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values, use_cache=use_cache if labels is None else False,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        if decoder_head_mask is not None:
+            decoder_kwargs["head_mask"] = decoder_head_mask
+        loss = logits = None
+        if labels is not None and not return_logits:
+            body = self.decoder.base_model(**decoder_kwargs)
+            loss = self.label_loss(body.last_hidden_state, labels)
+            dec_out = body
+        else:
+            dec_out = self.decoder(**decoder_kwargs)
+            logits = dec_out.logits
+            if labels is not None:
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        out = Seq2SeqLMOutput(
+            loss=loss, logits=logits, past_key_values=dec_out.past_key_values,
+            decoder_hidden_states=dec_out.hidden_states, decoder_attentions=dec_out.attentions,
+            cross_attentions=dec_out.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
+        )
+        return out if return_dict else out.to_tuple()
+
+    def label_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over labelled positions, running the vocabulary projection only where it counts."""
+        keep = labels.ne(-100)
+        logits = self.decoder.compute_logits(hidden_states[keep])
+        return F.cross_entropy(logits.float(), labels[keep])
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Beam search or greedy decoding; see ``bertgen.generation.generate`` for the arguments."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    # -- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_pretrained_model_name_or_path: str | None = None,
+        decoder_pretrained_model_name_or_path: str | None = None,
+        *,
+        tie_encoder_decoder: bool = False,
+        share_word_embeddings: bool = False,
+        encoder_config: PretrainedConfig | None = None,
+        decoder_config: PretrainedConfig | None = None,
+        decoder_start_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **decoder_overrides: Any,
+    ) -> "EncoderDecoderModel":
+        """Warm-start each side from a checkpoint (or build it randomly from a config when the path is None).
+
+        The decoder gets ``is_decoder=True, add_cross_attention=True``; its cross-attention is newly initialised.
+        """
+        if encoder_pretrained_model_name_or_path is not None:
+            encoder = model_class_for(
+                _peek_config(encoder_pretrained_model_name_or_path), "encoder"
+            ).from_pretrained(encoder_pretrained_model_name_or_path, is_decoder=False, add_cross_attention=False)
+        elif encoder_config is not None:
+            encoder = model_class_for(encoder_config, "encoder")(encoder_config)
+        else:
+            raise ValueError("pass encoder_pretrained_model_name_or_path or encoder_config")
+        dec_kwargs = {"is_decoder": True, "add_cross_attention": True, **decoder_overrides}
+        if decoder_pretrained_model_name_or_path is not None:
+            decoder = model_class_for(
+                _peek_config(decoder_pretrained_model_name_or_path), "decoder"
+            ).from_pretrained(decoder_pretrained_model_name_or_path, **dec_kwargs)
+        elif decoder_config is not None:
+            decoder_config = decoder_config.replace(**dec_kwargs)
+            decoder = model_class_for(decoder_config, "decoder")(decoder_config)
+        else:
+            raise ValueError("pass decoder_pretrained_model_name_or_path or decoder_config")
+        config = EncoderDecoderConfig(
+            encoder=encoder.config, decoder=decoder.config, tie_encoder_decoder=tie_encoder_decoder,
+            share_word_embeddings=share_word_embeddings,
+            decoder_start_token_id=decoder_start_token_id,
+            pad_token_id=pad_token_id if pad_token_id is not None else decoder.config.pad_token_id,
+            eos_token_id=eos_token_id if eos_token_id is not None else decoder.config.eos_token_id,
+        )
+        model = cls(config, encoder=encoder, decoder=decoder)
+        model.loading_report = {"encoder": encoder.loading_report, "decoder": decoder.loading_report}
+        return model
+
+    @classmethod
+    def _load_pretrained(cls, directory: Path, raw: dict[str, Any], **overrides: Any) -> "EncoderDecoderModel":
+        """A saved encoder-decoder: config.json with ``encoder`` / ``decoder`` sub-configs, one weights file."""
+        if raw.get("model_type") != "encoder-decoder":
+            raise CheckpointError(f"{directory}: a {raw.get('model_type')!r} checkpoint is not an encoder-decoder; "
+                                  "use from_encoder_decoder_pretrained to warm-start from single stacks")
+        sub = {}
+        for role in ("encoder", "decoder"):
+            if not isinstance(raw.get(role), dict):
+                raise CheckpointError(f"{directory / 'config.json'}: {role}: expected a config object")
+            sub[role] = build_config(raw[role], f"{directory / 'config.json'}: {role}")
+        top = {k: v for k, v in raw.items() if k not in ("encoder", "decoder", "model_type")}
+        top.update(overrides)
+        config = EncoderDecoderConfig.from_dict(top, encoder=sub["encoder"], decoder=sub["decoder"])
+        model = cls(config)
+        report = LoadingReport(str(directory), "encoder-decoder")
+        state = read_state_dict(directory)
+        for role in ("encoder", "decoder"):
+            part = {k[len(role) + 1:]: v for k, v in state.items() if k.startswith(role + ".")}
+            family = family_for(raw[role]["model_type"], f"{directory}: {role}")
+            stack, head, unused, folded = family.map_state(part, family.prefix)
+            report.unused.extend(f"{role}.{k}" for k in unused)
+            report.folded.extend(f"{role}.{k}" for k in folded)
+            module = getattr(model, role)
+            inner = "" if role == "encoder" else _base_prefix(module)
+            weights = {f"{role}.{inner}{k}": v for k, v in stack.items()}
+            if role == "decoder":
+                weights.update({f"decoder.{k}": v for k, v in head.items()})
+            assign_weights(model, weights, report)
+        rest = {k: v for k, v in state.items() if not k.startswith(("encoder.", "decoder."))}
+        assign_weights(model, rest, report)
+        finish_report(model, report)
+        model.tie_weights()
+        model.loading_report = report
+        _log_report(report)
+        return model
+
+
+def _base_prefix(decoder: nn.Module) -> str:
+    base = decoder.base_model
+    return next(n for n, m in decoder.named_children() if m is base) + "."
+
+
+def _peek_config(name_or_path) -> PretrainedConfig:
+    directory = resolve_checkpoint_dir(name_or_path)
+    raw = read_config_dict(directory)
+    return build_config(raw, str(directory))
