@@ -1,0 +1,780 @@
+"""Tokenizers for the checkpoints the paper warm-starts from, behind one interface.
+
+Four kinds, each matching the transformers 5 tokenizer of the same checkpoint id for id (tests check this):
+
+- ``"bert"``: WordPiece over ``vocab.txt``; adds ``[CLS] text [SEP]``.
+- ``"roberta"``: byte-level BPE over ``vocab.json`` + ``merges.txt``; adds ``<s> text </s>``.
+- ``"gpt2"``: the same byte-level BPE; adds nothing. GPT-2 has no pad token, so ``<|endoftext|>`` (its bos, eos and
+  unk) pads as well, as is customary; the attention mask tells padding from a real ``<|endoftext|>``.
+- ``"sentencepiece"``: :class:`BertGenerationTokenizer`, the SentencePiece tokenizer of the paper's own released
+  checkpoints; adds nothing unless ``add_eos_token=True``.
+
+The first three, and any ``tokenizer.json``, run on the ``tokenizers`` library (:class:`FastTokenizer`), whose
+``encode_batch`` does the batch work, padding and truncation in Rust. :func:`load_tokenizer` picks the kind from the
+files in a directory.
+
+``bos_token_id``/``eos_token_id`` are the ids that start and end a sequence, so a harness needs no per-kind logic:
+for BERT, which has neither, they are ``[CLS]`` and ``[SEP]`` (transformers reports ``None``).
+``decoder_start_token_id`` is the id a decoder starts from: ``[CLS]`` for BERT, ``<s>`` for RoBERTa and SentencePiece,
+``<|endoftext|>`` for GPT-2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import sentencepiece as spm
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, WordPiece
+
+__all__ = ["BertGenerationTokenizer", "FastTokenizer", "TokenizerError", "TOKENIZER_KINDS", "load_tokenizer"]
+
+TOKENIZER_KINDS = ("bert", "roberta", "gpt2", "sentencepiece")
+
+# The order in which transformers registers special tokens; it fixes the ids of specials missing from a vocabulary
+# (BertGeneration's "<::::>" and "<pad>" get the two ids after the SentencePiece pieces, in this order).
+SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+DEFAULT_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
+    "bert": {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"},
+    "roberta": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "</s>", "pad": "<pad>", "cls": "<s>",
+                "mask": "<mask>"},
+    "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>", "pad": "<|endoftext|>"},
+    "sentencepiece": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "<::::>", "pad": "<pad>"},
+}
+
+# Written to tokenizer_config.json so that transformers' AutoTokenizer can read a saved directory too.
+TOKENIZER_CLASSES = {"bert": "BertTokenizer", "roberta": "RobertaTokenizer", "gpt2": "GPT2Tokenizer",
+                     "sentencepiece": "BertGenerationTokenizer"}
+_KIND_BY_CLASS = {"bert": "bert", "distilbert": "bert", "roberta": "roberta", "bart": "roberta", "gpt2": "gpt2",
+                  "bertgeneration": "sentencepiece"}
+_KIND_BY_MODEL_TYPE = {"bert": "bert", "distilbert": "bert", "roberta": "roberta", "bart": "roberta",
+                       "gpt2": "gpt2"}
+
+# Options each kind accepts, from load_tokenizer's keywords or tokenizer_config.json.
+_OPTIONS = {
+    "bert": ("do_lower_case", "strip_accents", "tokenize_chinese_chars"),
+    "roberta": ("add_prefix_space", "trim_offsets"),
+    "gpt2": ("add_prefix_space",),
+    "sentencepiece": ("sp_model_kwargs", "add_eos_token"),
+    "tokenizer.json": (),
+}
+_EXPECTED_FILES = "tokenizer.json, vocab.json + merges.txt, vocab.txt or a SentencePiece *.model"
+
+SPIECE_UNDERLINE = "\u2581"
+
+
+class TokenizerError(ValueError):
+    """Tokenizer files or arguments that cannot be used as asked."""
+
+
+class BaseTokenizer(ABC):
+    """What every kind shares: special-token ids, ``__call__``/``encode``/``decode``, built on the abstract
+    primitives below."""
+
+    def __init__(self, kind: str, special_tokens: dict[str, str]) -> None:
+        self.kind = kind
+        self.special_tokens = {role: token for role, token in special_tokens.items() if token is not None}
+
+    # -- primitives ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a token, ``None`` when it is not in the vocabulary."""
+
+    @abstractmethod
+    def id_to_token(self, index: int) -> str | None:
+        """The token of an id, ``None`` when no token has it."""
+
+    @abstractmethod
+    def _encode_batch(self, texts: list[str], *, add_special_tokens: bool, truncate_to: int | None,
+                      pad_to: int | str | None) -> tuple[list[list[int]], list[list[int]]]:
+        """(input ids, attention masks); ``pad_to`` is ``"longest"``, a length, or ``None`` for no padding."""
+
+    @abstractmethod
+    def _decode_batch(self, sequences: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """One text per id sequence."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Size of an embedding table that holds every id."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of distinct tokens, added specials included."""
+
+    @abstractmethod
+    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
+        """Write the files :func:`load_tokenizer` reads back; returns their paths."""
+
+    # -- special tokens -----------------------------------------------------------------------------------------
+    def _ordered_special_tokens(self) -> list[str]:
+        ordered: list[str] = []
+        for role in SPECIAL_ROLES:
+            token = self.special_tokens.get(role)
+            if token is not None and token not in ordered:
+                ordered.append(token)
+        return ordered
+
+    def _role_id(self, role: str) -> int | None:
+        token = self.special_tokens.get(role)
+        return None if token is None else self.token_to_id(token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._role_id("pad")
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._role_id("unk")
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self._role_id("cls")
+
+    @property
+    def sep_token_id(self) -> int | None:
+        return self._role_id("sep")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._role_id("mask")
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The id that starts a sequence: the bos token, or ``[CLS]`` for kinds without one (BERT)."""
+        return self._role_id("bos") if "bos" in self.special_tokens else self._role_id("cls")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The id that ends a sequence: the eos token, or ``[SEP]`` for kinds without one (BERT)."""
+        return self._role_id("eos") if "eos" in self.special_tokens else self._role_id("sep")
+
+    @property
+    def decoder_start_token_id(self) -> int | None:
+        """``[CLS]`` for BERT (as in the paper's BERT decoders), the bos token for every other kind."""
+        if self.kind == "bert" and "cls" in self.special_tokens:
+            return self.cls_token_id
+        return self.bos_token_id
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        ids = {self.token_to_id(token) for token in self._ordered_special_tokens()}
+        return sorted(i for i in ids if i is not None)
+
+    # -- encoding -----------------------------------------------------------------------------------------------
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None,
+                 padding: bool | str = True, truncation: bool = True, return_tensors: str | None = "pt",
+                 add_special_tokens: bool = True) -> dict[str, Any]:
+        """Encode one text or a batch into ``{"input_ids", "attention_mask"}``.
+
+        ``padding``: ``True``/``"longest"`` pads to the longest sequence of the batch, ``"max_length"`` to
+        ``max_length``, ``False`` not at all (always on the right). ``truncation`` cuts sequences, special tokens
+        included, to ``max_length`` from the right; without ``max_length`` nothing is cut. ``return_tensors="pt"``
+        gives ``[batch, length]`` long tensors (``[1, length]`` for a single text), ``None`` lists (a flat list for
+        a single text), as transformers does.
+        """
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        for position, text in enumerate(batch):
+            if not isinstance(text, str):
+                raise TokenizerError(f"texts[{position}]: expected a str, got {type(text).__name__}")
+        if return_tensors not in ("pt", None):
+            raise TokenizerError(f"return_tensors: expected 'pt' or None, got {return_tensors!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 0):
+            raise TokenizerError(f"max_length: expected a non-negative int or None, got {max_length!r}")
+        if padding is True or padding == "longest":
+            pad_to: int | str | None = "longest"
+        elif padding == "max_length":
+            if max_length is None:
+                raise TokenizerError("padding='max_length' needs max_length")
+            pad_to = max_length
+        elif padding is False or padding == "do_not_pad":
+            pad_to = None
+        else:
+            raise TokenizerError(f"padding: expected True, False, 'longest' or 'max_length', got {padding!r}")
+        if pad_to is not None and self.pad_token_id is None:
+            raise TokenizerError(f"this {self.kind} tokenizer has no pad token; pass padding=False")
+        truncate_to = max_length if truncation and max_length is not None else None
+
+        input_ids, attention_mask = self._encode_batch(batch, add_special_tokens=add_special_tokens,
+                                                       truncate_to=truncate_to, pad_to=pad_to)
+        if return_tensors is None:
+            if single:
+                return {"input_ids": input_ids[0], "attention_mask": attention_mask[0]}
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
+        lengths = {len(ids) for ids in input_ids}
+        if len(lengths) > 1:
+            raise TokenizerError(f"sequences have different lengths {sorted(lengths)}; use padding=True or "
+                                 "return_tensors=None")
+        width = lengths.pop() if lengths else 0
+        return {"input_ids": torch.tensor(input_ids, dtype=torch.long).reshape(len(batch), width),
+                "attention_mask": torch.tensor(attention_mask, dtype=torch.long).reshape(len(batch), width)}
+
+    def encode(self, text: str, add_special_tokens: bool = True, max_length: int | None = None,
+               truncation: bool = True) -> list[int]:
+        """The ids of one text, unpadded."""
+        return self(text, max_length=max_length, padding=False, truncation=truncation, return_tensors=None,
+                    add_special_tokens=add_special_tokens)["input_ids"]
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of one text, without special tokens added."""
+        return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=False))
+
+    # -- decoding -----------------------------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """Text of one sequence; by default without special tokens (padding included), which is what generated
+        outputs need (transformers defaults to keeping them)."""
+        sequence = _as_id_list(ids)
+        if isinstance(sequence, int):
+            sequence = [sequence]
+        if any(isinstance(item, list) for item in sequence):
+            raise TokenizerError("decode: expected one sequence of ids; use batch_decode for a batch")
+        return self._decode_batch([sequence], skip_special_tokens)[0]
+
+    def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        sequences = _as_id_list(ids)
+        if not isinstance(sequences, list) or any(not isinstance(sequence, list) for sequence in sequences):
+            raise TokenizerError("batch_decode: expected a batch of id sequences (2-d)")
+        return self._decode_batch(sequences, skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int] | torch.Tensor) -> str | list[str]:
+        ids = _as_id_list(ids)
+        if isinstance(ids, int):
+            return self._checked_token(ids)
+        return [self._checked_token(index) for index in ids]
+
+    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
+        """Ids of tokens; a token outside the vocabulary maps to the unk id, as in transformers."""
+        if isinstance(tokens, str):
+            found = self.token_to_id(tokens)
+            return self.unk_token_id if found is None else found
+        return [self.convert_tokens_to_ids(token) for token in tokens]
+
+    def _checked_token(self, index: int) -> str:
+        token = self.id_to_token(index)
+        if token is None:
+            raise TokenizerError(f"id {index} is not in the vocabulary (ids 0..{self.vocab_size - 1})")
+        return token
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _check_room_for_specials(max_length: int, special_count: int, kind: str) -> None:
+    if max_length < special_count:
+        raise TokenizerError(f"max_length={max_length} is shorter than the {special_count} special tokens a {kind} "
+                             "tokenizer adds; expected at least that many")
+
+
+def _as_id_list(ids: Any) -> Any:
+    """Python ints, or (nested) lists of them, from tensors, arrays and sequences."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, (list, tuple)):
+        return [_as_id_list(item) for item in ids]
+    return int(ids)
+
+
+# -- tokenizers-library kinds -----------------------------------------------------------------------------------
+class FastTokenizer(BaseTokenizer):
+    """BERT WordPiece, RoBERTa/GPT-2 byte-level BPE, or any ``tokenizer.json``, on the ``tokenizers`` library.
+
+    Build one with :meth:`from_wordpiece_vocab`, :meth:`from_byte_level_bpe` or :meth:`from_tokenizer_json` (or
+    :func:`load_tokenizer`). Special tokens missing from the backend are registered as special added tokens, as
+    transformers does, so they are never split and ``skip_special_tokens`` removes them.
+    """
+
+    def __init__(self, backend: Tokenizer, *, kind: str, special_tokens: dict[str, str], origin: str,
+                 options: dict[str, Any] | None = None, model_vocab: dict[str, int] | None = None) -> None:
+        if kind not in TOKENIZER_KINDS:
+            raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
+        super().__init__(kind, special_tokens)
+        self.backend = backend
+        self.origin = origin  # "vocab" (vocab.txt / vocab.json + merges.txt) or "tokenizer.json"
+        self.options = dict(options or {})
+        # Padding and truncation are set per call; whatever a tokenizer.json carried would leak into every call.
+        backend.no_padding()
+        backend.no_truncation()
+        registered = {token.content for token in backend.get_added_tokens_decoder().values()}
+        missing = [AddedToken(token, special=True, normalized=False)
+                   for token in self._ordered_special_tokens() if token not in registered]
+        if missing:
+            backend.add_special_tokens(missing)
+        # The largest id, not the token count: a vocabulary may have holes. Reading the model's vocabulary back from
+        # Rust costs a noticeable fraction of a second for 50k tokens, so callers that hold it pass it in.
+        if model_vocab is None:
+            model_vocab = backend.get_vocab(with_added_tokens=False)
+        added_ids = backend.get_added_tokens_decoder().keys()
+        self._vocab_size = max(max(model_vocab.values(), default=-1), max(added_ids, default=-1)) + 1
+
+    @classmethod
+    def from_wordpiece_vocab(cls, vocab_file: str | os.PathLike, *, do_lower_case: bool = True,
+                             strip_accents: bool | None = None, tokenize_chinese_chars: bool = True,
+                             special_tokens: dict[str, str] | None = None) -> FastTokenizer:
+        """BERT's tokenizer: BERT normalisation (lower-casing per ``do_lower_case``; accents stripped when lower-casing
+        unless ``strip_accents`` says otherwise), BERT pre-tokenisation, WordPiece, ``[CLS] $A [SEP]``."""
+        specials = {**DEFAULT_SPECIAL_TOKENS["bert"], **(special_tokens or {})}
+        try:
+            vocab = WordPiece.read_file(str(vocab_file))
+        except Exception as err:  # the Rust reader raises plain Exception
+            raise TokenizerError(f"{vocab_file}: not a readable WordPiece vocab.txt ({err})") from None
+        if not vocab:
+            raise TokenizerError(f"{vocab_file}: empty vocabulary; expected one token a line")
+        backend = Tokenizer(WordPiece(vocab, unk_token=specials["unk"], continuing_subword_prefix="##",
+                                      max_input_chars_per_word=100))
+        backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+                                                        strip_accents=strip_accents, lowercase=do_lower_case)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece(prefix="##")
+        tokenizer = cls(backend, kind="bert", special_tokens=specials, origin="vocab", model_vocab=vocab,
+                        options={"do_lower_case": do_lower_case, "strip_accents": strip_accents,
+                                 "tokenize_chinese_chars": tokenize_chinese_chars})
+        cls_token, sep_token = specials["cls"], specials["sep"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token}:0 $A:0 {sep_token}:0",
+            pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
+            special_tokens=[(cls_token, tokenizer.cls_token_id), (sep_token, tokenizer.sep_token_id)])
+        return tokenizer
+
+    @classmethod
+    def from_byte_level_bpe(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike, *,
+                            kind: str = "gpt2", add_prefix_space: bool = False, trim_offsets: bool = True,
+                            special_tokens: dict[str, str] | None = None) -> FastTokenizer:
+        """GPT-2's byte-level BPE; ``kind="roberta"`` adds ``<s> $A </s>``, ``kind="gpt2"`` adds nothing."""
+        if kind not in ("gpt2", "roberta"):
+            raise TokenizerError(f"kind: a byte-level BPE tokenizer is 'gpt2' or 'roberta', got {kind!r}")
+        specials = {**DEFAULT_SPECIAL_TOKENS[kind], **(special_tokens or {})}
+        try:
+            vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
+        except Exception as err:  # the Rust reader raises plain Exception
+            raise TokenizerError(f"{vocab_file} + {merges_file}: not a readable vocab.json + merges.txt ({err})") \
+                from None
+        if not vocab:
+            raise TokenizerError(f"{vocab_file}: empty vocabulary; expected a JSON object token -> id")
+        backend = Tokenizer(BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
+                                fuse_unk=False))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+        backend.decoder = decoders.ByteLevel()
+        options: dict[str, Any] = {"add_prefix_space": add_prefix_space}
+        if kind == "roberta":
+            options["trim_offsets"] = trim_offsets
+        tokenizer = cls(backend, kind=kind, special_tokens=specials, origin="vocab", options=options,
+                        model_vocab=vocab)
+        if kind == "roberta":
+            backend.post_processor = processors.RobertaProcessing(
+                (specials["sep"], tokenizer.sep_token_id), (specials["cls"], tokenizer.cls_token_id),
+                trim_offsets=trim_offsets, add_prefix_space=add_prefix_space)
+        return tokenizer
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike, *, kind: str | None = None,
+                            special_tokens: dict[str, str] | None = None) -> FastTokenizer:
+        """A serialised ``tokenizers`` pipeline, used as is. ``kind`` (inferred from the model when not given) sets
+        which special tokens to look for; only those present in the file are used unless named in
+        ``special_tokens``."""
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as err:  # the Rust reader raises plain Exception
+            raise TokenizerError(f"{path}: not a tokenizers JSON file ({err})") from None
+        kind = kind or _infer_kind(backend, path)
+        if kind not in TOKENIZER_KINDS:
+            raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
+        present = {role: token for role, token in DEFAULT_SPECIAL_TOKENS[kind].items()
+                   if backend.token_to_id(token) is not None}
+        specials = {**present, **(special_tokens or {})}
+        if "pad" not in specials and kind == "gpt2" and "eos" in specials:
+            specials["pad"] = specials["eos"]
+        return cls(backend, kind=kind, special_tokens=specials, origin="tokenizer.json")
+
+    # -- primitives ---------------------------------------------------------------------------------------------
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, index: int) -> str | None:
+        if index < 0:
+            return None
+        return self.backend.id_to_token(index)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of an embedding table that holds every id: the largest id + 1. It equals transformers'
+        ``len(tokenizer)`` unless the vocabulary has holes (the shared RoBERTa vocab.json lacks 50261-50263)."""
+        return self._vocab_size
+
+    def __len__(self) -> int:
+        """Number of distinct tokens, added specials included (transformers' ``len(tokenizer)``)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def _encode_batch(self, texts, *, add_special_tokens, truncate_to, pad_to):
+        backend = self.backend
+        if truncate_to is not None and add_special_tokens and backend.post_processor is not None:
+            # tokenizers (and so transformers) would silently return sequences longer than max_length here.
+            _check_room_for_specials(truncate_to, backend.post_processor.num_special_tokens_to_add(False), self.kind)
+        try:
+            if truncate_to is not None:
+                backend.enable_truncation(max_length=truncate_to)
+            if pad_to is not None:
+                backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.special_tokens["pad"],
+                                       length=None if pad_to == "longest" else pad_to)
+            encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        except Exception as err:  # e.g. max_length shorter than the special tokens added
+            raise TokenizerError(f"cannot encode with max_length={truncate_to}: {err}") from None
+        finally:
+            backend.no_truncation()
+            backend.no_padding()
+        return [encoding.ids for encoding in encodings], [encoding.attention_mask for encoding in encodings]
+
+    def _decode_batch(self, sequences, skip_special_tokens):
+        for sequence in sequences:
+            for index in sequence:
+                if not 0 <= index < self._vocab_size:
+                    raise TokenizerError(f"id {index} is not in the vocabulary (ids 0..{self._vocab_size - 1})")
+        return self.backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+
+    # -- saving -------------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
+        """Write the vocabulary in its original format (vocab.txt; vocab.json + merges.txt; tokenizer.json) and a
+        tokenizer_config.json with the kind's class name, options and special tokens."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.origin == "tokenizer.json":
+            self.backend.save(str(directory / "tokenizer.json"))
+            written = [directory / "tokenizer.json"]
+        else:
+            written = [Path(name) for name in self.backend.model.save(str(directory))]
+        written.append(_write_tokenizer_config(directory, self.kind, self.special_tokens, self.options))
+        return written
+
+
+def _infer_kind(backend: Tokenizer, path: Any) -> str:
+    model = type(backend.model).__name__
+    if model == "WordPiece":
+        return "bert"
+    if model == "BPE":
+        roberta_like = (type(backend.post_processor).__name__ == "RobertaProcessing"
+                        or backend.token_to_id("<s>") is not None)
+        return "roberta" if roberta_like else "gpt2"
+    if model == "Unigram":
+        return "sentencepiece"
+    raise TokenizerError(f"{path}: cannot tell the kind of a {model} tokenizer; pass kind= one of {TOKENIZER_KINDS}")
+
+
+# -- SentencePiece ----------------------------------------------------------------------------------------------
+class BertGenerationTokenizer(BaseTokenizer):
+    """The SentencePiece tokenizer of the paper's released BertGeneration checkpoints (transformers'
+    ``BertGenerationTokenizer``).
+
+    Text is split around the special tokens first (they are never cut into pieces), the rest is encoded by
+    SentencePiece. Specials missing from the model get the ids after its pieces, in the order bos, eos, unk, sep, pad
+    (``<::::>`` and ``<pad>`` usually). Like transformers, nothing is added to a sequence by default; pass
+    ``add_eos_token=True`` to append ``</s>`` (within ``max_length``), e.g. to decoder targets. Decoding joins the
+    pieces and turns ``▁`` into spaces. ``sp_model_kwargs`` go to ``SentencePieceProcessor`` (e.g.
+    ``enable_sampling``, ``nbest_size``, ``alpha`` for subword regularisation).
+    """
+
+    def __init__(self, model_file: str | os.PathLike, *, bos_token: str = "<s>", eos_token: str = "</s>",
+                 unk_token: str = "<unk>", pad_token: str = "<pad>", sep_token: str = "<::::>",
+                 sp_model_kwargs: dict[str, Any] | None = None, add_eos_token: bool = False) -> None:
+        super().__init__("sentencepiece", {"bos": bos_token, "eos": eos_token, "unk": unk_token, "sep": sep_token,
+                                           "pad": pad_token})
+        self.model_file = Path(model_file)
+        self.sp_model_kwargs = dict(sp_model_kwargs or {})
+        self.add_eos_token = bool(add_eos_token)
+        try:
+            self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
+        except TypeError as err:
+            raise TokenizerError(f"sp_model_kwargs: not accepted by SentencePieceProcessor ({err})") from None
+        try:
+            self.sp_model.Load(str(model_file))
+        except (OSError, RuntimeError) as err:
+            raise TokenizerError(f"{model_file}: not a readable SentencePiece model ({err})") from None
+        self._sampling = bool(self.sp_model_kwargs.get("enable_sampling", False))
+        self._piece_count = self.sp_model.get_piece_size()
+        self._added_ids: dict[str, int] = {}
+        next_id = self._piece_count
+        for token in self._ordered_special_tokens():
+            piece_id = self.sp_model.piece_to_id(token)
+            if piece_id < self._piece_count and self.sp_model.id_to_piece(piece_id) == token:
+                self._added_ids[token] = piece_id
+            else:
+                self._added_ids[token] = next_id
+                next_id += 1
+        self._added_tokens = {index: token for token, index in self._added_ids.items()}
+        self._vocab_size = next_id
+        ordered = sorted(self._added_ids, key=len, reverse=True)  # longest first, as transformers' trie matches
+        self._special_split = (re.compile("(" + "|".join(re.escape(token) for token in ordered) + ")")
+                               if ordered else None)
+        self._special_ids = set(self._added_ids.values())
+
+    # -- primitives ---------------------------------------------------------------------------------------------
+    def token_to_id(self, token: str) -> int | None:
+        if token in self._added_ids:
+            return self._added_ids[token]
+        piece_id = self.sp_model.piece_to_id(token)
+        return piece_id if self.sp_model.id_to_piece(piece_id) == token else None
+
+    def id_to_token(self, index: int) -> str | None:
+        if index in self._added_tokens:
+            return self._added_tokens[index]
+        if 0 <= index < self._piece_count:
+            return self.sp_model.id_to_piece(index)
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        """SentencePiece pieces plus the special tokens it lacks (transformers' ``len(tokenizer)``)."""
+        return self._vocab_size
+
+    def __len__(self) -> int:
+        return self._vocab_size
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return sorted(self._special_ids)
+
+    def _encode_batch(self, texts, *, add_special_tokens, truncate_to, pad_to):
+        # Split every text around special tokens, encode all plain chunks in one SentencePiece call, reassemble.
+        chunks: list[str] = []
+        plans: list[list[tuple[bool, int]]] = []  # (is_special, special id or chunk index)
+        for text in texts:
+            plan = []
+            parts = self._special_split.split(text) if self._special_split is not None else [text]
+            for position, part in enumerate(parts):
+                if position % 2:
+                    plan.append((True, self._added_ids[part]))
+                elif part:
+                    plan.append((False, len(chunks)))
+                    chunks.append(part)
+            plans.append(plan)
+        if self._sampling:
+            # SentencePiece seeds a fresh generator for every list call, so with a fixed seed each batch would draw
+            # the same "random" segmentation; one call per chunk uses the processor's persistent generator.
+            encoded = [self.sp_model.encode(chunk) for chunk in chunks]
+        else:
+            encoded = self.sp_model.encode(chunks) if chunks else []
+        append_eos = add_special_tokens and self.add_eos_token
+        if truncate_to is not None:
+            _check_room_for_specials(truncate_to, int(append_eos), self.kind)
+        input_ids = []
+        for plan in plans:
+            ids: list[int] = []
+            for is_special, value in plan:
+                if is_special:
+                    ids.append(value)
+                else:
+                    ids.extend(encoded[value])
+            if truncate_to is not None:
+                ids = ids[:truncate_to - int(append_eos)]
+            if append_eos:
+                ids.append(self.eos_token_id)
+            input_ids.append(ids)
+        attention_mask = [[1] * len(ids) for ids in input_ids]
+        if pad_to is not None:
+            width = max((len(ids) for ids in input_ids), default=0) if pad_to == "longest" else pad_to
+            pad_id = self.pad_token_id
+            for ids, mask in zip(input_ids, attention_mask):
+                missing = width - len(ids)
+                if missing > 0:
+                    ids.extend([pad_id] * missing)
+                    mask.extend([0] * missing)
+        return input_ids, attention_mask
+
+    def _decode_batch(self, sequences, skip_special_tokens):
+        skip = self._special_ids if skip_special_tokens else set()
+        return ["".join(self._checked_token(index) for index in sequence if index not in skip)
+                .replace(SPIECE_UNDERLINE, " ").strip()
+                for sequence in sequences]
+
+    # -- saving -------------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
+        """Write ``spiece.model`` (the name transformers uses) and tokenizer_config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model_path = directory / "spiece.model"
+        model_path.write_bytes(self.sp_model.serialized_model_proto())
+        options = {"sp_model_kwargs": self.sp_model_kwargs, "add_eos_token": self.add_eos_token}
+        return [model_path, _write_tokenizer_config(directory, self.kind, self.special_tokens, options)]
+
+
+def _write_tokenizer_config(directory: Path, kind: str, special_tokens: dict[str, str],
+                            options: dict[str, Any]) -> Path:
+    config = {"tokenizer_class": TOKENIZER_CLASSES[kind], **options}
+    config.update({f"{role}_token": token for role, token in special_tokens.items()})
+    path = directory / "tokenizer_config.json"
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# -- choosing a tokenizer from files ----------------------------------------------------------------------------
+def _file_role(name: str) -> str | None:
+    if name.endswith("tokenizer.json"):
+        return "tokenizer.json"
+    if name.endswith("vocab.json"):
+        return "vocab.json"
+    if name.endswith("merges.txt"):
+        return "merges.txt"
+    if name.endswith("vocab.txt"):
+        return "vocab.txt"
+    if name.endswith(".model"):
+        return "sentencepiece"
+    return None
+
+
+_CANONICAL = {"tokenizer.json": "tokenizer.json", "vocab.json": "vocab.json", "merges.txt": "merges.txt",
+              "vocab.txt": "vocab.txt", "sentencepiece": "spiece.model"}
+
+
+def _find_files(source: str | os.PathLike | Sequence[str | os.PathLike]
+                ) -> tuple[str, Path, dict[str, Path | list[Path]]]:
+    """(description for messages, directory holding configs, role -> file, or the candidates when ambiguous)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise TokenizerError(f"{path} does not exist; expected a directory or tokenizer files ({_EXPECTED_FILES})")
+        if path.is_dir():
+            by_role: dict[str, list[Path]] = {}
+            for child in sorted(path.iterdir()):
+                role = _file_role(child.name)
+                if role is not None and child.is_file():
+                    by_role.setdefault(role, []).append(child)
+            found = {}
+            for role, candidates in by_role.items():
+                canonical = [c for c in candidates if c.name == _CANONICAL[role]]
+                if canonical:
+                    found[role] = canonical[0]
+                elif len(candidates) == 1:
+                    found[role] = candidates[0]
+                else:
+                    found[role] = candidates  # ambiguous; an error only if this role is the one chosen
+            return str(path), path, found
+        files = [path]
+    else:
+        files = [Path(f).expanduser() for f in source]
+        if not files:
+            raise TokenizerError(f"no tokenizer files given; expected {_EXPECTED_FILES}")
+    found = {}
+    for file in files:
+        if not file.is_file():
+            raise TokenizerError(f"{file} does not exist or is not a file")
+        role = _file_role(file.name)
+        if role is None:
+            raise TokenizerError(f"{file}: not a tokenizer file by its name; expected {_EXPECTED_FILES}")
+        if role in found:
+            raise TokenizerError(f"{file} and {found[role]}: two {role} files given; expected one")
+        found[role] = file
+    return ", ".join(str(f) for f in files), files[0].parent, found
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TokenizerError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _special_tokens_from(config: dict[str, Any], path: Path) -> dict[str, str]:
+    """``{role}_token`` entries of a transformers tokenizer_config.json / special_tokens_map.json."""
+    specials = {}
+    for role in SPECIAL_ROLES:
+        value = config.get(f"{role}_token")
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = value.get("content")
+        if not isinstance(value, str) or not value:
+            raise TokenizerError(f"{path}: {role}_token must be a non-empty string or {{\"content\": ...}}, "
+                                 f"got {config.get(f'{role}_token')!r}")
+        specials[role] = value
+    return specials
+
+
+def _kind_from_configs(tokenizer_config: dict[str, Any], model_config: dict[str, Any]) -> str | None:
+    if isinstance(tokenizer_config.get("model_type"), str) and tokenizer_config["model_type"] in _KIND_BY_MODEL_TYPE:
+        return _KIND_BY_MODEL_TYPE[tokenizer_config["model_type"]]
+    tokenizer_class = tokenizer_config.get("tokenizer_class")
+    if isinstance(tokenizer_class, str):
+        name = tokenizer_class.removesuffix("Fast").removesuffix("Tokenizer").lower()
+        if name in _KIND_BY_CLASS:
+            return _KIND_BY_CLASS[name]
+    model_type = model_config.get("model_type")
+    if isinstance(model_type, str) and model_type in _KIND_BY_MODEL_TYPE:
+        return _KIND_BY_MODEL_TYPE[model_type]
+    return None
+
+
+def _bpe_kind_from_vocab(vocab_file: Path) -> str:
+    """RoBERTa's vocab has ``<s>``; GPT-2's has not."""
+    vocab = _read_json_object(vocab_file)
+    return "roberta" if "<s>" in vocab and "</s>" in vocab else "gpt2"
+
+
+def load_tokenizer(source: str | os.PathLike | Sequence[str | os.PathLike], *, kind: str | None = None,
+                   **options: Any) -> BaseTokenizer:
+    """The tokenizer for a checkpoint directory, a tokenizer file or a list of files.
+
+    Files are recognised by name and chosen in this order: ``tokenizer.json`` (used as is); ``*vocab.json`` +
+    ``*merges.txt`` (RoBERTa or GPT-2, decided by ``kind``, else tokenizer_config.json's model_type/tokenizer_class,
+    else config.json's model_type, else whether the vocab has ``<s>``); ``*vocab.txt`` (BERT WordPiece); ``*.model``
+    (SentencePiece, :class:`BertGenerationTokenizer`). ``kind`` restricts the choice to that kind's files. Options
+    (``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars``, ``add_prefix_space``, ``trim_offsets``,
+    ``sp_model_kwargs``, ``add_eos_token``) default to tokenizer_config.json's values, then to the kind's defaults;
+    special tokens named in tokenizer_config.json / special_tokens_map.json are used.
+    """
+    if kind is not None and kind not in TOKENIZER_KINDS:
+        raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
+    where, config_dir, found = _find_files(source)
+    tokenizer_config = _read_json_object(config_dir / "tokenizer_config.json")
+    model_config = _read_json_object(config_dir / "config.json")
+    specials = {**_special_tokens_from(_read_json_object(config_dir / "special_tokens_map.json"),
+                                       config_dir / "special_tokens_map.json"),
+                **_special_tokens_from(tokenizer_config, config_dir / "tokenizer_config.json")}
+
+    def file(role: str) -> Path:
+        chosen = found[role]
+        if isinstance(chosen, list):
+            raise TokenizerError(f"{where}: several {role} files ({', '.join(p.name for p in chosen)}); pass the "
+                                 "files to use")
+        return chosen
+
+    def settings(chosen_kind: str) -> dict[str, Any]:
+        allowed = _OPTIONS[chosen_kind]
+        for name in options:
+            if name not in allowed:
+                raise TokenizerError(f"option {name!r} does not apply to a {chosen_kind} tokenizer; expected one of "
+                                     f"{list(allowed)}")
+        from_config = {name: tokenizer_config[name] for name in allowed if name in tokenizer_config}
+        return {**from_config, **options}
+
+    if "tokenizer.json" in found:
+        chosen_kind = kind or _kind_from_configs(tokenizer_config, model_config)
+        settings("tokenizer.json")
+        return FastTokenizer.from_tokenizer_json(file("tokenizer.json"), kind=chosen_kind, special_tokens=specials)
+    if kind in (None, "roberta", "gpt2") and "vocab.json" in found and "merges.txt" in found:
+        vocab_file = file("vocab.json")
+        chosen_kind = kind or _kind_from_configs(tokenizer_config, model_config)
+        if chosen_kind not in ("roberta", "gpt2"):
+            chosen_kind = _bpe_kind_from_vocab(vocab_file)
+        return FastTokenizer.from_byte_level_bpe(vocab_file, file("merges.txt"), kind=chosen_kind,
+                                                 special_tokens=specials, **settings(chosen_kind))
+    if kind in (None, "bert") and "vocab.txt" in found:
+        return FastTokenizer.from_wordpiece_vocab(file("vocab.txt"), special_tokens=specials, **settings("bert"))
+    if kind in (None, "sentencepiece") and "sentencepiece" in found:
+        named = {f"{role}_token": token for role, token in specials.items()
+                 if role in ("bos", "eos", "unk", "sep", "pad")}
+        return BertGenerationTokenizer(file("sentencepiece"), **named, **settings("sentencepiece"))
+    wanted = f" for kind={kind!r}" if kind else ""
+    present = sorted(p.name for value in found.values() for p in (value if isinstance(value, list) else [value]))
+    raise TokenizerError(f"{where}: no tokenizer files{wanted}; expected {_EXPECTED_FILES}"
+                         f" (found: {', '.join(present) or 'none'})")
