@@ -240,11 +240,25 @@ def _shared_names(model: torch.nn.Module) -> dict[str, set[str]]:
     return {n: set(names) - {n} for names in by_id.values() for n in names}
 
 
+def without_absolute_positions_if_relative(state: StateDict, raw: dict[str, Any]) -> StateDict:
+    """BERT and RoBERTa with relative position embeddings never add their absolute position table (their embedding
+    layer adds it only for "absolute"), while BertGeneration always adds it. A zero table gives BERT's sums; the
+    token-type folding then fills it with the segment-0 vector."""
+    if raw.get("model_type") not in ("bert", "roberta") or raw.get("position_embedding_type", "absolute") == "absolute":
+        return state
+    key = "embeddings.position_embeddings.weight"
+    out = {k: torch.zeros_like(v) if k.endswith(key) else v for k, v in state.items()}
+    if not any(k.endswith(key) for k in out):
+        out[key] = torch.zeros(int(raw.get("max_position_embeddings", 512)), int(raw.get("hidden_size", 768)))
+    return out
+
+
 def load_stack_checkpoint(model, directory: Path, raw: dict[str, Any], target_prefix: str, report: LoadingReport,
                           with_head: bool) -> None:
     """Load a single-stack checkpoint (BERT, RoBERTa, BertGeneration) into ``model`` under ``target_prefix``."""
     family = family_for(raw["model_type"], str(directory))
-    stack, head, unused, folded = family.map_state(read_state_dict(directory), family.prefix)
+    state = without_absolute_positions_if_relative(read_state_dict(directory), raw)
+    stack, head, unused, folded = family.map_state(state, family.prefix)
     report.unused.extend(unused)
     report.folded.extend(folded)
     weights = {target_prefix + k: v for k, v in stack.items()}

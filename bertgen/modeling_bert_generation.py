@@ -22,7 +22,7 @@ from .attention import (
     unfold_beams,
 )
 from .configuration import BertGenerationConfig
-from .modeling_utils import PreTrainedModel, check_input_ids
+from .modeling_utils import PreTrainedModel, check_input_ids, check_labels, check_mask_shape
 from .outputs import BaseModelOutput, CausalLMOutput
 
 
@@ -236,6 +236,8 @@ class BertGenerationEncoder(PreTrainedModel):
                 raise ValueError(f"{type(self).__name__}: sequence of {past_len + length} positions is longer than "
                                  f"max_position_embeddings={config.max_position_embeddings}")
         use_cache = config.is_decoder and (config.use_cache if use_cache is None else use_cache)
+        self._check_masks(input_ids if input_ids is not None else inputs_embeds, past_len, attention_mask,
+                          encoder_hidden_states, encoder_attention_mask, past_key_values)
 
         hidden = self.embeddings(input_ids, position_ids, inputs_embeds, past_len)
         self_mask, is_causal = self_attention_mask(attention_mask, length, past_len, config.is_decoder, hidden.device)
@@ -266,6 +268,22 @@ class BertGenerationEncoder(PreTrainedModel):
             cross_attentions=tuple(all_cross) if output_attentions and all_cross else None,
         )
         return out if return_dict else out.to_tuple()
+
+    def _check_masks(self, inputs, past_len, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                     past_key_values) -> None:
+        """A mask of the wrong length would otherwise surface as a broadcasting error inside the attention kernel."""
+        where = type(self).__name__
+        check_mask_shape(attention_mask, (inputs.size(0), past_len + inputs.size(1)), "attention_mask", where)
+        if encoder_attention_mask is None:
+            return
+        cross_past = past_key_values[0][2] if past_key_values is not None else None
+        if cross_past is not None:  # the cached cross keys are [batch, heads, source_len, head_dim]
+            expected = (cross_past.size(0), cross_past.size(2))
+        elif encoder_hidden_states is not None:
+            expected = tuple(encoder_hidden_states.shape[:2])
+        else:
+            return
+        check_mask_shape(encoder_attention_mask, expected, "encoder_attention_mask", where)
 
 
 def _expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, dtype) -> list:
@@ -337,6 +355,7 @@ class BertGenerationDecoder(PreTrainedModel):
         return_dict=True,
     ):
         if labels is not None:
+            check_labels(labels, self.config.vocab_size, type(self).__name__)
             use_cache = False
         body = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import init_weights
 from .checkpoint import (
     CheckpointError,
     LoadingReport,
@@ -28,10 +29,11 @@ from .checkpoint import (
     read_state_dict,
     resolve_checkpoint_dir,
     read_config_dict,
+    without_absolute_positions_if_relative,
 )
 from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
-from .modeling_utils import PreTrainedModel
+from .modeling_utils import PreTrainedModel, check_labels
 from .outputs import Seq2SeqLMOutput
 
 # config class → (encoder class, decoder class); other families register themselves here.
@@ -107,6 +109,7 @@ class EncoderDecoderModel(PreTrainedModel):
         enc_width, dec_width = config.encoder.hidden_size, dec_config.hidden_size
         if enc_width != dec_width and getattr(dec_config, "cross_attention_hidden_size", None) is None:
             self.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
+            init_weights(self.enc_to_dec_proj, getattr(dec_config, "initializer_range", 0.02))
         self.tie_weights()
 
     # -- sharing ----------------------------------------------------------------------------------------------
@@ -122,13 +125,9 @@ class EncoderDecoderModel(PreTrainedModel):
         self.decoder.tie_weights()
 
     def hf_retied_keys(self) -> set[str]:
-        keys = {"decoder." + k for k in self.decoder.hf_retied_keys()}
-        if self.config.tie_encoder_decoder:
-            enc = dict(self.encoder.named_parameters(remove_duplicate=False))
-            base = self.decoder.base_model
-            prefix = "decoder." + next(n for n, m in self.decoder.named_children() if m is base) + "."
-            keys |= {prefix + n for n, p in base.named_parameters(remove_duplicate=False) if enc.get(n) is p}
-        return keys
+        """Only the decoder's own LM-head tie: transformers 5.x no longer has ``tie_encoder_decoder``, so the shared
+        decoder-stack tensors must be written out (as copies) or transformers would initialise them at random."""
+        return {"decoder." + k for k in self.decoder.hf_retied_keys()}
 
     def get_encoder(self) -> nn.Module:
         return self.encoder
@@ -163,6 +162,8 @@ class EncoderDecoderModel(PreTrainedModel):
     ):
         """As transformers' EncoderDecoderModel.forward. ``return_logits=False`` with ``labels`` is the training
         fast path: the LM head runs only on positions that have a label, and ``logits`` is None."""
+        if labels is not None:
+            check_labels(labels, self.config.decoder.vocab_size, type(self).__name__)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, head_mask=head_mask,
@@ -287,8 +288,11 @@ class EncoderDecoderModel(PreTrainedModel):
         model = cls(config)
         report = LoadingReport(str(directory), "encoder-decoder")
         state = read_state_dict(directory)
-        for role in ("encoder", "decoder"):
+        # Decoder first: with tie_encoder_decoder the shared tensors then end up with the encoder's values, as when
+        # tying two separately loaded stacks (and as transformers 4.x did).
+        for role in ("decoder", "encoder"):
             part = {k[len(role) + 1:]: v for k, v in state.items() if k.startswith(role + ".")}
+            part = without_absolute_positions_if_relative(part, raw[role])
             family = family_for(raw[role]["model_type"], f"{directory}: {role}")
             stack, head, unused, folded = family.map_state(part, family.prefix)
             report.unused.extend(f"{role}.{k}" for k in unused)

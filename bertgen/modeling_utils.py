@@ -18,6 +18,8 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, max_positions: int
     """Catch what would otherwise be an IndexError deep inside an embedding lookup."""
     if input_ids.dim() != 2:
         raise ValueError(f"{where}: input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{where}: input_ids must be an integer tensor, got {input_ids.dtype}")
     if input_ids.numel():
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= vocab_size:
@@ -26,6 +28,21 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, max_positions: int
     if past_len + input_ids.size(1) > max_positions:
         raise ValueError(f"{where}: sequence of {past_len + input_ids.size(1)} positions is longer than the "
                          f"{max_positions} the model has position embeddings for (max_position_embeddings)")
+
+
+def check_labels(labels: torch.Tensor, vocab_size: int, where: str) -> None:
+    """Labels are vocabulary ids or -100 (ignored); anything else would be an IndexError inside the loss."""
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{where}: labels must be an integer tensor, got {labels.dtype}")
+    bad = labels[labels.ne(-100) & (labels.lt(0) | labels.ge(vocab_size))]
+    if bad.numel():
+        raise ValueError(f"{where}: labels: token id {int(bad[0])} is outside the vocabulary [0, {vocab_size}) "
+                         "(use -100 for positions the loss should skip)")
+
+
+def check_mask_shape(mask: torch.Tensor | None, expected: tuple[int, int], name: str, where: str) -> None:
+    if mask is not None and tuple(mask.shape) != expected:
+        raise ValueError(f"{where}: {name}: expected shape {expected}, got {tuple(mask.shape)}")
 
 
 class PreTrainedModel(nn.Module):
@@ -42,9 +59,13 @@ class PreTrainedModel(nn.Module):
         self.loading_report = None
 
     def post_init(self) -> None:
+        """Initialise this model's own modules; a nested model (the decoder's ``bert``) initialised itself already,
+        so running over its modules again would only double the construction time."""
         std = getattr(self.config, "initializer_range", 0.02)
+        nested = {id(m) for child in self.modules() if child is not self and isinstance(child, PreTrainedModel)
+                  for m in child.modules()}
         for module in self.modules():
-            if module is self or not isinstance(module, PreTrainedModel):
+            if id(module) not in nested:
                 init_weights(module, std)
 
     def tie_weights(self) -> None:
