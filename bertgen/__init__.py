@@ -1,9 +1,10 @@
 """bertgen: warm-started Transformer encoder-decoders (Rothe, Narayan & Severyn, TACL 2020) in plain PyTorch."""
 
 from .checkpoint import CheckpointError, LoadingReport
-from .configuration import BertGenerationConfig, ConfigError, EncoderDecoderConfig
+from .configuration import BertGenerationConfig, ConfigError, EncoderDecoderConfig, GPT2Config
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
 from .modeling_encoder_decoder import EncoderDecoderModel, pad_to_ignore, shift_tokens_right
+from .modeling_gpt2 import GPT2LMHeadModel, GPT2Model, GPT2PrefixLM  # registers the gpt2 decoder
 
 __all__ = [
     "BertGenerationConfig",
@@ -13,6 +14,10 @@ __all__ = [
     "ConfigError",
     "EncoderDecoderConfig",
     "EncoderDecoderModel",
+    "GPT2Config",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "GPT2PrefixLM",
     "LoadingReport",
     "pad_to_ignore",
     "shift_tokens_right",

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .configuration import CONFIG_NAME, BertGenerationConfig, ConfigError, PretrainedConfig
+from .configuration import CONFIG_NAME, BertGenerationConfig, ConfigError, GPT2Config, PretrainedConfig
 
 logger = logging.getLogger("bertgen")
 
@@ -166,6 +166,57 @@ def bert_config_to_ours(raw: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def map_roberta_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:
+    """RoBERTa (RobertaModel, RobertaForMaskedLM, RobertaForCausalLM): the stack maps as BERT's. The position table
+    is kept whole: RoBERTa's offset (real tokens start at padding_idx + 1) is the config's ``position_offset``.
+    The LM head (dense → LayerNorm → decoder + bias) is unused, as BERT's MLM head is: the paper's decoders project
+    with the tied embedding matrix and a bias of their own."""
+    state = _strip_prefix(state, prefix)
+    head_keys = sorted(k for k in state if k.startswith("lm_head."))
+    stack, _, unused, folded = map_bert_family({k: v for k, v in state.items() if k not in head_keys}, "")
+    return stack, {}, unused + head_keys, folded
+
+
+# GPT-2's Conv1D modules store [in, out]; ours are nn.Linear, [out, in] (nanoGPT's list of the same suffixes).
+GPT2_CONV1D_SUFFIXES = (
+    "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
+    "crossattention.c_attn.weight", "crossattention.q_attn.weight", "crossattention.c_proj.weight",
+)
+# Causal-mask buffers persisted by old GPT-2 checkpoints: not weights, nothing to load.
+GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
+
+
+def map_gpt2_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:
+    """GPT-2 (GPT2Model, GPT2LMHeadModel, our saves): ``wte``/``wpe``/``h.N``/``ln_f`` keyed like our GPT2Model,
+    every Conv1D weight transposed to nn.Linear's layout; ``lm_head.weight`` (when saved untied) is the head."""
+    state = _strip_prefix(state, prefix)
+    stack: StateDict = {}
+    head: StateDict = {}
+    unused: list[str] = []
+    for key, tensor in state.items():
+        if key.endswith(GPT2_MASK_BUFFERS):
+            continue
+        if key == "lm_head.weight":
+            head[key] = tensor
+        elif key.startswith(("wte.", "wpe.", "h.", "ln_f.")):
+            stack[key] = tensor.t() if key.endswith(GPT2_CONV1D_SUFFIXES) else tensor
+        else:
+            unused.append(key)
+    return stack, head, unused, []
+
+
+def gpt2_state_to_hf(state: StateDict) -> StateDict:
+    """The inverse of ``map_gpt2_family``'s transposes, so transformers' GPT2LMHeadModel loads our saves."""
+    return {k: v.t().contiguous() if k.endswith(GPT2_CONV1D_SUFFIXES) else v for k, v in state.items()}
+
+
+def gpt2_config_to_ours(raw: dict[str, Any]) -> dict[str, Any]:
+    data = dict(raw)
+    for key in ("architectures", "model_type", "transformers_version", "torch_dtype", "dtype"):
+        data.pop(key, None)
+    return data
+
+
 @dataclass(frozen=True)
 class Family:
     """How one checkpoint model_type maps onto our classes."""
@@ -178,8 +229,9 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "bert": Family(bert_config_to_ours, map_bert_family, "bert.", BertGenerationConfig),
-    "roberta": Family(bert_config_to_ours, map_bert_family, "roberta.", BertGenerationConfig),
+    "roberta": Family(bert_config_to_ours, map_roberta_family, "roberta.", BertGenerationConfig),
     "bert-generation": Family(bert_config_to_ours, map_bert_family, "bert.", BertGenerationConfig),
+    "gpt2": Family(gpt2_config_to_ours, map_gpt2_family, "transformer.", GPT2Config),
 }
 
 
@@ -315,6 +367,9 @@ def save_pretrained(model, directory: str | os.PathLike) -> None:
         ptr = tensor.untyped_storage().data_ptr()
         state[key] = tensor.detach().clone().contiguous() if ptr in seen else tensor.detach().contiguous()
         seen.add(ptr)
+    to_hf = getattr(model, "state_dict_to_hf", None)  # e.g. GPT-2's Linear → Conv1D transposes
+    if to_hf is not None:
+        state = to_hf(state)
     tmp_weights = directory / (SAFE_WEIGHTS + ".tmp")
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     tmp_config = directory / (CONFIG_NAME + ".tmp")

@@ -166,6 +166,87 @@ class BertGenerationConfig(PretrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
 
+# HF's GPT2Config.attribute_map: the generic names other code (EncoderDecoderModel, generation) reads.
+GPT2_ALIASES = {
+    "hidden_size": "n_embd",
+    "num_hidden_layers": "n_layer",
+    "num_attention_heads": "n_head",
+    "max_position_embeddings": "n_positions",
+    "intermediate_size": "n_inner",
+}
+
+
+@dataclass
+class GPT2Config(PretrainedConfig):
+    """GPT-2 (pre-LN, final ``ln_f``, learned positions), with HF's field names so ``config.json`` reads both ways.
+
+    The generic names (``hidden_size``, ``num_hidden_layers`` …) are read-only properties, as HF's
+    ``attribute_map``; ``from_dict`` and ``replace`` accept them as aliases. GPT-2 is always causal, so
+    ``is_decoder`` defaults to True. ``decoder_start_token_id`` is the separator the prefix LM (the paper's ``gpt``
+    scheme) puts between input and target; None means ``bos_token_id``.
+    """
+
+    model_type: ClassVar[str] = "gpt2"
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    use_cache: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    is_decoder: bool = True
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            self._require(getattr(self, name) > 0, name, "a positive integer")
+        self._require(self.n_embd % self.n_head == 0, "n_embd", f"a multiple of n_head={self.n_head}")
+        self._require(self.n_inner is None or self.n_inner > 0, "n_inner", "None or a positive integer")
+        self._require(self.activation_function in ACTIVATIONS, "activation_function", f"one of {ACTIVATIONS}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            self._require(0.0 <= getattr(self, name) < 1.0, name, "a probability in [0, 1)")
+        self._require(self.layer_norm_epsilon > 0, "layer_norm_epsilon", "a positive float")
+        self._require(self.initializer_range > 0, "initializer_range", "a positive float")
+        self._require(self.is_decoder, "is_decoder", "True (GPT-2 is a causal decoder)")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            self._require(value is None or 0 <= value < self.vocab_size, name,
+                          f"None or an id below vocab_size={self.vocab_size}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "GPT2Config":
+        merged = {GPT2_ALIASES.get(k, k): v for k, v in {**data, **overrides}.items()}
+        return super().from_dict(merged)
+
+    def replace(self, **changes: Any) -> "GPT2Config":
+        return dataclasses.replace(self, **{GPT2_ALIASES.get(k, k): v for k, v in changes.items()})
+
+    hidden_size = property(lambda self: self.n_embd)
+    num_hidden_layers = property(lambda self: self.n_layer)
+    num_attention_heads = property(lambda self: self.n_head)
+    max_position_embeddings = property(lambda self: self.n_positions)
+    intermediate_size = property(lambda self: self.n_inner if self.n_inner is not None else 4 * self.n_embd)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
 @dataclass
 class EncoderDecoderConfig(PretrainedConfig):
     """Pairs an encoder and a decoder config, as HF's ``EncoderDecoderConfig`` does in ``config.json``."""
@@ -200,6 +281,7 @@ class EncoderDecoderConfig(PretrainedConfig):
 CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "bert-generation": BertGenerationConfig,
     "encoder-decoder": EncoderDecoderConfig,
+    "gpt2": GPT2Config,
 }
 
 

@@ -129,6 +129,18 @@ class EncoderDecoderModel(PreTrainedModel):
         decoder-stack tensors must be written out (as copies) or transformers would initialise them at random."""
         return {"decoder." + k for k in self.decoder.hf_retied_keys()}
 
+    def state_dict_to_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each side's own checkpoint-layout conversion (GPT-2's Conv1D transposes), applied under its prefix."""
+        for role in ("encoder", "decoder"):
+            convert = getattr(getattr(self, role), "state_dict_to_hf", None)
+            if convert is None:
+                continue
+            prefix = role + "."
+            part = convert({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({prefix + k: v for k, v in part.items()})
+        return state
+
     def get_encoder(self) -> nn.Module:
         return self.encoder
 
@@ -178,7 +190,8 @@ class EncoderDecoderModel(PreTrainedModel):
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
             if decoder_attention_mask is None:
-                decoder_attention_mask = decoder_input_ids.ne(self.config.pad_token_id).long()
+                # From the labels, not from the pad id: GPT-2's vocabulary pads with its start/end token.
+                decoder_attention_mask = torch.cat([labels.new_ones(labels.size(0), 1), labels[:, :-1].ne(-100)], 1)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("pass labels, decoder_input_ids or decoder_inputs_embeds")
 

@@ -61,6 +61,8 @@ class PreTrainedModel(nn.Module):
     def post_init(self) -> None:
         """Initialise this model's own modules; a nested model (the decoder's ``bert``) initialised itself already,
         so running over its modules again would only double the construction time."""
+        if any(p.is_meta for p in self.parameters()):
+            return  # built on the meta device (e.g. to count parameters): no storage to initialise
         std = getattr(self.config, "initializer_range", 0.02)
         nested = {id(m) for child in self.modules() if child is not self and isinstance(child, PreTrainedModel)
                   for m in child.modules()}
