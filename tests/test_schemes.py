@@ -81,6 +81,17 @@ def test_parameter_counts_reproduce_table1():
     assert counts["gpt"] == 50257 * H + 512 * H + L * layer + 2 * H
 
 
+def test_ten_bert_large_layers_give_the_section5_totals():
+    """§5: bert2bert and bertShare initialised from the first 10 layers of BERT-large have 324M and 198M."""
+    from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
+
+    large = PAPER_CHECKPOINT_CONFIGS["large"]
+    for name, paper_m in (("bert2bert", 324), ("bertShare", 198)):
+        model, _ = build(name, **large, device="meta", warm_start=WarmStart(layers=10))
+        assert len(model.encoder.encoder.layer) == 10
+        assert abs(model.num_parameters() / 1e6 - paper_m) <= 1.0, (name, model.num_parameters())
+
+
 def test_table1_constants_match_the_paper_csv(shared_dir):
     with open(shared_dir / "paper" / "table1_parameters.csv", newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["metric"] == "total_params_M"]
