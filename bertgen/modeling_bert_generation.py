@@ -338,6 +338,10 @@ class BertGenerationDecoder(PreTrainedModel):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)
 
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the vocabulary projection, for the fused loss."""
+        return self.lm_head.decoder.weight, self.lm_head.bias
+
     def forward(
         self,
         input_ids=None,

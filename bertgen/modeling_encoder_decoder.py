@@ -32,6 +32,7 @@ from .checkpoint import (
     without_absolute_positions_if_relative,
 )
 from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
+from .losses import linear_cross_entropy
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
 from .modeling_utils import PreTrainedModel, check_labels
 from .outputs import Seq2SeqLMOutput
@@ -223,10 +224,11 @@ class EncoderDecoderModel(PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
     def label_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over labelled positions, running the vocabulary projection only where it counts."""
+        """Mean cross-entropy over labelled positions: the vocabulary projection runs only where a label is, fused
+        with the loss in chunks (bertgen.losses), so the [positions, vocabulary] logits are never held at once."""
         keep = labels.ne(-100)
-        logits = self.decoder.compute_logits(hidden_states[keep])
-        return F.cross_entropy(logits.float(), labels[keep])
+        weight, bias = self.decoder.output_projection()
+        return linear_cross_entropy(hidden_states[keep], weight, bias, labels[keep])
 
     # -- generation -------------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
