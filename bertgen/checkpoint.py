@@ -146,9 +146,11 @@ def map_bert_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict
                 continue  # a non-persistent buffer in current transformers, persisted by old versions
             stack[key] = tensor
         elif key in ("lm_head.bias", "lm_head.decoder.weight"):
-            head[key] = tensor
+            head.setdefault(key, tensor)
         elif key == "lm_head.decoder.bias":
-            continue  # tied to lm_head.bias in BertGeneration
+            # transformers' head computes decoder(h) with decoder.bias; it is tied to lm_head.bias only when the
+            # word embeddings are tied, so when both are saved this is the one its forward used.
+            head["lm_head.bias"] = tensor
         else:
             unused.append(key)  # pooler, MLM / NSP heads: the paper does not use them
     _fold_token_types(stack, folded)

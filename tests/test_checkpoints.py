@@ -143,6 +143,19 @@ def test_transformers_encoder_and_decoder_saves_load_in_bertgen(tiny, tmp_path):
     assert_close(run_decoder(ours, x), run_decoder(decoder, x), "decoder saved by transformers")
 
 
+def test_untied_transformers_decoder_uses_the_bias_its_forward_used(tiny, tmp_path):
+    """With tie_word_embeddings=False transformers saves lm_head.bias and lm_head.decoder.bias separately, and its
+    forward adds decoder.bias; that is the one to load."""
+    x = inputs(tiny)
+    decoder = hf.BertGenerationDecoder(hf.BertGenerationConfig(**tiny, is_decoder=True, add_cross_attention=True,
+                                                               tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        decoder.lm_head.decoder.bias.normal_()
+    decoder.save_pretrained(tmp_path / "dec")
+    ours = BertGenerationDecoder.from_pretrained(tmp_path / "dec").eval()
+    assert_close(run_decoder(ours, x), run_decoder(decoder, x), "untied decoder saved by transformers")
+
+
 def hf_seq2seq(tiny: dict) -> hf.EncoderDecoderModel:
     model = hf.EncoderDecoderModel(encoder=hf.BertGenerationEncoder(hf.BertGenerationConfig(**tiny)),
                                    decoder=hf.BertGenerationDecoder(hf_decoder_config(tiny)))
