@@ -1,0 +1,310 @@
+"""The one place that knows how the experiment harness names things in MLflow, and what the analysis calls them.
+
+Everything else in ``analysis/`` works with the canonical names defined here (tasks, schemes, metrics, test sets,
+variants), so when the harness renames a tag, a metric prefix or an artifact, this file is the only one to change.
+
+Canonical names:
+
+* **tasks** — :data:`TASKS` keys (``discofuse``, ``wikisplit``, ``wmt14_en_de``, ``wmt14_de_en``, ``gigaword``,
+  ``cnn_dailymail``, ``xsum``).
+* **schemes** — :data:`SCHEMES` (the paper's spelling: ``bertShare``, ``robertaShare``...).
+* **metrics** — the keys of ``experiments.metrics.METRICS`` (``exact``, ``sari``, ``bleu_nltk``, ``bleu_uncased``,
+  ``sacrebleu``, ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``) plus the text statistics ``length`` and
+  ``repetition`` (:mod:`analysis.textstats`).
+* **test sets** — ``test`` unless the harness logs several (WMT: ``newstest2014``, ``newstest2016``).
+* **variants** — ``full`` (the scheme as defined) or an ablation's name (Table 6).
+* **sizes** — ``base`` (12 layers, and every smaller smoke model) or ``large`` (24 layers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where runs live
+
+TRACKING_URI_ENV = "BERTGEN_TRACKING_URI"
+DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Harness names (MLflow tags, params, metric keys, artifacts) — adapt these when the harness changes.
+
+TAG_TASK = "task"
+TAG_SCHEME = "scheme"
+TAG_SEED = "seed"
+TAG_CELL_ID = "cell_id"
+TAG_GRID = "grid"
+
+# Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
+# second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a
+# test-set name from KNOWN_TESTSETS; metric names themselves contain underscores ("bleu_uncased").
+TEST_METRIC_PREFIXES = ("test_", "test/")
+DEV_METRIC_PREFIXES = ("dev_", "dev/")
+# train_cell logs the teacher-forced dev loss ("dev_loss") and keeps the checkpoint with the lowest; a dev score of
+# the task's primary metric, if a harness ever logs one, is preferred for choosing between run groups.
+DEV_LOSS = "loss"
+KNOWN_TESTSETS = ("newstest2014", "newstest2016")
+
+PREDICTIONS_ARTIFACT = "predictions.jsonl"
+METRICS_ARTIFACT = "metrics.json"
+# predictions.jsonl fields
+PRED_ID, PRED_SOURCE, PRED_REFERENCE, PRED_PREDICTION = "id", "source", "reference", "prediction"
+
+# Params are the resolved cell config flattened with dots, values as text (JSON for non-strings; see
+# experiments.tracking.flatten). First present name wins.
+DATA_FRACTION_PARAMS = ("data_fraction",)
+SEED_PARAMS = ("seed",)
+SIZE_PARAMS = ("size", "model.size")  # the cell has none today: every run counts as "base" (12L or smaller)
+INIT_LAYERS_PARAM = "init_layers"  # null | {"embeddings_only": true} | {"first_k": k} | {"layers": [...]}
+VARIANT_TAGS = ("variant", "ablation")
+# Params that do not define a cell's sweep group: the seed (aggregated over) and experiments.cell.COSMETIC_KEYS
+# (where/how fast a run goes). cell_id hashes the seed too, so it cannot group seeds; every other param does.
+NON_GROUP_PARAMS = ("seed", "cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every")
+
+# bertgen.schemes.parameter_counts(size="base") → {scheme: {name: count}}; names → Table 1's metrics (millions).
+PARAMETER_COUNT_KEYS = {
+    "total": "total_params_M", "embeddings": "embedding_params_M", "embedding": "embedding_params_M",
+    "from_checkpoint": "initialized_from_checkpoint_M", "checkpoint": "initialized_from_checkpoint_M",
+    "initialized": "initialized_from_checkpoint_M", "warm_started": "initialized_from_checkpoint_M",
+    "random": "random_init_M", "random_init": "random_init_M",
+}  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Canonical vocabularies and aliases (case-insensitive; '-', '_', ' ' and '/' ignored when matching)
+
+SCHEMES = (
+    "rnd2rnd", "bert2rnd", "rnd2bert", "bert2bert", "bertShare",
+    "robertaShare", "gpt", "rnd2gpt", "bert2gpt", "roberta2gpt",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    label: str
+    primary_metric: str  # the dev metric drawn in learning curves and used to pick between duplicate cells
+    aliases: tuple[str, ...] = ()
+
+
+TASKS: dict[str, TaskInfo] = {
+    "discofuse": TaskInfo("DiscoFuse", "sari", ("disco_fuse",)),
+    "wikisplit": TaskInfo("WikiSplit", "sari", ("wiki_split",)),
+    "wmt14_en_de": TaskInfo("WMT14 En→De", "bleu_uncased", ("wmt_en_de", "wmt14_ende", "wmt14-en-de", "en_de")),
+    "wmt14_de_en": TaskInfo("WMT14 De→En", "bleu_uncased", ("wmt_de_en", "wmt14_deen", "wmt14-de-en", "de_en")),
+    "gigaword": TaskInfo("Gigaword", "rougeL", ()),
+    "cnn_dailymail": TaskInfo("CNN/DailyMail", "rougeLsum", ("cnndm", "cnn_dm", "cnn/dailymail")),
+    "xsum": TaskInfo("BBC XSum", "rougeL", ("bbc_xsum",)),
+}
+
+METRIC_ALIASES = {
+    "exact_match": "exact", "em": "exact",
+    "rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL", "rougel": "rougeL",
+    "rougelsum": "rougeLsum",
+}  # fmt: skip
+TEXT_METRICS = ("length", "repetition")  # computed here from predictions, not logged by the harness
+HIGHER_IS_BETTER_EXCEPT = frozenset(TEXT_METRICS)  # no "better" direction: not tested for significance
+
+DEFAULT_TESTSET = "test"
+# The harness' WMT "test" split IS newstest2014 (experiments.tasks), so a metric or paper row naming newstest2014
+# means the default test set.
+TESTSET_ALIASES = {"newstest2014": DEFAULT_TESTSET, "nt2014": DEFAULT_TESTSET, "newstest14": DEFAULT_TESTSET,
+                   "nt2016": "newstest2016", "newstest16": "newstest2016"}  # fmt: skip
+
+DEFAULT_VARIANT = "full"
+# Variants the harness expresses as tags (Table 6's vocabulary ablations, if a grid ever runs them) → our names.
+VARIANT_ALIASES = {
+    "all": "full", "none": "full", "null": "full", "default": "full", "reference": "full",
+    "no_embeddings": "no_checkpoint_embeddings", "random_embeddings": "no_checkpoint_embeddings",
+    "task_spm": "task_sentencepiece", "pretraining_sentencepiece": "pretrain_sentencepiece",
+}  # fmt: skip
+
+DEFAULT_SIZE = "base"
+SIZE_ALIASES = {"12l": "base", "24l": "large", "tiny": "base", "small": "base", "smoke": "base"}
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[\s_\-/]+", "", str(text)).lower()
+
+
+_SCHEME_LOOKUP = {_key(s): s for s in SCHEMES}
+_TASK_LOOKUP = {_key(k): k for k in TASKS} | {_key(a): k for k, t in TASKS.items() for a in t.aliases}
+
+
+def canonical_scheme(name: str) -> str:
+    """``'BERTSHARE'`` → ``'bertShare'``; unknown names are kept as given (shown as extra rows, never dropped)."""
+    return _SCHEME_LOOKUP.get(_key(name), str(name))
+
+
+def canonical_task(name: str) -> str:
+    return _TASK_LOOKUP.get(_key(name), str(name))
+
+
+def canonical_metric(name: str) -> str:
+    return METRIC_ALIASES.get(str(name).lower(), str(name))
+
+
+def canonical_testset(name: str | None) -> str:
+    if not name:
+        return DEFAULT_TESTSET
+    return TESTSET_ALIASES.get(str(name).lower(), str(name).lower())
+
+
+def canonical_variant(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+        return DEFAULT_VARIANT
+    text = str(value).strip()
+    return VARIANT_ALIASES.get(text.lower(), text)
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """[9, 10, 13, 14, 15, 23] → '9,10,13-15,23' (the paper's own notation)."""
+    parts, run = [], []
+    for layer in sorted(layers):
+        if run and layer == run[-1] + 1:
+            run.append(layer)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+        run = [layer]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+    return ",".join(parts)
+
+
+def init_layers_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
+    """Variant name of the cell's ``init_layers``: ``full``, ``embeddings_only``, ``first_10``, ``layers_9,10,13-18``."""
+    prefix = INIT_LAYERS_PARAM + "."
+    sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and v is not None}
+    if not sub:
+        return DEFAULT_VARIANT
+    if len(sub) != 1:
+        raise ValueError(f"run {run_id}: params {sorted(prefix + k for k in sub)}: expected one init_layers option")
+    (kind, raw), = sub.items()
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        value = raw
+    if kind == "embeddings_only":
+        return "embeddings_only" if value in (True, "true", "True") else DEFAULT_VARIANT
+    if kind == "first_k":
+        return f"first_{int(value)}"
+    if kind == "layers" and isinstance(value, list):
+        return "layers_" + _layer_ranges([int(v) for v in value])
+    raise ValueError(f"run {run_id}: param {prefix + kind}={raw!r}: expected embeddings_only, first_k or layers")
+
+
+def group_key(params: Mapping[str, Any]) -> str:
+    """Identity of a cell's sweep group: every param except the seed and the cosmetic ones, as sorted text."""
+    kept = sorted((k, str(v)) for k, v in params.items() if k not in NON_GROUP_PARAMS and v is not None
+                  and not (isinstance(v, float) and math.isnan(v)))
+    return json.dumps(kept, separators=(",", ":"))
+
+
+def canonical_size(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+        return DEFAULT_SIZE
+    text = str(value).strip().lower()
+    return SIZE_ALIASES.get(text, text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading one run
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What the analysis needs to know about one child run, in canonical names.
+
+    ``group`` identifies the run's sweep group (all settings but the seed): the runs of one group are the seeds
+    that a table cell aggregates.
+    """
+
+    task: str
+    scheme: str
+    seed: int | None
+    cell_id: str
+    group: str
+    grid: str
+    data_fraction: float
+    variant: str
+    size: str
+
+
+def _first(mapping: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = mapping.get(name)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) != "":
+            return value
+    return None
+
+
+def _as_fraction(value: Any, run_id: str) -> float:
+    if value is None:
+        return 1.0
+    text = str(value).strip().rstrip("%")
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise ValueError(f"run {run_id}: param data_fraction={value!r}: expected a number in (0, 1] or a percentage") from None
+    if str(value).strip().endswith("%") or fraction > 1.0:
+        fraction /= 100.0
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"run {run_id}: param data_fraction={value!r}: expected a number in (0, 1]")
+    return fraction
+
+
+def _as_seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> RunFields | None:
+    """Canonical fields of a child run; ``None`` for runs that are not grid cells (parents, ad-hoc runs)."""
+    task, scheme = tags.get(TAG_TASK), tags.get(TAG_SCHEME)
+    if not task or not scheme:
+        return None
+    tagged_variant = _first(tags, VARIANT_TAGS)
+    variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)
+    return RunFields(
+        task=canonical_task(task),
+        scheme=canonical_scheme(scheme),
+        seed=_as_seed(_first(tags, (TAG_SEED,)) or _first(params, SEED_PARAMS)),
+        cell_id=str(tags.get(TAG_CELL_ID) or run_id),
+        group=f"{canonical_task(task)}|{canonical_scheme(scheme)}|{variant}|{group_key(params)}",
+        grid=str(tags.get(TAG_GRID) or ""),
+        data_fraction=_as_fraction(_first(params, DATA_FRACTION_PARAMS), run_id),
+        variant=variant,
+        size=canonical_size(_first(params, SIZE_PARAMS)),
+    )
+
+
+def split_metric_key(key: str, prefixes: tuple[str, ...]) -> tuple[str, str] | None:
+    """``'test_bleu_uncased'`` → ``('test', 'bleu_uncased')``; ``'test_newstest2016_bleu_uncased'`` →
+    ``('newstest2016', 'bleu_uncased')``; ``None`` when no prefix matches."""
+    for prefix in prefixes:
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        for testset in KNOWN_TESTSETS:
+            for sep in ("_", "/", "."):
+                if rest.startswith(testset + sep):
+                    return canonical_testset(testset), canonical_metric(rest[len(testset) + 1:])
+                if rest.endswith(sep + testset):
+                    return canonical_testset(testset), canonical_metric(rest[: -len(testset) - 1])
+        return DEFAULT_TESTSET, canonical_metric(rest)
+    return None
+
+
+def predictions_artifact_candidates(testset: str) -> tuple[str, ...]:
+    """Artifact paths that may hold the predictions on ``testset``, tried in order."""
+    if testset == DEFAULT_TESTSET:
+        return (PREDICTIONS_ARTIFACT,)
+    stem = PREDICTIONS_ARTIFACT.rsplit(".", 1)[0]
+    return (f"{testset}/{PREDICTIONS_ARTIFACT}", f"{stem}_{testset}.jsonl", f"{stem}.{testset}.jsonl")

@@ -1,0 +1,686 @@
+"""The paper's Tables 1–7 rebuilt from MLflow runs, each cell showing ours, the paper's number and the difference.
+
+    python -m analysis.tables [--tracking-uri URI] [--experiment NAME] [--grid NAME] [--table N|all]
+                              [--format markdown|latex|csv] [--out DIR] [--n-boot B]
+
+How a cell is computed (tables 2–7):
+
+1. **Runs**: finished child runs whose task, scheme, size, variant (init-layers ablation) and data fraction match
+   the cell. Runs that differ only in their seed form a *group*; when several groups match (e.g. a learning-rate
+   sweep, or a smoke and a full grid in one store) the group with the best mean dev score is taken (the primary
+   metric on dev if logged, else the lowest dev loss) — model selection on dev, never on test — and a note says so.
+2. **Ours**: mean, sample standard deviation and number of the seeds' logged test scores (``test_<metric>``).
+3. **95 % CI**: percentile bootstrap over test examples of the seed-mean score, from the runs' predictions.jsonl
+   and ``experiments.metrics`` per-example statistics (:mod:`analysis.stats`).
+4. **Significance**: in each column the scheme with the best mean is compared with every other scheme by a paired
+   bootstrap on the test examples both were scored on; ``†`` marks a scheme significantly below the best
+   (one-sided p < alpha, default 0.05; no correction for multiple comparisons). The best is shown in bold.
+5. **Paper / Δ**: the paper's number (``analysis/paper_numbers``) and ours − paper. Cells without runs show "—".
+
+Table 1 needs no runs: it counts the parameters of the schemes themselves (``bertgen.schemes.parameter_counts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import paper, schema, stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runs import RunStore
+
+MISSING = "—"
+SIG_MARK = "†"
+DEFAULT_FORMAT = "markdown"
+FORMATS = ("markdown", "latex", "csv")
+SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One reported number: a metric of a task on a test set at a data fraction."""
+
+    key: str
+    label: str
+    task: str
+    metric: str
+    testset: str = schema.DEFAULT_TESTSET
+    data_fraction: float = 1.0
+    paper_metric: str | None = None  # when the paper's metric has another name than ours (CNN/DM ROUGE-Lsum)
+    digits: int | None = None  # decimals shown, when not the table's
+
+    @property
+    def paper_key(self) -> str:
+        return self.paper_metric or self.metric
+
+
+@dataclass(frozen=True)
+class Row:
+    system: str  # a scheme, a baseline from the paper, or "Gold"
+    size: str = schema.DEFAULT_SIZE
+    variant: str = schema.DEFAULT_VARIANT
+
+    @property
+    def label(self) -> str:
+        text = self.system + (" (24L large)" if self.size == "large" else "")
+        return text + (f": {paper.variant_label(self.variant)}" if self.variant != schema.DEFAULT_VARIANT else "")
+
+    @property
+    def is_scheme(self) -> bool:
+        return self.system in schema.SCHEMES or self.system not in _PAPER_SYSTEMS()
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: int
+    title: str
+    columns: tuple[Column, ...]
+    digits: int = 1
+    ablation: bool = False  # rows may be init-layers variants (Table 6); elsewhere only the full schemes
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.task for c in self.columns))
+
+
+GOLD = "Gold"
+
+
+@lru_cache(maxsize=1)
+def _PAPER_SYSTEMS() -> frozenset[str]:
+    """Systems the paper reports that are not our schemes: baselines and Gold (never filled from runs)."""
+    return frozenset(set(paper.paper_numbers().system) - set(schema.SCHEMES))
+
+
+def _rouge(task: str, label: str, rouge_l: str = "rougeL") -> tuple[Column, ...]:
+    return (
+        Column(f"{task}_r1", f"{label} R-1", task, "rouge1"),
+        Column(f"{task}_r2", f"{label} R-2", task, "rouge2"),
+        Column(f"{task}_rl", f"{label} R-L", task, rouge_l, paper_metric="rougeL"),
+    )
+
+
+TABLES: dict[int, TableSpec] = {
+    1: TableSpec(
+        1, "Parameters (millions) of the 12-layer base models",
+        (
+            Column("total", "total", "parameters", "total_params_M"),
+            Column("embeddings", "embeddings", "parameters", "embedding_params_M"),
+            Column("checkpoint", "from checkpoint", "parameters", "initialized_from_checkpoint_M"),
+            Column("random", "random init", "parameters", "random_init_M"),
+        ),
+        digits=1,
+        notes=(
+            "Ours: counted from the models bertgen.schemes builds (base size); the paper rounds to millions.",
+            "Paper inconsistency: rnd2bert prints 26M randomly initialised parameters; ~112M (221 - 109) is consistent.",
+        ),
+    ),
+    2: TableSpec(
+        2, "DiscoFuse (test): Exact and SARI with 100 % of the training data, SARI with 10 % and 1 %",
+        (
+            Column("exact_100", "Exact 100%", "discofuse", "exact", data_fraction=1.0),
+            Column("sari_100", "SARI 100%", "discofuse", "sari", data_fraction=1.0),
+            Column("sari_10", "SARI 10%", "discofuse", "sari", data_fraction=0.1),
+            Column("sari_1", "SARI 1%", "discofuse", "sari", data_fraction=0.01),
+        ),
+        notes=(
+            "Paper inconsistency: robertaShare 10% SARI is 86.9 in the paper (86.0 in a blog re-print); we compare with 86.9.",
+            "Data fractions are of our training split; the paper's 100% is the 4.5M balanced DiscoFuse set.",
+        ),
+    ),
+    3: TableSpec(
+        3, "WikiSplit (test): Exact, SARI and corpus BLEU (NLTK-style, case-sensitive)",
+        (
+            Column("exact", "Exact", "wikisplit", "exact"),
+            Column("sari", "SARI", "wikisplit", "sari"),
+            Column("bleu", "BLEU", "wikisplit", "bleu_nltk"),
+        ),
+    ),
+    4: TableSpec(
+        4, "WMT14 uncased BLEU-4 (sacreBLEU lowercase + intl tokenisation = the TF official Transformer script)",
+        (
+            Column("ende_2014", "En→De nt2014", "wmt14_en_de", "bleu_uncased", testset=schema.DEFAULT_TESTSET),
+            Column("deen_2014", "De→En nt2014", "wmt14_de_en", "bleu_uncased", testset=schema.DEFAULT_TESTSET),
+            Column("ende_2016", "En→De nt2016", "wmt14_en_de", "bleu_uncased", testset="newstest2016"),
+            Column("deen_2016", "De→En nt2016", "wmt14_de_en", "bleu_uncased", testset="newstest2016"),
+        ),
+        notes=(
+            "The harness' test split is newstest2014 (full, 3,003 sentences); newstest2016 is the wmt16 test split.",
+            "Paper rows with a custom En+De BERT / 32k WMT vocabulary are paper-only: our schemes use public checkpoints.",
+        ),
+    ),
+    5: TableSpec(
+        5, "Summarization (test): ROUGE-1/2/L F1",
+        _rouge("gigaword", "Gigaword") + _rouge("cnn_dailymail", "CNN/DM", rouge_l="rougeLsum") + _rouge("xsum", "XSum"),
+        digits=2,
+        notes=("CNN/DailyMail R-L is ROUGE-Lsum (sentence-split summaries), the usual reading of the paper's R-L there.",),
+    ),
+    6: TableSpec(
+        6, "Init-layers ablation: DiscoFuse SARI (100 % training data) when only parts of a checkpoint initialise the model",
+        (Column("sari", "SARI", "discofuse", "sari"),),
+        ablation=True,
+        notes=(
+            "Paper inconsistency: Table 6's bertShare reference is 89.3 SARI, Table 2's 89.2.",
+            "Paper rows for embeddings-only, first-10-layers and CMA-ES layers are stated in the paper's text (Sections 5-6), "
+            "not in its Table 6; the BERT-large layer selections were warm-started from BERT-large.",
+            "The SentencePiece rows need vocabularies our harness does not build: paper-only.",
+        ),
+    ),
+    7: TableSpec(
+        7, "BBC XSum (test): summary length (words) and % of summaries repeating a content word",
+        (
+            Column("length", "length", "xsum", "length"),
+            Column("repetition", "repeat %", "xsum", "repetition"),
+            Column("human", "human score", "xsum", "human_score", digits=3),
+        ),
+        digits=2,
+        notes=(
+            "Length = words (letter/digit runs); a summary repeats if a content word (not a stop word, not a number, "
+            "2+ characters) occurs twice; see analysis/textstats.py.",
+            "Paper: over the 40 human-evaluated documents; ours: over our whole test set. Gold = the reference summaries.",
+            "The human Best-Worst score cannot be recomputed (paper-only).",
+        ),
+    ),
+}
+
+
+@dataclass
+class TableResult:
+    """A built table: one long-form row per (row, column) cell, plus notes to print under it."""
+
+    spec: TableSpec
+    cells: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    n_boot: int = stats.DEFAULT_N_BOOT
+    alpha: float = stats.DEFAULT_ALPHA
+
+
+CELL_COLUMNS = (
+    "table", "row", "system", "size", "variant", "column", "column_label", "task", "testset", "data_fraction",
+    "metric", "mean", "sd", "n", "ci_low", "ci_high", "ci_point", "n_examples", "paper", "diff", "is_best",
+    "p_vs_best", "mark", "run_ids", "groups_matching",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table 1: parameter counts (no runs)
+
+
+@lru_cache(maxsize=1)
+def _our_parameter_counts() -> tuple[dict[str, dict[str, float]], str | None]:
+    """``{scheme: {total_params_M: ..., ...}}`` from bertgen.schemes, or ``({}, reason)`` when it is unavailable.
+
+    Cached: building the ten base-size models, even on the meta device, takes seconds."""
+    try:
+        from bertgen.schemes import parameter_counts
+    except ImportError as err:
+        return {}, f"bertgen.schemes.parameter_counts is not available ({err})"
+    raw = parameter_counts(size="base")
+    out = {}
+    for scheme, counts in raw.items():
+        if isinstance(counts, (int, float)):  # today's bertgen.schemes: the total only
+            counts = {"total": counts}
+        elif not isinstance(counts, dict):
+            counts = vars(counts)
+        mapped = {}
+        for name, value in counts.items():
+            key = schema.PARAMETER_COUNT_KEYS.get(name)
+            if key is not None:
+                mapped[key] = float(value) / 1e6
+        out[schema.canonical_scheme(scheme)] = mapped
+    return out, None
+
+
+def build_parameter_table() -> TableResult:
+    spec = TABLES[1]
+    numbers = paper.paper_numbers()
+    ours, reason = _our_parameter_counts()
+    systems = list(dict.fromkeys(list(numbers[numbers.table == 1].system) + sorted(ours, key=_scheme_order)))
+    records = []
+    for system in systems:
+        row = Row(system)
+        for col in spec.columns:
+            value = ours.get(system, {}).get(col.metric)
+            paper_v = paper.paper_value(1, system, row.size, row.variant, "parameters", col.testset, 1.0, col.metric)
+            records.append(_record(spec, row, col, value=value, sd=float("nan"), n=1 if value is not None else 0,
+                                   paper_v=paper_v))
+    notes = list(spec.notes) + ([f"Ours unavailable: {reason}."] if reason else [])
+    reported = {k for counts in ours.values() for k in counts}
+    not_reported = [c.label for c in spec.columns if c.metric not in reported]
+    if ours and not_reported:
+        notes.append(f"bertgen.schemes.parameter_counts reports no {', '.join(not_reported)} counts: those columns show only the paper.")
+    return TableResult(spec, pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS)), notes)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables 2–7
+
+
+def _scheme_order(system: str) -> tuple[int, str]:
+    return (schema.SCHEMES.index(system) if system in schema.SCHEMES else len(schema.SCHEMES), system)
+
+
+def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
+    """The paper's rows in the paper's order, then rows only we have (extra schemes, sizes or variants)."""
+    numbers = paper.paper_numbers()
+    ordered = [Row(s, z, v) for s, z, v in numbers[numbers.table == spec.number][["system", "size", "variant"]]
+               .itertuples(index=False)]
+    ours: list[Row] = []
+    if store is not None and not store.runs.empty:
+        runs = _table_runs(spec, store)
+        ours = sorted({Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)},
+                      key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT, r.variant))
+        if spec.ablation:  # each ablated scheme also needs its full reference row
+            ours = sorted(set(ours) | {Row(r.system, r.size) for r in ours},
+                          key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT, r.variant))
+    rows = list(dict.fromkeys(ordered + ours))
+    if spec.ablation:  # group each scheme's variants together
+        rows.sort(key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT))
+    return rows
+
+
+def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
+    runs = store.runs[store.runs.task.isin(spec.tasks)]
+    if spec.ablation:
+        fractions = {c.data_fraction for c in spec.columns}
+        return runs[runs.data_fraction.isin(fractions) & ((runs.variant != schema.DEFAULT_VARIANT)
+                    | runs.scheme.isin(runs[runs.variant != schema.DEFAULT_VARIANT].scheme))]
+    return runs[runs.variant == schema.DEFAULT_VARIANT]
+
+
+def _primary_metric(task: str, store: RunStore) -> str | None:
+    try:
+        from experiments.tasks import TASKS as HARNESS_TASKS
+
+        if task in HARNESS_TASKS:
+            return HARNESS_TASKS[task].primary_metric
+    except ImportError:
+        pass
+    info = schema.TASKS.get(task)
+    return info.primary_metric if info else None
+
+
+def dev_criterion(store: RunStore, task: str, run_ids: Iterable[str]) -> tuple[str, bool] | None:
+    """``(dev metric, higher is better)`` the runs can be compared on: the task's primary metric when logged on dev,
+    else the dev loss (what train_cell selects its checkpoint by); ``None`` without dev scores."""
+    dev = store.dev_final[store.dev_final.run_id.isin(list(run_ids))]
+    primary = _primary_metric(task, store)
+    if primary is not None and (dev.metric == primary).any():
+        return primary, True
+    if (dev.metric == schema.DEV_LOSS).any():
+        return schema.DEV_LOSS, False
+    return None
+
+
+def _best_dev(store: RunStore, run_id: str, metric: str, higher: bool) -> float | None:
+    """The run's best dev value over training (the checkpoint it was tested with), or ``None``."""
+    keys = store.dev_final[(store.dev_final.run_id == run_id) & (store.dev_final.metric == metric)].key
+    if not len(keys):
+        return None
+    values = store.dev_history(run_id, keys.iloc[0]).value
+    return float(values.max() if higher else values.min()) if len(values) else None
+
+
+def _select_runs(store: RunStore, row: Row, col: Column) -> tuple[pd.DataFrame, int, str | None]:
+    """The runs (one per seed) of the group that fills this cell, the number of matching groups, and a note."""
+    runs = store.runs
+    if not store.has_runs(col.task, row.system, row.size, row.variant):
+        return runs.iloc[0:0], 0, None
+    match = runs[(runs.task == col.task) & (runs.scheme == row.system) & (runs["size"] == row.size)
+                 & (runs.variant == row.variant) & ((runs.data_fraction - col.data_fraction).abs() < 1e-9)]
+    if match.empty:
+        return match, 0, None
+    groups = list(dict.fromkeys(match.group))
+    chosen, note = groups[0], None
+    if len(groups) > 1:
+        criterion = dev_criterion(store, col.task, match.run_id)
+        ranking = []
+        for group in groups:
+            members = match[match.group == group]
+            score = -math.inf
+            if criterion is not None:
+                metric, higher = criterion
+                values = [v for v in (_best_dev(store, r, metric, higher) for r in members.run_id) if v is not None]
+                if values:
+                    score = float(np.mean(values)) * (1 if higher else -1)
+            ranking.append((score, members.start_time.max(), group))
+        ranking.sort(reverse=True)
+        chosen = ranking[0][2]
+        how = f"best dev {criterion[0]}" if math.isfinite(ranking[0][0]) else "most recent (no dev scores)"
+        note = f"{row.label} / {col.label}: {len(groups)} run groups match; took the {how}"
+    selected = match[match.group == chosen].sort_values("start_time")
+    with_seed = selected[selected.seed.notna()].drop_duplicates("seed", keep="last")
+    return pd.concat([with_seed, selected[selected.seed.isna()]]), len(groups), note
+
+
+@dataclass
+class _CellData:
+    """What significance testing needs from a computed cell."""
+
+    row: Row
+    record: dict
+    rows_per_run: list[dict]  # example_rows dicts ({"ids": ..., metric: ...}) of the seeds
+
+
+def _compute_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, notes: list[str],
+                  n_boot: int, alpha: float) -> _CellData:
+    from .runs import align, metric_score
+
+    paper_v = paper.paper_value(spec.number, row.system, row.size, row.variant, col.task, col.testset,
+                                col.data_fraction, col.paper_key)
+    empty = _CellData(row, _record(spec, row, col, paper_v=paper_v), [])
+    if col.metric == "human_score":
+        return empty
+    if row.system == GOLD:
+        return _gold_cell(spec, store, row, col, paper_v, n_boot, alpha) or empty
+    if not row.is_scheme:
+        return empty
+    selected, n_groups, note = _select_runs(store, row, col)
+    if selected.empty:
+        return empty
+    if note:
+        notes.append(note)
+    text_metric = col.metric in schema.TEXT_METRICS
+    logged = store.scores[(store.scores.testset == col.testset) & (store.scores.metric == col.metric)]
+    values, rows_per_run = [], []
+    for run_id in selected.run_id:
+        rows = store.example_rows(run_id, col.testset, [col.metric]) if _wants_rows(col.metric) else None
+        if rows is not None:
+            rows_per_run.append(rows)
+        hit = logged[logged.run_id == run_id].value
+        if len(hit) and not text_metric:
+            values.append(float(hit.iloc[-1]))
+        elif rows is not None:  # not logged (text statistics, or an older run): compute it from the predictions
+            values.append(metric_score(col.metric)(rows[col.metric]))
+    if not values:
+        return empty
+    summary = stats.summarize_seeds(values)
+    interval = None
+    if rows_per_run:
+        interval = stats.bootstrap_ci(align(rows_per_run, col.metric), metric_score(col.metric), n_boot=n_boot,
+                                      alpha=alpha)
+    record = _record(spec, row, col, value=summary.mean, sd=summary.sd, n=summary.n, paper_v=paper_v,
+                     interval=interval, run_ids=list(selected.run_id), groups=n_groups)
+    return _CellData(row, record, rows_per_run)
+
+
+def _wants_rows(metric: str) -> bool:
+    """Whether per-example rows exist for a metric (the harness' registry, or our text statistics)."""
+    if metric in schema.TEXT_METRICS:
+        return True
+    from experiments import metrics as harness_metrics
+
+    return metric in harness_metrics.METRICS
+
+
+def _gold_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, paper_v: float | None, n_boot: int,
+               alpha: float) -> _CellData | None:
+    """Table 7's Gold row: the reference summaries' own length and repetition, from any run's predictions."""
+    if col.metric not in schema.TEXT_METRICS:
+        return None
+    from .runs import metric_score
+
+    candidates = store.runs[store.runs.task == col.task].sort_values("start_time", ascending=False)
+    for run_id in candidates.run_id:
+        rows = store.gold_rows(run_id, col.testset, [col.metric])
+        if rows is not None:
+            interval = stats.bootstrap_ci([rows[col.metric]], metric_score(col.metric), n_boot=n_boot, alpha=alpha)
+            record = _record(spec, row, col, value=interval.point, sd=float("nan"), n=1, paper_v=paper_v,
+                             interval=interval, run_ids=[run_id], groups=1)
+            return _CellData(row, record, [])
+    return None
+
+
+def _record(spec: TableSpec, row: Row, col: Column, *, value: float | None = None, sd: float = float("nan"),
+            n: int = 0, paper_v: float | None = None, interval: stats.Interval | None = None,
+            run_ids: Sequence[str] = (), groups: int = 0) -> dict:
+    mean = float("nan") if value is None else float(value)
+    paper_value = float("nan") if paper_v is None else float(paper_v)
+    return dict(
+        table=spec.number, row=row.label, system=row.system, size=row.size, variant=row.variant, column=col.key,
+        column_label=col.label, task=col.task, testset=col.testset, data_fraction=col.data_fraction,
+        metric=col.metric, mean=mean, sd=sd, n=n,
+        ci_low=interval.low if interval else float("nan"), ci_high=interval.high if interval else float("nan"),
+        ci_point=interval.point if interval else float("nan"), n_examples=interval.n_examples if interval else 0,
+        paper=paper_value, diff=mean - paper_value, is_best=False, p_vs_best=float("nan"), mark="",
+        run_ids=",".join(run_ids), groups_matching=groups,
+    )
+
+
+def _mark_significance(cells: list[_CellData], col: Column, alpha: float, n_boot: int) -> None:
+    """Bold the column's best scheme; ``†`` every scheme significantly below it (paired bootstrap)."""
+    if col.metric in schema.HIGHER_IS_BETTER_EXCEPT:
+        return
+    from .runs import align, metric_score
+
+    contenders = [c for c in cells if c.rows_per_run and np.isfinite(c.record["mean"]) and c.row.system != GOLD]
+    if len(contenders) < 2:
+        return
+    best = max(contenders, key=lambda c: c.record["mean"])
+    best.record["is_best"] = True
+    score = metric_score(col.metric)
+    for other in contenders:
+        if other is best:
+            continue
+        try:
+            aligned = align(best.rows_per_run + other.rows_per_run, col.metric)
+        except ValueError:  # no shared examples: not comparable
+            continue
+        k = len(best.rows_per_run)
+        test = stats.paired_bootstrap(aligned[:k], aligned[k:], score, n_boot=n_boot)
+        other.record["p_vs_best"] = test.p_value
+        if test.p_value < alpha:
+            other.record["mark"] = SIG_MARK
+
+
+def build_table(number: int, store: RunStore | None = None, *, n_boot: int = stats.DEFAULT_N_BOOT,
+                alpha: float = stats.DEFAULT_ALPHA) -> TableResult:
+    """Build Table ``number`` (1–7) from ``store`` (``None``: only the paper's column is filled, except Table 1)."""
+    if number not in TABLES:
+        raise ValueError(f"table {number}: expected one of {sorted(TABLES)}")
+    if number == 1:
+        return build_parameter_table()
+    spec = TABLES[number]
+    notes: list[str] = list(spec.notes)
+    rows = _rows(spec, store)
+    by_column: dict[str, list[_CellData]] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for col in spec.columns:
+            for row in rows:
+                if store is None:
+                    paper_v = paper.paper_value(spec.number, row.system, row.size, row.variant, col.task, col.testset,
+                                                col.data_fraction, col.paper_key)
+                    by_column.setdefault(col.key, []).append(_CellData(row, _record(spec, row, col, paper_v=paper_v), []))
+                else:
+                    by_column.setdefault(col.key, []).append(_compute_cell(spec, store, row, col, notes, n_boot, alpha))
+            _mark_significance(by_column[col.key], col, alpha, n_boot)
+    notes += sorted({str(w.message) for w in caught})
+    if store is None:
+        notes.append("No tracking store: only the paper's numbers are shown.")
+    elif store.skipped:
+        notes.append(f"{len(store.skipped)} unfinished run(s) left out (e.g. {store.skipped[0]}).")
+    notes.append(f"Ours: mean ± sd over seeds (n), [95% bootstrap CI over test examples, {n_boot} resamples]; "
+                 f"bold: column's best; {SIG_MARK}: below it with paired-bootstrap p < {alpha:g}.")
+    records = [c.record for col in spec.columns for c in by_column[col.key]]
+    return TableResult(spec, pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS)), notes, n_boot, alpha)
+
+
+def build_tables(numbers: Iterable[int], store: RunStore | None, **kwargs) -> dict[int, TableResult]:
+    return {n: build_table(n, store, **kwargs) for n in numbers}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _fmt(value: float, digits: int) -> str:
+    return MISSING if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _fmt_diff(value: float, digits: int) -> str:
+    return MISSING if not np.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def format_ours(cell: pd.Series, digits: int) -> str:
+    """``63.2 ± 0.4 [62.1, 64.0] (n=3)†`` — or "—" without runs."""
+    if not np.isfinite(cell["mean"]):
+        return MISSING
+    text = _fmt(cell["mean"], digits)
+    if np.isfinite(cell["sd"]):
+        text += f" ± {_fmt(cell['sd'], digits)}"
+    if np.isfinite(cell["ci_low"]):
+        text += f" [{_fmt(cell['ci_low'], digits)}, {_fmt(cell['ci_high'], digits)}]"
+    if cell["table"] != 1:
+        text += f" (n={int(cell['n'])})"
+    return text + cell["mark"]
+
+
+def wide(result: TableResult) -> pd.DataFrame:
+    """One line per row; per column three text cells: ours, paper, Δ."""
+    cells = result.cells
+    rows = list(dict.fromkeys(cells.row))
+    data: dict[tuple[str, str], list[str]] = {}
+    for col in result.spec.columns:
+        digits = result.spec.digits if col.digits is None else col.digits
+        sub = cells[cells.column == col.key].set_index("row")
+        data[(col.label, "ours")] = [format_ours(sub.loc[r], digits) for r in rows]
+        data[(col.label, "paper")] = [_fmt(sub.loc[r, "paper"], digits) for r in rows]
+        data[(col.label, "Δ")] = [_fmt_diff(sub.loc[r, "diff"], digits) for r in rows]
+    frame = pd.DataFrame(data, index=pd.Index(rows, name="system"))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+def _bold_cells(result: TableResult) -> set[tuple[str, str]]:
+    best = result.cells[result.cells.is_best.astype(bool)]
+    return {(r, result.spec.columns[[c.key for c in result.spec.columns].index(k)].label)
+            for r, k in zip(best.row, best.column)}
+
+
+def to_markdown(result: TableResult) -> str:
+    frame, bold = wide(result), _bold_cells(result)
+    header = ["system"] + [f"{label} {part}" for label, part in frame.columns]
+    lines = [f"**Table {result.spec.number}.** {result.spec.title}", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * len(frame.columns)) + "|"]
+    for row_label, values in frame.iterrows():
+        texts = [f"**{v}**" if part == "ours" and (row_label, label) in bold else v
+                 for (label, part), v in values.items()]
+        lines.append("| " + " | ".join([str(row_label).replace("|", "\\|")] + texts) + " |")
+    lines.append("")
+    lines += [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "→": r"$\rightarrow$", "±": r"$\pm$", "—": "---", "−": "-", SIG_MARK: r"$^\dagger$", "Δ": r"$\Delta$",
+                  "<": r"$<$", ">": r"$>$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(result: TableResult) -> str:
+    """A booktabs ``table`` with ours/paper/Δ sub-columns under each reported number."""
+    frame, bold = wide(result), _bold_cells(result)
+    labels = list(dict.fromkeys(label for label, _ in frame.columns))
+    lines = [r"\begin{table}[ht]", r"\centering", r"\small",
+             r"\begin{tabular}{l" + "rrr" * len(labels) + "}", r"\toprule",
+             " & " + " & ".join(rf"\multicolumn{{3}}{{c}}{{{latex_escape(label)}}}" for label in labels) + r" \\",
+             "".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(labels))),
+             "system & " + " & ".join(["ours & paper & $\\Delta$"] * len(labels)) + r" \\", r"\midrule"]
+    for row_label, values in frame.iterrows():
+        texts = []
+        for (label, part), v in values.items():
+            cell = latex_escape(v)
+            texts.append(rf"\textbf{{{cell}}}" if part == "ours" and (row_label, label) in bold else cell)
+        lines.append(" & ".join([latex_escape(row_label)] + texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{Table {result.spec.number}: {latex_escape(result.spec.title)}. "
+              + " ".join(latex_escape(n) for n in result.notes) + "}",
+              rf"\label{{tab:paper-{result.spec.number}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(result: TableResult) -> str:
+    """The long form: one line per cell with every number (mean, sd, n, CI, paper, diff, p-value)."""
+    return result.cells.to_csv(index=False)
+
+
+RENDERERS = {"markdown": to_markdown, "latex": to_latex, "csv": to_csv}
+
+
+def render(result: TableResult, fmt: str = DEFAULT_FORMAT) -> str:
+    if fmt not in RENDERERS:
+        raise ValueError(f"format {fmt!r}: expected one of {list(RENDERERS)}")
+    return RENDERERS[fmt](result)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_tables(text: str) -> list[int]:
+    if text == "all":
+        return sorted(TABLES)
+    try:
+        numbers = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--table {text!r}: expected 1-7, a comma list, or 'all'") from None
+    bad = [n for n in numbers if n not in TABLES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--table {text!r}: no table {bad}; expected numbers in 1-7 or 'all'")
+    return numbers
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help=f"MLflow tracking URI (default: ${schema.TRACKING_URI_ENV}, else {schema.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment name (default: all experiments)")
+    parser.add_argument("--grid", default=None, help="only runs of this grid (tag 'grid')")
+    parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_N_BOOT, help="bootstrap resamples")
+    parser.add_argument("--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level / 1 - CI level")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
+    add_store_arguments(parser)
+    parser.add_argument("--table", type=parse_tables, default=sorted(TABLES), help="1-7, a comma list, or all")
+    parser.add_argument("--format", choices=FORMATS, default=DEFAULT_FORMAT)
+    parser.add_argument("--out", type=Path, default=None, help="write table<N>.<md|tex|csv> here instead of stdout")
+    args = parser.parse_args(argv)
+    store = None
+    if any(n != 1 for n in args.table):
+        from .runs import RunStore
+
+        try:
+            store = RunStore(args.tracking_uri, args.experiment, args.grid)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+    for number in args.table:
+        text = render(build_table(number, store, n_boot=args.n_boot, alpha=args.alpha), args.format)
+        if args.out is None:
+            sys.stdout.write(text + "\n")
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = args.out / f"table{number}.{SUFFIX[args.format]}"
+            path.write_text(text, encoding="utf-8")
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,446 @@
+"""analysis/: tables, statistics, plots and the results notebook, on a small synthetic MLflow store built here.
+
+The store imitates what experiments.tracking writes for cell runs (tags role/cell_id/task/scheme/seed/grid, params
+flattened with dots, ``test_<metric>`` and ``dev_<metric>`` metrics, predictions.jsonl / metrics.json artifacts) with
+predictions whose scores are known by construction, so table cells can be checked against exact numbers. Building a
+sqlite MLflow store costs ~15 s, so one module-scoped store serves every test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import paper, schema, stats, textstats
+
+REPO = Path(__file__).resolve().parents[1]
+N_EXAMPLES = 100
+N_BOOT = 300  # enough for stable 95 % intervals on 200 examples, fast enough for CI
+
+# ---------------------------------------------------------------------------------------------------------------------
+# synthetic store
+
+
+def _fusion_examples(n_correct: int, seed: int, wrong: str = "went out") -> list[dict]:
+    """DiscoFuse-like predictions: the first ``n_correct`` (after a seeded shuffle) copy the reference exactly."""
+    rng = np.random.default_rng(seed)
+    correct = set(rng.permutation(N_EXAMPLES)[:n_correct].tolist())
+    rows = []
+    for i in range(N_EXAMPLES):
+        source = f"went home {i} . slept"
+        reference = f"went home {i} and slept"
+        rows.append(dict(id=f"ex{i:04d}", source=source, reference=reference,
+                         prediction=reference if i in correct else f"{wrong} {i}"))
+    return rows
+
+
+XSUM_PREDICTIONS = [
+    # (prediction, reference): lengths and repetitions known by hand
+    ("the police said the police arrested a man", "a man was arrested in leeds on monday"),  # repeats "police"
+    ("a storm hit wales on friday", "storm damage closed roads across wales"),
+    ("profits rose and profits fell", "the bank reported mixed results"),  # repeats "profits"
+    ("it was a good day", "the team won the cup final in cardiff"),  # only stop words + good/day
+]
+
+
+def _log_run(client, experiment_id, parent_id, *, task, scheme, seed, params, metrics, predictions=None,
+             dev=None, status="FINISHED", extra_files=None, tmp: Path) -> str:
+    from mlflow.entities import Metric, Param
+
+    cell_id = f"{task}-{scheme}-{seed}-{abs(hash(json.dumps(params, sort_keys=True))) % 10**6}"
+    tags = {"role": "cell", "cell_id": cell_id, "task": task, "scheme": scheme, "seed": str(seed), "grid": "synthetic",
+            "mlflow.parentRunId": parent_id}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{task}/{scheme}/seed{seed}")
+    run_id = run.info.run_id
+    all_params = {"seed": str(seed), "output_root": f"/tmp/out/{run_id}", **params}
+    metric_rows = [Metric(f"test_{k}", v, 0, 0) for k, v in metrics.items()]
+    for step, value in (dev or []):  # train_cell logs the teacher-forced dev loss
+        metric_rows.append(Metric("dev_loss", value, 0, step))
+    client.log_batch(run_id, metrics=metric_rows, params=[Param(k, v) for k, v in all_params.items()])
+    files = dict(extra_files or {})
+    if predictions is not None:
+        files["predictions.jsonl"] = "\n".join(json.dumps(p) for p in predictions) + "\n"
+    files["metrics.json"] = json.dumps({f"test_{k}": v for k, v in metrics.items()})
+    run_dir = tmp / run_id
+    run_dir.mkdir()
+    for name, text in files.items():
+        (run_dir / name).write_text(text)
+        client.log_artifact(run_id, str(run_dir / name))
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def _scores(predictions: list[dict], names: list[str]) -> dict[str, float]:
+    from experiments import metrics as m
+
+    return m.compute_metrics(names, [p["source"] for p in predictions], [p["prediction"] for p in predictions],
+                             [p["reference"] for p in predictions])
+
+
+def build_synthetic_store(root: Path) -> str:
+    """A sqlite MLflow store with known runs; returns its tracking URI. Layout (all grid "synthetic"):
+
+    - discofuse bertShare 100 %: seeds 1-3, Exact 60/62/64 % (60/62/64 of 100 exact copies)
+    - discofuse rnd2rnd 100 %: seeds 1-2, Exact 20/21 %; plus a second group (other lr) with worse dev scores
+    - discofuse gpt 10 %: one seed, logged scores only (no predictions: no CI)
+    - discofuse bertShare first_10 (init_layers.first_k=10): one seed (Table 6)
+    - xsum bertShare: one seed, the four XSUM_PREDICTIONS
+    - wmt14_en_de bertShare: one seed, newstest2014 and newstest2016 BLEU logged
+    - a FAILED discofuse run and the launch's parent run, which the analysis must ignore
+    """
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("synthetic", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}, run_name="launch").info.run_id
+    tmp = root / "files"
+    tmp.mkdir()
+    base = {"data_fraction": "1.0", "init_layers": "null", "train.lr": "0.05"}
+
+    def fusion(scheme, seed, n_correct, params=base, dev=None, with_predictions=True, status="FINISHED"):
+        preds = _fusion_examples(n_correct, seed)
+        _log_run(client, experiment_id, parent, task="discofuse", scheme=scheme, seed=seed, params=params,
+                 metrics=_scores(preds, ["exact", "sari"]), predictions=preds if with_predictions else None,
+                 dev=dev, status=status, tmp=tmp)
+
+    for seed, n_correct in ((1, 60), (2, 62), (3, 64)):
+        fusion("bertShare", seed, n_correct, dev=[(100, 2.0), (200, 1.5)])
+    for seed, n_correct in ((1, 20), (2, 21)):
+        fusion("rnd2rnd", seed, n_correct, dev=[(100, 3.0), (200, 2.5)])
+    fusion("rnd2rnd", 1, 90, params={**base, "train.lr": "0.5"}, dev=[(100, 3.5), (200, 2.9)])  # worse on dev
+    fusion("gpt", 1, 50, params={**base, "data_fraction": "0.1"}, with_predictions=False)
+    fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05"})
+    fusion("bert2bert", 1, 99, status="FAILED")
+
+    xsum = [dict(id=f"x{i}", source="document text", reference=r, prediction=p)
+            for i, (p, r) in enumerate(XSUM_PREDICTIONS)]
+    _log_run(client, experiment_id, parent, task="xsum", scheme="bertShare", seed=1, params=base,
+             metrics=_scores(xsum, ["rouge1", "rouge2", "rougeL"]), predictions=xsum, tmp=tmp)
+    wmt = [dict(id=f"w{i}", source=f"ein haus {i}", reference=f"a house {i} stands here", prediction=f"a house {i} stands")
+           for i in range(20)]
+    _log_run(client, experiment_id, parent, task="wmt14_en_de", scheme="bertShare", seed=1, params=base,
+             metrics={**_scores(wmt, ["bleu_uncased"]), "newstest2016_bleu_uncased": 31.25}, predictions=wmt, tmp=tmp)
+    client.set_terminated(parent, status="FINISHED")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    return build_synthetic_store(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture(scope="module")
+def store(store_uri):
+    from analysis.runs import RunStore
+
+    return RunStore(store_uri)
+
+
+@pytest.fixture(scope="module")
+def tables(store):
+    from analysis.tables import build_table
+
+    return {n: build_table(n, store, n_boot=N_BOOT) for n in range(1, 8)}
+
+
+def cell(result, row: str, column: str) -> pd.Series:
+    hit = result.cells[(result.cells.row == row) & (result.cells.column == column)]
+    assert len(hit) == 1, f"expected one cell {row!r}/{column!r}, got {len(hit)}"
+    return hit.iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the paper's numbers
+
+
+def test_paper_numbers_map_every_row_to_canonical_keys():
+    numbers = paper.paper_numbers()
+    assert set(numbers.table) == set(range(1, 8))
+    # spot checks in canonical keys, including the inconsistencies SOURCES.md documents
+    assert paper.paper_value(2, "robertaShare", "base", "full", "discofuse", "test", 0.1, "sari") == 86.9
+    assert paper.paper_value(2, "bertShare", "base", "full", "discofuse", "test", 1.0, "sari") == 89.2
+    assert paper.paper_value(6, "bertShare", "base", "full", "discofuse", "test", 1.0, "sari") == 89.3
+    assert paper.paper_value(1, "rnd2bert", "base", "full", "parameters", "test", 1.0, "random_init_M") == 26
+    assert paper.paper_value(4, "bert2rnd", "base", "full", "wmt14_en_de", "test", 1.0, "bleu_uncased") == 30.1
+    assert paper.paper_value(4, "bert2rnd", "base", "custom_ende_vocab", "wmt14_de_en", "newstest2016", 1.0,
+                             "bleu_uncased") == 40.2
+    assert paper.paper_value(5, "robertaShare", "large", "full", "xsum", "test", 1.0, "rougeL") == 33.9
+    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0, "sari") == 89.1
+    assert paper.paper_value(7, "Gold", "base", "full", "xsum", "test", 1.0, "repetition") == 4.66
+    assert paper.paper_value(3, "gpt", "base", "full", "wikisplit", "test", 1.0, "sari") == 61.1
+    assert paper.paper_value(2, "gpt", "base", "full", "discofuse", "test", 0.5, "sari") is None
+    sources = (paper.PAPER_DIR / "SOURCES.md").read_text()
+    for inconsistency in ("86.9", "26M", "89.3"):
+        assert inconsistency in sources
+
+
+def test_paper_csvs_are_copies_of_the_shared_transcription(shared_dir):
+    for name in [*paper.TABLE_FILES.values(), paper.TEXT_ABLATIONS_FILE]:
+        assert (paper.PAPER_DIR / name).read_bytes() == (shared_dir / "paper" / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# statistics and text statistics
+
+
+def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
+    rng = np.random.default_rng(0)
+    seeds = [rng.normal(50, 10, size=(400, 1)) + shift for shift in (-1.0, 0.0, 1.0)]
+    interval = stats.bootstrap_ci(seeds, n_boot=500)
+    assert interval.low < interval.point < interval.high
+    assert interval.point == pytest.approx(np.mean([s.mean() for s in seeds]))
+    narrow = stats.bootstrap_ci([np.tile(s, (4, 1)) for s in seeds], n_boot=500)
+    assert (narrow.high - narrow.low) < 0.7 * (interval.high - interval.low)
+    # same seed, same numbers
+    assert stats.bootstrap_ci(seeds, n_boot=500) == interval
+    summary = stats.summarize_seeds([60.0, 62.0, 64.0])
+    assert (summary.mean, summary.sd, summary.n) == (62.0, 2.0, 3)
+    assert np.isnan(stats.summarize_seeds([5.0]).sd) and stats.summarize_seeds([]).n == 0
+
+
+def test_bootstrap_recomputes_corpus_bleu_from_sufficient_statistics():
+    from experiments import metrics
+
+    predictions = [f"the cat sat on mat number {i}" if i % 3 else f"a dog ran {i}" for i in range(60)]
+    references = [[f"the cat sat on the mat number {i}"] for i in range(60)]
+    rows = metrics.example_statistics(["bleu_nltk"], ["x"] * 60, predictions, references)["bleu_nltk"]
+    score = lambda r: metrics.score_from_statistics("bleu_nltk", r)  # noqa: E731
+    interval = stats.bootstrap_ci([rows], score, n_boot=200)
+    assert interval.point == pytest.approx(metrics.corpus_bleu_nltk(predictions, references))
+    assert interval.low < interval.point < interval.high
+
+
+def test_paired_bootstrap_separates_a_clearly_better_system_from_an_equal_one():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, size=(300, 1)).astype(float) * 100
+    better = np.where(rng.random((300, 1)) < 0.3, 100.0, a)  # a, with 30 % of the misses fixed
+    clear = stats.paired_bootstrap([better], [a], n_boot=500)
+    assert clear.delta > 0 and clear.p_value < 0.01
+    same = stats.paired_bootstrap([a], [a.copy()], n_boot=500)
+    assert same.delta == 0 and same.p_value == 1.0
+    with pytest.raises(ValueError, match="same examples"):
+        stats.paired_bootstrap([a], [a[:10]])
+
+
+def test_length_and_repetition_follow_the_documented_definition():
+    assert textstats.words("It's the BBC's 2nd report, isn't it?") == ["it", "s", "the", "bbc", "s", "2nd", "report",
+                                                                       "isn", "t", "it"]
+    assert textstats.summary_length("A man, 45, was arrested.") == 5
+    assert textstats.repeated_content_words("the police said the police arrested him") == ["police"]
+    assert not textstats.repeats_content_word("it was the best of the times it was")  # stop words only
+    assert not textstats.repeats_content_word("in 2019 and 2019 again")  # numbers are not content words
+    assert textstats.repetition_stats(["rain rain", "sun"]).ravel().tolist() == [100.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# harness naming (the one mapping place)
+
+
+def test_schema_reads_the_harness_names():
+    assert schema.split_metric_key("test_bleu_uncased", schema.TEST_METRIC_PREFIXES) == ("test", "bleu_uncased")
+    assert schema.split_metric_key("test_newstest2016_bleu_uncased", schema.TEST_METRIC_PREFIXES) == (
+        "newstest2016", "bleu_uncased")
+    assert schema.split_metric_key("test_newstest2014_sacrebleu", schema.TEST_METRIC_PREFIXES) == ("test", "sacrebleu")
+    assert schema.split_metric_key("dev_sari", schema.TEST_METRIC_PREFIXES) is None
+    assert schema.init_layers_variant({"init_layers": "null"}) == "full"
+    assert schema.init_layers_variant({"init_layers.embeddings_only": "true"}) == "embeddings_only"
+    assert schema.init_layers_variant({"init_layers.layers": "[9, 10, 13, 14, 15, 16, 17, 18, 23, 24]"}) == (
+        "layers_9,10,13-18,23,24")
+    assert schema.run_fields("r", {"role": "launch"}, {}) is None
+    a = schema.run_fields("a", {"task": "disco_fuse", "scheme": "BERTSHARE", "seed": "1"},
+                          {"seed": "1", "data_fraction": "0.1", "train.lr": "0.05", "output_root": "/x"})
+    b = schema.run_fields("b", {"task": "discofuse", "scheme": "bertShare", "seed": "2"},
+                          {"seed": "2", "data_fraction": "0.1", "train.lr": "0.05", "output_root": "/y"})
+    assert (a.task, a.scheme, a.data_fraction) == ("discofuse", "bertShare", 0.1)
+    assert a.group == b.group  # seeds and cosmetic params do not split a group
+    with pytest.raises(ValueError, match="data_fraction"):
+        schema.run_fields("c", {"task": "discofuse", "scheme": "gpt"}, {"data_fraction": "lots"})
+
+
+def test_analysis_never_imports_transformers():
+    code = ("import sys, analysis.tables, analysis.plots, analysis.runs, analysis.paper, analysis.textstats; "
+            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tables from the synthetic store
+
+
+def test_store_keeps_finished_cell_runs_only(store):
+    assert len(store.runs) == 10  # 11 cell runs, one FAILED; the parent run is not a cell
+    assert "bert2bert" not in set(store.runs.scheme)
+    assert any("FAILED" in reason for reason in store.skipped)
+
+
+def test_store_refuses_a_missing_store_or_experiment(store_uri, tmp_path):
+    from analysis.runs import RunStore
+
+    with pytest.raises(ValueError, match="no MLflow store at"):
+        RunStore(f"sqlite:///{tmp_path / 'absent.db'}")
+    assert not (tmp_path / "absent.db").exists()  # and did not create one
+    with pytest.raises(ValueError, match="no experiment named 'nope'"):
+        RunStore(store_uri, experiment="nope")
+    assert len(RunStore(store_uri, experiment="synthetic", grid="other").runs) == 0
+
+
+def test_multi_seed_cell_aggregates_seeds_with_a_bootstrap_interval(tables):
+    exact = cell(tables[2], "bertShare", "exact_100")
+    assert (exact["mean"], exact["sd"], exact["n"]) == (pytest.approx(62.0), pytest.approx(2.0), 3)
+    assert exact.paper == 63.9 and exact["diff"] == pytest.approx(-1.9)
+    assert exact.ci_low < exact["mean"] < exact.ci_high and exact.n_examples == N_EXAMPLES
+    assert exact.ci_point == pytest.approx(62.0)  # per-example rows reproduce the logged scores
+    sari = cell(tables[2], "bertShare", "sari_100")
+    assert sari.ci_low < sari["mean"] < sari.ci_high
+
+
+def test_duplicate_groups_are_resolved_on_dev_not_test(tables):
+    rnd = cell(tables[2], "rnd2rnd", "exact_100")
+    assert (rnd["mean"], rnd["n"], rnd.groups_matching) == (pytest.approx(20.5), 2, 2)  # not the lr=0.5 run (90 %)
+    assert any("rnd2rnd / Exact 100%: 2 run groups match; took the best dev loss" in n for n in tables[2].notes)
+
+
+def test_significance_marks_the_clearly_worse_scheme(tables):
+    best, worse = cell(tables[2], "bertShare", "sari_100"), cell(tables[2], "rnd2rnd", "sari_100")
+    assert best.is_best and best.mark == ""
+    assert worse.mark == "†" and worse.p_vs_best < 0.05
+    from analysis.tables import render
+
+    markdown = render(tables[2], "markdown")
+    assert "| rnd2rnd | 20.5 ± 0.7 [" in markdown and "(n=2)† | 58.3 | -37.8 |" in markdown
+    assert "**62.0 ± 2.0 [" in markdown
+
+
+def test_missing_cells_show_a_dash(tables):
+    from analysis.tables import wide
+
+    frame = wide(tables[2])
+    assert frame.loc["bert2bert", ("SARI 100%", "ours")] == "—"  # its only run FAILED
+    assert frame.loc["bert2bert", ("SARI 100%", "paper")] == "89.3"
+    assert frame.loc["bert2bert", ("SARI 100%", "Δ")] == "—"
+    assert frame.loc["Geva et al. (2019)", ("SARI 10%", "paper")] == "—"
+    gpt = cell(tables[2], "gpt", "sari_10")  # logged scores, no predictions: a mean without an interval
+    assert gpt["n"] == 1 and np.isnan(gpt.ci_low) and gpt.paper == 82.9
+    assert frame.loc["gpt", ("SARI 10%", "ours")] == f"{gpt['mean']:.1f} (n=1)"
+
+
+def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
+    assert cell(tables[4], "bertShare", "ende_2016")["mean"] == 31.25
+    nt2014 = cell(tables[4], "bertShare", "ende_2014")
+    assert nt2014.paper == 29.6 and np.isfinite(nt2014["mean"])
+    assert np.isnan(cell(tables[4], "bertShare", "deen_2014")["mean"])
+    first10 = cell(tables[6], "bertShare: first 10 layers", "sari")
+    assert first10.paper == 88.2 and first10["n"] == 1 and np.isfinite(first10["mean"])
+    assert cell(tables[6], "bertShare", "sari")["n"] == 3
+    lengths = [textstats.summary_length(p) for p, _ in XSUM_PREDICTIONS]
+    assert cell(tables[7], "bertShare", "length")["mean"] == pytest.approx(np.mean(lengths))
+    assert cell(tables[7], "bertShare", "repetition")["mean"] == pytest.approx(50.0)
+    gold = cell(tables[7], "Gold", "length")
+    assert gold["mean"] == pytest.approx(np.mean([textstats.summary_length(r) for _, r in XSUM_PREDICTIONS]))
+    assert gold.paper == 24.61 and cell(tables[7], "Gold", "repetition")["mean"] == 0.0
+    assert np.isnan(cell(tables[7], "bertShare", "human")["mean"])
+
+
+def test_table1_counts_parameters_of_the_schemes(tables):
+    totals = tables[1].cells[tables[1].cells.column == "total"].set_index("system")
+    assert set(schema.SCHEMES) <= set(totals.index)
+    for scheme in schema.SCHEMES:  # bertgen.schemes builds the models the paper counted (rounded to millions)
+        assert abs(totals.loc[scheme, "mean"] - totals.loc[scheme, "paper"]) <= 1.5, scheme
+
+
+def test_every_format_renders(tables, store_uri, tmp_path):
+    from analysis.tables import main, render
+
+    for number, result in tables.items():
+        assert f"Table {number}" in render(result, "markdown")
+        latex = render(result, "latex")
+        assert latex.count(r"\begin{tabular}") == 1 and r"\bottomrule" in latex
+        back = pd.read_csv(pd.io.common.StringIO(render(result, "csv")))
+        assert len(back) == len(result.cells) and {"mean", "sd", "n", "ci_low", "ci_high", "paper", "diff"} <= set(back)
+    assert r"$^\dagger$" in render(tables[2], "latex")
+    main(["--tracking-uri", store_uri, "--table", "2,7", "--format", "csv", "--out", str(tmp_path), "--n-boot", "50"])
+    written = pd.read_csv(tmp_path / "table2.csv")
+    assert written.loc[(written.row == "bertShare") & (written.column == "exact_100"), "mean"].item() == pytest.approx(62)
+    assert (tmp_path / "table7.csv").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def test_figures_show_the_table_numbers(store, tables, tmp_path):
+    from analysis import plots
+
+    figures = plots.make_figures(store, tables, n_boot=N_BOOT)
+    assert set(figures) == {"bars_discofuse", "curves_discofuse", "bars_wmt14_en_de", "bars_xsum",
+                            "discofuse_fraction", "xsum_length_repetition"}
+    exact_axis = figures["bars_discofuse"].axes[0]
+    labels = [t.get_text() for t in exact_axis.get_xticklabels()]
+    ours_heights = [p.get_height() for p in exact_axis.patches[: len(labels)]]
+    assert ours_heights[labels.index("bertShare")] == pytest.approx(62.0)
+    curve_labels = [line.get_label() for line in figures["curves_discofuse"].axes[0].lines]
+    assert curve_labels == ["rnd2rnd (n=2)", "bertShare (n=3)"]
+    for name, fig in figures.items():
+        formats = ("png", "pdf") if name == "discofuse_fraction" else ("png",)  # PDF is slow to write; one suffices
+        for path in plots.save(fig, tmp_path, name, formats):
+            assert path.stat().st_size > 1000, path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the notebook (CI executes it, so it cannot rot)
+
+
+def execute_notebook(tracking_uri: str) -> list[dict]:
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(REPO / "notebooks" / "results.ipynb", as_version=4)
+    env_before = {k: os.environ.get(k) for k in ("BERTGEN_TRACKING_URI", "BERTGEN_N_BOOT")}
+    os.environ.update(BERTGEN_TRACKING_URI=tracking_uri, BERTGEN_N_BOOT="100")
+    try:  # the kernel inherits this process' environment
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        for key, value in env_before.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+
+
+@pytest.mark.slow
+def test_notebook_executes_against_the_synthetic_store(store_uri):
+    outputs = execute_notebook(store_uri)
+    markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    for number in range(1, 8):
+        assert f"**Table {number}.**" in markdown
+    assert "**62.0 ± 2.0 [" in markdown
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 6
+
+
+SMOKE_STORE = REPO / "outputs" / "mlflow.db"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOKE_STORE.is_file(), reason="no smoke-grid store (run `make smoke` first)")
+def test_real_smoke_store_renders_every_table_and_the_notebook():
+    from analysis.runs import RunStore
+    from analysis.tables import build_table, render
+
+    uri = f"sqlite:///{SMOKE_STORE}"
+    smoke = RunStore(uri)
+    assert len(smoke.runs) > 0, f"{uri} holds no finished cell runs"
+    results = {number: build_table(number, smoke, n_boot=100) for number in range(1, 8)}
+    for number, result in results.items():
+        for fmt in ("markdown", "latex", "csv"):
+            assert f"{number}" in render(result, fmt)
+    filled = sum(int(np.isfinite(results[n].cells["mean"]).sum()) for n in range(2, 8))
+    assert filled > 0, "no table cell was filled from the smoke runs"
+    outputs = execute_notebook(uri)
+    assert not [o for o in outputs if o.get("output_type") == "error"]
