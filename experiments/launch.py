@@ -1,0 +1,408 @@
+"""Launch a study grid: validate it, skip what is done, submit the rest, report.
+
+    python -m experiments.launch GRID [--executor slurm|local|debug] [--dry-run] [--only PATTERN]
+                                      [--set key=value ...] [--retry-failed]
+
+1. The grid is loaded and validated (:mod:`experiments.grid`); any problem is one line on stderr and exit status 2,
+   before anything is written or any MLflow run exists. ``--dry-run`` prints the cells and stops there too.
+2. The tracking URI must answer (:func:`experiments.tracking.check_tracking`), else exit status 2, nothing submitted.
+3. Each selected cell is looked up by its ``cell_id`` tag in the experiment: FINISHED → skipped; FAILED → skipped
+   unless ``--retry-failed``; RUNNING/SCHEDULED but no longer alive (killed launcher, dead node) → resumed in the
+   same MLflow run from its last checkpoint; alive → left alone; no run → a new child run. A cell never gets a
+   second run. Pending metrics a cell could not send earlier are uploaded first.
+4. Executors (submitit): ``slurm`` submits one job array with the grid's Slurm parameters; ``local`` runs cells as
+   local processes, ``executor.local.parallelism`` at a time; ``debug`` runs them in this process. Default: slurm
+   when ``sbatch`` is on PATH, else local.
+5. local/debug wait and print a results table (exit status 1 when a cell failed); slurm prints the job ids and how
+   to watch them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cell import CellJob, cell_dir, cell_label
+from .grid import Grid, GridError, load_grid, smoke_asset_paths
+from .tracking import (PENDING_FILE, TrackingUnavailable, check_tracking, git_commit, resolve_tracking_uri)
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+LOCAL_POLL_S = 1.0
+
+
+# -- selection ------------------------------------------------------------------------------------------------------
+def cell_matches(cell: dict, pattern: str) -> bool:
+    """``--only``: a glob over ``task/scheme/seedN[/variant]`` (e.g. ``discofuse/bert*``), a task or scheme name,
+    or a prefix of the cell id. Several patterns may be given separated by commas."""
+    label = cell_label(cell)
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        if (fnmatch.fnmatchcase(label, part) or fnmatch.fnmatchcase(label, part + "/*")
+                or part in (cell["task"], cell["scheme"]) or cell["cell_id"].startswith(part)):
+            return True
+    return False
+
+
+def select(cells: list[dict], only: str | None) -> list[dict]:
+    return cells if not only else [c for c in cells if cell_matches(c, only)]
+
+
+def pick_executor(requested: str | None, grid: Grid) -> str:
+    return requested or grid.executor["default"] or ("slurm" if shutil.which("sbatch") else "local")
+
+
+def where_text(executor: str, grid: Grid) -> str:
+    if executor == "slurm":
+        s = grid.executor["slurm"]
+        return f"slurm {s['partition'] or '(default partition)'} {s['nodes']}x{s['gpus_per_node']}gpu"
+    if executor == "local":
+        return f"local process ({grid.executor['local']['parallelism']} at a time)"
+    return "this process (debug)"
+
+
+# -- tables ---------------------------------------------------------------------------------------------------------
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _variant(cell: dict) -> str:
+    parts = cell_label(cell).split("/")[3:]
+    return "/".join(parts) or "-"
+
+
+def dry_run_table(cells: list[dict], executor: str, grid: Grid) -> str:
+    where = where_text(executor, grid)
+    rows = [[c["cell_id"], c["task"], c["scheme"], str(c["seed"]), _variant(c), str(c["train"]["steps"]), where]
+            for c in cells]
+    return format_table(["id", "task", "scheme", "seed", "variant", "steps", "where"], rows)
+
+
+def main_metrics(task: str, metrics: dict[str, float]) -> str:
+    """The task's metrics in its own order (experiments.tasks), e.g. ``sari=88.10 exact=60.20``."""
+    from .tasks import TASKS
+
+    names = [f"test_{m}" for m in TASKS[task].metrics if f"test_{m}" in metrics]
+    names = names or sorted(k for k in metrics if k.startswith("test_"))
+    return " ".join(f"{n[len('test_'):]}={metrics[n]:.2f}" for n in names) or "-"
+
+
+# -- planning -------------------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What happens to each selected cell: ``new``, ``resume``, ``retry`` (submitted) or ``finished``, ``failed``,
+    ``running`` (left alone)."""
+
+    action: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)
+
+    def submitted(self) -> list[str]:
+        return [c for c, a in self.action.items() if a in ("new", "resume", "retry")]
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for action in self.action.values():
+            counts[action] = counts.get(action, 0) + 1
+        return ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+
+
+def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) -> Plan:
+    from .tracking import cell_is_alive
+
+    plan = Plan()
+    for cell in cells:
+        cid = cell["cell_id"]
+        run = existing.get(cid)
+        plan.runs[cid] = run
+        if run is None:
+            plan.action[cid] = "new"
+            continue
+        status = run.info.status
+        if status == "FINISHED":
+            plan.action[cid] = "finished"
+        elif status == "FAILED":
+            plan.action[cid] = "retry" if retry_failed else "failed"
+        elif status in ("RUNNING", "SCHEDULED") and cell_is_alive(run, cell_dir(cell)):
+            plan.action[cid] = "running"
+        else:  # KILLED, or RUNNING/SCHEDULED with nobody behind it
+            plan.action[cid] = "resume"
+    return plan
+
+
+def sync_pending(cells: list[dict], uri: str) -> None:
+    """Upload metrics a previous attempt parked on disk, so this launch sees the runs as they really are."""
+    from .sync import sync_file
+
+    for cell in cells:
+        pending = cell_dir(cell) / PENDING_FILE
+        if pending.is_file():
+            sent, left = sync_file(pending, uri)
+            print(f"synced {sent} pending operations of {cell['cell_id']}" + (f" ({left} left)" if left else ""))
+
+
+def prepare_smoke_assets(grid: Grid) -> None:
+    """Build the tiny checkpoints and tasks once (minutes on a CPU) and check they are where the cells expect."""
+    from .pretrain_tiny import ensure_smoke_assets
+
+    expected = smoke_asset_paths(grid.smoke_root)
+    if not Path(expected["root"], "manifest.json").is_file():
+        print(f"building smoke assets under {grid.smoke_root} (tiny BERT, RoBERTa, GPT-2; once) ...", flush=True)
+    manifest = ensure_smoke_assets(grid.smoke_root)
+    if manifest["checkpoints"] != expected["checkpoints"] or manifest["tasks"] != expected["tasks"]:
+        raise RuntimeError(f"smoke assets were built at {manifest['root']}, not where the grid expects them "
+                           f"({expected['root']}); experiments.grid.smoke_asset_paths is out of date")
+
+
+def cpu_threads(executor: str, grid: Grid) -> int | None:
+    """CPU threads per cell: Slurm's cpus_per_task, or this machine's cores shared by the local cells at once."""
+    if executor == "slurm":
+        return grid.executor["slurm"]["cpus_per_task"]
+    if executor == "local":
+        return max(1, (os.cpu_count() or 1) // grid.executor["local"]["parallelism"])
+    return None
+
+
+# -- submission -----------------------------------------------------------------------------------------------------
+def make_executor(kind: str, grid: Grid, folder: Path):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    name = f"bertgen-{grid.name}"
+    if kind == "slurm":
+        s = grid.executor["slurm"]
+        executor.update_parameters(
+            name=name, timeout_min=s["timeout_min"], nodes=s["nodes"], tasks_per_node=s["tasks_per_node"],
+            gpus_per_node=s["gpus_per_node"], cpus_per_task=s["cpus_per_task"], mem_gb=s["mem_gb"],
+            slurm_partition=s["partition"], slurm_array_parallelism=s["array_parallelism"],
+            slurm_account=s["account"], slurm_qos=s["qos"], slurm_constraint=s["constraint"])
+    elif kind == "local":
+        executor.update_parameters(name=name, timeout_min=grid.executor["local"]["timeout_min"])
+    return executor
+
+
+@dataclass
+class Outcome:
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+def run_debug(executor, jobs: list[tuple[dict, CellJob]]) -> dict[str, Outcome]:
+    outcomes = {}
+    for cell, job in jobs:
+        result = executor.submit(job).result()
+        outcomes[cell["cell_id"]] = Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
+    return outcomes
+
+
+def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, tracker) -> dict[str, Outcome]:
+    """Keep ``parallelism`` cells running as local processes; a process that died without reporting is FAILED."""
+    outcomes: dict[str, Outcome] = {}
+    queue = list(jobs)
+    running: list[tuple[dict, CellJob, Any]] = []
+    try:
+        while queue or running:
+            while queue and len(running) < parallelism:
+                cell, job = queue.pop(0)
+                submitted = executor.submit(job)
+                tracker.client.set_tag(job.run_id, "submitit_job_id", str(submitted.job_id))
+                print(f"started {cell['cell_id']} {cell_label(cell)} (pid {submitted.job_id})", flush=True)
+                running.append((cell, job, submitted))
+            time.sleep(LOCAL_POLL_S)
+            for entry in [r for r in running if r[2].done()]:
+                running.remove(entry)
+                cell, job, submitted = entry
+                outcomes[cell["cell_id"]] = _collect_local(cell, job, submitted, tracker)
+                print(f"done    {cell['cell_id']} {cell_label(cell)}: {outcomes[cell['cell_id']].status}", flush=True)
+    except KeyboardInterrupt:
+        for _, _, submitted in running:
+            submitted.cancel(check=False)
+        raise
+    return outcomes
+
+
+def _collect_local(cell: dict, job: CellJob, submitted, tracker) -> Outcome:
+    try:
+        result = submitted.result()
+        return Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
+    except Exception as err:  # noqa: BLE001 - the cell raised (already recorded) or its process died (not yet)
+        run = tracker.get_run(job.run_id)
+        reason = run.data.tags.get("failure_reason", "")
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            stderr = Path(submitted.paths.stderr)
+            tail = stderr.read_text(errors="replace").strip().splitlines()[-1:] if stderr.is_file() else []
+            reason = f"worker process died ({type(err).__name__}): {tail[0] if tail else 'no stderr'}"[:480]
+            tracker.mark_failed(job.run_id, reason)
+            if stderr.is_file():
+                tracker.client.log_artifact(job.run_id, str(stderr))
+        return Outcome("FAILED", {}, reason)
+
+
+def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -> str:
+    rows = []
+    for cell in cells:
+        cid = cell["cell_id"]
+        action = plan.action[cid]
+        if cid in outcomes:
+            outcome = outcomes[cid]
+            status, note = outcome.status, outcome.reason
+            metrics = {k if k.startswith("test_") else f"test_{k}": v for k, v in outcome.metrics.items()}
+        else:
+            run = plan.runs.get(cid)
+            status = {"finished": "FINISHED (done before)", "failed": "FAILED (skipped; --retry-failed)",
+                      "running": "RUNNING (elsewhere)"}.get(action, action)
+            metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} if run is not None else {}
+            note = run.data.tags.get("failure_reason", "") if run is not None and action == "failed" else ""
+        shown = main_metrics(cell["task"], metrics)
+        rows.append([cid, cell["task"], cell["scheme"], str(cell["seed"]), _variant(cell), status,
+                     shown + (f"  [{note[:100]}]" if note else "")])
+    return format_table(["cell", "task", "scheme", "seed", "variant", "status", "test metrics"], rows)
+
+
+def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool, argv: list[str]) -> int:
+    from .tracking import Tracker
+
+    uri = resolve_tracking_uri(grid.tracking_uri, grid.output_root)
+    try:
+        check_tracking(uri)
+    except TrackingUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    grid.output_root.mkdir(parents=True, exist_ok=True)
+    if grid.smoke_root is not None:
+        prepare_smoke_assets(grid)
+    try:
+        tracker = Tracker(uri, grid.experiment)
+    except TrackingUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    sync_pending(cells, uri)
+    plan = plan_cells(cells, tracker.cell_runs(), retry_failed)
+    print(f"grid {grid.name}: {len(cells)} cells: {plan.summary()}  (MLflow: {uri}, experiment {grid.experiment})")
+
+    commit = git_commit()
+    host = socket.gethostname()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = tracker.start_parent(f"launch {grid.name} {stamp}", {
+        "grid": grid.name, "git_commit": commit, "host": host, "executor": executor_kind,
+        "command": " ".join(argv)[:5000], "cells": str(len(cells)), "submitted": str(len(plan.submitted()))})
+    manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2) + "\n")
+    tracker.client.log_artifact(parent, str(manifest))
+    if grid.path.is_file():
+        tracker.client.log_artifact(parent, str(grid.path))
+
+    jobs: list[tuple[dict, CellJob]] = []
+    for cell in cells:
+        cid = cell["cell_id"]
+        action = plan.action[cid]
+        if action == "new":
+            run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
+                                                                                "launch_host": host})
+        elif action in ("resume", "retry"):
+            run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": commit})
+        else:
+            continue
+        jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
+                                   num_threads=cpu_threads(executor_kind, grid))))
+
+    folder = grid.output_root / "submitit" / grid.name
+    outcomes: dict[str, Outcome] = {}
+    try:
+        if jobs:
+            executor = make_executor(executor_kind, grid, folder / ("%j" if executor_kind == "slurm" else ""))
+            if executor_kind == "slurm":
+                return _submit_slurm(executor, jobs, tracker, parent, uri, grid)
+            if executor_kind == "local":
+                outcomes = run_local(executor, jobs, grid.executor["local"]["parallelism"], tracker)
+            else:
+                outcomes = run_debug(executor, jobs)
+    except KeyboardInterrupt:
+        tracker.finish_parent(parent, "KILLED", {"interrupted": "KeyboardInterrupt"})
+        print("interrupted; relaunch the same command to resume", file=sys.stderr)
+        return 130
+    failed = [c for c in cells if (outcomes[c["cell_id"]].status if c["cell_id"] in outcomes
+                                   else plan.action[c["cell_id"]]) in ("FAILED", "failed")]
+    tracker.finish_parent(parent, "FAILED" if failed else "FINISHED", {"failed_cells": str(len(failed))})
+    print()
+    print(results_table(cells, plan, outcomes))
+    print(f"\nMLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"\nMLflow: {uri}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: str, uri: str, grid: Grid) -> int:
+    with executor.batch():
+        submitted = [executor.submit(job) for _, job in jobs]
+    rows = []
+    for (cell, job), sub in zip(jobs, submitted):
+        tracker.client.set_tag(job.run_id, "slurm_job_id", str(sub.job_id))
+        rows.append([str(sub.job_id), cell["cell_id"], cell_label(cell)])
+    tracker.finish_parent(parent, "FINISHED", {"slurm_jobs": ",".join(str(s.job_id) for s in submitted)[:5000]})
+    print(format_table(["slurm job", "cell", "label"], rows))
+    array = str(submitted[0].job_id).split("_")[0]
+    print(f"\nsubmitted {len(submitted)} cells as Slurm job array {array} "
+          f"(at most {grid.executor['slurm']['array_parallelism']} at a time)")
+    print(f"watch:   squeue -j {array}    logs: {grid.output_root / 'submitit' / grid.name}")
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
+    print(f"MLflow:  {ui}\nrelaunch the same command to resume interrupted cells (finished ones are skipped)")
+    return EXIT_OK
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.launch", description="Run a study grid (grids/*.yaml) with MLflow tracking.",
+        epilog="Examples:\n  python -m experiments.launch grids/smoke.yaml --executor local\n"
+               "  python -m experiments.launch grids/fusion.yaml --dry-run --only 'discofuse/bert*'\n"
+               "  python -m experiments.launch grids/mini_wikisplit.yaml --set train.steps=50 "
+               "--set checkpoints.bert=/path/to/bert",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", type=Path, help="grid file (grids/*.yaml)")
+    parser.add_argument("--executor", choices=("slurm", "local", "debug"),
+                        help="where cells run (default: the grid's, else slurm when sbatch exists, else local)")
+    parser.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    parser.add_argument("--only", metavar="PATTERN",
+                        help="only cells whose task/scheme/seedN[/variant] matches this glob, whose task or scheme is "
+                             "this name, or whose id starts with it (comma-separated alternatives)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                        help="override a grid value (value read as YAML); cell fields (train.steps=10, "
+                             "checkpoints.bert=DIR, data.train=FILE) apply to every cell last")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun cells whose MLflow run FAILED")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        grid = load_grid(args.grid, args.sets)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    cells = select(grid.cells, args.only)
+    if not cells:
+        print(f"error: {args.grid}: --only {args.only!r}: no cell matches (the grid has {len(grid.cells)})",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    executor = pick_executor(args.executor, grid)
+    if args.dry_run:
+        print(dry_run_table(cells, executor, grid))
+        print(f"\n{len(cells)} of {len(grid.cells)} cells; outputs under {grid.output_root}/cells/<task>/<scheme>/<id>")
+        return EXIT_OK
+    return launch(grid, cells, executor, args.retry_failed, ["python", "-m", "experiments.launch",
+                                                             *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
