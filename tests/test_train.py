@@ -1,0 +1,339 @@
+"""Training one cell: schedules, atomic checkpoints, exact resumption, DDP, decoding and failure reporting.
+
+Cells run on the reduced smoke assets (experiments.pretrain_tiny, built once per session): hidden 64, 2 layers,
+40 training examples, a handful of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from experiments import checkpointing
+from experiments import pretrain_tiny as pt
+from experiments.metrics import compute_metrics
+from experiments.optim import LRSchedule, build_optimizer, paper_peak_lr
+from experiments.train import NonFiniteLossError, TrainSettings, train_cell, warm_start_from
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Hidden-64 models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads made
+    these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    # The same root and settings as test_pretrain_tiny.py: the assets are built once per session.
+    return pt.ensure_smoke_assets(tmp_path_factory.getbasetemp() / "smoke-assets", pt.SmokeSettings.quick())
+
+
+def make_cell(assets: dict, output_root: Path, scheme: str = "bert2bert", task: str = "discofuse",
+              model: dict | None = None, checkpoints: dict | None = None, **train) -> dict:
+    kind = "fusion" if task == "discofuse" else "split"
+    files = assets["tasks"][kind]
+    settings = {"steps": 8, "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "warmup_steps": 2, "schedule": "linear",
+                "max_grad_norm": 1.0, "bf16": False, "eval_every": 4, "checkpoint_every": 4, "eval_examples": 8,
+                "num_workers": 0, "log_every": 1}
+    settings.update(train)
+    return {
+        "cell_id": f"test-{scheme}", "grid": "test", "task": task, "scheme": scheme, "seed": 3,
+        "checkpoints": checkpoints or dict(assets["checkpoints"]),
+        "data": {split: {"path": path, "columns": {"input": "source", "target": "target", "id": "id"}}
+                 for split, path in files.items()},
+        "data_fraction": 1.0, "max_examples": {"train": None, "validation": None, "test": None},
+        "model": model or {}, "init_layers": None, "train": settings,
+        "decode": {"num_beams": 2, "length_penalty": 0.6, "length_penalty_style": "gnmt", "max_new_tokens": 12},
+        "output_root": str(output_root),
+    }
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.metrics: list[tuple[int, dict]] = []
+        self.tags: dict = {}
+        self.artifacts: list[Path] = []
+        self.preempt_hooks = []
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path):
+        self.artifacts.append(Path(path))
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def on_preempt(self, fn):
+        self.preempt_hooks.append(fn)
+
+    def train_steps(self) -> list[int]:
+        return [step for step, m in self.metrics if "loss" in m]
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashingLogger(RecordingLogger):
+    """Kills the run (as a node failure would) when training reports ``at_step``."""
+
+    def __init__(self, at_step: int):
+        super().__init__()
+        self.at_step = at_step
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if "loss" in metrics and step >= self.at_step:
+            raise SimulatedCrash(f"crash at step {step}")
+
+
+def _weights(cell_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(cell_dir / "checkpoints" / name / checkpointing.MODEL_FILE)
+
+
+# -- optimiser and schedules ------------------------------------------------------------------------------------------
+def _optimizer():
+    return build_optimizer([torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_noam_schedule_is_the_papers():
+    schedule = LRSchedule(_optimizer(), "noam", lr=0.05, warmup_steps=40_000, hidden_size=768)
+    base = 0.05 / math.sqrt(768)
+    for t in (1, 100, 39_999, 40_000, 160_000):
+        expected = base * min(1.0, t / 40_000) / math.sqrt(max(t, 40_000))
+        assert schedule.lr_at(t) == pytest.approx(expected, rel=1e-12)
+    assert max(schedule.lr_at(t) for t in range(1, 100_000, 997)) <= paper_peak_lr(768) * (1 + 1e-12)
+    assert schedule.lr_at(40_000) == pytest.approx(paper_peak_lr(768))
+    assert schedule.lr_at(160_000) == pytest.approx(paper_peak_lr(768) / 2)  # inverse square root decay
+
+
+def test_short_run_schedules_and_their_state():
+    optimizer = _optimizer()
+    linear = LRSchedule(optimizer, "linear", lr=1e-3, warmup_steps=10, total_steps=110)
+    assert [linear.lr_at(t) for t in (5, 10, 60, 110)] == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # ready for update 1
+    for _ in range(59):
+        linear.step()
+    again = LRSchedule(_optimizer(), "linear", lr=1e-3, warmup_steps=10, total_steps=110)
+    again.load_state_dict(linear.state_dict())
+    assert again.current_lr() == linear.current_lr() == pytest.approx(5e-4)
+    constant = LRSchedule(_optimizer(), "constant", lr=2e-3, warmup_steps=4)
+    assert [constant.lr_at(t) for t in (1, 4, 1000)] == pytest.approx([5e-4, 2e-3, 2e-3])
+    with pytest.raises(ValueError, match="train.schedule"):
+        LRSchedule(_optimizer(), "cosine")
+    with pytest.raises(ValueError, match="scheduler state"):
+        constant.load_state_dict(linear.state_dict())
+
+
+def test_optimizer_counts_tied_parameters_once():
+    shared = torch.nn.Parameter(torch.zeros(3))
+    optimizer = build_optimizer([shared, shared, torch.nn.Parameter(torch.ones(2))])
+    assert len(optimizer.param_groups[0]["params"]) == 2
+    assert optimizer.defaults["betas"] == (0.9, 0.997) and optimizer.defaults["eps"] == 1e-9
+
+
+# -- checkpoint files -------------------------------------------------------------------------------------------------
+def test_rng_state_round_trip_reproduces_every_generator():
+    checkpointing.restore_rng_state(checkpointing.capture_rng_state())  # the state survives its own round trip
+    state = checkpointing.capture_rng_state()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpointing.restore_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+def test_checkpoint_swap_is_atomic_and_falls_back_to_the_set_aside_copy(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model.parameters())
+    target = tmp_path / "last"
+    checkpointing.save_checkpoint(target, model, optimizer, {"step": 1})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    checkpointing.save_checkpoint(target, model, optimizer, {"step": 2})
+    assert checkpointing.read_trainer_state(target)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary or set-aside directory left
+    # A crash between "rename the old one aside" and "rename the new one in" leaves only .old-last.
+    os.replace(target, tmp_path / ".old-last")
+    assert checkpointing.find_checkpoint(target) == tmp_path / ".old-last"
+    fresh = torch.nn.Linear(3, 2)
+    state, rng = checkpointing.load_checkpoint(checkpointing.find_checkpoint(target), fresh, None)
+    assert state["step"] == 2 and rng is not None and torch.equal(fresh.weight, model.weight)
+    # A half-written directory (no trainer_state.json) is never taken for a checkpoint.
+    (tmp_path / "other").mkdir()
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other" / checkpointing.MODEL_FILE))
+    assert checkpointing.find_checkpoint(tmp_path / "other") is None
+    with pytest.raises(checkpointing.CheckpointCorruptError, match="does not fit"):
+        checkpointing.load_model_weights(checkpointing.find_checkpoint(target), torch.nn.Linear(4, 2))
+
+
+# -- cell settings ----------------------------------------------------------------------------------------------------
+def test_bad_train_settings_name_the_field():
+    with pytest.raises(ValueError, match=r"train\.steps"):
+        TrainSettings.from_cell({"steps": 0, "batch_size": 8})
+    with pytest.raises(ValueError, match=r"train\.batch_size"):
+        TrainSettings.from_cell({"steps": 5, "batch_size": 2, "grad_accum": 4})
+    with pytest.raises(ValueError, match=r"train\.max_grad_norm"):
+        TrainSettings.from_cell({"steps": 5, "batch_size": 8, "max_grad_norm": -1})
+
+
+def test_init_layers_map_to_warm_start():
+    assert warm_start_from(None).layers == "all"
+    assert warm_start_from({"embeddings_only": True}).layers == "none"
+    assert warm_start_from({"first_k": 3}).layers == 3
+    assert warm_start_from({"layers": [1, 3]}).layers == (0, 2)  # the paper's 1-based numbers
+    with pytest.raises(ValueError, match="init_layers"):
+        warm_start_from({"layers": [0]})
+
+
+# -- whole cells ------------------------------------------------------------------------------------------------------
+def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_path):
+    """8 steps over 5 batches per epoch with dropout on; the crash comes after the step-4 checkpoint, so the resumed
+    run restores weights, Adam moments, lr, RNG states and the sampler position, and crosses an epoch boundary."""
+    cell = make_cell(assets, tmp_path / "root")
+    assert json.loads((Path(assets["checkpoints"]["bert"]) / "config.json").read_text())["hidden_dropout_prob"] > 0
+    straight_logger = RecordingLogger()
+    straight = train_cell(cell, tmp_path / "straight", straight_logger)
+
+    with pytest.raises(SimulatedCrash):
+        train_cell(cell, tmp_path / "resumed", CrashingLogger(at_step=6))
+    assert checkpointing.read_trainer_state(tmp_path / "resumed" / "checkpoints" / "last")["step"] == 4
+    resumed_logger = RecordingLogger()
+    resumed = train_cell(cell, tmp_path / "resumed", resumed_logger)
+
+    assert resumed_logger.train_steps() == [5, 6, 7, 8]  # it continued, it did not start over
+    assert resumed == straight
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "predictions.jsonl").read_text() == \
+        (tmp_path / "resumed" / "predictions.jsonl").read_text()
+    # And it really trained: the straight run's weights moved away from the warm start.
+    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
+    assert not torch.equal(a["encoder.embeddings.LayerNorm.weight"], start["bert.embeddings.LayerNorm.weight"])
+
+    # What the cell writes: predictions in test-file order, metrics that the predictions reproduce.
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "predictions.jsonl").read_text().splitlines()]
+    test_rows = [json.loads(line) for line in Path(assets["tasks"]["fusion"]["test"]).read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in test_rows]
+    assert [r["reference"] for r in rows] == [r["target"] for r in test_rows]
+    assert all(set(r) == {"id", "source", "reference", "prediction"} for r in rows)
+    recomputed = compute_metrics(("exact", "sari"), [r["source"] for r in rows], [r["prediction"] for r in rows],
+                                 [[r["reference"]] for r in rows])
+    assert straight == pytest.approx(recomputed) and set(straight) == {"exact", "sari"}
+    summary = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert summary["test"] == straight and summary["steps"] == 8 and summary["best_step"] in (4, 8)
+    losses = [m["loss"] for _, m in straight_logger.metrics if "loss" in m]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert {p.name for p in straight_logger.artifacts} == {"predictions.jsonl", "metrics.json"}
+    assert straight_logger.preempt_hooks, "train_cell should register a save hook for preemption"
+
+
+def test_preemption_save_resumes_from_the_start_of_the_interrupted_step(assets, tmp_path):
+    """The hook the job calls on SIGUSR2, fired in the middle of step 3 (its forward pass), writes a checkpoint
+    from which the resumed cell redoes step 3 and ends where an uninterrupted cell ends."""
+    import experiments.train as train_module
+
+    cell = make_cell(assets, tmp_path / "root", steps=4, eval_every=0, checkpoint_every=0)
+    straight = train_cell(cell, tmp_path / "straight", RecordingLogger())
+
+    logger = RecordingLogger()
+    original = train_module.CellTrainer._micro_loss
+    calls = {"n": 0}
+
+    def interrupted_loss(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3's forward: the job receives its preemption signal here
+            for hook in logger.preempt_hooks:
+                hook()
+            raise SimulatedCrash("preempted")
+        return original(self, batch)
+
+    train_module.CellTrainer._micro_loss = interrupted_loss
+    try:
+        with pytest.raises(SimulatedCrash):
+            train_cell(cell, tmp_path / "preempted", logger)
+    finally:
+        train_module.CellTrainer._micro_loss = original
+    assert checkpointing.read_trainer_state(tmp_path / "preempted" / "checkpoints" / "last")["step"] == 2
+    resumed = train_cell(cell, tmp_path / "preempted", RecordingLogger())
+    assert resumed == straight
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "preempted")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cell: dict, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        train_cell(cell, Path(out_dir), RecordingLogger())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_ddp_on_two_processes_equals_one_process_on_the_same_global_batch(assets, tmp_path):
+    import torch.multiprocessing as mp
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    cell = make_cell(assets, tmp_path / "root", model=no_dropout, steps=3, eval_every=0, checkpoint_every=0,
+                     lr=1e-3)
+    accumulated = dict(cell, train=dict(cell["train"], grad_accum=2))
+    single = train_cell(accumulated, tmp_path / "single", RecordingLogger())
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cell, str(tmp_path / "ddp")), nprocs=2, join=True)
+
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
+    assert not torch.allclose(a["encoder.embeddings.LayerNorm.bias"], start["bert.embeddings.LayerNorm.bias"])
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, f"DDP and single-process weights differ by {worst}"
+    ddp_summary = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp_summary["test"] == pytest.approx(single) and ddp_summary["examples"]["test"] == 8
+
+
+def test_nan_loss_stops_the_cell_with_a_clear_error(assets, tmp_path):
+    broken = tmp_path / "broken-bert"
+    broken.mkdir()
+    source = Path(assets["checkpoints"]["bert"])
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (broken / name).write_bytes((source / name).read_bytes())
+    weights = load_file(source / "model.safetensors")
+    weights["bert.encoder.layer.0.output.dense.weight"][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    cell = make_cell(assets, tmp_path / "root", checkpoints={**assets["checkpoints"], "bert": str(broken)})
+    with pytest.raises(NonFiniteLossError, match=r"step 1 \(NaN/inf\)"):
+        train_cell(cell, tmp_path / "cell", RecordingLogger())
+
+
+@pytest.mark.parametrize("scheme", ["gpt", "roberta2gpt", "robertaShare"])
+def test_other_scheme_families_train_and_decode(assets, tmp_path, scheme):
+    """The decoder-only prefix LM, two vocabularies (RoBERTa in, GPT-2 out) and full sharing, with bf16 autocast."""
+    cell = make_cell(assets, tmp_path / "root", scheme=scheme, task="wikisplit", steps=2, eval_every=0,
+                     checkpoint_every=0, bf16=True)
+    logger = RecordingLogger()
+    metrics = train_cell(cell, tmp_path / "cell", logger)
+    assert set(metrics) == {"exact", "sari", "bleu_nltk", "sacrebleu"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    rows = [json.loads(line) for line in (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
+    assert logger.tags["max_source_length"] >= 2 and logger.tags["train_examples"] == 40
