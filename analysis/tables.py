@@ -77,7 +77,8 @@ class Row:
 
     @property
     def is_scheme(self) -> bool:
-        return self.system in schema.SCHEMES or self.system not in _PAPER_SYSTEMS()
+        """Filled from runs: our schemes, and any scheme name the runs use that the paper does not report."""
+        return self.system in schema.SCHEMES or self.system not in _paper_only_systems()
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ GOLD = "Gold"
 
 
 @lru_cache(maxsize=1)
-def _PAPER_SYSTEMS() -> frozenset[str]:
+def _paper_only_systems() -> frozenset[str]:
     """Systems the paper reports that are not our schemes: baselines and Gold (never filled from runs)."""
     return frozenset(set(paper.paper_numbers().system) - set(schema.SCHEMES))
 
@@ -271,6 +272,11 @@ def _scheme_order(system: str) -> tuple[int, str]:
     return (schema.SCHEMES.index(system) if system in schema.SCHEMES else len(schema.SCHEMES), system)
 
 
+def _row_order(row: Row) -> tuple:
+    """Scheme order, then size, then the full scheme before its variants."""
+    return (_scheme_order(row.system), row.size, row.variant != schema.DEFAULT_VARIANT, row.variant)
+
+
 def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     """The paper's rows in the paper's order, then rows only we have (extra schemes, sizes or variants)."""
     numbers = paper.paper_numbers()
@@ -279,14 +285,13 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     ours: list[Row] = []
     if store is not None and not store.runs.empty:
         runs = _table_runs(spec, store)
-        ours = sorted({Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)},
-                      key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT, r.variant))
+        found = {Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)}
         if spec.ablation:  # each ablated scheme also needs its full reference row
-            ours = sorted(set(ours) | {Row(r.system, r.size) for r in ours},
-                          key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT, r.variant))
+            found |= {Row(r.system, r.size) for r in found}
+        ours = sorted(found, key=_row_order)
     rows = list(dict.fromkeys(ordered + ours))
-    if spec.ablation:  # group each scheme's variants together
-        rows.sort(key=lambda r: (_scheme_order(r.system), r.size, r.variant != schema.DEFAULT_VARIANT))
+    if spec.ablation:  # group each scheme's variants together (stable: the paper's order within a scheme)
+        rows.sort(key=lambda r: _row_order(r)[:3])
     return rows
 
 
@@ -459,7 +464,8 @@ def _record(spec: TableSpec, row: Row, col: Column, *, value: float | None = Non
 
 
 def _mark_significance(cells: list[_CellData], col: Column, alpha: float, n_boot: int) -> None:
-    """Bold the column's best scheme; ``†`` every scheme significantly below it (paired bootstrap)."""
+    """Bold the column's best scheme (all of them on a tie); ``†`` every scheme significantly below it (paired
+    bootstrap against the best)."""
     if col.metric in schema.HIGHER_IS_BETTER_EXCEPT:
         return
     from .runs import align, metric_score
@@ -468,10 +474,11 @@ def _mark_significance(cells: list[_CellData], col: Column, alpha: float, n_boot
     if len(contenders) < 2:
         return
     best = max(contenders, key=lambda c: c.record["mean"])
-    best.record["is_best"] = True
+    for c in contenders:  # ties share the bold
+        c.record["is_best"] = c.record["mean"] == best.record["mean"]
     score = metric_score(col.metric)
     for other in contenders:
-        if other is best:
+        if other.record["is_best"]:
             continue
         try:
             aligned = align(best.rows_per_run + other.rows_per_run, col.metric)
