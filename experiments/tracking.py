@@ -199,8 +199,10 @@ class Tracker:
         """Point an existing run at this launch and mark it SCHEDULED again (resume or retry); params stay."""
         run_id = run.info.run_id
         previous = run.data.tags.get(PARENT_TAG)
+        attempts = run.data.tags.get("attempts", "0")
+        attempts = str(int(attempts) + 1) if attempts.isdigit() else "1"
         for key, value in {PARENT_TAG: parent_id, "relaunch_reason": why, "previous_parent_run": previous or "",
-                           **tags}.items():
+                           "attempts": attempts, **tags}.items():
             self.client.set_tag(run_id, key, value)
         self.client.update_run(run_id, status="SCHEDULED")
         return run_id

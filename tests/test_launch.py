@@ -251,6 +251,7 @@ def test_launch_records_runs_and_relaunch_skips_finished_and_failed(study, capsy
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert study.run_of("gpt").info.run_id == bad.info.run_id
     assert study.run_of("gpt").data.tags["failure_reason"] == ""
+    assert study.run_of("gpt").data.tags["attempts"] == "1" and study.run_of("bert2bert").data.tags["attempts"] == "0"
     assert sorted(m.step for m in study.client.get_metric_history(bad.info.run_id, "loss")) == [1, 2, 3]
 
 
