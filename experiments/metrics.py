@@ -402,6 +402,22 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
+# Metrics computed on whitespace tokens: their inputs are put in one tokenisation first (see split_punctuation).
+WHITESPACE_TOKEN_METRICS = frozenset({"exact", "sari", "bleu_nltk"})
+_PUNCTUATION = re.compile(r"([^\w\s])")
+
+
+def split_punctuation(text: str) -> str:
+    """Put every punctuation character between spaces and collapse whitespace.
+
+    DiscoFuse and WikiSplit references are released tokenised ("monday , they"), while a WordPiece or BPE decoder
+    writes detokenised text ("monday, they"): compared token by token, a correct output would score as wrong.
+    Splitting punctuation on every side (sources, predictions, references) makes both spellings one; on text that is
+    already tokenised it only collapses whitespace.
+    """
+    return " ".join(_PUNCTUATION.sub(r" \1 ", text).split())
+
+
 def _check_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -409,13 +425,28 @@ def _check_names(names: Sequence[str]) -> None:
 
 
 def example_statistics(
-    names: Sequence[str], sources: Sequence[str], predictions: Sequence[str], references: ReferenceLists
+    names: Sequence[str], sources: Sequence[str], predictions: Sequence[str], references: ReferenceLists,
+    lowercase: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per metric, an array with one row per example (see the module docstring); resample rows for bootstrap CIs."""
+    """Per metric, an array with one row per example (see the module docstring); resample rows for bootstrap CIs.
+
+    Exact, SARI and NLTK BLEU see every text through ``split_punctuation``. ``lowercase`` compares case-insensitively:
+    for a model whose vocabulary is uncased, whose outputs can never match a cased reference exactly.
+    """
     _check_names(names)
     _check_lengths(predictions, references, sources)
     references = _reference_lists(references)
+    if lowercase:
+        sources, predictions = [s.lower() for s in sources], [p.lower() for p in predictions]
+        references = [[r.lower() for r in refs] for refs in references]
     stats: dict[str, np.ndarray] = {}
+    if any(name in WHITESPACE_TOKEN_METRICS for name in names):
+        split_sources = [split_punctuation(s) for s in sources]
+        split_predictions = [split_punctuation(p) for p in predictions]
+        split_references = [[split_punctuation(r) for r in refs] for refs in references]
+        for name in names:
+            if name in WHITESPACE_TOKEN_METRICS:
+                stats[name] = METRICS[name].statistics(split_sources, split_predictions, split_references)
     rouge_names = [n for n in names if n in ROUGE_TYPES]
     if rouge_names:
         # One rouge-score pass for all requested variants.  Splitting sentences for rougeLsum only turns spaces
@@ -438,7 +469,8 @@ def compute_metrics(
     sources: Sequence[str],
     predictions: Sequence[str],
     references: ReferenceLists,
+    lowercase: bool = False,
 ) -> dict[str, float]:
     """The corpus score of each named metric, e.g. ``compute_metrics(TASKS["wikisplit"].metrics, ...)``."""
-    stats = example_statistics(task_metric_names, sources, predictions, references)
+    stats = example_statistics(task_metric_names, sources, predictions, references, lowercase)
     return {name: score_from_statistics(name, rows) for name, rows in stats.items()}

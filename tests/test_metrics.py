@@ -277,3 +277,16 @@ def test_metric_input_errors():
         exact_match(["a"], [[]])
     with pytest.raises(ValueError, match="unknown ROUGE type"):
         rouge(["a"], [["a"]], rouge_types=("rouge3",))
+
+
+def test_detokenised_predictions_match_tokenised_references():
+    """A WordPiece decoder writes "monday, they"; DiscoFuse/WikiSplit references read "monday , they"."""
+    from experiments.metrics import compute_metrics, split_punctuation
+
+    assert split_punctuation("On monday, they left.") == "On monday , they left ."
+    assert split_punctuation("On monday , they  left .") == "On monday , they left ."
+    scores = compute_metrics(("exact", "sari", "bleu_nltk"), ["It rained . They stayed ."],
+                             ["It rained, so they stayed."], [["It rained , so they stayed ."]])
+    assert scores["exact"] == 100.0 and scores["bleu_nltk"] == pytest.approx(100.0)
+    assert compute_metrics(("exact",), ["a"], ["it rained."], [["It rained ."]])["exact"] == 0.0
+    assert compute_metrics(("exact",), ["a"], ["it rained."], [["It rained ."]], lowercase=True)["exact"] == 100.0
