@@ -7,7 +7,7 @@ that (a) have the exact file layout of the public ones, so the warm-starting cod
 1. generates a deterministic English-like corpus from a small grammar (a few hundred word types: people and names
    with a gender, verbs, objects, places, times, reasons, and the connectives and pronouns that DiscoFuse-style
    fusion and WikiSplit-style splitting turn on);
-2. trains a WordPiece vocabulary (BERT) and one byte-level BPE (RoBERTa's and GPT-2's vocab.json share its merges,
+2. builds a WordPiece vocabulary (BERT) and trains one byte-level BPE (RoBERTa's and GPT-2's vocab.json share its merges,
    as the real ones do) with the ``tokenizers`` library;
 3. pretrains a tiny BERT and RoBERTa (masked LM, 80/10/10 masking) and a tiny GPT-2 (causal LM) for a few hundred
    steps, built from bertgen's own stacks;
@@ -34,6 +34,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -218,14 +219,31 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def train_wordpiece(corpus: list[str], directory: Path, vocab_size: int) -> Path:
-    """BERT uncased WordPiece: vocab.txt (specials first) plus the tokenizer config files of bert-base-uncased."""
-    from tokenizers import BertWordPieceTokenizer
+    """BERT uncased WordPiece: vocab.txt (specials first) plus the tokenizer config files of bert-base-uncased.
 
-    tokenizer = BertWordPieceTokenizer(lowercase=True)
-    tokenizer.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                  special_tokens=BERT_SPECIALS)
+    The corpus is normalised and split into words by the ``tokenizers`` library's BERT normaliser and pre-tokenizer;
+    the vocabulary is the specials, every character alone and as a continuation piece (``##c``, so any text still
+    tokenises), then whole words, most frequent first. The grammar has a few hundred word types, so every word is one
+    token, as common words are in BERT's own vocabulary. It is counted rather than learned by ``tokenizers``'
+    WordPiece trainer because that trainer breaks ties between equally frequent merges in hash order, which differs
+    from run to run — and the assets must be the same for the same content hash.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({c for word in counts for c in word})
+    vocab = list(BERT_SPECIALS) + characters + ["##" + c for c in characters]
+    if len(vocab) > vocab_size:
+        raise ValueError(f"wordpiece_vocab_size: {vocab_size} cannot hold the {len(vocab)} specials and characters")
+    known = set(vocab)
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in known]
+    vocab += words[: vocab_size - len(vocab)]
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_model(str(directory))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     _write_json(directory / "tokenizer_config.json", {
         "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128,
         "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
@@ -237,7 +255,10 @@ def train_wordpiece(corpus: list[str], directory: Path, vocab_size: int) -> Path
 
 
 def train_byte_level_bpe(corpus: list[str], vocab_size: int) -> tuple[list[str], list[str]]:
-    """One byte-level BPE without special tokens: (tokens in id order, merges lines without the version header)."""
+    """One byte-level BPE without special tokens: (tokens in id order, merges lines without the version header).
+
+    Deterministic, unlike the WordPiece trainer: the byte alphabet is fixed, so equal merge counts tie the same way
+    on every run (tests check it)."""
     from tokenizers import ByteLevelBPETokenizer
 
     tokenizer = ByteLevelBPETokenizer(add_prefix_space=False)

@@ -61,6 +61,17 @@ def test_tasks_fuse_or_split_two_sentences(kind):
     assert len(with_pronoun) > 100
 
 
+def test_vocabularies_are_the_same_on_every_build(tmp_path):
+    """The assets are cached by a hash of their inputs, so building them must give the same files every time."""
+    corpus = pt.generate_corpus(500, seed=1)
+    for name in ("first", "second"):
+        pt.train_wordpiece(corpus, tmp_path / name, 400)
+    assert (tmp_path / "first" / "vocab.txt").read_bytes() == (tmp_path / "second" / "vocab.txt").read_bytes()
+    assert pt.train_byte_level_bpe(corpus, 400) == pt.train_byte_level_bpe(corpus, 400)
+    words = set(re.findall(r"[a-z]+", " ".join(corpus)))
+    assert words <= set((tmp_path / "first" / "vocab.txt").read_text().split())  # every word is one token
+
+
 def test_bad_task_kind():
     with pytest.raises(ValueError, match="task kind"):
         pt.generate_task("summary", 3, 0)
