@@ -78,6 +78,11 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    # Half-written copies of a save that was killed (kill -9, OOM, node loss) are never read; each is as large as
+    # a checkpoint, so they are removed before they pile up over many preemptions. Only one process saves a given
+    # directory (rank 0; the preemption hook skips while a save runs), so none of them can still be in progress.
+    for stale in directory.parent.glob(f".tmp-{directory.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
     try:
         save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
