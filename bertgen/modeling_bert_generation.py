@@ -22,8 +22,8 @@ from .attention import (
     unfold_beams,
 )
 from .configuration import BertGenerationConfig
-from .modeling_utils import PreTrainedModel, check_input_ids, check_labels, check_mask_shape
-from .outputs import BaseModelOutput, CausalLMOutput
+from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape
+from .outputs import BaseModelOutput
 
 
 class BertGenerationEmbeddings(nn.Module):
@@ -309,7 +309,7 @@ class BertGenerationOnlyLMHead(nn.Module):
         return F.linear(hidden_states, self.decoder.weight, self.bias)
 
 
-class BertGenerationDecoder(PreTrainedModel):
+class BertGenerationDecoder(CausalLMHeadMixin, PreTrainedModel):
     """Causal decoder: the stack (``bert``) plus the LM head; cross-attends to an encoder when configured to."""
 
     config_class = BertGenerationConfig
@@ -341,38 +341,3 @@ class BertGenerationDecoder(PreTrainedModel):
     def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of the vocabulary projection, for the fused loss."""
         return self.lm_head.decoder.weight, self.lm_head.bias
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-    ):
-        if labels is not None:
-            check_labels(labels, self.config.vocab_size, type(self).__name__)
-            use_cache = False
-        body = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        logits = self.compute_logits(body.last_hidden_state)
-        loss = None
-        if labels is not None:
-            # Next-token loss: position t predicts labels[t + 1].
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        out = CausalLMOutput(loss=loss, logits=logits, past_key_values=body.past_key_values,
-                             hidden_states=body.hidden_states, attentions=body.attentions,
-                             cross_attentions=body.cross_attentions)
-        return out if return_dict else out.to_tuple()

@@ -47,8 +47,8 @@ from .configuration import GPT2Config
 from .losses import linear_cross_entropy
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
-from .modeling_utils import PreTrainedModel, check_input_ids
-from .outputs import BaseModelOutput, CausalLMOutput, Seq2SeqLMOutput
+from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids
+from .outputs import BaseModelOutput, Seq2SeqLMOutput
 
 
 class GPT2Attention(nn.Module):
@@ -294,7 +294,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(CausalLMHeadMixin, GPT2PreTrainedModel):
     """GPT-2 with its LM head (tied to ``wte``); with ``add_cross_attention`` the decoder of an encoder-decoder."""
 
     def __init__(self, config: GPT2Config):
@@ -324,40 +324,6 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of the vocabulary projection, for the fused loss; GPT-2's head has no bias."""
         return self.lm_head.weight, None
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-    ):
-        if labels is not None:
-            use_cache = False
-        body = self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        logits = self.compute_logits(body.last_hidden_state)
-        loss = None
-        if labels is not None:
-            # Next-token loss: position t predicts labels[t + 1].
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        out = CausalLMOutput(loss=loss, logits=logits, past_key_values=body.past_key_values,
-                             hidden_states=body.hidden_states, attentions=body.attentions,
-                             cross_attentions=body.cross_attentions)
-        return out if return_dict else out.to_tuple()
 
 
 def positions_from_mask(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:

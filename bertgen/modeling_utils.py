@@ -115,3 +115,45 @@ class PreTrainedModel(nn.Module):
     def hf_retied_keys(self) -> set[str]:
         """Keys transformers re-ties on load, so a saved checkpoint may leave them out."""
         return set()
+
+
+class CausalLMHeadMixin:
+    """The forward shared by every decoder family: its stack (``base_model``) then its vocabulary projection
+    (``compute_logits``); with ``labels``, the next-token loss (position t predicts ``labels[t + 1]``)."""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+    ):
+        from .outputs import CausalLMOutput
+
+        if labels is not None:
+            check_labels(labels, self.config.vocab_size, type(self).__name__)
+            use_cache = False
+        body = self.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        logits = self.compute_logits(body.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                     ignore_index=-100)
+        out = CausalLMOutput(loss=loss, logits=logits, past_key_values=body.past_key_values,
+                             hidden_states=body.hidden_states, attentions=body.attentions,
+                             cross_attentions=body.cross_attentions)
+        return out if return_dict else out.to_tuple()
