@@ -3,8 +3,9 @@
     python -m experiments.launch GRID [--executor slurm|local|debug] [--dry-run] [--only PATTERN]
                                       [--set key=value ...] [--retry-failed]
 
-1. The grid is loaded and validated (:mod:`experiments.grid`); any problem is one line on stderr and exit status 2,
-   before anything is written or any MLflow run exists. ``--dry-run`` prints the cells and stops there too.
+1. The grid is loaded and validated (:mod:`experiments.grid`) and what its cells will read is checked
+   (:mod:`experiments.preflight`); any problem is one line on stderr and exit status 2, before anything is written
+   or any MLflow run exists. ``--dry-run`` prints the cells and stops there too.
 2. The tracking URI must answer (:func:`experiments.tracking.check_tracking`), else exit status 2, nothing submitted.
 3. Each selected cell is looked up by its ``cell_id`` tag in the experiment: FINISHED → skipped; FAILED → skipped
    unless ``--retry-failed``; RUNNING/SCHEDULED but no longer alive (killed launcher, dead node) → resumed in the
@@ -33,7 +34,9 @@ from typing import Any
 
 from .cell import CellJob, cell_dir, cell_label
 from .grid import Grid, GridError, load_grid, smoke_asset_paths
-from .tracking import (PENDING_FILE, TrackingUnavailable, check_tracking, git_commit, resolve_tracking_uri)
+from .preflight import check_cells
+from .tracking import (PENDING_FILE, TrackingUnavailable, append_pending, check_tracking, git_commit, now_ms,
+                       resolve_tracking_uri)
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 LOCAL_POLL_S = 1.0
@@ -335,11 +338,28 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
         return 130
     failed = [c for c in cells if (outcomes[c["cell_id"]].status if c["cell_id"] in outcomes
                                    else plan.action[c["cell_id"]]) in ("FAILED", "failed")]
-    tracker.finish_parent(parent, "FAILED" if failed else "FINISHED", {"failed_cells": str(len(failed))})
+    close_parent(tracker, parent, "FAILED" if failed else "FINISHED", {"failed_cells": str(len(failed))}, uri,
+                 grid.output_root)
     print()
     print(results_table(cells, plan, outcomes))
     print(f"\nMLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"\nMLflow: {uri}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: str, output_root: Path) -> None:
+    """End the launch's run. The cells ran for hours: if the tracking server is down by now, their results are
+    already parked on disk, and so is this: the closing goes into ``<output_root>/launches/pending_metrics.jsonl``,
+    which ``python -m experiments.sync`` uploads with the cells' (instead of a traceback after minutes of retries)."""
+    try:
+        check_tracking(uri)
+        tracker.finish_parent(parent, status, tags)
+        return
+    except Exception as err:  # noqa: BLE001 - unreachable now, or failed half-way: park it either way
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    append_pending(output_root / "launches", uri, parent,
+                   [{"op": "tags", "tags": tags}, {"op": "status", "status": status, "end_time": now_ms()}])
+    print(f"warning: the tracking server did not answer at the end ({reason}); what it missed is on disk: run "
+          f"python -m experiments.sync {output_root}", file=sys.stderr)
 
 
 def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: str, uri: str, grid: Grid) -> int:
@@ -395,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.grid}: --only {args.only!r}: no cell matches (the grid has {len(grid.cells)})",
               file=sys.stderr)
         return EXIT_REFUSED
+    try:  # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
+        notes = check_cells(grid, cells)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    for note in notes:
+        print(f"note: {note}")
     executor = pick_executor(args.executor, grid)
     if args.dry_run:
         print(dry_run_table(cells, executor, grid))

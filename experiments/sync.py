@@ -42,8 +42,16 @@ def read_pending(path: Path) -> list[dict]:
             raise ValueError(f"{path}:{number}: expected one JSON object per line") from None
         if not isinstance(record, dict) or not {"run_id", "op"} <= record.keys():
             raise ValueError(f"{path}:{number}: expected an object with run_id and op")
+        if record["op"] == "artifact" and not _inside(record.get("path"), path.parent):
+            # a cell only parks files of its own directory; anything else in this file was not written by it
+            raise ValueError(f"{path}:{number}: artifact {record.get('path')!r} is outside {path.parent}; expected "
+                             "a file of the cell directory (nothing was uploaded)")
         records.append(record)
     return records
+
+
+def _inside(file: object, directory: Path) -> bool:
+    return isinstance(file, str) and bool(file) and Path(file).resolve().is_relative_to(directory.resolve())
 
 
 def _rewrite(path: Path, records: list[dict]) -> None:

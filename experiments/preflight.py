@@ -1,0 +1,346 @@
+"""Pre-flight: what the selected cells will read, checked at launch before anything is written or submitted.
+
+Grid validation (:mod:`experiments.grid`) checks the grid's values and that local paths exist. What is *in* those
+paths is checked here, once per distinct checkpoint, cell shape and data source, so that a cell that could only fail
+is refused at launch (one line, exit status 2, no MLflow run, no output directory) instead of on a node an hour later:
+
+- checkpoints (local directories): ``config.json`` readable, with a ``model_type`` of the family its field names (a
+  GPT-2 checkpoint given as ``checkpoints.bert`` is refused); the vocabulary beside it has exactly the checkpoint's
+  ``vocab_size`` ids and the special tokens the scheme uses; the weights are complete — every safetensors file's
+  header is parsed and must cover the whole file (truncated or corrupt files are caught without reading the
+  tensors); a ``pytorch_model.bin`` alone is read with ``torch.load(weights_only=True)``, so a pickle that would run
+  code is refused, not run; the scheme builds on the meta device with the cell's size overrides and ``init_layers``;
+  its tokenizers load and agree with the model's end and pad ids.
+- data (local files): read by the loader the cell uses (:func:`experiments.data.load_split`): present, UTF-8, not
+  empty, with the columns the cell reads. A file over ``FULL_READ_BYTES`` is checked for UTF-8 over its whole length
+  and loaded on its first ``HEAD_LINES`` lines.
+- lengths: examples longer than the model can read are truncated by the cell, not refused; they are counted here (on
+  up to ``COUNT_EXAMPLES`` examples of each split) and returned as notes, which the launcher prints.
+- paths that reach the job script: the output root may hold no control characters (it is written into ``#SBATCH``
+  lines, where a newline would start a shell command), and the grid name must not be only dots (it names folders).
+
+Hub ids and hub datasets are not looked at (no network at launch; the cell reports those), nor are the project's own
+smoke assets when the launcher has yet to build them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .cell import FAMILIES, SPLITS, cell_label
+from .grid import Grid, GridError
+
+FULL_READ_BYTES = 64 * 2**20
+HEAD_LINES = 2000
+COUNT_EXAMPLES = 20_000
+
+
+def _where(grid: Grid) -> str:
+    try:
+        return str(grid.path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(grid.path)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _expecting(message: str, what: str) -> str:
+    """Every refusal says what was expected; messages from the loaders that do not, get it appended."""
+    return message if "expected" in message else f"{message}; expected {what}"
+
+
+def _is_local(ref: str) -> bool:
+    """Same rule as bertgen.checkpoint.resolve_checkpoint_dir: otherwise it is a hub id."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists()
+
+
+class Preflight:
+    """Checks cells one by one, remembering what it has checked; raises GridError on the first problem."""
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self.where = _where(grid)
+        self.smoke_root = grid.smoke_root.resolve() if grid.smoke_root is not None else None
+        self.sources: dict[tuple[str, str, str], Any] = {}  # (family, dir, scheme) -> bertgen.schemes._Source
+        self.weights_checked: set[Path] = set()
+        self.built: dict[str, Any] = {}  # cell shape -> (input tokenizer, output tokenizer, length limits)
+        self.tokenizers: dict[tuple[str, str], Any] = {}  # (directory, vocabulary) -> tokenizer
+        self.data: dict[str, Any] = {}  # data key -> raw dataset
+        self.counted: set[str] = set()
+        self.notes: list[str] = []
+
+    def fail(self, field: str, message: str, cell: dict | None = None) -> GridError:
+        suffix = f" (cell {cell_label(cell)})" if cell is not None else ""
+        return GridError(self.where, field, message + suffix)
+
+    # -- the grid itself ------------------------------------------------------------------------------------------
+    def check_paths(self) -> None:
+        root = str(self.grid.output_root)
+        bad = sorted({repr(c) for c in root if ord(c) < 32 or ord(c) == 127})
+        if bad:
+            raise self.fail("output_root", f"expected a directory path without control characters, got {root!r} "
+                                           f"(has {', '.join(bad)}; it is written into the job script)")
+        if not self.grid.name.strip("."):
+            raise self.fail("name", f"expected a name with a letter or digit, got {self.grid.name!r}")
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _pending_smoke(self, path: Path) -> bool:
+        """A smoke asset the launcher builds later (trusted: the project writes it itself)."""
+        return (self.smoke_root is not None and not path.exists()
+                and path.resolve().is_relative_to(self.smoke_root))
+
+    def source(self, cell: dict, family: str) -> Any | None:
+        """The checked checkpoint of ``family`` for ``cell`` (bertgen.schemes' view of it), None when not local."""
+        from bertgen.checkpoint import read_config_dict
+        # The first half of bertgen.schemes.build (checkpoint source, vocabulary vs. embedding size) without the
+        # weights: the same checks, the same messages, as the cell will meet.
+        from bertgen.schemes import FAMILY_MODEL_TYPES, _resolve_source, _tokenizer_spec
+
+        ref = cell["checkpoints"].get(family)
+        if not ref or not _is_local(ref):
+            return None
+        directory = Path(ref).expanduser()
+        if self._pending_smoke(directory):
+            return None
+        key = (family, str(directory.resolve()), cell["scheme"])
+        if key not in self.sources:
+            field = f"checkpoints.{family}"
+            wanted = f"a {family} checkpoint (model_type {' or '.join(map(repr, FAMILY_MODEL_TYPES[family]))})"
+            try:
+                model_type = read_config_dict(directory).get("model_type")
+                if model_type not in FAMILY_MODEL_TYPES[family]:
+                    raise self.fail(field, f"{directory / 'config.json'} has model_type {model_type!r}; expected "
+                                           f"{wanted} for scheme {cell['scheme']}", cell)
+                source = _resolve_source(family, str(directory), cell["scheme"])
+                _tokenizer_spec(source, None)  # the vocabulary beside the weights fits the embedding matrix
+            except (ValueError, OSError) as err:
+                if isinstance(err, GridError):
+                    raise
+                raise self.fail(field, _expecting(_one_line(err), wanted + " with its vocabulary"), cell) from None
+            self._check_weights(directory, field, cell)
+            self.sources[key] = source
+        return self.sources[key]
+
+    def _check_weights(self, directory: Path, field: str, cell: dict) -> None:
+        from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, read_state_dict
+
+        directory = directory.resolve()
+        if directory in self.weights_checked:
+            return
+        if (directory / SAFE_WEIGHTS).is_file():
+            files = [directory / SAFE_WEIGHTS]
+        elif (directory / SAFE_INDEX).is_file():
+            try:
+                index = json.loads((directory / SAFE_INDEX).read_text(encoding="utf-8"))
+                files = [directory / name for name in sorted(set(index["weight_map"].values()))]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise self.fail(field, f"{directory / SAFE_INDEX}: expected a safetensors index with a weight_map "
+                                       f"({type(err).__name__}: {_one_line(err)})", cell) from None
+        elif (directory / TORCH_WEIGHTS).is_file():
+            try:  # weights_only=True: tensors and plain containers only; a pickle that runs code is refused
+                read_state_dict(directory)
+            except ValueError as err:
+                raise self.fail(field, f"{_one_line(err)}; expected tensors only (or convert it to model.safetensors)",
+                                cell) from None
+            files = []
+        else:
+            raise self.fail(field, f"{directory}: no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}; expected the "
+                                   "checkpoint's weights", cell)
+        for file in files:
+            self._check_safetensors(file, field, cell)
+        self.weights_checked.add(directory)
+
+    def _check_safetensors(self, file: Path, field: str, cell: dict) -> None:
+        from safetensors import safe_open
+
+        if not file.is_file():
+            raise self.fail(field, f"{file}: missing; expected a safetensors file", cell)
+        try:  # parses the header and checks the tensors it lists cover the file exactly; reads no tensor data
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: the same to the user
+            raise self.fail(field, f"{file}: truncated or corrupt ({_one_line(err)}); expected a complete "
+                                   "safetensors file", cell) from None
+
+    # -- the model a cell builds ----------------------------------------------------------------------------------
+    def build(self, cell: dict) -> tuple | None:
+        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, built on the
+        meta device from its checked checkpoints; None when one of them is not local (a hub id)."""
+        from bertgen.schemes import build
+        from bertgen.tokenization import load_tokenizer
+
+        from .tasks import get_task
+        from .train import length_limits, warm_start_from
+
+        families = [f for f in FAMILIES if cell["checkpoints"].get(f)]
+        sources = {family: self.source(cell, family) for family in families}
+        if any(source is None for source in sources.values()):
+            return None
+        key = json.dumps([cell["scheme"], cell["task"], cell["checkpoints"], cell["model"], cell["init_layers"]],
+                         sort_keys=True)
+        if key in self.built:
+            return self.built[key]
+        field = "model" if cell["model"] else "init_layers" if cell["init_layers"] else "checkpoints"
+        try:
+            built = build(cell["scheme"], **{f: dict(s.raw) for f, s in sources.items()},
+                          tokenizers={f: str(s.directory) for f, s in sources.items()},
+                          warm_start=warm_start_from(cell["init_layers"]), device="meta", **cell["model"])
+        except (ValueError, TypeError, OSError) as err:
+            raise self.fail(field, _expecting(_one_line(err), f"a cell {cell['scheme']} can build from its "
+                                                              "checkpoints"), cell) from None
+        spec = built.spec
+        tokenizers = []
+        for side, ids in (("input", spec.inputs), ("output", spec.outputs)):
+            try:
+                tokenizer_key = (str(ids.source), ids.vocabulary)
+                if tokenizer_key not in self.tokenizers:  # one object per vocabulary: lengths are counted once
+                    self.tokenizers[tokenizer_key] = load_tokenizer(ids.source, kind=ids.vocabulary)
+                tokenizer = self.tokenizers[tokenizer_key]
+            except (ValueError, OSError) as err:
+                raise self.fail(f"checkpoints.{ids.vocabulary}",
+                                _expecting(_one_line(err), "the tokenizer files beside the checkpoint"), cell) from None
+            if (tokenizer.eos_token_id, tokenizer.pad_token_id) != (ids.eos_token_id, ids.pad_token_id):
+                raise self.fail(f"checkpoints.{ids.vocabulary}",
+                                f"{ids.source}: the {side} tokenizer's end/pad ids ({tokenizer.eos_token_id}, "
+                                f"{tokenizer.pad_token_id}) differ from the model's ({ids.eos_token_id}, "
+                                f"{ids.pad_token_id}); expected the tokenizer files of the checkpoint", cell)
+            tokenizers.append(tokenizer)
+        self.built[key] = (*tokenizers, length_limits(built.model, get_task(cell["task"])))
+        return self.built[key]
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def split_data(self, cell: dict, split: str) -> tuple[str, Any] | None:
+        """(key, raw dataset) of one split of the cell as the cell will load it; None for hub data."""
+        from .data import load_split
+
+        spec = cell["data"].get(split)
+        if spec is None:
+            return None
+        files = [Path(spec).expanduser()] if isinstance(spec, str) else [
+            Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
+        if any(self._pending_smoke(f) for f in files):
+            return None
+        fraction = cell["data_fraction"] if split == "train" else None
+        limit = cell["max_examples"].get(split)
+        key = json.dumps([cell["task"], split, spec, fraction, limit], sort_keys=True)
+        if key not in self.data:
+            field = f"data.{split}"
+            try:
+                for file in files:
+                    _check_utf8(file)
+                with _bounded(spec) as readable:
+                    self.data[key] = load_split(cell["task"], split, readable, seed=0, data_fraction=fraction,
+                                                max_examples=limit)
+            except (ValueError, OSError) as err:
+                raise self.fail(field, _expecting(_one_line(err), f"{split} examples of task {cell['task']} with "
+                                                                  "the columns the data spec names"), cell) from None
+        return key, self.data[key]
+
+    def count_truncation(self, cell: dict, split: str, key: str, raw: Any, built: tuple) -> None:
+        """A note when some of the split's examples are longer than the model reads (the cell truncates them)."""
+        from .data import tokenize_split
+
+        input_tokenizer, output_tokenizer, (max_source, max_target) = built
+        count_key = json.dumps([key, id(input_tokenizer), id(output_tokenizer), max_source, max_target])
+        if count_key in self.counted:
+            return
+        self.counted.add(count_key)
+        sample = raw.select(range(min(len(raw), COUNT_EXAMPLES)))
+        _, report = tokenize_split(sample, input_tokenizer, max_source, max_target)
+        target_report = report if output_tokenizer is input_tokenizer else \
+            tokenize_split(sample, output_tokenizer, max_source, max_target)[1]
+        sources, targets = report.source_truncated, target_report.target_truncated
+        if sources or targets:
+            of = f"of {len(sample)}" if len(sample) == len(raw) else f"of the first {len(sample)} (of {len(raw)})"
+            self.notes.append(f"{cell_label(cell)}: data.{split}: {sources} {of} sources longer than {max_source} "
+                              f"tokens and {targets} targets longer than {max_target} tokens will be truncated")
+
+    # -- everything -----------------------------------------------------------------------------------------------
+    def run(self, cells: list[dict]) -> list[str]:
+        self.check_paths()
+        todo = []
+        for cell in cells:
+            built = self.build(cell)
+            for split in SPLITS:
+                found = self.split_data(cell, split)
+                if found is not None and built is not None:
+                    todo.append((cell, split, *found, built))
+        with _quiet_datasets():  # every check has passed: counting may print nothing but its notes
+            for cell, split, key, raw, built in todo:
+                self.count_truncation(cell, split, key, raw, built)
+        return self.notes
+
+
+def check_cells(grid: Grid, cells: list[dict]) -> list[str]:
+    """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem,
+    returns notes on examples that will be truncated."""
+    with _quiet_datasets():
+        return Preflight(grid).run(cells)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------------
+def _check_utf8(path: Path) -> None:
+    """The whole file decodes as UTF-8 (streamed: constant memory, any size); same message as experiments.data."""
+    if not path.is_file():
+        return  # experiments.data names the missing file
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: not valid UTF-8 (byte {offset + err.start}); expected UTF-8 text") from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not valid UTF-8 (truncated character at the end); expected UTF-8 text") from None
+
+
+@contextlib.contextmanager
+def _bounded(spec: Any) -> Iterator[Any]:
+    """The spec itself, or, when one of its files is larger than FULL_READ_BYTES, the same spec over copies of their
+    first HEAD_LINES lines (same names, in a temporary directory removed afterwards)."""
+    keys = ("path", "source_path", "target_path")
+    as_dict = {"path": spec} if isinstance(spec, str) else dict(spec)
+    big = [k for k in keys if k in as_dict and Path(as_dict[k]).expanduser().is_file()
+           and Path(as_dict[k]).expanduser().stat().st_size > FULL_READ_BYTES]
+    if not big:
+        yield spec
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bertgen-preflight-"))
+    try:
+        for i, k in enumerate(big):
+            source = Path(as_dict[k]).expanduser()
+            head = tmp / str(i) / source.name
+            head.parent.mkdir()
+            with open(source, "rb") as src, open(head, "wb") as dst:
+                for _, line in zip(range(HEAD_LINES), src):
+                    dst.write(line)
+            as_dict[k] = str(head)
+        yield as_dict
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars from datasets' map while checking: the launcher's error must stay one line."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()

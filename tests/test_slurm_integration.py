@@ -1,0 +1,292 @@
+"""The launcher against a real Slurm cluster through submitit, logging to a real MLflow server.
+
+The cluster is the single-node one of ``scripts/slurm_cluster.sh`` (CI starts it and sets BERTGEN_SLURM_CLUSTER=1;
+without an answering ``sinfo`` these tests fail in CI and skip elsewhere). Nothing is faked on the Slurm side: sbatch
+job arrays, srun, submitit's USR2 handler, ``scontrol requeue`` and sacct are the real ones.
+
+What runs: ``grids/smoke.yaml`` cut down to four discofuse cells (``--only`` bert2bert, roberta2gpt, gpt, bertShare:
+BERT, RoBERTa→GPT-2 and decoder-only) with ``--set train.steps=100`` on the reduced tiny assets (the smoke grid's own
+assets take minutes to pretrain; these are built once per test session), one CPU per cell. Training is
+experiments.train.train_cell; for bertShare the cell's logger raises at step 10 (integration_helpers
+.train_cell_failing_for), which is how "a cell that raises" is made without touching the code under test.
+
+Everything shares one module-scoped launch (the slowest part); the whole module takes about three minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from integration_helpers import (FAIL_AT_STEP, FAIL_SCHEME_ENV, REPO, MlflowServer, data_spec, metric_steps,
+                                 mlflow_template, quick_assets, require_slurm, subprocess_env, wait_until)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 100
+SCHEMES = ("bert2bert", "roberta2gpt", "gpt", "bertShare")
+FAILING = "bertShare"
+ONLY = ",".join(f"discofuse/{scheme}" for scheme in SCHEMES)
+CELL_TIMEOUT_S = 900  # every cell of the array done; generous for a loaded 2-core CI machine
+
+
+def cell_sets(assets: dict) -> list[str]:
+    """The --set arguments shared by every launch here: the same cells (ids) whatever the output root."""
+    files = assets["tasks"]["fusion"]
+    sets = [f"checkpoints.{family}={path}" for family, path in assets["checkpoints"].items()]
+    sets += [f"data.{split}={json.dumps(data_spec(path))}" for split, path in files.items()]
+    sets += ["smoke_assets=false", f"train.steps={STEPS}", "train.eval_every=50", "train.checkpoint_every=10",
+             "executor.slurm.cpus_per_task=1", "executor.slurm.gpus_per_node=0", "executor.slurm.mem_gb=2",
+             "executor.slurm.timeout_min=30", "executor.slurm.partition=debug"]
+    return sets
+
+
+class Launch:
+    """One study on the cluster: its output root, MLflow experiment and the command that launches it."""
+
+    def __init__(self, root: Path, server: MlflowServer, assets: dict, experiment: str, only: str,
+                 env: dict[str, str]):
+        from mlflow.tracking import MlflowClient
+
+        self.root, self.server, self.experiment, self.only, self.env = root, server, experiment, only, env
+        self.client = MlflowClient(server.uri)
+        self.argv = [sys.executable, "-m", "experiments.launch", "grids/smoke.yaml", "--executor", "slurm",
+                     "--only", only]
+        for item in cell_sets(assets) + [f"output_root={root}", f"mlflow.tracking_uri={server.uri}",
+                                         f"mlflow.experiment={experiment}"]:
+            self.argv += ["--set", item]
+
+    def run(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600)
+
+    def runs(self, role: str = "cell") -> list:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        return list(self.client.search_runs([exp.experiment_id], f"tags.role = '{role}'")) if exp else []
+
+    def run_of(self, scheme: str):
+        (run,) = [r for r in self.runs() if r.data.tags["scheme"] == scheme]
+        return run
+
+    def cell_dir(self, run) -> Path:
+        tags = run.data.tags
+        return self.root / "cells" / tags["task"] / tags["scheme"] / tags["cell_id"]
+
+    def wait_done(self, count: int) -> list:
+        def done():
+            runs = self.runs()
+            return runs if len(runs) == count and all(r.info.status in ("FINISHED", "FAILED") for r in runs) else None
+
+        runs = wait_until(done, CELL_TIMEOUT_S, f"{count} cells of {self.experiment} to end", interval_s=2.0,
+                          on_timeout=self.diagnostics)
+        jobs = {r.data.tags["slurm_job_id"] for r in runs}
+        wait_until(lambda: not any(squeue(j) for j in jobs), 120, f"Slurm jobs {sorted(jobs)} to leave the queue",
+                   interval_s=1.0, on_timeout=self.diagnostics)
+        return runs
+
+    def diagnostics(self) -> str:
+        lines = [f"runs: {[(r.data.tags.get('scheme'), r.info.status) for r in self.runs()]}",
+                 subprocess.run(["squeue", "-o", "%i %T %r %M"], capture_output=True, text=True).stdout]
+        for log in sorted((self.root / "submitit").rglob("*_log.*"))[-4:]:
+            lines.append(f"--- {log}\n" + log.read_text(errors="replace")[-1500:])
+        return "\n".join(lines)
+
+
+def squeue(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def squeue_reason(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def sacct_records(job_id: str) -> list[tuple[str, str]]:
+    """(JobID, State) of every record of the job's allocations, requeued ones included (-D)."""
+    out = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "-j", job_id, "-o", "JobID,State"], capture_output=True,
+                         text=True, timeout=30).stdout
+    return [tuple(line.split("|")[:2]) for line in out.splitlines() if line.strip()]
+
+
+def smoke_jobs() -> set[str]:
+    """Ids of the Slurm jobs of the smoke grid known to accounting (of the last day)."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-a", "-S", "now-1days", "--name", "bertgen-smoke", "-o",
+                          "JobID"], capture_output=True, text=True, timeout=30).stdout
+    return set(out.split())
+
+
+def artifact_names(client, run) -> set[str]:
+    return {f.path for f in client.list_artifacts(run.info.run_id)}
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    require_slurm()
+
+
+@pytest.fixture(scope="module")
+def server(cluster, tmp_path_factory, request):
+    srv = MlflowServer(tmp_path_factory.mktemp("slurm-mlflow"), mlflow_template(request, tmp_path_factory))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def assets(cluster, tmp_path_factory) -> dict:
+    return quick_assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def smoke(server, assets, tmp_path_factory):
+    """The cut-down smoke grid, launched once as a Slurm job array, waited for until every cell ended."""
+    env = subprocess_env(BERTGEN_TRAIN_FN="integration_helpers:train_cell_failing_for",
+                         **{FAIL_SCHEME_ENV: FAILING})
+    study = Launch(tmp_path_factory.mktemp("slurm-smoke"), server, assets, "slurm-smoke", ONLY, env)
+    started = time.monotonic()
+    study.proc = study.run()
+    assert study.proc.returncode == 0, study.proc.stdout + study.proc.stderr
+    study.final_runs = study.wait_done(len(SCHEMES))
+    study.seconds = time.monotonic() - started
+    return study
+
+
+# -- 1. the grid runs as a job array and every cell finishes -----------------------------------------------------------
+def test_smoke_cells_run_as_one_slurm_job_array_and_finish_in_mlflow(smoke):
+    out = smoke.proc.stdout
+    match = re.search(r"submitted 4 cells as Slurm job array (\d+)", out)
+    assert match, out
+    array = match.group(1)
+    runs = smoke.final_runs
+    assert sorted(r.data.tags["slurm_job_id"] for r in runs) == [f"{array}_{i}" for i in range(4)]
+    assert {r.data.tags["scheme"] for r in runs} == set(SCHEMES)
+    # the jobs really went through Slurm: sacct knows the array's tasks, each ran to completion
+    records = dict(sacct_records(array))
+    assert {f"{array}_{i}" for i in range(4)} <= set(records), records
+    by_task = {r.data.tags["slurm_job_id"]: r.data.tags["scheme"] for r in runs}
+    assert {by_task[j]: records[j] for j in by_task} == {s: "FAILED" if s == FAILING else "COMPLETED" for s in SCHEMES}
+    for run in runs:
+        if run.data.tags["scheme"] == FAILING:
+            continue
+        assert run.info.status == "FINISHED", (run.data.tags["scheme"], run.data.tags.get("failure_reason"))
+        metrics = run.data.metrics
+        assert {"test_sari", "test_exact"} <= set(metrics) and 0.0 <= metrics["test_sari"] <= 100.0
+        assert run.data.params["train.steps"] == str(STEPS)
+        assert run.data.tags["host"] and run.data.tags["slurm_job_id"].startswith(array + "_")
+        assert [s for s, _ in metric_steps(smoke.client, run.info.run_id, "loss")] == list(range(10, STEPS + 1, 10))
+        assert [s for s, _ in metric_steps(smoke.client, run.info.run_id, "dev_loss")] == [50, 100]
+        assert artifact_names(smoke.client, run) == {"cell.json", "predictions.jsonl", "metrics.json"}
+        summary = json.loads((smoke.cell_dir(run) / "metrics.json").read_text())
+        assert summary["steps"] == STEPS and summary["test"] == {
+            k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
+    (parent,) = smoke.runs("launch")
+    assert parent.info.status == "FINISHED" and parent.data.tags["executor"] == "slurm"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
+    print(f"\n[slurm] 4-cell array of {STEPS} steps ended in {smoke.seconds:.0f} s")
+
+
+# -- 3. a failing cell, and what a relaunch does -----------------------------------------------------------------------
+def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaffected(smoke, tmp_path):
+    bad = smoke.run_of(FAILING)
+    assert bad.info.status == "FAILED"
+    reason = bad.data.tags["failure_reason"]
+    assert reason.startswith("RuntimeError: injected failure at training step") and "\n" not in reason
+    assert artifact_names(smoke.client, bad) == {"cell.json", "traceback.txt"}
+    trace = Path(smoke.client.download_artifacts(bad.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert trace.startswith("Traceback (most recent call last)") and "experiments/train.py" in trace
+    assert f"injected failure at training step {FAIL_AT_STEP}" in trace
+    # it failed where it was made to, after really training: its steps up to the failure reached MLflow
+    assert [s for s, _ in metric_steps(smoke.client, bad.info.run_id, "loss")] == [FAIL_AT_STEP]
+    assert "test_sari" not in bad.data.metrics
+    others = [r for r in smoke.final_runs if r.info.run_id != bad.info.run_id]
+    assert len(others) == 3 and all(r.info.status == "FINISHED" and "test_sari" in r.data.metrics for r in others)
+
+
+def test_relaunch_reruns_nothing_that_ended_and_creates_no_duplicate_run(smoke):
+    runs_before = {r.info.run_id: r.info.status for r in smoke.runs()}
+    jobs_before = smoke_jobs()
+    scripts_before = sorted((smoke.root / "submitit").rglob("*_submission.sh"))
+    assert len(scripts_before) == 1  # the one job array
+    proc = smoke.run()
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # 1: the grid holds a failed cell
+    out = proc.stdout
+    assert "grid smoke: 4 cells: 1 failed, 3 finished" in out, out
+    assert "submitted" not in out and out.count("FINISHED (done before)") == 3
+    assert "FAILED (skipped; --retry-failed)" in out
+    assert {r.info.run_id: r.info.status for r in smoke.runs()} == runs_before  # same runs, same states
+    assert len(smoke.runs("launch")) == 2  # one record per launch, nothing else new
+    # and nothing reached Slurm: no new job script, no new job in accounting
+    assert sorted((smoke.root / "submitit").rglob("*_submission.sh")) == scripts_before
+    assert smoke_jobs() == jobs_before
+
+
+# -- 2. preemption: USR2, checkpoint, requeue, resume — and the same result --------------------------------------------
+def test_preempted_cell_is_requeued_resumes_and_ends_exactly_like_the_uninterrupted_one(smoke, server, assets,
+                                                                                       tmp_path_factory):
+    """The same bert2bert cell (same id) as in the smoke array, in another output root and experiment: once it has
+    trained past step 10 it receives what Slurm and submitit send on preemption (SIGTERM, then USR2 — the
+    ``--signal=USR2@90`` of the job script), checkpoints, requeues itself with ``scontrol requeue``, resumes, and
+    must end bit-identical to the smoke array's uninterrupted run."""
+    reference = smoke.run_of("bert2bert")
+    study = Launch(tmp_path_factory.mktemp("slurm-preempt"), server, assets, "slurm-preempt", "discofuse/bert2bert",
+                   subprocess_env())
+    proc = study.run()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = wait_until(lambda: study.runs() or None, 60, "the cell run")
+    assert run.data.tags["cell_id"] == reference.data.tags["cell_id"]
+    job_id = run.data.tags["slurm_job_id"]
+    state_file = study.cell_dir(run) / "checkpoints" / "last" / "trainer_state.json"
+
+    def trained_past_first_checkpoint():
+        try:
+            return json.loads(state_file.read_text())["step"] >= 10
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_until(trained_past_first_checkpoint, CELL_TIMEOUT_S, f"{state_file} at step >= 10", interval_s=0.1,
+               on_timeout=study.diagnostics)
+    assert squeue(job_id) == "RUNNING"
+    for sig in ("TERM", "USR2"):  # submitit's SlurmJob._interrupt: SIGTERM first on preemption, then USR2
+        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+    # Slurm holds a requeued job for two minutes (Reason=BeginTime) before it may start again; playing the part of
+    # a scheduler with a free node, the test makes it eligible now. Same allocation path, two minutes less.
+    wait_until(lambda: squeue_reason(job_id) == "PENDING BeginTime", 120, f"{job_id} to be requeued",
+               interval_s=0.2, on_timeout=study.diagnostics)
+    # what the requeued job will resume from: a checkpoint from the middle of training
+    resume_step = json.loads(state_file.read_text())["step"]
+    assert 10 <= resume_step < STEPS, resume_step
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    (final,) = study.wait_done(1)
+
+    # it was requeued by Slurm (two allocations of the same job) and resumed, not restarted
+    states = [state for _, state in sacct_records(job_id)]
+    assert len(states) == 2 and states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+    log = "\n".join(p.read_text(errors="replace") for p in (study.root / "submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in log and "Bypassing signal SIGTERM" in log and "Requeued job" in log
+    assert final.info.status == "FINISHED" and final.info.run_id == run.info.run_id
+    loss_steps = [s for s, _ in metric_steps(study.client, final.info.run_id, "loss")]
+    assert loss_steps.count(10) == 1 and loss_steps[-1] == STEPS  # step 10 was not trained twice
+    assert sorted(set(loss_steps)) == list(range(10, STEPS + 1, 10))
+
+    # equal, not close: test metrics, dev losses, predictions, final and best weights
+    test = lambda r: {k: v for k, v in r.data.metrics.items() if k.startswith("test_")}  # noqa: E731
+    assert test(final) == test(reference) and test(final)
+    assert metric_steps(study.client, final.info.run_id, "dev_loss") == \
+        metric_steps(smoke.client, reference.info.run_id, "dev_loss")
+    ours, theirs = study.cell_dir(final), smoke.cell_dir(reference)
+    assert (ours / "predictions.jsonl").read_text() == (theirs / "predictions.jsonl").read_text()
+    summary = lambda d: json.loads((d / "metrics.json").read_text())["test"]  # noqa: E731
+    assert summary(ours) == summary(theirs)
+    for name in ("last", "best"):
+        a = load_file(ours / "checkpoints" / name / "model.safetensors")
+        b = load_file(theirs / "checkpoints" / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
