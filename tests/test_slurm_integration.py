@@ -4,13 +4,19 @@ The cluster is the single-node one of ``scripts/slurm_cluster.sh`` (CI starts it
 without an answering ``sinfo`` these tests fail in CI and skip elsewhere). Nothing is faked on the Slurm side: sbatch
 job arrays, srun, submitit's USR2 handler, ``scontrol requeue`` and sacct are the real ones.
 
-What runs: ``grids/smoke.yaml`` cut down to four discofuse cells (``--only`` bert2bert, roberta2gpt, gpt, bertShare:
-BERT, RoBERTa→GPT-2 and decoder-only) with ``--set train.steps=100`` on the reduced tiny assets (the smoke grid's own
-assets take minutes to pretrain; these are built once per test session), one CPU per cell. Training is
-experiments.train.train_cell; for bertShare the cell's logger raises at step 10 (integration_helpers
-.train_cell_failing_for), which is how "a cell that raises" is made without touching the code under test.
+What runs: ``grids/smoke.yaml`` cut down with ``--only`` and ``--set train.steps=100`` on the reduced tiny assets
+(the smoke grid's own assets take minutes to pretrain; these are built once per test session), one CPU per cell,
+training with experiments.train.train_cell:
 
-Everything shares one module-scoped launch (the slowest part); the whole module takes about three minutes.
+1. three discofuse cells — bert2bert, roberta2gpt (RoBERTa → GPT-2) and gpt (decoder-only) — as one job array;
+   every one must finish;
+2. the same command widened to five cells: the three finished ones are not touched, bertShare (whose logger raises
+   at step 10: integration_helpers.train_cell_failing_for, so the code under test is not changed) and rnd2rnd go
+   out as a second array of two that run side by side; bertShare fails with its traceback, rnd2rnd finishes;
+3. the five-cell command once more: nothing is submitted, no run is added;
+4. bert2bert again in another output root, preempted mid-training the way Slurm does it, and compared with 1.
+
+The module takes about three to four minutes on two cores.
 """
 
 from __future__ import annotations
@@ -32,9 +38,13 @@ from integration_helpers import (FAIL_AT_STEP, FAIL_SCHEME_ENV, REPO, MlflowServ
 pytestmark = pytest.mark.slow
 
 STEPS = 100
-SCHEMES = ("bert2bert", "roberta2gpt", "gpt", "bertShare")
-FAILING = "bertShare"
-ONLY = ",".join(f"discofuse/{scheme}" for scheme in SCHEMES)
+FIRST = ("bert2bert", "roberta2gpt", "gpt")
+FAILING, HEALTHY = "bertShare", "rnd2rnd"
+SCHEMES = FIRST + (FAILING, HEALTHY)
+
+
+def only(schemes) -> str:
+    return ",".join(f"discofuse/{scheme}" for scheme in schemes)
 CELL_TIMEOUT_S = 900  # every cell of the array done; generous for a loaded 2-core CI machine
 
 
@@ -52,14 +62,14 @@ def cell_sets(assets: dict) -> list[str]:
 class Launch:
     """One study on the cluster: its output root, MLflow experiment and the command that launches it."""
 
-    def __init__(self, root: Path, server: MlflowServer, assets: dict, experiment: str, only: str,
+    def __init__(self, root: Path, server: MlflowServer, assets: dict, experiment: str, cells: str,
                  env: dict[str, str]):
         from mlflow.tracking import MlflowClient
 
-        self.root, self.server, self.experiment, self.only, self.env = root, server, experiment, only, env
+        self.root, self.server, self.experiment, self.env = root, server, experiment, env
         self.client = MlflowClient(server.uri)
         self.argv = [sys.executable, "-m", "experiments.launch", "grids/smoke.yaml", "--executor", "slurm",
-                     "--only", only]
+                     "--only", cells]
         for item in cell_sets(assets) + [f"output_root={root}", f"mlflow.tracking_uri={server.uri}",
                                          f"mlflow.experiment={experiment}"]:
             self.argv += ["--set", item]
@@ -116,13 +126,6 @@ def sacct_records(job_id: str) -> list[tuple[str, str]]:
     return [tuple(line.split("|")[:2]) for line in out.splitlines() if line.strip()]
 
 
-def smoke_jobs() -> set[str]:
-    """Ids of the Slurm jobs of the smoke grid known to accounting (of the last day)."""
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-a", "-S", "now-1days", "--name", "bertgen-smoke", "-o",
-                          "JobID"], capture_output=True, text=True, timeout=30).stdout
-    return set(out.split())
-
-
 def artifact_names(client, run) -> set[str]:
     return {f.path for f in client.list_artifacts(run.info.run_id)}
 
@@ -148,35 +151,43 @@ def assets(cluster, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke(server, assets, tmp_path_factory):
-    """The cut-down smoke grid, launched once as a Slurm job array, waited for until every cell ended."""
+    """The cut-down smoke grid (FIRST), launched as a Slurm job array, waited for until every cell ended."""
     env = subprocess_env(BERTGEN_TRAIN_FN="integration_helpers:train_cell_failing_for",
                          **{FAIL_SCHEME_ENV: FAILING})
-    study = Launch(tmp_path_factory.mktemp("slurm-smoke"), server, assets, "slurm-smoke", ONLY, env)
+    study = Launch(tmp_path_factory.mktemp("slurm-smoke"), server, assets, "slurm-smoke", only(FIRST), env)
     started = time.monotonic()
     study.proc = study.run()
     assert study.proc.returncode == 0, study.proc.stdout + study.proc.stderr
-    study.final_runs = study.wait_done(len(SCHEMES))
+    study.final_runs = study.wait_done(len(FIRST))
     study.seconds = time.monotonic() - started
     return study
+
+
+@pytest.fixture(scope="module")
+def widened(smoke):
+    """The same command with two more cells, one of which raises: (launcher output, runs before, runs after)."""
+    before = {r.info.run_id: r for r in smoke.runs()}
+    smoke.argv[smoke.argv.index("--only") + 1] = only(SCHEMES)
+    proc = smoke.run()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = smoke.wait_done(len(SCHEMES))
+    return proc.stdout, before, after
 
 
 # -- 1. the grid runs as a job array and every cell finishes -----------------------------------------------------------
 def test_smoke_cells_run_as_one_slurm_job_array_and_finish_in_mlflow(smoke):
     out = smoke.proc.stdout
-    match = re.search(r"submitted 4 cells as Slurm job array (\d+)", out)
+    match = re.search(r"submitted 3 cells as Slurm job array (\d+)", out)
     assert match, out
     array = match.group(1)
     runs = smoke.final_runs
-    assert sorted(r.data.tags["slurm_job_id"] for r in runs) == [f"{array}_{i}" for i in range(4)]
-    assert {r.data.tags["scheme"] for r in runs} == set(SCHEMES)
+    assert sorted(r.data.tags["slurm_job_id"] for r in runs) == [f"{array}_{i}" for i in range(3)]
+    assert sorted(r.data.tags["scheme"] for r in runs) == sorted(FIRST)
     # the jobs really went through Slurm: sacct knows the array's tasks, each ran to completion
     records = dict(sacct_records(array))
-    assert {f"{array}_{i}" for i in range(4)} <= set(records), records
-    by_task = {r.data.tags["slurm_job_id"]: r.data.tags["scheme"] for r in runs}
-    assert {by_task[j]: records[j] for j in by_task} == {s: "FAILED" if s == FAILING else "COMPLETED" for s in SCHEMES}
+    assert {task: records.get(task) for task in (f"{array}_{i}" for i in range(3))} == \
+        {f"{array}_{i}": "COMPLETED" for i in range(3)}, records
     for run in runs:
-        if run.data.tags["scheme"] == FAILING:
-            continue
         assert run.info.status == "FINISHED", (run.data.tags["scheme"], run.data.tags.get("failure_reason"))
         metrics = run.data.metrics
         assert {"test_sari", "test_exact"} <= set(metrics) and 0.0 <= metrics["test_sari"] <= 100.0
@@ -188,16 +199,24 @@ def test_smoke_cells_run_as_one_slurm_job_array_and_finish_in_mlflow(smoke):
         summary = json.loads((smoke.cell_dir(run) / "metrics.json").read_text())
         assert summary["steps"] == STEPS and summary["test"] == {
             k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
-    (parent,) = smoke.runs("launch")
+    (parent,) = [r for r in smoke.runs("launch") if r.info.run_id == runs[0].data.tags["mlflow.parentRunId"]]
     assert parent.info.status == "FINISHED" and parent.data.tags["executor"] == "slurm"
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
-    print(f"\n[slurm] 4-cell array of {STEPS} steps ended in {smoke.seconds:.0f} s")
+    print(f"\n[slurm] 3-cell array of {STEPS} steps ended in {smoke.seconds:.0f} s")
 
 
-# -- 3. a failing cell, and what a relaunch does -----------------------------------------------------------------------
-def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaffected(smoke, tmp_path):
-    bad = smoke.run_of(FAILING)
-    assert bad.info.status == "FAILED"
+# -- 3. a failing cell among new ones, and what relaunches do ----------------------------------------------------------
+def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaffected(smoke, widened, tmp_path):
+    out, before, after = widened
+    assert "grid smoke: 5 cells: 3 finished, 2 new" in out, out
+    match = re.search(r"submitted 2 cells as Slurm job array (\d+)", out)
+    assert match, out
+    array = match.group(1)
+    runs = {r.data.tags["scheme"]: r for r in after}
+    assert len(after) == 5 and set(runs) == set(SCHEMES)
+
+    bad = runs[FAILING]
+    assert bad.info.status == "FAILED" and bad.data.tags["slurm_job_id"].startswith(array + "_")
     reason = bad.data.tags["failure_reason"]
     assert reason.startswith("RuntimeError: injected failure at training step") and "\n" not in reason
     assert artifact_names(smoke.client, bad) == {"cell.json", "traceback.txt"}
@@ -207,26 +226,35 @@ def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaf
     # it failed where it was made to, after really training: its steps up to the failure reached MLflow
     assert [s for s, _ in metric_steps(smoke.client, bad.info.run_id, "loss")] == [FAIL_AT_STEP]
     assert "test_sari" not in bad.data.metrics
-    others = [r for r in smoke.final_runs if r.info.run_id != bad.info.run_id]
-    assert len(others) == 3 and all(r.info.status == "FINISHED" and "test_sari" in r.data.metrics for r in others)
+
+    # its neighbour in the same array finished; Slurm saw one task fail and one complete
+    good = runs[HEALTHY]
+    assert good.info.status == "FINISHED" and "test_sari" in good.data.metrics
+    assert good.data.tags["slurm_job_id"].startswith(array + "_")
+    records = dict(sacct_records(array))
+    assert {records[r.data.tags["slurm_job_id"]] for r in (bad, good)} == {"FAILED", "COMPLETED"}
+    assert records[bad.data.tags["slurm_job_id"]] == "FAILED"
+    # the three finished cells were not run again: same runs, same job ids, same metrics
+    for run_id, old in before.items():
+        new = smoke.client.get_run(run_id)
+        assert new.info.status == "FINISHED" and new.data.metrics == old.data.metrics
+        assert new.data.tags["slurm_job_id"] == old.data.tags["slurm_job_id"]
 
 
-def test_relaunch_reruns_nothing_that_ended_and_creates_no_duplicate_run(smoke):
+def test_relaunch_reruns_nothing_that_ended_and_creates_no_duplicate_run(smoke, widened):
     runs_before = {r.info.run_id: r.info.status for r in smoke.runs()}
-    jobs_before = smoke_jobs()
     scripts_before = sorted((smoke.root / "submitit").rglob("*_submission.sh"))
-    assert len(scripts_before) == 1  # the one job array
+    assert len(scripts_before) == 2  # the two job arrays
     proc = smoke.run()
     assert proc.returncode == 1, proc.stdout + proc.stderr  # 1: the grid holds a failed cell
     out = proc.stdout
-    assert "grid smoke: 4 cells: 1 failed, 3 finished" in out, out
-    assert "submitted" not in out and out.count("FINISHED (done before)") == 3
+    assert "grid smoke: 5 cells: 1 failed, 4 finished" in out, out
+    assert "submitted" not in out and out.count("FINISHED (done before)") == 4
     assert "FAILED (skipped; --retry-failed)" in out
     assert {r.info.run_id: r.info.status for r in smoke.runs()} == runs_before  # same runs, same states
-    assert len(smoke.runs("launch")) == 2  # one record per launch, nothing else new
-    # and nothing reached Slurm: no new job script, no new job in accounting
+    assert len(runs_before) == 5 and len(smoke.runs("launch")) == 3  # one record per launch, nothing else new
+    # and nothing reached Slurm: submitit writes a job script before every sbatch, and there is no new one
     assert sorted((smoke.root / "submitit").rglob("*_submission.sh")) == scripts_before
-    assert smoke_jobs() == jobs_before
 
 
 # -- 2. preemption: USR2, checkpoint, requeue, resume — and the same result --------------------------------------------
@@ -237,7 +265,7 @@ def test_preempted_cell_is_requeued_resumes_and_ends_exactly_like_the_uninterrup
     ``--signal=USR2@90`` of the job script), checkpoints, requeues itself with ``scontrol requeue``, resumes, and
     must end bit-identical to the smoke array's uninterrupted run."""
     reference = smoke.run_of("bert2bert")
-    study = Launch(tmp_path_factory.mktemp("slurm-preempt"), server, assets, "slurm-preempt", "discofuse/bert2bert",
+    study = Launch(tmp_path_factory.mktemp("slurm-preempt"), server, assets, "slurm-preempt", only(["bert2bert"]),
                    subprocess_env())
     proc = study.run()
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -257,14 +285,30 @@ def test_preempted_cell_is_requeued_resumes_and_ends_exactly_like_the_uninterrup
     assert squeue(job_id) == "RUNNING"
     for sig in ("TERM", "USR2"):  # submitit's SlurmJob._interrupt: SIGTERM first on preemption, then USR2
         subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
-    # Slurm holds a requeued job for two minutes (Reason=BeginTime) before it may start again; playing the part of
+
+    def requeued() -> str | None:
+        state = squeue_reason(job_id)
+        if state.startswith("PENDING"):
+            return state
+        if state.startswith("RUNNING") and "REQUEUED" in [s for _, s in sacct_records(job_id)]:
+            return "restarted"  # a cluster that starts requeued jobs at once
+        return None  # still RUNNING before the requeue, or COMPLETING the killed allocation
+
+    state = wait_until(requeued, 120, f"{job_id} to be requeued", interval_s=0.2, on_timeout=study.diagnostics)
+    if state.startswith("PENDING"):  # nobody writes now: what the requeued job will resume from is mid-training
+        resume_step = json.loads(state_file.read_text())["step"]
+        assert 10 <= resume_step < STEPS, resume_step
+
+    # Slurm (22.05) holds a requeued job for two minutes (BeginTime) before it may start again; playing the part of
     # a scheduler with a free node, the test makes it eligible now. Same allocation path, two minutes less.
-    wait_until(lambda: squeue_reason(job_id) == "PENDING BeginTime", 120, f"{job_id} to be requeued",
-               interval_s=0.2, on_timeout=study.diagnostics)
-    # what the requeued job will resume from: a checkpoint from the middle of training
-    resume_step = json.loads(state_file.read_text())["step"]
-    assert 10 <= resume_step < STEPS, resume_step
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    def started_again() -> bool:
+        state = squeue_reason(job_id)
+        if state.startswith("PENDING"):  # squeue names one reason (Priority, Resources ...) even while BeginTime holds
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=30)
+        return not state.startswith("PENDING")
+
+    wait_until(started_again, CELL_TIMEOUT_S, f"{job_id} to start again", interval_s=1.0,
+               on_timeout=study.diagnostics)
     (final,) = study.wait_done(1)
 
     # it was requeued by Slurm (two allocations of the same job) and resumed, not restarted
