@@ -25,7 +25,6 @@ from .checkpoint import (
     build_config,
     family_for,
     finish_report,
-    load_stack_checkpoint,
     read_state_dict,
     resolve_checkpoint_dir,
     read_config_dict,

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -37,7 +36,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
