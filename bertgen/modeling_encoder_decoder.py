@@ -31,7 +31,7 @@ from .checkpoint import (
     without_absolute_positions_if_relative,
 )
 from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
-from .losses import linear_cross_entropy
+from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
 from .modeling_utils import PreTrainedModel, check_labels
 from .outputs import Seq2SeqLMOutput
@@ -224,7 +224,7 @@ class EncoderDecoderModel(PreTrainedModel):
 
     def label_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over labelled positions: the vocabulary projection runs only where a label is, fused
-        with the loss in chunks (bertgen.losses), so the [positions, vocabulary] logits are never held at once."""
+        with the loss in chunks (bertgen.vocab_projection), so the [positions, vocabulary] logits are never held at once."""
         keep = labels.ne(-100)
         weight, bias = self.decoder.output_projection()
         return linear_cross_entropy(hidden_states[keep], weight, bias, labels[keep])

@@ -44,7 +44,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .configuration import GPT2Config
-from .losses import linear_cross_entropy
+from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids

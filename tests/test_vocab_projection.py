@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertgen.losses import linear_cross_entropy
+from bertgen.vocab_projection import linear_cross_entropy
 
 
 def _reference(hidden, weight, bias, labels):
