@@ -30,6 +30,8 @@ from typing import Any, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import vocab_projection
+
 LENGTH_PENALTY_STYLES = ("gnmt", "hf")
 
 # transformers' sentinel for "not a candidate": scores are pushed this far down instead of being masked, and
@@ -83,7 +85,7 @@ def select_cache_rows(cache, rows: torch.Tensor | None, sources: torch.Tensor | 
 
 class EncoderDecoderStep:
     """Runs ``model.encode`` once, then the decoder body one token per call with the KV cache, and the LM head
-    (``decoder.compute_logits``) on the last position only.
+    (``decoder.output_projection``, in vocabulary blocks: ``vocab_projection.log_probs``) on the last position only.
 
     With ``use_cache=False`` every call re-runs the decoder over the whole prefix (slow; it exists so tests can
     show that caching changes nothing).
@@ -116,8 +118,8 @@ class EncoderDecoderStep:
             self.cache = body.past_key_values
             # The cross-attention keys/values now live in the cache; the states themselves are no longer needed.
             self.encoder_states = None
-        logits = self.decoder.compute_logits(body.last_hidden_state[:, -1])
-        return F.log_softmax(logits.float(), dim=-1)
+        weight, bias = self.decoder.output_projection()
+        return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
 
 
 # -- logits processing --------------------------------------------------------------------------------------------
@@ -243,7 +245,8 @@ def beam_search(step: DecodingStep, prompt: torch.Tensor, *, num_beams: int, max
         vocab = log_probs.size(1)
         if width * vocab < candidates:
             raise ValueError(f"num_beams={beams}: the vocabulary ({vocab}) must have at least {candidates} tokens")
-        totals = (log_probs.view(n_src, width, vocab) + running_scores[:, :, None]).view(n_src, width * vocab)
+        # The step's log-probabilities are ours to overwrite: add the running scores in place.
+        totals = log_probs.view(n_src, width, vocab).add_(running_scores[:, :, None]).view(n_src, width * vocab)
         cand_scores, cand_index = totals.topk(candidates, dim=1)
         parent = cand_index // vocab
         tokens = cand_index % vocab

@@ -44,6 +44,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .configuration import GPT2Config
+from . import vocab_projection
 from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
@@ -492,7 +493,8 @@ class PrefixLMStep:
                          past_key_values=self.cache, use_cache=self.use_cache)
         if self.use_cache:
             self.cache = body.past_key_values
-        return F.log_softmax(self.model.compute_logits(body.last_hidden_state[:, -1]).float(), dim=-1)
+        weight, bias = self.model.output_projection()
+        return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
 
 
 register_model_family(GPT2Config, None, GPT2LMHeadModel)

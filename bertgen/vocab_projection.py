@@ -1,10 +1,21 @@
-"""Fused vocabulary projection + cross-entropy, computed in chunks of positions.
+"""The projection to the vocabulary: log-probabilities for decoding, and the fused projection + cross-entropy for
+training.
 
-The LM head's output is the largest tensor of a training step (positions × vocabulary: 1,024 × 30,522 floats is
-125 MB, and autograd keeps it, its softmax and its gradient). Here each chunk of positions is projected, its loss
-and its gradients (with respect to the hidden states, the weight and the bias) are computed at once, and the chunk's
-logits are dropped: peak memory grows with the chunk, not with the batch, and the logits make fewer trips through
-memory. The result equals ``F.cross_entropy(F.linear(h, W, b), y)`` up to summation order.
+The vocabulary projection is the largest matrix product of both training and decoding (hidden × 30,522 for BERT's
+vocabulary), and its output the largest tensor. Two things make it cheaper here than ``F.linear`` + ``log_softmax``:
+
+* **Vocabulary blocks.** The product is computed ``VOCAB_BLOCK`` output columns at a time into contiguous
+  [rows, block] buffers, and everything after it (max, exp-sums, softmax, gradient products) works block by block
+  while a block is in cache. A 1,024-row slice of the weight stays in cache while it is multiplied; one product
+  against the whole 30,522 × 384 weight does not, and on a 2-core CPU it runs ~1.5× slower for a decoding step.
+* **Fewer trips through memory.** The fused loss keeps neither the logits, nor their softmax, nor their gradient
+  for the backward pass: each chunk of positions is projected, its loss and all its gradients (hidden states,
+  weight, bias) are computed at once, and the chunk's logits are dropped, so peak memory grows with the chunk, not
+  the batch. The softmax is formed in place in each block and the one-hot part of the gradient is applied to the
+  gradients directly (a row of the weight per label), so no [rows, vocabulary] tensor is scattered into.
+
+``log_probs(h, W, b)`` equals ``F.log_softmax(F.linear(h, W, b).float(), -1)`` and ``linear_cross_entropy`` equals
+``F.cross_entropy(F.linear(h, W, b), y)``, both up to summation order (fp32 differences ~1e-7).
 """
 
 from __future__ import annotations
@@ -12,8 +23,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Rows per chunk are chosen so that one chunk's fp32 logits stay near this many elements (64 MB).
+# Output columns per matrix product (a 1,024 × 384 fp32 weight block is 1.5 MB).
+VOCAB_BLOCK = 1024
+# Rows per loss chunk are chosen so that one chunk's fp32 logits stay near this many elements (64 MB).
 CHUNK_ELEMENTS = 1 << 24
+
+
+def _blocks(vocab: int) -> list[slice]:
+    return [slice(start, min(start + VOCAB_BLOCK, vocab)) for start in range(0, vocab, VOCAB_BLOCK)]
+
+
+def project_blocks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   ) -> list[tuple[slice, torch.Tensor]]:
+    """fp32 logits of 2-D ``hidden`` as (vocabulary slice, contiguous [rows, block] logits) pairs.
+
+    Inputs in another dtype (bf16 under autocast) are multiplied in that dtype and each block widened to fp32.
+    """
+    return [(cols, F.linear(hidden, weight[cols], None if bias is None else bias[cols]).float())
+            for cols in _blocks(weight.size(0))]
+
+
+def _row_max(blocks: list[tuple[slice, torch.Tensor]]) -> torch.Tensor:
+    return torch.stack([logits.amax(dim=1) for _, logits in blocks], dim=1).amax(dim=1, keepdim=True)
+
+
+def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fp32 log-softmax of the projection of ``hidden`` [rows, hidden]: one decoding step's next-token scores."""
+    blocks = project_blocks(hidden, weight, bias)
+    top = _row_max(blocks)
+    sums = torch.stack([torch.exp(logits - top).sum(dim=1) for _, logits in blocks], dim=1).sum(dim=1, keepdim=True)
+    log_z = top + sums.log()
+    out = torch.empty(hidden.size(0), weight.size(0), dtype=torch.float32, device=hidden.device)
+    for cols, logits in blocks:
+        torch.sub(logits, log_z, out=out[:, cols])
+    return out
+
+
+def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b, with out fp32 and a, b fp32 (fused) or bf16 (product widened)."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    else:
+        out.add_((a @ b).to(out.dtype))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -23,27 +74,38 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_grad = any(ctx.needs_input_grad[:3])
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if want_grad:
-            grad_hidden = torch.empty_like(hidden)
+            grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             grad_bias = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
             y = labels[start:start + chunk_rows]
-            logits = F.linear(h, weight, bias).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            if want_grad:
-                # d(mean loss)/d(logits) = (softmax - onehot) / n, reusing the logits buffer.
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(y.numel(), device=y.device), y] -= 1.0
-                probs.div_(n)
-                p = probs.to(h.dtype) if h.dtype != torch.float32 else probs
-                grad_hidden[start:start + chunk_rows] = (p @ weight.to(p.dtype)).to(hidden.dtype)
-                grad_weight.add_(p.t() @ h.to(p.dtype))
+            blocks = project_blocks(h, weight, bias)
+            target = (h.float() * weight[y].float()).sum(dim=1) + (bias[y].float() if bias is not None else 0.0)
+            top = _row_max(blocks)
+            # Each block now holds exp(logit - row max): the unnormalised softmax, in place.
+            sums = torch.stack([logits.sub_(top).exp_().sum(dim=1) for _, logits in blocks], dim=1)
+            sums = sums.sum(dim=1, keepdim=True)
+            total += (top.squeeze(1) + sums.squeeze(1).log() - target).sum()
+            if not want_grad:
+                continue
+            # d(mean loss)/d(logits) = (softmax - onehot) / n. The softmax part is built in each block's buffer;
+            # the one-hot part is applied to the gradients directly (rows of the weight, entries of the bias).
+            scale = sums.reciprocal_().mul_(1.0 / n)
+            grad_h = grad_hidden[start:start + chunk_rows]
+            grad_h.copy_(weight[y].float()).mul_(-1.0 / n)
+            grad_weight.index_add_(0, y, h.float(), alpha=-1.0 / n)
+            if grad_bias is not None:
+                grad_bias.index_add_(0, y, torch.full((y.numel(),), -1.0 / n, device=y.device))
+            for cols, unnormalised in blocks:
+                probs = unnormalised.mul_(scale)
                 if grad_bias is not None:
-                    grad_bias.add_(probs.sum(0))
+                    grad_bias[cols] += probs.sum(dim=0)
+                probs = probs.to(h.dtype)
+                _accumulate(grad_h, probs, weight[cols].to(h.dtype))
+                _accumulate(grad_weight[cols], probs.t(), h)
         if want_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype),
+            ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
                                   grad_bias.to(bias.dtype) if grad_bias is not None else None)
         ctx.has_bias = bias is not None
         return total / n

@@ -1,19 +1,28 @@
-"""The fused chunked LM-head loss equals the plain projection + cross-entropy, values and gradients."""
+"""The blocked vocabulary projection equals the plain one: the fused chunked LM-head loss (values and gradients)
+against projection + cross-entropy, the decoding log-probabilities against projection + log-softmax."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bertgen.vocab_projection import linear_cross_entropy
+from bertgen import vocab_projection
+from bertgen.vocab_projection import linear_cross_entropy, log_probs
 
 
 def _reference(hidden, weight, bias, labels):
     return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels)
 
 
+@pytest.fixture(params=[1024, 16, 7], ids=lambda b: f"block{b}")
+def vocab_block(request, monkeypatch):
+    """The default block (one block for these vocabularies) and small ones (many blocks, a ragged last block)."""
+    monkeypatch.setattr(vocab_projection, "VOCAB_BLOCK", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, None])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fused_loss_matches_reference_fp32(chunk_rows, with_bias):
+def test_fused_loss_matches_reference_fp32(chunk_rows, with_bias, vocab_block):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
     weight = torch.randn(101, 16, requires_grad=True)
@@ -26,6 +35,41 @@ def test_fused_loss_matches_reference_fp32(chunk_rows, with_bias):
     assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-6)
     for a, b in zip(grads_ours, grads_ref):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_loss_with_repeated_labels_accumulates_one_hot_terms(vocab_block):
+    """Several positions with the same label: the one-hot part of the weight/bias gradient must add up."""
+    torch.manual_seed(2)
+    hidden = torch.randn(12, 8, requires_grad=True)
+    weight = torch.randn(40, 8, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True)
+    labels = torch.tensor([3, 3, 3, 39, 0, 0, 17, 3, 39, 16, 15, 3])
+    ours = torch.autograd.grad(linear_cross_entropy(hidden, weight, bias, labels, 5), [hidden, weight, bias])
+    ref = torch.autograd.grad(_reference(hidden, weight, bias, labels), [hidden, weight, bias])
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_decoding_log_probs_match_log_softmax_of_linear(with_bias, vocab_block):
+    torch.manual_seed(3)
+    hidden = torch.randn(9, 16)
+    weight = torch.randn(101, 16)
+    bias = torch.randn(101) if with_bias else None
+    with torch.inference_mode():
+        ours = log_probs(hidden, weight, bias)
+    ref = F.log_softmax(F.linear(hidden, weight, bias), dim=-1)
+    assert ours.dtype == torch.float32 and ours.shape == (9, 101)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_decoding_log_probs_of_bf16_weights_are_fp32(vocab_block):
+    torch.manual_seed(4)
+    hidden, weight, bias = torch.randn(4, 16).bfloat16(), torch.randn(50, 16).bfloat16(), torch.randn(50).bfloat16()
+    ours = log_probs(hidden, weight, bias)
+    ref = F.log_softmax(F.linear(hidden, weight, bias).float(), dim=-1)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
 def test_fused_loss_under_bf16_autocast_is_close_and_differentiable():
