@@ -2,7 +2,8 @@
 
 Masks are boolean, ``True`` where a query may attend, shaped ``[batch, 1, query_len or 1, key_len]``; ``None``
 means "attend everywhere" (plus ``is_causal``). Building them once per stack, not once per layer, keeps the hot path
-to one ``scaled_dot_product_attention`` call per layer.
+to one ``scaled_dot_product_attention`` call per layer. Training with attention dropout on the CPU is the exception:
+SDPA would fall back to its math path and ``F.dropout``; ``dropout_attention`` does the same work faster.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dropout import dropout as _dropout
 
 ACT_FNS = {
     "gelu": F.gelu,
@@ -83,7 +86,7 @@ def eager_attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    probs = _dropout(probs, dropout_p, training=dropout_p > 0)
     if head_mask is not None:
         probs = probs * head_mask
     return torch.matmul(probs, value), probs
@@ -101,13 +104,50 @@ def attention(
     head_mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SDPA when it can compute the result, the exact eager path otherwise."""
+    """SDPA when it can compute the result, the exact eager path otherwise (``dropout_attention`` when training with
+    attention dropout on the CPU)."""
     if need_weights or extra_scores is not None or head_mask is not None:
         return eager_attention(query, key, value, mask, is_causal, dropout_p, extra_scores, head_mask, scale)
+    if dropout_p > 0 and query.device.type == "cpu" and not torch.compiler.is_compiling():
+        return dropout_attention(query, key, value, mask, is_causal, dropout_p, scale), None
     out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
     return out, None
+
+
+def dropout_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Training attention with dropout on the attention probabilities, for the CPU.
+
+    With ``dropout_p > 0`` CPU SDPA runs its math path with ``F.dropout`` (a float mask drawn by ``bernoulli_``).
+    This is the same computation with :func:`bertgen.dropout.dropout` (bool mask, several times cheaper), the scale
+    applied to whichever of query and scores is smaller, and the mask added as a bias in place (its backward is
+    free, unlike ``masked_fill``'s): fwd+bwd about 1.5x faster than SDPA for MiniLM-sized heads.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(query.size(-1))
+    if query.size(-1) < key.size(-2):
+        scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    if is_causal:
+        q_len, k_len = scores.shape[-2:]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        # Half the dtype's lowest value: exp() of it is 0 as with masked_fill(min), but adding a score cannot overflow
+        # to -inf (for float16), which would turn a fully masked row into NaN.
+        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+        scores = scores.add_(bias.masked_fill_(~mask, torch.finfo(scores.dtype).min / 2))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(_dropout(probs, dropout_p, training=True), value)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

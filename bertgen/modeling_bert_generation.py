@@ -22,6 +22,7 @@ from .attention import (
     unfold_beams,
 )
 from .configuration import BertGenerationConfig
+from .dropout import Dropout
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape
 from .outputs import BaseModelOutput
 
@@ -34,7 +35,7 @@ class BertGenerationEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.position_offset = config.position_offset
         self.pad_token_id = config.pad_token_id
 
@@ -119,7 +120,7 @@ class BertGenerationSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)

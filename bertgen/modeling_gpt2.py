@@ -44,6 +44,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .configuration import GPT2Config
+from .dropout import Dropout
 from . import vocab_projection
 from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import _expand_head_mask
@@ -69,7 +70,7 @@ class GPT2Attention(nn.Module):
             self.c_attn = nn.Linear(width, 3 * width)
         self.c_proj = nn.Linear(width, width)
         self.dropout_p = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = Dropout(config.resid_pdrop)
         self.scale = config.head_dim ** -0.5 if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= float(layer_idx + 1)
@@ -106,7 +107,7 @@ class GPT2MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, config.intermediate_size)
         self.c_proj = nn.Linear(config.intermediate_size, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states):
         return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
@@ -221,7 +222,7 @@ class GPT2Model(GPT2PreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.post_init()

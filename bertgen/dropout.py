@@ -1,0 +1,97 @@
+"""Dropout that is cheap on the CPU.
+
+``F.dropout`` on the CPU draws one uniform float per element from the serial mt19937 generator (``bernoulli_``) and
+keeps a mask of the input's dtype for backward. Here the default generator fills 64-bit words instead (``random_()``
+on int64 gives 63 random bits per word, its top bit is 0), each word is cut into four 16-bit lanes and every lane
+keeps its low 15 bits: four elements per word, one generator call (two mt19937 draws) per four elements. The mask is
+kept as ``bool`` (1 byte per element, not 4). On a CPU this is 2-3x faster than ``F.dropout`` (forward; ~2x with
+the backward). int64 words rather than int32 (31 random bits, two elements per word) because ``random_()`` costs
+mostly its per-word loop, not the mt19937 draws: a quarter of the iterations instead of half makes the mask ~25%
+cheaper for the same number of draws.
+
+Exactness: an element is dropped when its 15-bit value is below ``t = round(p * 32768)``, so the drop probability
+actually used is ``t / 32768`` (within 1/65536 ≈ 1.6e-5 of ``p``), and kept elements are scaled by
+``1 / (1 - t / 32768)``, which keeps the expectation of every element exactly equal to the input. ``p`` below
+1/65536 therefore drops nothing, and ``p`` above 1 - 1/65536 drops everything.
+
+The random numbers come from torch's default generator, so ``torch.manual_seed`` and saving/restoring
+``torch.get_rng_state()`` make masks reproducible exactly as with ``F.dropout`` (the masks themselves differ from
+``F.dropout``'s for the same seed). Evaluation mode and ``p == 0`` return the input unchanged and draw nothing.
+
+On other devices (CUDA's fused philox dropout is already fast) and under ``torch.compile`` this is ``F.dropout``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LANE_BITS = 15
+_LANES = 1 << _LANE_BITS  # 32768 equally likely values per element
+
+
+class _MaskedScale(torch.autograd.Function):
+    """``out = x * keep * scale`` with a bool ``keep``; the backward is the same map applied to the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return _apply(x, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return _apply(grad, keep, ctx.scale), None, None
+
+
+def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    # CPU kernels that read or write bool (``torch.where``, ``x * keep``, ``lanes >= t``) are not vectorised; going
+    # through uint8 → x.dtype (0/1) and two plain products is ~2x faster. The scale is a Python float, applied to the
+    # product in the op's float math, so bf16 outputs are rounded once and the scale itself is never rounded to bf16.
+    out = x * keep.view(torch.uint8).to(x.dtype)
+    return out.mul_(scale) if scale != 1.0 else out
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], threshold: int) -> torch.Tensor:
+    """A bool tensor of ``shape``, each element independently ``True`` with probability ``1 - threshold / 32768``.
+
+    Draws ``ceil(numel / 4)`` int64 words from the default CPU generator.
+    """
+    numel = 1
+    for size in shape:
+        numel *= size
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_()  # uniform on [0, 2**63 - 1]
+    lanes = words.view(torch.int16)  # four lanes per word, the top one with 15 random bits, the others with 16
+    lanes.bitwise_and_(_LANES - 1).ge_(threshold)  # in place, as int16 0/1: the bool-output comparison is slower
+    return lanes[:numel].to(torch.uint8).view(torch.bool).view(shape)
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the rest so the expectation is kept.
+
+    On the CPU ``p`` is rounded to a multiple of 1/32768 (see the module docstring); elsewhere this is ``F.dropout``.
+    """
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.dropout(x, p, training=True)
+    threshold = round(p * _LANES)
+    if threshold == 0:
+        return x
+    if threshold == _LANES:  # everything dropped; the mask keeps the output on the autograd graph, with zero grads
+        return _MaskedScale.apply(x, torch.zeros(x.shape, dtype=torch.bool), 1.0)
+    scale = _LANES / (_LANES - threshold)
+    return _MaskedScale.apply(x, keep_mask(x.shape, threshold), scale)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same attributes, no parameters or buffers) running :func:`dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            return F.dropout(x, self.p, self.training, inplace=True)
+        return dropout(x, self.p, self.training)
