@@ -1,12 +1,15 @@
-"""bertgen vs transformers on identical weights, in the same process: training throughput, peak memory, beam search.
+"""bertgen vs transformers on identical weights: training throughput, peak memory, beam search.
 
 MiniLM-size encoder-decoder (6 layers, 384 hidden, 12 heads, 1536 FFN, vocab 30,522), batch 16 × (64 source + 64
-target tokens). Prints a markdown table of absolute numbers and ratios (ours / transformers).
+target tokens), dropout 0.1 in training. Prints a markdown table of absolute numbers and ratios (ours / transformers).
 
     .venv/bin/python benchmarks/bench_model.py [--steps 8] [--beam-batches 2] [--threads N] [--skip-generate]
 
-Peak memory is measured per configuration in a fresh subprocess (``ru_maxrss`` of the child), so one model's
-allocations do not hide the other's.
+One transformers model is built from a seed and saved; each library loads that checkpoint with its own
+``from_pretrained``. Throughput is timed in one process with both models, steps interleaved (transformers, ours,
+transformers, ...) and the median step time reported, so load changes on a shared machine hit both sides alike.
+Peak memory is measured per library in a fresh subprocess (the child's ``VmHWM``) that imports only that
+library, loads the checkpoint and trains a few steps.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,13 +29,12 @@ CONFIG = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attent
               max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 BATCH, SRC_LEN, TGT_LEN = 16, 64, 64
 START, PAD, EOS = 101, 0, 102
+LIBRARIES = ("transformers", "ours")
 
 
-def build_pair(directory: str):
-    """Build the transformers model, save it, load the same weights into ours."""
+def save_reference_checkpoint(directory: str) -> None:
+    """A seeded transformers EncoderDecoderModel (BertGeneration encoder and decoder) saved in HF layout."""
     import transformers as T
-
-    import bertgen
 
     torch.manual_seed(0)
     enc = T.BertGenerationEncoder(T.BertGenerationConfig(**CONFIG))
@@ -42,8 +44,17 @@ def build_pair(directory: str):
     hf.generation_config.decoder_start_token_id = START
     hf.generation_config.pad_token_id, hf.generation_config.eos_token_id = PAD, EOS
     hf.save_pretrained(directory)
-    ours = bertgen.EncoderDecoderModel.from_pretrained(directory)
-    return hf, ours
+
+
+def load(which: str, directory: str):
+    """The checkpoint through ``which`` library's own loader (ours never imports transformers)."""
+    if which == "ours":
+        import bertgen
+
+        return bertgen.EncoderDecoderModel.from_pretrained(directory)
+    import transformers as T
+
+    return T.EncoderDecoderModel.from_pretrained(directory)
 
 
 def make_batch(seed: int):
@@ -71,81 +82,106 @@ def train_step_fn(model, which: str, bf16: bool):
     return step
 
 
-def measure_train(which: str, bf16: bool, steps: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        hf, ours = build_pair(d)
-    model = ours if which == "ours" else hf
-    del hf, ours
+def measure_train(directory: str, bf16: bool, steps: int) -> dict[str, float]:
+    """Median train-step time of each library, steps interleaved; returns tokens/s per library."""
+    models = {which: load(which, directory) for which in LIBRARIES}
+    step_fns = {which: train_step_fn(models[which], which, bf16) for which in LIBRARIES}
+    times: dict[str, list[float]] = {which: [] for which in LIBRARIES}
+    for i in range(steps + 1):
+        batch = make_batch(i)
+        order = LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]
+        for which in order:
+            start = time.perf_counter()
+            step_fns[which](*batch)
+            if i > 0:  # the first round is warm-up
+                times[which].append(time.perf_counter() - start)
+    tokens = BATCH * (SRC_LEN + TGT_LEN)
+    return {which: tokens / statistics.median(t) for which, t in times.items()}
+
+
+def measure_peak_memory(which: str, directory: str, bf16: bool, steps: int) -> float:
+    """Peak RSS (MB) of loading the checkpoint and training ``steps`` steps; run in a fresh process."""
+    model = load(which, directory)
     step = train_step_fn(model, which, bf16)
-    batches = [make_batch(i) for i in range(steps + 2)]
-    for b in batches[:2]:  # warm-up
-        step(*b)
-    start = time.perf_counter()
-    for b in batches[2:]:
-        step(*b)
-    elapsed = time.perf_counter() - start
-    tokens = steps * BATCH * (SRC_LEN + TGT_LEN)
-    return {"tok_s": tokens / elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for i in range(steps):
+        step(*make_batch(i))
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return peak_kb / 1024
 
 
-def measure_generate(batches: int, max_new_tokens: int) -> dict:
+def measure_generate(directory: str, batches: int, max_new_tokens: int) -> dict:
     """Beam-4 generation of exactly ``max_new_tokens`` tokens (min = max) on both models; checks identical outputs."""
     import bertgen.generation as G
 
-    with tempfile.TemporaryDirectory() as d:
-        hf, ours = build_pair(d)
+    hf, ours = load("transformers", directory), load("ours", directory)
     hf.eval(), ours.eval()
     inputs = [make_batch(100 + i)[:2] for i in range(batches)]
     kwargs = dict(num_beams=4, length_penalty=1.0, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                   early_stopping=True)
-    out = {}
-    results = {}
-    for which, model in (("transformers", hf), ("ours", ours)):
-        with torch.inference_mode():
-            gen = (lambda i, m: model.generate(input_ids=i, attention_mask=m, **kwargs)) if which == "transformers" \
-                else (lambda i, m: G.generate(model, i, m, length_penalty_style="hf", **kwargs))
-            gen(*inputs[0])  # warm-up
-            start = time.perf_counter()
-            results[which] = [gen(i, m) for i, m in inputs]
-            out[which] = batches * BATCH / (time.perf_counter() - start)
+    generate = {
+        "transformers": lambda ids, mask: hf.generate(input_ids=ids, attention_mask=mask, **kwargs),
+        "ours": lambda ids, mask: G.generate(ours, ids, mask, length_penalty_style="hf", **kwargs),
+    }
+    seconds = {which: 0.0 for which in LIBRARIES}
+    results: dict[str, list[torch.Tensor]] = {which: [] for which in LIBRARIES}
+    with torch.inference_mode():
+        for which in LIBRARIES:  # warm-up
+            generate[which](*inputs[0])
+        for i, (ids, mask) in enumerate(inputs):
+            for which in (LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]):
+                start = time.perf_counter()
+                results[which].append(generate[which](ids, mask))
+                seconds[which] += time.perf_counter() - start
     identical = all(torch.equal(a, b) for a, b in zip(results["transformers"], results["ours"]))
-    return {"seq_s": out, "identical": identical}
+    return {"seq_s": {which: batches * BATCH / seconds[which] for which in LIBRARIES}, "identical": identical}
 
 
-def run_child(which: str, bf16: bool, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--steps", str(steps)] + (["--bf16"] if bf16 else [])
+def run_memory_child(which: str, directory: str, bf16: bool, steps: int, threads: int) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", which, "--checkpoint", directory, "--steps", str(steps),
+           "--threads", str(threads)] + (["--bf16"] if bf16 else [])
     res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per configuration")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per library and configuration")
+    p.add_argument("--memory-steps", type=int, default=3, help="training steps of each peak-memory child")
     p.add_argument("--beam-batches", type=int, default=2, help="timed batches of 16 sources for beam search")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--skip-bf16", action="store_true", help="fp32 training only")
     p.add_argument("--skip-generate", action="store_true")
-    p.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", choices=LIBRARIES, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.child:
-        print(json.dumps(measure_train(args.child, args.bf16, args.steps)))
+    if args.memory_child:
+        peak = measure_peak_memory(args.memory_child, args.checkpoint, args.bf16, args.steps)
+        print(json.dumps({"peak_rss_mb": peak}))
         return
 
     rows = []
-    for bf16 in (False, True):
-        r = {w: run_child(w, bf16, args.steps) for w in ("transformers", "ours")}
-        name = "bf16 autocast" if bf16 else "fp32"
-        rows.append((f"train tokens/s, {name}", r["transformers"]["tok_s"], r["ours"]["tok_s"]))
-        rows.append((f"peak RSS MB, train {name}", r["transformers"]["peak_rss_mb"], r["ours"]["peak_rss_mb"]))
     identical = None
-    if not args.skip_generate:
-        g = measure_generate(args.beam_batches, args.max_new_tokens)
-        rows.append((f"beam-4 generation seq/s, fp32, {args.max_new_tokens} tokens",
-                     g["seq_s"]["transformers"], g["seq_s"]["ours"]))
-        identical = g["identical"]
+    with tempfile.TemporaryDirectory() as directory:
+        save_reference_checkpoint(directory)
+        for bf16 in (False,) if args.skip_bf16 else (False, True):
+            name = "bf16 autocast" if bf16 else "fp32"
+            tok_s = measure_train(directory, bf16, args.steps)
+            rows.append((f"train tokens/s, {name} (median of {args.steps} interleaved steps)",
+                         tok_s["transformers"], tok_s["ours"]))
+            peak = {w: run_memory_child(w, directory, bf16, args.memory_steps, args.threads) for w in LIBRARIES}
+            rows.append((f"peak RSS MB, load + {args.memory_steps} train steps {name} (fresh process each)",
+                         peak["transformers"], peak["ours"]))
+        if not args.skip_generate:
+            g = measure_generate(directory, args.beam_batches, args.max_new_tokens)
+            rows.append((f"beam-4 generation seq/s, fp32, {args.max_new_tokens} tokens",
+                         g["seq_s"]["transformers"], g["seq_s"]["ours"]))
+            identical = g["identical"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} x ({SRC_LEN}+{TGT_LEN})")
     print("| measure | transformers | bertgen | ratio |")
     print("|---|---:|---:|---:|")

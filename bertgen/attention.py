@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dropout import dropout as _dropout
+from .recompute import dropout_matmul
 
 ACT_FNS = {
     "gelu": F.gelu,
@@ -147,7 +148,7 @@ def dropout_attention(
         bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
         scores = scores.add_(bias.masked_fill_(~mask, torch.finfo(scores.dtype).min / 2))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(_dropout(probs, dropout_p, training=True), value)
+    return dropout_matmul(probs, value, dropout_p)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

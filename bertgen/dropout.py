@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _LANE_BITS = 15
-_LANES = 1 << _LANE_BITS  # 32768 equally likely values per element
+LANES = 1 << _LANE_BITS  # 32768 equally likely values per element
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -38,15 +38,16 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return _apply(x, keep, scale)
+        return masked_scale(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return _apply(grad, keep, ctx.scale), None, None
+        return masked_scale(grad, keep, ctx.scale), None, None
 
 
-def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * keep * scale`` for a bool ``keep`` (the dropout map, forward and backward)."""
     # CPU kernels that read or write bool (``torch.where``, ``x * keep``, ``lanes >= t``) are not vectorised; going
     # through uint8 → x.dtype (0/1) and two plain products is ~2x faster. The scale is a Python float, applied to the
     # product in the op's float math, so bf16 outputs are rounded once and the scale itself is never rounded to bf16.
@@ -64,8 +65,20 @@ def keep_mask(shape: torch.Size | tuple[int, ...], threshold: int) -> torch.Tens
         numel *= size
     words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_()  # uniform on [0, 2**63 - 1]
     lanes = words.view(torch.int16)  # four lanes per word, the top one with 15 random bits, the others with 16
-    lanes.bitwise_and_(_LANES - 1).ge_(threshold)  # in place, as int16 0/1: the bool-output comparison is slower
+    lanes.bitwise_and_(LANES - 1).ge_(threshold)  # in place, as int16 0/1: the bool-output comparison is slower
     return lanes[:numel].to(torch.uint8).view(torch.bool).view(shape)
+
+
+def dropout_threshold(p: float) -> int:
+    """How many of the 32768 lane values drop an element: 0 drops nothing, 32768 drops everything."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return round(p * LANES)
+
+
+def keep_scale(threshold: int) -> float:
+    """The factor that keeps the expectation exact for a ``threshold`` below 32768."""
+    return LANES / (LANES - threshold)
 
 
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
@@ -73,19 +86,16 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
 
     On the CPU ``p`` is rounded to a multiple of 1/32768 (see the module docstring); elsewhere this is ``F.dropout``.
     """
-    if p < 0.0 or p > 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    threshold = dropout_threshold(p)
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
-    threshold = round(p * _LANES)
     if threshold == 0:
         return x
-    if threshold == _LANES:  # everything dropped; the mask keeps the output on the autograd graph, with zero grads
+    if threshold == LANES:  # everything dropped; the mask keeps the output on the autograd graph, with zero grads
         return _MaskedScale.apply(x, torch.zeros(x.shape, dtype=torch.bool), 1.0)
-    scale = _LANES / (_LANES - threshold)
-    return _MaskedScale.apply(x, keep_mask(x.shape, threshold), scale)
+    return _MaskedScale.apply(x, keep_mask(x.shape, threshold), keep_scale(threshold))
 
 
 class Dropout(nn.Dropout):

@@ -25,6 +25,7 @@ from .configuration import BertGenerationConfig
 from .dropout import Dropout
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape
 from .outputs import BaseModelOutput
+from .recompute import activation_then_linear
 
 
 class BertGenerationEmbeddings(nn.Module):
@@ -140,19 +141,24 @@ class BertGenerationAttention(nn.Module):
 
 
 class BertGenerationIntermediate(nn.Module):
+    """The feed-forward block's first half; ``BertGenerationOutput`` applies ``act`` fused with its own ``dense``."""
+
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT_FNS[config.hidden_act]
-
-    def forward(self, hidden_states):
-        return self.act(self.dense(hidden_states))
 
 
 class BertGenerationOutput(BertGenerationSelfOutput):
     def __init__(self, config: BertGenerationConfig):
         super().__init__(config)
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, pre_activation, input_tensor, act):
+        """``LayerNorm(dropout(dense(act(pre_activation))) + input_tensor)``; the activation is fused with ``dense``
+        so that only the intermediate layer's pre-activation output is kept for backward (bertgen.recompute)."""
+        hidden = activation_then_linear(pre_activation, act, self.dense.weight, self.dense.bias)
+        return self.LayerNorm(self.dropout(hidden) + input_tensor)
 
 
 class BertGenerationLayer(nn.Module):
@@ -182,7 +188,7 @@ class BertGenerationLayer(nn.Module):
                 hidden_states, cross_mask, False, kv_states=encoder_hidden_states, past=cross_past,
                 output_attentions=output_attentions,
             )
-        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
+        hidden_states = self.output(self.intermediate.dense(hidden_states), hidden_states, self.intermediate.act)
         return hidden_states, (k, v, cross_k, cross_v), self_weights, cross_weights
 
 

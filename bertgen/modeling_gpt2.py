@@ -51,6 +51,7 @@ from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids
 from .outputs import BaseModelOutput, Seq2SeqLMOutput
+from .recompute import activation_then_linear
 
 
 class GPT2Attention(nn.Module):
@@ -110,7 +111,9 @@ class GPT2MLP(nn.Module):
         self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states):
-        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+        # act + c_proj fused so that only c_fc's output is kept for backward (bertgen.recompute).
+        return self.dropout(activation_then_linear(self.c_fc(hidden_states), self.act, self.c_proj.weight,
+                                                  self.c_proj.bias))
 
 
 class GPT2Block(nn.Module):
