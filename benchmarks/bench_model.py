@@ -65,7 +65,8 @@ def make_batch(seed: int):
 
 
 def train_step_fn(model, which: str, bf16: bool):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # The same optimizer on both sides: fused Adam, transformers' Trainer default (adamw_torch_fused) and bertgen's.
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     model.train()
 
     def step(ids, mask, labels):

@@ -48,15 +48,23 @@ def _row_max(blocks: list[tuple[slice, torch.Tensor]]) -> torch.Tensor:
 
 
 def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """fp32 log-softmax of the projection of ``hidden`` [rows, hidden]: one decoding step's next-token scores."""
-    blocks = project_blocks(hidden, weight, bias)
-    top = _row_max(blocks)
-    sums = torch.stack([torch.exp(logits - top).sum(dim=1) for _, logits in blocks], dim=1).sum(dim=1, keepdim=True)
-    log_z = top + sums.log()
+    """fp32 log-softmax of the projection of ``hidden`` [rows, hidden]: one decoding step's next-token scores.
+
+    For the few rows of a decoding step each block is written straight into its columns of one buffer
+    (``addmm(out=)`` with a row stride) and the log-softmax runs in place on it: the row-wise kernel reads a row
+    before it writes it, and a test pins the result to ``F.log_softmax``. Not differentiable (decoding runs under
+    no_grad).
+    """
     out = torch.empty(hidden.size(0), weight.size(0), dtype=torch.float32, device=hidden.device)
-    for cols, logits in blocks:
-        torch.sub(logits, log_z, out=out[:, cols])
-    return out
+    fp32 = hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    for cols in _blocks(weight.size(0)):
+        if not fp32:
+            out[:, cols] = F.linear(hidden, weight[cols], None if bias is None else bias[cols])
+        elif bias is None:
+            torch.mm(hidden, weight[cols].t(), out=out[:, cols])
+        else:
+            torch.addmm(bias[cols], hidden, weight[cols].t(), out=out[:, cols])
+    return torch.log_softmax(out, dim=-1, out=out)
 
 
 def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
