@@ -67,15 +67,21 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.log_softmax(out, dim=-1, out=out)
 
 
-def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """out += a @ b, with out fp32 and a, b fp32 (fused) or bf16 (product widened)."""
-    if a.dtype == out.dtype:
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """out = a @ b, or out += a @ b; out is fp32, a and b fp32 (written in place) or bf16 (product widened)."""
+    if a.dtype != out.dtype:
+        product = (a @ b).to(out.dtype)
+        out.add_(product) if accumulate else out.copy_(product)
+    elif accumulate:
         out.addmm_(a, b)
     else:
-        out.add_((a @ b).to(out.dtype))
+        torch.mm(a, b, out=out)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Loss in forward; every gradient is computed there too, kept on ``ctx`` and handed over once in backward
+    (scaled in place by the incoming gradient, so no vocabulary-sized copy is made)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_rows):
         n = hidden.size(0)
@@ -83,8 +89,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if want_grad:
             grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            grad_bias = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
+            grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_bias = torch.empty(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
             y = labels[start:start + chunk_rows]
@@ -99,30 +105,40 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             # d(mean loss)/d(logits) = (softmax - onehot) / n. The softmax part is built in each block's buffer;
             # the one-hot part is applied to the gradients directly (rows of the weight, entries of the bias).
+            # The first chunk writes the weight and bias gradients, later chunks add to them.
             scale = sums.reciprocal_().mul_(1.0 / n)
+            accumulate = start > 0
             grad_h = grad_hidden[start:start + chunk_rows]
             grad_h.copy_(weight[y].float()).mul_(-1.0 / n)
-            grad_weight.index_add_(0, y, h.float(), alpha=-1.0 / n)
-            if grad_bias is not None:
-                grad_bias.index_add_(0, y, torch.full((y.numel(),), -1.0 / n, device=y.device))
             for cols, unnormalised in blocks:
                 probs = unnormalised.mul_(scale)
                 if grad_bias is not None:
-                    grad_bias[cols] += probs.sum(dim=0)
+                    column_sums = probs.sum(dim=0)
+                    grad_bias[cols].add_(column_sums) if accumulate else grad_bias[cols].copy_(column_sums)
                 probs = probs.to(h.dtype)
-                _accumulate(grad_h, probs, weight[cols].to(h.dtype))
-                _accumulate(grad_weight[cols], probs.t(), h)
+                _product_into(grad_h, probs, weight[cols].to(h.dtype), accumulate=True)
+                _product_into(grad_weight[cols], probs.t(), h, accumulate)
+            grad_weight.index_add_(0, y, h.float(), alpha=-1.0 / n)
+            if grad_bias is not None:
+                grad_bias.index_add_(0, y, torch.full((y.numel(),), -1.0 / n, device=y.device))
         if want_grad:
-            ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
-                                  grad_bias.to(bias.dtype) if grad_bias is not None else None)
-        ctx.has_bias = bias is not None
+            ctx.grads = (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
+                         grad_bias.to(bias.dtype) if grad_bias is not None else None)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output,
-                grad_bias * grad_output if ctx.has_bias else None, None, None)
+        grads, ctx.grads = getattr(ctx, "grads", None), None
+        if grads is None:
+            raise RuntimeError("linear_cross_entropy: backward ran twice through the same loss (retain_graph is "
+                               "not supported: the gradients are computed once, in forward)")
+        grad_hidden, grad_weight, grad_bias = grads
+        if not bool(grad_output == 1.0):
+            grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
+            grad_weight.mul_(grad_output.to(grad_weight.dtype))
+            if grad_bias is not None:
+                grad_bias.mul_(grad_output.to(grad_bias.dtype))
+        return grad_hidden, grad_weight, grad_bias, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

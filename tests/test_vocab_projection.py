@@ -98,3 +98,12 @@ def test_fused_loss_rejects_empty_and_misshaped():
         linear_cross_entropy(torch.randn(0, 3), w, None, torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="expected hidden"):
         linear_cross_entropy(torch.randn(2, 3), w, None, torch.zeros(3, dtype=torch.long))
+
+
+def test_fused_loss_refuses_a_second_backward_through_the_same_graph():
+    hidden = torch.randn(6, 4, requires_grad=True)
+    weight = torch.randn(9, 4, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, None, torch.randint(0, 9, (6,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
