@@ -3,13 +3,15 @@
 MiniLM-size encoder-decoder (6 layers, 384 hidden, 12 heads, 1536 FFN, vocab 30,522), batch 16 × (64 source + 64
 target tokens), dropout 0.1 in training. Prints a markdown table of absolute numbers and ratios (ours / transformers).
 
-    .venv/bin/python benchmarks/bench_model.py [--steps 8] [--beam-batches 2] [--threads N] [--skip-generate]
+    .venv/bin/python benchmarks/bench_model.py [--rounds 3] [--steps 3] [--beam-batches 2] [--threads N]
+                                               [--skip-bf16] [--skip-generate]
 
 One transformers model is built from a seed and saved; each library loads that checkpoint with its own
-``from_pretrained``. Throughput is timed in one process with both models, steps interleaved (transformers, ours,
-transformers, ...) and the median step time reported, so load changes on a shared machine hit both sides alike.
-Peak memory is measured per library in a fresh subprocess (the child's ``VmHWM``) that imports only that
-library, loads the checkpoint and trains a few steps.
+``from_pretrained``. Training runs in fresh child processes that import only their library, alternating between
+the libraries (transformers, ours, ours, transformers, ...) so that load changes on a shared machine hit both
+alike; each child trains one warm-up step and ``--steps`` timed steps (Adam, fused, on both sides) and reports its
+step times and its peak RSS (``VmHWM``, Linux). The table gives the median step time as tokens/s and the median peak.
+Beam search runs in this process on both models, batches alternating, and checks that the outputs are identical.
 """
 
 from __future__ import annotations
@@ -83,33 +85,41 @@ def train_step_fn(model, which: str, bf16: bool):
     return step
 
 
-def measure_train(directory: str, bf16: bool, steps: int) -> dict[str, float]:
-    """Median train-step time of each library, steps interleaved; returns tokens/s per library."""
-    models = {which: load(which, directory) for which in LIBRARIES}
-    step_fns = {which: train_step_fn(models[which], which, bf16) for which in LIBRARIES}
-    times: dict[str, list[float]] = {which: [] for which in LIBRARIES}
-    for i in range(steps + 1):
-        batch = make_batch(i)
-        order = LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]
-        for which in order:
-            start = time.perf_counter()
-            step_fns[which](*batch)
-            if i > 0:  # the first round is warm-up
-                times[which].append(time.perf_counter() - start)
-    tokens = BATCH * (SRC_LEN + TGT_LEN)
-    return {which: tokens / statistics.median(t) for which, t in times.items()}
-
-
-def measure_peak_memory(which: str, directory: str, bf16: bool, steps: int) -> float:
-    """Peak RSS (MB) of loading the checkpoint and training ``steps`` steps; run in a fresh process."""
+def train_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
+    """In a fresh process: load the checkpoint, one warm-up step, ``steps`` timed steps; step times and peak RSS."""
     model = load(which, directory)
     step = train_step_fn(model, which, bf16)
+    step(*make_batch(0))
+    seconds = []
     for i in range(steps):
-        step(*make_batch(i))
+        batch = make_batch(1 + i)
+        start = time.perf_counter()
+        step(*batch)
+        seconds.append(time.perf_counter() - start)
     # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return peak_kb / 1024
+    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+
+
+def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: int) -> dict[str, dict[str, float]]:
+    """Alternating fresh child processes (transformers, ours, ours, transformers, ...), ``rounds`` per library.
+
+    Returns per library tokens/s (median step time over all timed steps) and peak RSS (median over children).
+    """
+    runs: dict[str, list[dict]] = {which: [] for which in LIBRARIES}
+    for r in range(rounds):
+        for which in (LIBRARIES if r % 2 == 0 else LIBRARIES[::-1]):
+            cmd = [sys.executable, __file__, "--train-child", which, "--checkpoint", directory,
+                   "--steps", str(steps), "--threads", str(threads)] + (["--bf16"] if bf16 else [])
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+            runs[which].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    tokens = BATCH * (SRC_LEN + TGT_LEN)
+    return {
+        which: {"tok_s": tokens / statistics.median(t for run in r for t in run["seconds"]),
+                "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in r)}
+        for which, r in runs.items()
+    }
 
 
 def measure_generate(directory: str, batches: int, max_new_tokens: int) -> dict:
@@ -139,31 +149,23 @@ def measure_generate(directory: str, batches: int, max_new_tokens: int) -> dict:
     return {"seq_s": {which: batches * BATCH / seconds[which] for which in LIBRARIES}, "identical": identical}
 
 
-def run_memory_child(which: str, directory: str, bf16: bool, steps: int, threads: int) -> float:
-    cmd = [sys.executable, __file__, "--memory-child", which, "--checkpoint", directory, "--steps", str(steps),
-           "--threads", str(threads)] + (["--bf16"] if bf16 else [])
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per library and configuration")
-    p.add_argument("--memory-steps", type=int, default=3, help="training steps of each peak-memory child")
+    p.add_argument("--rounds", type=int, default=3, help="training child processes per library and configuration")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per child (after one warm-up step)")
     p.add_argument("--beam-batches", type=int, default=2, help="timed batches of 16 sources for beam search")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-bf16", action="store_true", help="fp32 training only")
     p.add_argument("--skip-generate", action="store_true")
-    p.add_argument("--memory-child", choices=LIBRARIES, help=argparse.SUPPRESS)
+    p.add_argument("--train-child", choices=LIBRARIES, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory_child:
-        peak = measure_peak_memory(args.memory_child, args.checkpoint, args.bf16, args.steps)
-        print(json.dumps({"peak_rss_mb": peak}))
+    if args.train_child:
+        print(json.dumps(train_child(args.train_child, args.checkpoint, args.bf16, args.steps)))
         return
 
     rows = []
@@ -172,12 +174,12 @@ def main() -> None:
         save_reference_checkpoint(directory)
         for bf16 in (False,) if args.skip_bf16 else (False, True):
             name = "bf16 autocast" if bf16 else "fp32"
-            tok_s = measure_train(directory, bf16, args.steps)
-            rows.append((f"train tokens/s, {name} (median of {args.steps} interleaved steps)",
-                         tok_s["transformers"], tok_s["ours"]))
-            peak = {w: run_memory_child(w, directory, bf16, args.memory_steps, args.threads) for w in LIBRARIES}
-            rows.append((f"peak RSS MB, load + {args.memory_steps} train steps {name} (fresh process each)",
-                         peak["transformers"], peak["ours"]))
+            r = measure_train(directory, bf16, args.rounds, args.steps, args.threads)
+            timed = args.rounds * args.steps
+            rows.append((f"train tokens/s, {name} (median of {timed} steps)",
+                         r["transformers"]["tok_s"], r["ours"]["tok_s"]))
+            rows.append((f"peak RSS MB, load + {args.steps + 1} train steps, {name}",
+                         r["transformers"]["peak_rss_mb"], r["ours"]["peak_rss_mb"]))
         if not args.skip_generate:
             g = measure_generate(directory, args.beam_batches, args.max_new_tokens)
             rows.append((f"beam-4 generation seq/s, fp32, {args.max_new_tokens} tokens",
