@@ -67,12 +67,14 @@ COSMETIC_KEYS = ("cell_id", "grid", "output_root", "train.num_workers", "train.c
 # Files a cell writes in its directory.
 CELL_CONFIG_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+EXTRA_PREDICTIONS_GLOB = "predictions_*.jsonl"  # a task's extra test sets (experiments.train.predictions_file)
 METRICS_FILE = "metrics.json"
 TRACEBACK_FILE = "traceback.txt"
 DONE_FILE = "cell_done.json"  # written once train_cell returned: a rerun only re-reports, it does not retrain
 
 # Prefix of the final test metrics in MLflow: ``test_sari``, ``test_rouge1``, ``test_bleu`` ... Training curves keep
-# the names train_cell gives them (``loss``, ``lr``, ``tokens_per_s``, ``dev_<metric>``).
+# the names train_cell gives them (``loss``, ``lr``, ``tokens_per_s``, ``dev_<metric>``). A task's extra test sets come
+# back from train_cell as ``<split>_<metric>``, so they are logged as ``test_newstest2016_bleu_uncased``.
 TEST_PREFIX = "test_"
 
 # Test hook: a callable used instead of experiments.train.train_cell in this process (debug executor, tests).
@@ -234,7 +236,7 @@ class CellJob(submitit.helpers.Checkpointable):
         except BaseException as err:  # noqa: BLE001 - every way out is recorded, then re-raised where it should be
             return self._fail(err, logger)
         logger.finish_success(metrics, [out_dir / CELL_CONFIG_FILE, out_dir / PREDICTIONS_FILE,
-                                        out_dir / METRICS_FILE])
+                                        *sorted(out_dir.glob(EXTRA_PREDICTIONS_GLOB)), out_dir / METRICS_FILE])
         self._logger = None
         return {"cell_id": self.cell["cell_id"], "status": "FINISHED", "metrics": metrics}
 

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 WIKISPLIT_TSV_SEPARATOR = " <::::> "
+# Every task has these; any further split of a task is an extra test set (Task.extra_test_splits).
+STANDARD_SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Task:
 
     ``input_columns`` / ``target_columns`` name hub columns (dotted for nested fields such as
     ``translation.en``); several columns are joined with ``input_join`` / ``target_join`` and stripped.
+    ``splits`` holds train, validation and test, and optionally further test sets under their own names (WMT's
+    ``newstest2016``), which training decodes after the test split (:attr:`extra_test_splits`).
     """
 
     name: str
@@ -78,6 +82,12 @@ class Task:
             raise ValueError(f"task {self.name!r}: set exactly one of train_steps and train_epochs")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"task {self.name!r}: primary_metric {self.primary_metric!r} is not in {self.metrics}")
+
+    @property
+    def extra_test_splits(self) -> tuple[str, ...]:
+        """The task's further test sets, in table order: every split other than train, validation and test. A cell
+        decodes each like its test split and logs ``test_<split>_<metric>`` (the paper reports WMT on two years)."""
+        return tuple(split for split in self.splits if split not in STANDARD_SPLITS)
 
     def total_train_steps(self, num_train_examples: int | None = None, batch_size: int | None = None) -> int:
         """The paper's training length in optimizer steps; epoch-based tasks (WMT) need the training-set size."""

@@ -10,8 +10,10 @@ What a cell run holds:
   ``slurm_job_id`` (Slurm; ``submitit_job_id`` for the local and debug executors), ``mlflow.parentRunId``;
 - params: the resolved cell config flattened with dots (``train.lr``, ``checkpoints.bert`` ...);
 - metrics over steps as train_cell logs them (``loss``, ``lr``, ``tokens_per_s``, ``dev_<metric>``) and the final
-  test metrics once, named ``test_<metric>`` (``test_sari``, ``test_exact``, ``test_rouge1``, ``test_bleu``);
-- artifacts ``cell.json``, ``predictions.jsonl``, ``metrics.json``; for a failure ``traceback.txt`` and the tag
+  test metrics once, named ``test_<metric>`` (``test_sari``, ``test_exact``, ``test_rouge1``, ``test_bleu``), and
+  ``test_<split>_<metric>`` for a task's extra test sets (``test_newstest2016_bleu_uncased``);
+- artifacts ``cell.json``, ``predictions.jsonl`` (``predictions_<split>.jsonl`` per extra test set),
+  ``metrics.json``; for a failure ``traceback.txt`` and the tag
   ``failure_reason`` (one line; a NaN loss shows up here as the error train_cell raised).
 
 A tracking server that blips must not kill a week-long run: :class:`CellLogger` queues every operation, sends it in

@@ -12,7 +12,12 @@ What a cell does, in order:
    keeps the best weights (``checkpoints/best``); every ``checkpoint_every`` steps writes ``checkpoints/last``
    with everything a resumed run needs to continue bit for bit (see ``experiments.checkpointing``);
 5. decodes the test split with the best weights by beam search (batched, longest first, spread over the ranks),
-   writes ``predictions.jsonl`` (id, source, reference, prediction) and ``metrics.json``, and returns the metrics.
+   writes ``predictions.jsonl`` (id, source, reference, prediction) and ``metrics.json``, and returns the metrics;
+6. then decodes the task's extra test sets (``Task.extra_test_splits``, e.g. WMT's ``newstest2016``) the same way,
+   with the test split's ``max_examples`` cap unless a set has its own, into ``predictions_<split>.jsonl``; their
+   scores join the returned metrics as ``<split>_<metric>``, so the job logs ``test_<split>_<metric>``. A cell whose
+   test split is local and that names no file for an extra set skips that set with a warning (see
+   :func:`extra_test_splits`).
 
 A cell whose ``checkpoints/last`` exists resumes from it: same data order (sampler epoch and batches consumed), same
 optimizer moments, learning rate and random states, so its final weights equal an uninterrupted run's.
@@ -50,6 +55,7 @@ from .distributed import (
     wrap_model,
 )
 from .optim import build_optimizer, schedule_from_config
+from .tasks import STANDARD_SPLITS
 
 log = logging.getLogger("experiments.train")
 
@@ -228,19 +234,45 @@ def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_t
         [tokenized.remove_columns(target_columns), targets.select_columns(target_columns)], axis=1)
 
 
+def predictions_file(split: str) -> str:
+    """``predictions.jsonl`` for the test split, ``predictions_<split>.jsonl`` for an extra test set (the names
+    analysis.schema.predictions_artifact_candidates looks for)."""
+    if split == "test":
+        return PREDICTIONS_FILE
+    stem, suffix = PREDICTIONS_FILE.rsplit(".", 1)
+    return f"{stem}_{split}.{suffix}"
+
+
+def extra_test_splits(cell: dict[str, Any], task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(decoded, skipped): which of the task's extra test sets the cell decodes, and which it skips.
+
+    A set with its own ``data.<split>`` source is always decoded. Without one it comes from the hub when the cell's
+    test split does; a cell whose test split is a local file skips it instead: such runs are often offline (smoke
+    runs, ../shared data), and the hub's set would not match the local test data anyway.
+    """
+    data = cell.get("data") or {}
+    local_test = data.get("test") is not None
+    decoded = tuple(s for s in task.extra_test_splits if data.get(s) is not None or not local_test)
+    return decoded, tuple(s for s in task.extra_test_splits if s not in decoded)
+
+
 def load_cell_data(cell: dict[str, Any], task, input_tokenizer, output_tokenizer, limits: tuple[int, int],
-                   cache_dir: Path, splits=("train", "validation", "test")) -> dict[str, tuple[Any, Any]]:
+                   cache_dir: Path, splits=STANDARD_SPLITS) -> dict[str, tuple[Any, Any]]:
     """split → (raw dataset with id/source/target, tokenised dataset). ``data_fraction`` applies to train only,
-    with a fixed subset seed, so every seed of a data-fraction cell sees the same subset (seeds vary training)."""
+    with a fixed subset seed, so every seed of a data-fraction cell sees the same subset (seeds vary training). An
+    extra test set without a ``max_examples`` entry of its own takes the test split's cap (grids cap ``test`` only)."""
     from .data import load_split
 
     data = cell.get("data") or {}
     max_examples = cell.get("max_examples") or {}
     out = {}
     for split in splits:
+        limit = max_examples.get(split)
+        if limit is None and split not in STANDARD_SPLITS:
+            limit = max_examples.get("test")
         raw = load_split(task, split, data.get(split), seed=0,
                          data_fraction=cell.get("data_fraction") if split == "train" else None,
-                         max_examples=max_examples.get(split))
+                         max_examples=limit)
         out[split] = (raw, tokenize_pair(raw, input_tokenizer, output_tokenizer, *limits, cache_dir))
     return out
 
@@ -313,11 +345,15 @@ class CellTrainer:
         model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell)
         self.model = model.to(ctx.device)
         self.limits = length_limits(self.model, self.task)
+        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell, self.task)
+        for split in self.skipped_test_splits if ctx.is_main else ():
+            log.warning("cell %s: data.%s: task %s's extra test set %s has no local source while data.test is a local "
+                        "file; skipping it (no test_%s_* metrics)", self.cell_id, split, self.task.name, split, split)
         # Rank 0 downloads and tokenises first; the others then read its cache instead of racing to write it.
         if not ctx.is_main:
             barrier(ctx)
         self.data = load_cell_data(cell, self.task, self.input_tokenizer, self.output_tokenizer, self.limits,
-                                   _cache_dir(cell, self.out_dir))
+                                   _cache_dir(cell, self.out_dir), splits=(*STANDARD_SPLITS, *self.extra_test_splits))
         if ctx.is_main:
             barrier(ctx)
         self.hidden_size = self._hidden_size()
@@ -628,19 +664,28 @@ class CellTrainer:
                 predictions[index] = text
         return predictions
 
-    def test(self) -> dict[str, float]:
+    def evaluate_split(self, split: str) -> tuple[dict[str, float], float]:
+        """Decode ``split`` (every rank), score it with the task's metrics and write its predictions file (rank 0);
+        returns (metrics, decode seconds), the metrics empty on the other ranks."""
         from .metrics import compute_metrics
 
         started = time.perf_counter()
-        predictions = self.decode_split("test")
+        predictions = self.decode_split(split)
         decode_seconds = time.perf_counter() - started
-        metrics: dict[str, float] = {}
+        if not self.ctx.is_main:
+            return {}, decode_seconds
+        raw = self.data[split][0]
+        ids, sources, references = raw["id"], raw["source"], raw["target"]
+        metrics = {k: float(v) for k, v in
+                   compute_metrics(self.task.metrics, sources, predictions, [[r] for r in references]).items()}
+        self._write_predictions(predictions_file(split), ids, sources, references, predictions)
+        return metrics, decode_seconds
+
+    def test(self) -> dict[str, float]:
+        """The test split's metrics, plus ``<split>_<metric>`` for each extra test set the cell decodes."""
+        metrics, decode_seconds = self.evaluate_split("test")
+        extra = {split: self.evaluate_split(split) for split in self.extra_test_splits}
         if self.ctx.is_main:
-            raw = self.data["test"][0]
-            ids, sources, references = raw["id"], raw["source"], raw["target"]
-            metrics = {k: float(v) for k, v in
-                       compute_metrics(self.task.metrics, sources, predictions, [[r] for r in references]).items()}
-            self._write_predictions(ids, sources, references, predictions)
             summary = {
                 "test": metrics, "cell_id": self.cell_id, "task": self.task.name, "scheme": self.cell["scheme"],
                 "seed": self.seed, "steps": self.step, "best_step": self.best_step,
@@ -650,15 +695,23 @@ class CellTrainer:
                 "max_lengths": {"source": self.limits[0], "target": self.limits[1]},
                 "parameters": self.model.num_parameters(),
             }
+            if self.task.extra_test_splits:  # only for tasks with extra sets: the others' summary is unchanged
+                # "test_<split>" flattens to test_<split>/<metric>, which analysis reads like the logged metric
+                summary.update({f"test_{split}": scores for split, (scores, _) in extra.items()})
+                summary["extra_test_decode_seconds"] = {split: seconds for split, (_, seconds) in extra.items()}
+                summary["skipped_test_splits"] = list(self.skipped_test_splits)
             _atomic_write_text(self.out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            self.logger.log_artifact(self.out_dir / PREDICTIONS_FILE)
+            for split in ("test", *extra):
+                self.logger.log_artifact(self.out_dir / predictions_file(split))
             self.logger.log_artifact(self.out_dir / METRICS_FILE)
+            for split, (scores, _) in extra.items():
+                metrics.update({f"{split}_{name}": value for name, value in scores.items()})
         return broadcast_object(metrics, self.ctx)
 
-    def _write_predictions(self, ids, sources, references, predictions) -> None:
+    def _write_predictions(self, name, ids, sources, references, predictions) -> None:
         lines = [json.dumps({"id": i, "source": s, "reference": r, "prediction": p}, ensure_ascii=False)
                  for i, s, r, p in zip(ids, sources, references, predictions)]
-        _atomic_write_text(self.out_dir / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+        _atomic_write_text(self.out_dir / name, "\n".join(lines) + "\n")
 
     # -- everything --------------------------------------------------------------------------------------------
     def tags(self) -> dict[str, Any]:
@@ -669,6 +722,7 @@ class CellTrainer:
             "device": str(self.ctx.device), "world_size": self.ctx.world_size,
             "max_source_length": self.limits[0], "max_target_length": self.limits[1],
             "train_examples": len(self.data["train"][0]),
+            **({"skipped_test_splits": ",".join(self.skipped_test_splits)} if self.skipped_test_splits else {}),
         }
 
     def run(self) -> dict[str, float]:

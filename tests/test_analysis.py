@@ -49,6 +49,10 @@ XSUM_PREDICTIONS = [
     ("it was a good day", "the team won the cup final in cardiff"),  # only stop words + good/day
 ]
 
+# WMT's second test set, logged as test_newstest2016_<metric> with predictions_newstest2016.jsonl (experiments.train)
+NT2016_PREDICTIONS = [dict(id=f"v{i}", source=f"ein baum {i}", reference=f"a tree {i} grows there",
+                           prediction=f"a tree {i} grows" if i % 2 else f"one tree {i} grows there") for i in range(20)]
+
 
 def _log_run(client, experiment_id, parent_id, *, task, scheme, seed, params, metrics, predictions=None,
              dev=None, status="FINISHED", extra_files=None, tmp: Path) -> str:
@@ -92,7 +96,7 @@ def build_synthetic_store(root: Path) -> str:
     - discofuse gpt 10 %: one seed, logged scores only (no predictions: no CI)
     - discofuse bertShare first_10 (init_layers.first_k=10): one seed (Table 6)
     - xsum bertShare: one seed, the four XSUM_PREDICTIONS
-    - wmt14_en_de bertShare: one seed, newstest2014 and newstest2016 BLEU logged
+    - wmt14_en_de bertShare: one seed, newstest2014 and newstest2016 BLEU and predictions logged (the harness' names)
     - a FAILED discofuse run and the launch's parent run, which the analysis must ignore
     """
     import mlflow
@@ -126,8 +130,11 @@ def build_synthetic_store(root: Path) -> str:
              metrics=_scores(xsum, ["rouge1", "rouge2", "rougeL"]), predictions=xsum, tmp=tmp)
     wmt = [dict(id=f"w{i}", source=f"ein haus {i}", reference=f"a house {i} stands here", prediction=f"a house {i} stands")
            for i in range(20)]
+    nt2016 = _scores(NT2016_PREDICTIONS, ["bleu_uncased"])["bleu_uncased"]
     _log_run(client, experiment_id, parent, task="wmt14_en_de", scheme="bertShare", seed=1, params=base,
-             metrics={**_scores(wmt, ["bleu_uncased"]), "newstest2016_bleu_uncased": 31.25}, predictions=wmt, tmp=tmp)
+             metrics={**_scores(wmt, ["bleu_uncased"]), "newstest2016_bleu_uncased": nt2016}, predictions=wmt,
+             extra_files={"predictions_newstest2016.jsonl": "\n".join(json.dumps(p) for p in NT2016_PREDICTIONS) + "\n"},
+             tmp=tmp)
     client.set_terminated(parent, status="FINISHED")
     return uri
 
@@ -333,7 +340,10 @@ def test_missing_cells_show_a_dash(tables):
 
 
 def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
-    assert cell(tables[4], "bertShare", "ende_2016")["mean"] == 31.25
+    nt2016 = cell(tables[4], "bertShare", "ende_2016")  # the logged score, its interval from the predictions file
+    assert nt2016["mean"] == pytest.approx(_scores(NT2016_PREDICTIONS, ["bleu_uncased"])["bleu_uncased"])
+    assert nt2016.n_examples == len(NT2016_PREDICTIONS) and nt2016.ci_point == pytest.approx(nt2016["mean"])
+    assert nt2016.ci_low < nt2016["mean"] < nt2016.ci_high and nt2016.paper == 34.4
     nt2014 = cell(tables[4], "bertShare", "ende_2014")
     assert nt2014.paper == 29.6 and np.isfinite(nt2014["mean"])
     assert np.isnan(cell(tables[4], "bertShare", "deen_2014")["mean"])

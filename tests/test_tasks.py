@@ -104,6 +104,7 @@ def test_task_table_has_the_papers_six_tasks_and_settings():
         assert (task.beam_size, task.length_penalty_alpha) == (4, 0.6)
         assert set(task.metrics) <= set(METRICS) and task.primary_metric in task.metrics
         assert {"train", "validation", "test"} <= set(task.splits)
+        assert task.extra_test_splits == (("newstest2016",) if name.startswith("wmt14_") else ())
     assert TASKS["discofuse"].metrics == ("exact", "sari")
     assert TASKS["wikisplit"].metrics == ("exact", "sari", "bleu_nltk", "sacrebleu")
     assert TASKS["cnn_dailymail"].metrics == ("rouge1", "rouge2", "rougeLsum")

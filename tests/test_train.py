@@ -337,3 +337,98 @@ def test_other_scheme_families_train_and_decode(assets, tmp_path, scheme):
     rows = [json.loads(line) for line in (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
     assert logger.tags["max_source_length"] >= 2 and logger.tags["train_examples"] == 40
+
+
+# -- extra test sets (WMT's newstest2016) -----------------------------------------------------------------------------
+class RecordingClient:
+    """What CellLogger sends to MLflow, kept in memory (only the calls send_operations makes)."""
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+        self.artifacts: list[str] = []
+
+    def log_batch(self, run_id, metrics=(), tags=(), synchronous=True):
+        self.metrics.update({m.key: m.value for m in metrics})
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        self.artifacts.append(Path(path).name)
+
+    def update_run(self, run_id, status):
+        pass
+
+    def set_terminated(self, run_id, status, end_time=None):
+        pass
+
+
+def _wmt_cell(assets: dict, root: Path) -> dict:
+    """wmt14_en_de (which declares newstest2016) on the smoke split task's local files, test capped at 5."""
+    cell = make_cell(assets, root, task="wmt14_en_de", steps=2, eval_every=0, checkpoint_every=0)
+    cell["max_examples"]["test"] = 5
+    return cell
+
+
+def test_extra_test_set_is_decoded_scored_and_logged_like_the_test_split(assets, tmp_path):
+    from analysis import schema
+    from experiments.cell import EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE
+    from experiments.tracking import CellLogger
+
+    cell = _wmt_cell(assets, tmp_path / "root")
+    cell["data"]["newstest2016"] = dict(cell["data"]["validation"])  # a different file than the test split's
+    logger = RecordingLogger()
+    metrics = train_cell(cell, tmp_path / "cell", logger)
+
+    assert set(metrics) == {"sacrebleu", "bleu_uncased", "newstest2016_sacrebleu", "newstest2016_bleu_uncased"}
+    assert {p.name for p in logger.artifacts} == {"predictions.jsonl", "predictions_newstest2016.jsonl", "metrics.json"}
+    rows = [json.loads(line) for line in (tmp_path / "cell" / "predictions_newstest2016.jsonl").read_text().splitlines()]
+    source_rows = [json.loads(line) for line in Path(assets["tasks"]["split"]["validation"]).read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in source_rows[:5]]  # the test split's cap, file order
+    assert all(set(r) == {"id", "source", "reference", "prediction"} for r in rows)
+    recomputed = compute_metrics(("sacrebleu", "bleu_uncased"), [r["source"] for r in rows],
+                                 [r["prediction"] for r in rows], [[r["reference"]] for r in rows])
+    assert {k: metrics[f"newstest2016_{k}"] for k in recomputed} == pytest.approx(recomputed)
+    summary = json.loads((tmp_path / "cell" / "metrics.json").read_text())
+    assert summary["test"] == {k: metrics[k] for k in ("sacrebleu", "bleu_uncased")}
+    assert summary["test_newstest2016"] == pytest.approx(recomputed) and summary["skipped_test_splits"] == []
+    assert summary["examples"] == {"train": 40, "validation": 8, "test": 5, "newstest2016": 5}
+
+    # What the job sends to MLflow (CellJob.finish_success with the returned metrics), in the names analysis reads.
+    client = RecordingClient()
+    job_logger = CellLogger("memory://", "run", tmp_path / "cell", client=client, final_retries=0)
+    out_dir = tmp_path / "cell"
+    job_logger.finish_success(metrics, [out_dir / PREDICTIONS_FILE, *sorted(out_dir.glob(EXTRA_PREDICTIONS_GLOB)),
+                                        out_dir / METRICS_FILE])
+    assert set(client.metrics) == {"test_sacrebleu", "test_bleu_uncased", "test_newstest2016_sacrebleu",
+                                   "test_newstest2016_bleu_uncased"}
+    assert schema.split_metric_key("test_newstest2016_bleu_uncased", schema.TEST_METRIC_PREFIXES) == (
+        "newstest2016", "bleu_uncased")
+    assert "predictions_newstest2016.jsonl" in client.artifacts
+    assert "predictions_newstest2016.jsonl" in schema.predictions_artifact_candidates("newstest2016")
+
+
+def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, tmp_path, caplog):
+    cell = _wmt_cell(assets, tmp_path / "root")  # local data, nothing named for newstest2016: no hub download
+    logger = RecordingLogger()
+    with caplog.at_level("WARNING", logger="experiments.train"):
+        metrics = train_cell(cell, tmp_path / "cell", logger)
+    assert set(metrics) == {"sacrebleu", "bleu_uncased"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("data.newstest2016" in w and "skipping it" in w for w in warnings), warnings
+    assert {p.name for p in logger.artifacts} == {"predictions.jsonl", "metrics.json"}
+    assert not (tmp_path / "cell" / "predictions_newstest2016.jsonl").exists()
+    assert logger.tags["skipped_test_splits"] == "newstest2016"
+    summary = json.loads((tmp_path / "cell" / "metrics.json").read_text())
+    assert summary["skipped_test_splits"] == ["newstest2016"] and "test_newstest2016" not in summary
+
+
+def test_extra_test_sets_come_from_the_hub_only_with_the_test_split():
+    from experiments.tasks import TASKS
+    from experiments.train import extra_test_splits, predictions_file
+
+    wmt, hub = TASKS["wmt14_de_en"], {"train": None, "validation": None, "test": None}
+    assert extra_test_splits({"data": hub}, wmt) == (("newstest2016",), ())
+    local = {**hub, "test": {"path": "test.jsonl"}}
+    assert extra_test_splits({"data": local}, wmt) == ((), ("newstest2016",))
+    assert extra_test_splits({"data": {**local, "newstest2016": "nt16.jsonl"}}, wmt) == (("newstest2016",), ())
+    assert extra_test_splits({"data": hub}, TASKS["discofuse"]) == ((), ())
+    assert (predictions_file("test"), predictions_file("newstest2016")) == (
+        "predictions.jsonl", "predictions_newstest2016.jsonl")
