@@ -61,6 +61,12 @@ def self_attention_mask(
     return (causal_mask if pad is None else causal_mask & pad), False
 
 
+def with_causal_mask(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """``mask`` and the causal mask (the last ``q_len`` of ``k_len`` positions), as SDPA's ``is_causal`` means it."""
+    causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+    return causal if mask is None else mask & causal
+
+
 def eager_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -81,9 +87,7 @@ def eager_attention(
         scores = scores + extra_scores
     scores = scores * (scale if scale is not None else 1.0 / math.sqrt(query.size(-1)))
     if is_causal:
-        q_len, k_len = scores.shape[-2:]
-        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-        mask = causal if mask is None else mask & causal
+        mask = with_causal_mask(mask, *scores.shape[-2:], scores.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -139,9 +143,7 @@ def dropout_attention(
     else:
         scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if is_causal:
-        q_len, k_len = scores.shape[-2:]
-        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-        mask = causal if mask is None else mask & causal
+        mask = with_causal_mask(mask, *scores.shape[-2:], scores.device)
     if mask is not None:
         # Half the dtype's lowest value: exp() of it is 0 as with masked_fill(min), but adding a score cannot overflow
         # to -inf (for float16), which would turn a fully masked row into NaN.
