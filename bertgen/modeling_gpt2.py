@@ -44,9 +44,8 @@ from .checkpoint import (
     read_state_dict,
 )
 from .configuration import GPT2Config
-from .dropout import Dropout
 from . import vocab_projection
-from .vocab_projection import linear_cross_entropy
+from .dropout import Dropout
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids
@@ -407,7 +406,7 @@ class GPT2PrefixLM(GPT2LMHeadModel):
         if labels is not None and not return_logits:
             keep = labels.ne(-100)
             weight, bias = self.output_projection()
-            loss = linear_cross_entropy(target_states[keep], weight, bias, labels[keep])
+            loss = vocab_projection.linear_cross_entropy(target_states[keep], weight, bias, labels[keep])
         else:
             logits = self.compute_logits(target_states)
             if labels is not None:
