@@ -22,17 +22,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from experiments.metrics import mean_score
+
 Score = Callable[[np.ndarray], float]
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_ALPHA = 0.05
 DEFAULT_BOOT_SEED = 12345
 _CHUNK = 100  # replicates drawn at once; bounds the index matrix to 100 * n integers
-
-
-def mean_score(rows: np.ndarray) -> float:
-    """Score of a mean-decomposable metric (one value per example)."""
-    return float(np.mean(rows))
 
 
 @dataclass(frozen=True)

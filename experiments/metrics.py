@@ -354,7 +354,8 @@ def rouge(
 # registry used by the harness and the analysis
 
 
-def _mean_score(rows: np.ndarray) -> float:
+def mean_score(rows: np.ndarray) -> float:
+    """Score of a mean-decomposable metric (one value per example)."""
     return float(np.mean(rows))
 
 
@@ -375,11 +376,11 @@ def _column(values: Sequence[float]) -> np.ndarray:
 METRICS: dict[str, MetricSpec] = {
     "exact": MetricSpec(
         "exact", "Exact match, % (DiscoFuse, WikiSplit)",
-        lambda s, p, r: _column(exact_match(p, r, per_example=True)), _mean_score,
+        lambda s, p, r: _column(exact_match(p, r, per_example=True)), mean_score,
     ),
     "sari": MetricSpec(
         "sari", "SARI, Xu et al. 2016 as tensor2tensor computes it (DiscoFuse, WikiSplit)",
-        lambda s, p, r: _column(sari(s, p, r, per_example=True)), _mean_score,
+        lambda s, p, r: _column(sari(s, p, r, per_example=True)), mean_score,
     ),
     "bleu_nltk": MetricSpec(
         "bleu_nltk", "NLTK-style corpus BLEU-4, whitespace tokens, case-sensitive (WikiSplit)",
@@ -396,7 +397,7 @@ METRICS: dict[str, MetricSpec] = {
     ),
     **{
         t: MetricSpec(t, f"{t} F1 ×100, stemmed (rouge-score)",
-                      lambda s, p, r, t=t: _column(rouge(p, r, (t,), per_example=True)[t]), _mean_score)
+                      lambda s, p, r, t=t: _column(rouge(p, r, (t,), per_example=True)[t]), mean_score)
         for t in ROUGE_TYPES
     },
 }

@@ -75,3 +75,13 @@ _TINY = dict(
 def tiny() -> dict:
     """Keyword arguments of a tiny BERT-like config, valid for both bertgen's and transformers' config classes."""
     return dict(_TINY)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of hidden-64 models: they gain nothing from intra-op threads, and on a shared 2-core machine
+    spinning threads made them several times slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -190,15 +190,7 @@ def _partial_files(parent: Path) -> list[Path]:
     return broken
 
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 KILL_POINTS = [  # (where the save is stopped, which save, the step a resume starts from)

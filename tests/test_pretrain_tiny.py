@@ -17,25 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from experiments import pretrain_tiny as pt
+from integration_helpers import quick_assets
 
 SMALL = pt.SmokeSettings.quick()
 FAMILIES = ("bert", "roberta", "gpt2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Hidden-64 models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads made
-    these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
-    # One build per test session: test_train.py asks for the same assets under the same root.
-    return pt.ensure_smoke_assets(tmp_path_factory.getbasetemp() / "smoke-assets", SMALL)
+    return quick_assets(tmp_path_factory)
 
 
 # -- the grammar ---------------------------------------------------------------------------------------------------

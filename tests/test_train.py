@@ -23,22 +23,15 @@ from experiments import pretrain_tiny as pt
 from experiments.metrics import compute_metrics
 from experiments.optim import LRSchedule, build_optimizer, paper_peak_lr
 from experiments.train import NonFiniteLossError, TrainSettings, train_cell, warm_start_from
+from integration_helpers import quick_assets
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Hidden-64 models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads made
-    these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
-    # The same root and settings as test_pretrain_tiny.py: the assets are built once per session.
-    return pt.ensure_smoke_assets(tmp_path_factory.getbasetemp() / "smoke-assets", pt.SmokeSettings.quick())
+    return quick_assets(tmp_path_factory)
 
 
 def make_cell(assets: dict, output_root: Path, scheme: str = "bert2bert", task: str = "discofuse",
