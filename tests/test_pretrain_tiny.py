@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from experiments import pretrain_tiny as pt
 from integration_helpers import quick_assets

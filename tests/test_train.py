@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from experiments import checkpointing
-from experiments import pretrain_tiny as pt
 from experiments.metrics import compute_metrics
 from experiments.optim import LRSchedule, build_optimizer, paper_peak_lr
 from experiments.train import NonFiniteLossError, TrainSettings, train_cell, warm_start_from
