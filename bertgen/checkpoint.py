@@ -52,13 +52,20 @@ class LoadingReport:
 
 
 # -- locating and reading ---------------------------------------------------------------------------------------
+def is_local_reference(name_or_path: str | os.PathLike) -> bool:
+    """Whether a checkpoint reference names a local path (the rule everything that reads one follows): it exists,
+    starts with ``.``, ``/`` or ``~``, or has more than one ``/``. Anything else is a hub id (``org/name``)."""
+    name = str(name_or_path)
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local directory as is; otherwise a hub id, fetched (or found in the HF cache) via huggingface_hub."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_reference(name):
         raise CheckpointError(f"{name}: not a checkpoint directory")
     from huggingface_hub import snapshot_download
 

@@ -33,6 +33,11 @@ import torch.nn.functional as F
 from . import vocab_projection
 
 LENGTH_PENALTY_STYLES = ("gnmt", "hf")
+# The paper's decoding, the one place these values are written (the harness's task table and decode settings take
+# them from here). Rothe et al. 2020, §4: "beam search with a beam size of 4 and a length penalty of α = 0.6".
+NUM_BEAMS = 4
+LENGTH_PENALTY = 0.6
+LENGTH_PENALTY_STYLE = "gnmt"  # the paper's penalty is GNMT's (Wu et al. 2016, eq. 14)
 
 # transformers' sentinel for "not a candidate": scores are pushed this far down instead of being masked, and
 # the tie-breaking that follows from it is part of the behaviour we reproduce.
@@ -81,6 +86,35 @@ def select_cache_rows(cache, rows: torch.Tensor | None, sources: torch.Tensor | 
             cross_k, cross_v = cross_k.index_select(0, sources), cross_v.index_select(0, sources)
         out.append((self_k, self_v, cross_k, cross_v))
     return tuple(out)
+
+
+class Seq2SeqModel(Protocol):
+    """What ``generate`` and the harness need from a sequence-to-sequence model, whatever its layout: the
+    encoder-decoder (``EncoderDecoderModel``) and the decoder-only prefix LM (``GPT2PrefixLM``) both provide it."""
+
+    def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      use_cache: bool = True) -> DecodingStep:
+        """A cached step function over the sources ``input_ids``."""
+
+    def decoding_start_id(self) -> int:
+        """The token every output row starts with (the decoder start token, or the prefix LM's separator)."""
+
+    def output_room(self, input_width: int) -> int:
+        """How many tokens may be generated after an input of ``input_width`` tokens (positions left)."""
+
+    def max_new_tokens(self, input_width: int, max_target: int) -> int:
+        """How many tokens to generate after an input of ``input_width`` for a model trained on targets of up to
+        ``max_target`` tokens."""
+
+    def fit_lengths(self, max_source: int, max_target: int) -> tuple[int, int]:
+        """(source, target) limits cut to the positions the model has."""
+
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [vocab, hidden], bias) of the LM head."""
+
+    @property
+    def output_hidden_size(self) -> int:
+        """Width of the states the LM head reads (the decoder's hidden size)."""
 
 
 class EncoderDecoderStep:
@@ -347,20 +381,15 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"generate: {name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _decoder_config(model):
-    config = model.config
-    return getattr(config, "decoder", None) or config
-
-
 @torch.no_grad()
 def generate(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    num_beams: int = 4,
-    length_penalty: float = 0.6,
-    length_penalty_style: str = "gnmt",
+    num_beams: int = NUM_BEAMS,
+    length_penalty: float = LENGTH_PENALTY,
+    length_penalty_style: str = LENGTH_PENALTY_STYLE,
     max_new_tokens: int | None = None,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
@@ -372,14 +401,15 @@ def generate(
     return_scores: bool = False,
     use_cache: bool = True,
 ):
-    """Decode ``input_ids`` [batch, src_len] with an ``EncoderDecoderModel``; defaults are the paper's (beam 4, GNMT
-    length penalty with alpha 0.6).
+    """Decode ``input_ids`` [batch, src_len] with a :class:`Seq2SeqModel` (``EncoderDecoderModel``,
+    ``GPT2PrefixLM``); defaults are the paper's (beam 4, GNMT length penalty with alpha 0.6).
 
     Returns a LongTensor [batch * num_return_sequences, <= 1 + max_new_tokens] in transformers' layout: each row
     starts with the decoder start token, the ``num_return_sequences`` hypotheses of a source are consecutive (best
     first), and rows shorter than the longest are filled with ``pad_token_id``. With ``return_scores`` the result
     is ``(sequences, scores)``, scores as in ``search``. ``max_new_tokens`` defaults to as many tokens as the
-    decoder has positions for; the token ids default to ``model.config``'s (pad falls back to EOS, as in
+    model has positions for (``output_room``); the start token is ``model.decoding_start_id()``, the other ids
+    default to ``model.config``'s (pad falls back to EOS, as in
     transformers). ``early_stopping`` is transformers': True, False or "never". Call ``model.eval()`` first:
     dropout is not switched off here.
     """
@@ -404,12 +434,12 @@ def generate(
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
 
+    if not hasattr(model, "decoding_step"):
+        raise ValueError(f"generate: {type(model).__name__} is not a Seq2SeqModel (no decoding_step); pass an "
+                         "EncoderDecoderModel or a GPT2PrefixLM (a bare decoder cannot encode the input)")
     config = model.config
     if decoder_start_token_id is None:
-        decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
-    if decoder_start_token_id is None:
-        raise ValueError("generate: decoder_start_token_id is not set; pass it or set model.config."
-                         "decoder_start_token_id (the paper's BERT models start from [CLS])")
+        decoder_start_token_id = model.decoding_start_id()
     _check_int("decoder_start_token_id", decoder_start_token_id, 0)
     if eos_token_id is None:
         eos_token_id = getattr(config, "eos_token_id", None)
@@ -421,20 +451,16 @@ def generate(
         pad_token_id = int(eos_ids[0]) if eos_ids.numel() else 0
     _check_int("pad_token_id", pad_token_id, 0)
 
-    dec_config = _decoder_config(model)
-    positions = dec_config.max_position_embeddings - getattr(dec_config, "position_offset", 0)
-    # The last generated token is never fed back, so the decoder reads at most max_new_tokens positions.
+    room = model.output_room(input_ids.size(1))
     if max_new_tokens is None:
-        max_new_tokens = positions
+        max_new_tokens = room
     _check_int("max_new_tokens", max_new_tokens, 1)
-    if max_new_tokens > positions:
-        raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds the decoder's {positions} positions "
-                         "(max_position_embeddings)")
+    if max_new_tokens > room:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds the {room} output positions of "
+                         f"{type(model).__name__} (max_position_embeddings; a decoder-only model's input of "
+                         f"{input_ids.size(1)} tokens takes its share)")
 
-    if not hasattr(model, "encode"):
-        raise ValueError(f"generate: {type(model).__name__} has no encode(); decoder-only models build their own "
-                         "DecodingStep and call bertgen.generation.search")
-    step = EncoderDecoderStep(model, input_ids, attention_mask, use_cache=use_cache)
+    step = model.decoding_step(input_ids, attention_mask, use_cache=use_cache)
     prompt = torch.full((input_ids.size(0), 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     sequences, scores = search(
         step, prompt, num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,

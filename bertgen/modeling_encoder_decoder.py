@@ -30,6 +30,7 @@ from .checkpoint import (
     read_config_dict,
     without_absolute_positions_if_relative,
 )
+from . import generation
 from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
 from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
@@ -232,9 +233,41 @@ class EncoderDecoderModel(PreTrainedModel):
     # -- generation -------------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """Beam search or greedy decoding; see ``bertgen.generation.generate`` for the arguments."""
-        from .generation import generate
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
-        return generate(self, input_ids, attention_mask, **kwargs)
+    # -- the seq2seq interface (bertgen.generation.Seq2SeqModel) ----------------------------------------------------
+    def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      use_cache: bool = True) -> generation.EncoderDecoderStep:
+        return generation.EncoderDecoderStep(self, input_ids, attention_mask, use_cache=use_cache)
+
+    def decoding_start_id(self) -> int:
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("generate: decoder_start_token_id is not set; pass it or set model.config."
+                             "decoder_start_token_id (the paper's BERT models start from [CLS])")
+        return start
+
+    def _positions(self, config) -> int:
+        return config.max_position_embeddings - getattr(config, "position_offset", 0)
+
+    def output_room(self, input_width: int) -> int:
+        """The decoder's positions (the last generated token is never fed back, so it reads at most that many)."""
+        decoder = self.config.decoder
+        return getattr(decoder, "n_positions", None) or self._positions(decoder)
+
+    def max_new_tokens(self, input_width: int, max_target: int) -> int:
+        return min(max_target, self.output_room(input_width))
+
+    def fit_lengths(self, max_source: int, max_target: int) -> tuple[int, int]:
+        """A decoder reads ``[start] + labels[:-1]``, so targets may use every decoder position."""
+        return min(max_source, self._positions(self.config.encoder)), min(max_target, self.output_room(0))
+
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.decoder.output_projection()
+
+    @property
+    def output_hidden_size(self) -> int:
+        return self.config.decoder.hidden_size
 
     # -- construction -----------------------------------------------------------------------------------------
     @classmethod

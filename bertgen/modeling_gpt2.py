@@ -44,7 +44,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .configuration import GPT2Config
-from . import vocab_projection
+from . import generation, vocab_projection
 from .dropout import Dropout
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_encoder_decoder import register_model_family, shift_tokens_right
@@ -415,54 +415,38 @@ class GPT2PrefixLM(GPT2LMHeadModel):
                               decoder_attentions=body.attentions)
         return out if return_dict else out.to_tuple()
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        num_beams: int = 4,
-        length_penalty: float = 0.6,
-        length_penalty_style: str = "gnmt",
-        max_new_tokens: int | None = None,
-        min_new_tokens: int = 0,
-        no_repeat_ngram_size: int = 0,
-        early_stopping: bool | str = True,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        num_return_sequences: int = 1,
-        return_scores: bool = False,
-        use_cache: bool = True,
-    ):
-        """``bertgen.generation``'s search, driven by ``PrefixLMStep``; same defaults and output layout as
-        ``EncoderDecoderModel.generate`` (rows start with the separator; the input is not repeated).
-        ``no_repeat_ngram_size`` looks at the generated part only."""
-        from .generation import search
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """``bertgen.generation.generate`` on this model: rows start with the separator and the input is not
+        repeated; ``no_repeat_ngram_size`` looks at the generated part only."""
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
-        if input_ids.dim() != 2 or input_ids.size(0) == 0:
-            raise ValueError(f"generate: input_ids must be a non-empty [batch, length] tensor, "
-                             f"got {tuple(input_ids.shape)}")
-        if num_return_sequences > num_beams:
-            raise ValueError(f"generate: num_return_sequences ({num_return_sequences}) cannot exceed num_beams "
-                             f"({num_beams})")
-        room = self.config.n_positions - input_ids.size(1)
-        if max_new_tokens is None:
-            max_new_tokens = room
-        if not 1 <= max_new_tokens <= room:
-            raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be in [1, {room}]: GPT-2 has "
-                             f"n_positions={self.config.n_positions} and the input takes {input_ids.size(1)}")
-        eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
-        if pad_token_id is None:
-            pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else eos
-        step = PrefixLMStep(self, input_ids, attention_mask, use_cache=use_cache)
-        prompt = torch.full((input_ids.size(0), 1), self.separator_id, dtype=torch.long, device=input_ids.device)
-        sequences, scores = search(
-            step, prompt, num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=eos, pad_token_id=pad_token_id,
-            length_penalty=float(length_penalty), length_penalty_style=length_penalty_style,
-            early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-        )
-        return (sequences, scores) if return_scores else sequences
+    # -- the seq2seq interface (bertgen.generation.Seq2SeqModel) ----------------------------------------------------
+    def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      use_cache: bool = True) -> PrefixLMStep:
+        return PrefixLMStep(self, input_ids, attention_mask, use_cache=use_cache)
+
+    def decoding_start_id(self) -> int:
+        return self.separator_id
+
+    def output_room(self, input_width: int) -> int:
+        """The positions the input leaves: input and output share GPT-2's ``n_positions``."""
+        return self.config.n_positions - input_width
+
+    def max_new_tokens(self, input_width: int, max_target: int) -> int:
+        """Every position the input leaves (the target limit only shares the sequence out for training)."""
+        return max(1, self.output_room(input_width))
+
+    def fit_lengths(self, max_source: int, max_target: int) -> tuple[int, int]:
+        """Source and target share one sequence; when both limits do not fit they share it in proportion."""
+        room = self.config.n_positions
+        if max_source + max_target > room:
+            max_source = max(2, room * max_source // (max_source + max_target))
+            max_target = room - max_source
+        return max_source, max_target
+
+    @property
+    def output_hidden_size(self) -> int:
+        return self.config.hidden_size
 
 
 class PrefixLMStep:
@@ -481,14 +465,12 @@ class PrefixLMStep:
 
     def __call__(self, sequences: torch.Tensor, rows: torch.Tensor | None = None,
                  sources: torch.Tensor | None = None) -> torch.Tensor:
-        from .generation import select_cache_rows
-
         if rows is not None:
             self.source, self.source_mask = self.source.index_select(0, rows), self.source_mask.index_select(0, rows)
         mask = torch.cat([self.source_mask, torch.ones_like(sequences)], dim=1)
         positions = positions_from_mask(mask)
         if self.cache is not None:
-            self.cache = select_cache_rows(self.cache, rows, None)
+            self.cache = generation.select_cache_rows(self.cache, rows, None)
             tokens, positions = sequences[:, -1:], positions[:, -1:]
         else:
             tokens = torch.cat([self.source, sequences], dim=1)

@@ -1,34 +1,14 @@
-"""One cell of a study grid: its resolved configuration, its stable id, and the submitit job that runs it.
+"""One cell of a study grid: its stable id, its directory, and the submitit job that runs it.
 
-A *cell* is one training run: one task, one scheme, one seed and every setting needed to reproduce it. The grid
-loader (:mod:`experiments.grid`) resolves a grid file into a list of cells; each cell is a plain, JSON-serialisable
-dict with exactly this layout (the contract with :func:`experiments.train.train_cell`)::
+A cell's settings are :class:`experiments.config.CellConfig` (one training run: one task, one scheme, one seed and
+every setting needed to reproduce it). Jobs receive it, and ``cell.json`` holds it, in its JSON form
+(:func:`experiments.config.to_dict`); :func:`experiments.train.train_cell` reads it back typed.
 
-    {
-      "cell_id":       "3fa2c1d09b7e",          # sha256 of the cell minus COSMETIC_KEYS, 12 hex digits
-      "grid":          "fusion",                # name of the grid that produced it (cosmetic)
-      "task":          "discofuse",             # a key of experiments.tasks.TASKS
-      "scheme":        "bertShare",             # a key of bertgen.schemes.SCHEMES
-      "seed":          1,
-      "checkpoints":   {"bert": "bert-base-cased", "roberta": "roberta-base", "gpt2": "gpt2"},
-                                                # hub ids or local directories; a family the scheme does
-                                                # not read is null, so it cannot change the id
-      "data":          {"train": null, "validation": null, "test": null},
-                                                # per split: a source spec for experiments.data, null = the hub
-      "data_fraction": 1.0,                     # fraction of the training split used (DiscoFuse 100/10/1 %)
-      "max_examples":  {"train": null, "validation": null, "test": null},   # caps per split, null = all
-      "model":         {},                      # size overrides (BertGenerationConfig fields), {} = checkpoint's
-      "init_layers":   null,                    # or {"embeddings_only": true} | {"first_k": 10}
-                                                #    | {"layers": [9, 10, 13, ...]} (1-based, as in the paper)
-      "train":  {"steps", "batch_size", "grad_accum", "lr", "warmup_steps", "schedule", "max_grad_norm",
-                 "bf16", "eval_every", "checkpoint_every", "eval_examples", "num_workers"},
-      "decode": {"num_beams", "length_penalty", "length_penalty_style", "max_new_tokens"},
-      "output_root":   "/abs/path/outputs"      # cosmetic; the cell writes under cell_dir(cell)
-    }
-
-The id hashes everything that can change what the cell computes; keys that only say where or how fast it runs
-(``COSMETIC_KEYS``) are left out, so moving the output root or raising ``num_workers`` does not orphan finished runs,
-and the same cell reached from two grids (fusion.yaml and paper.yaml) is one cell.
+The id hashes everything that can change what the cell computes; fields that only say where or how fast it runs
+(``COSMETIC_KEYS``, marked ``cosmetic`` in experiments.config) are left out, so moving the output root or raising
+``num_workers`` does not orphan finished runs, and the same cell reached from two grids (fusion.yaml and paper.yaml)
+is one cell. Settings added later are left out of the JSON form while at their default (``omit_default``), so adding
+one does not move any existing id.
 
 :class:`CellJob` is what executors run. It is a ``submitit.helpers.Checkpointable``: on preemption or timeout submitit
 calls :meth:`CellJob.checkpoint`, which returns a ``DelayedSubmission`` of the job itself; the requeued job calls
@@ -39,7 +19,6 @@ tracking outage kill training) and records a failure's traceback as ``traceback.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import json
@@ -52,17 +31,10 @@ from typing import Any, Callable
 
 import submitit
 
-SPLITS = ("train", "validation", "test")
-FAMILIES = ("bert", "roberta", "gpt2")
-DEFAULT_CHECKPOINTS = {"bert": "bert-base-cased", "roberta": "roberta-base", "gpt2": "gpt2"}
-TRAIN_KEYS = ("steps", "batch_size", "grad_accum", "lr", "warmup_steps", "schedule", "max_grad_norm", "bf16",
-              "eval_every", "checkpoint_every", "eval_examples", "num_workers")
-DECODE_KEYS = ("num_beams", "length_penalty", "length_penalty_style", "max_new_tokens")
-CELL_KEYS = ("cell_id", "grid", "task", "scheme", "seed", "checkpoints", "data", "data_fraction", "max_examples",
-             "model", "init_layers", "train", "decode", "output_root")
+from .config import COSMETIC_KEYS, CellConfig, to_dict
 
-# Dotted paths that do not change what a cell computes, only where its files go or how fast it gets there.
-COSMETIC_KEYS = ("cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every", "train.log_every")
+# The paper's base checkpoints: a cell label names a checkpoint only when it is another one.
+_PAPER_CHECKPOINTS = to_dict(CellConfig.__dataclass_fields__["checkpoints"].default)
 
 # Files a cell writes in its directory.
 CELL_CONFIG_FILE = "cell.json"
@@ -93,15 +65,16 @@ def _strip(config: dict, dotted: str) -> None:
     node.pop(leaf, None)
 
 
-def identity_view(cell: dict) -> dict:
-    """The part of a cell its id is computed from (a deep copy without the cosmetic keys)."""
-    view = copy.deepcopy(cell)
+def identity_view(cell: CellConfig | dict) -> dict:
+    """The part of a cell its id is computed from: its JSON form without the cosmetic keys (a dict is read as a
+    CellConfig first, so it is checked and normalised)."""
+    view = to_dict(cell if isinstance(cell, CellConfig) else CellConfig.from_dict(cell))
     for dotted in COSMETIC_KEYS:
         _strip(view, dotted)
     return view
 
 
-def compute_cell_id(cell: dict) -> str:
+def compute_cell_id(cell: CellConfig | dict) -> str:
     """12 hex digits of sha256 over the canonical JSON of :func:`identity_view` (sorted keys, no whitespace)."""
     canonical = json.dumps(identity_view(cell), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
@@ -123,7 +96,7 @@ def cell_label(cell: dict) -> str:
             parts.append("init=L" + ",".join(str(v) for v in value))
     for family, ref in sorted((cell.get("checkpoints") or {}).items()):
         # a hub id other than the paper's base checkpoint (large, multilingual); local directories are not shown
-        if ref and ref != DEFAULT_CHECKPOINTS.get(family) and not ref.startswith((".", "/", "~")) \
+        if ref and ref != _PAPER_CHECKPOINTS.get(family) and not ref.startswith((".", "/", "~")) \
                 and ref.count("/") <= 1:
             parts.append(f"{family}={ref.rsplit('/', 1)[-1]}")
     if cell.get("model"):

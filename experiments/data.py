@@ -42,9 +42,9 @@ LABEL_PAD_ID = -100
 """Label value the loss ignores (bertgen's ``pad_to_ignore`` / torch's cross-entropy default)."""
 
 _TOKENIZED_FORMAT_VERSION = 1  # bump when tokenize_split's output changes, so old caches are not reused
-_SPEC_KEYS = {"path", "format", "columns", "source_path", "target_path", "xml_unescape"}
+SPEC_KEYS = {"path", "format", "columns", "source_path", "target_path", "xml_unescape"}
 _COLUMN_KEYS = {"input", "target", "id"}
-_FORMATS = {"jsonl", "csv", "tsv", "wikisplit", "parallel"}
+FORMATS = {"jsonl", "csv", "tsv", "wikisplit", "parallel"}
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
@@ -304,10 +304,10 @@ def _finish_local(rows, task, split, id_column, input_columns, target_columns, w
 
 
 def _load_local(task: Task, split: str, spec: Mapping[str, Any], data_fraction, seed, max_examples):
-    unknown = set(spec) - _SPEC_KEYS
+    unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ValueError(f"data source for {task.name}/{split}: unknown key(s) {sorted(unknown)}; "
-                         f"expected some of {sorted(_SPEC_KEYS)}")
+                         f"expected some of {sorted(SPEC_KEYS)}")
     fmt = spec.get("format")
     if fmt is None:
         if "source_path" in spec or "target_path" in spec:
@@ -319,13 +319,13 @@ def _load_local(task: Task, split: str, spec: Mapping[str, Any], data_fraction, 
                 fmt = "wikisplit"
             if fmt is None:
                 raise ValueError(f"{spec['path']}: cannot tell the format from the suffix {suffix!r}; "
-                                 f"set 'format' to one of {sorted(_FORMATS)}")
+                                 f"set 'format' to one of {sorted(FORMATS)}")
         else:
             raise ValueError(f"data source for {task.name}/{split}: expected 'path' or 'source_path'/'target_path' "
                              f"(got keys {sorted(spec)})")
-    if fmt not in _FORMATS:
+    if fmt not in FORMATS:
         raise ValueError(f"data source for {task.name}/{split}: unknown format {fmt!r}; "
-                         f"expected one of {sorted(_FORMATS)}")
+                         f"expected one of {sorted(FORMATS)}")
 
     if fmt == "parallel":
         if "source_path" not in spec or "target_path" not in spec:
@@ -395,9 +395,9 @@ def _spec_for_split(source: Any, split: str, task: Task) -> Mapping[str, Any]:
     if not isinstance(source, Mapping):
         raise ValueError(f"data source for {task.name}/{split}: expected None, a path or a mapping, "
                          f"got {type(source).__name__}")
-    if split in source and not (set(source) & _SPEC_KEYS):
+    if split in source and not (set(source) & SPEC_KEYS):
         return _spec_for_split(source[split], split, task)
-    if set(source) & _SPEC_KEYS:
+    if set(source) & SPEC_KEYS:
         return source
     raise ValueError(f"data source for {task.name}: no entry for split {split!r} (have {sorted(source)})")
 

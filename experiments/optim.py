@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 import torch
 
-SCHEDULES = ("noam", "constant", "linear")
+from .config import SCHEDULES, TrainConfig
+
 
 # Tensor2Tensor's Adam settings, which the paper's released models were trained with.
 ADAM_BETAS = (0.9, 0.997)
@@ -29,8 +30,8 @@ ADAM_EPS = 1e-9
 class LRSchedule:
     """Sets every param group's ``lr`` for the next update; call :meth:`step` once per optimiser update."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: str = "noam", lr: float = 0.05,
-                 warmup_steps: int = 40_000, hidden_size: int | None = None, total_steps: int | None = None,
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: str = TrainConfig.schedule,
+                 lr: float = TrainConfig.lr, warmup_steps: int = TrainConfig.warmup_steps, hidden_size: int | None = None, total_steps: int | None = None,
                  scale_by_hidden: bool | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"train.schedule: expected one of {SCHEDULES}, got {schedule!r}")
@@ -52,6 +53,12 @@ class LRSchedule:
         self.total_steps = total_steps
         self.updates_done = 0
         self._apply()
+
+    @classmethod
+    def from_config(cls, optimizer: torch.optim.Optimizer, train: TrainConfig, hidden_size: int) -> LRSchedule:
+        """The schedule a cell's train settings ask for."""
+        return cls(optimizer, schedule=train.schedule, lr=train.lr, warmup_steps=train.warmup_steps,
+                   hidden_size=hidden_size, total_steps=train.steps, scale_by_hidden=train.scale_lr_by_hidden)
 
     def lr_at(self, update: int) -> float:
         """Learning rate of the ``update``-th optimiser update (1-based, so the first update is not at lr 0)."""
@@ -110,19 +117,6 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], betas: tuple[float
     return torch.optim.Adam(unique, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
-def schedule_from_config(optimizer: torch.optim.Optimizer, train: dict[str, Any], hidden_size: int) -> LRSchedule:
-    """The schedule a cell's ``train`` block asks for (paper defaults for anything it leaves out)."""
-    return LRSchedule(
-        optimizer,
-        schedule=train.get("schedule") or "noam",
-        lr=train.get("lr", 0.05) if train.get("lr") is not None else 0.05,
-        warmup_steps=train.get("warmup_steps", 40_000) if train.get("warmup_steps") is not None else 40_000,
-        hidden_size=hidden_size,
-        total_steps=train.get("steps"),
-        scale_by_hidden=train.get("scale_lr_by_hidden"),
-    )
-
-
-def paper_peak_lr(hidden_size: int, lr: float = 0.05, warmup_steps: int = 40_000) -> float:
+def paper_peak_lr(hidden_size: int, lr: float = TrainConfig.lr, warmup_steps: int = TrainConfig.warmup_steps) -> float:
     """The highest lr the paper's schedule reaches (at t = warmup), for logs and sanity checks."""
     return lr / math.sqrt(hidden_size * warmup_steps)

@@ -33,7 +33,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .cell import FAMILIES, SPLITS, cell_label
+from bertgen.checkpoint import is_local_reference
+
+from .cell import cell_label
+from .config import FAMILIES, SPLITS
 from .grid import Grid, GridError
 
 FULL_READ_BYTES = 64 * 2**20
@@ -55,11 +58,6 @@ def _one_line(err: BaseException) -> str:
 def _expecting(message: str, what: str) -> str:
     """Every refusal says what was expected; messages from the loaders that do not, get it appended."""
     return message if "expected" in message else f"{message}; expected {what}"
-
-
-def _is_local(ref: str) -> bool:
-    """Same rule as bertgen.checkpoint.resolve_checkpoint_dir: otherwise it is a hub id."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists()
 
 
 class Preflight:
@@ -105,7 +103,7 @@ class Preflight:
         from bertgen.schemes import FAMILY_MODEL_TYPES, _resolve_source, _tokenizer_spec
 
         ref = cell["checkpoints"].get(family)
-        if not ref or not _is_local(ref):
+        if not ref or not is_local_reference(ref):
             return None
         directory = Path(ref).expanduser()
         if self._pending_smoke(directory):
@@ -178,7 +176,7 @@ class Preflight:
         from bertgen.tokenization import load_tokenizer
 
         from .tasks import get_task
-        from .train import length_limits, warm_start_from
+        from .cell_inputs import length_limits, warm_start_from
 
         families = [f for f in FAMILIES if cell["checkpoints"].get(f)]
         sources = {family: self.source(cell, family) for family in families}

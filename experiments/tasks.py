@@ -23,6 +23,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from bertgen.generation import LENGTH_PENALTY, NUM_BEAMS
+
 WIKISPLIT_TSV_SEPARATOR = " <::::> "
 # Every task has these; any further split of a task is an extra test set (Task.extra_test_splits).
 STANDARD_SPLITS = ("train", "validation", "test")
@@ -73,8 +75,8 @@ class Task:
     input_join: str = " "
     target_join: str = " "
     lowercase: bool = False
-    beam_size: int = 4
-    length_penalty_alpha: float = 0.6
+    beam_size: int = NUM_BEAMS  # §4, for every task
+    length_penalty_alpha: float = LENGTH_PENALTY  # §4, for every task
     notes: str = ""
 
     def __post_init__(self):

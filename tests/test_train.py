@@ -21,7 +21,9 @@ from safetensors.torch import load_file, save_file
 from experiments import checkpointing
 from experiments.metrics import compute_metrics
 from experiments.optim import LRSchedule, build_optimizer, paper_peak_lr
-from experiments.train import NonFiniteLossError, TrainSettings, train_cell, warm_start_from
+from experiments.config import TrainConfig, from_dict
+from experiments.cell_inputs import warm_start_from
+from experiments.train import NonFiniteLossError, train_cell
 from integration_helpers import quick_assets
 
 
@@ -174,11 +176,11 @@ def test_checkpoint_swap_is_atomic_and_falls_back_to_the_set_aside_copy(tmp_path
 # -- cell settings ----------------------------------------------------------------------------------------------------
 def test_bad_train_settings_name_the_field():
     with pytest.raises(ValueError, match=r"train\.steps"):
-        TrainSettings.from_cell({"steps": 0, "batch_size": 8})
+        from_dict(TrainConfig, {"steps": 0, "batch_size": 8}, "train")
     with pytest.raises(ValueError, match=r"train\.batch_size"):
-        TrainSettings.from_cell({"steps": 5, "batch_size": 2, "grad_accum": 4})
+        from_dict(TrainConfig, {"steps": 5, "batch_size": 2, "grad_accum": 4}, "train")
     with pytest.raises(ValueError, match=r"train\.max_grad_norm"):
-        TrainSettings.from_cell({"steps": 5, "batch_size": 8, "max_grad_norm": -1})
+        from_dict(TrainConfig, {"steps": 5, "batch_size": 8, "max_grad_norm": -1}, "train")
 
 
 def test_init_layers_map_to_warm_start():

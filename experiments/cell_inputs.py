@@ -1,0 +1,162 @@
+"""What a cell is built from: its model and tokenizers (``bertgen.schemes.build``), its tokenised splits
+(``experiments.data``) and the batches each rank trains on. Used by :mod:`experiments.train` and, for the
+model's length limits, by the launch pre-flight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import random
+import torch
+
+from bertgen.generation import Seq2SeqModel
+from bertgen.schemes import WarmStart, build
+from bertgen.tokenization import load_tokenizer
+
+from .config import CellConfig, to_dict
+from .config import init_layers as check_init_layers
+from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
+from .distributed import shard, split_micro_batches
+from .tasks import STANDARD_SPLITS
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+# -- settings --------------------------------------------------------------------------------------------------
+def warm_start_from(init_layers: dict[str, Any] | None) -> WarmStart:
+    """The cell's ``init_layers`` (the paper's §5 notation, layers 1-based) as a ``bertgen.schemes.WarmStart``."""
+    init_layers = check_init_layers(init_layers, "init_layers")
+    if init_layers is None:
+        return WarmStart()
+    (kind, value), = init_layers.items()
+    if kind == "embeddings_only":
+        return WarmStart(embeddings=True, layers="none")
+    if kind == "first_k":
+        return WarmStart(layers=value)
+    return WarmStart(layers=tuple(layer - 1 for layer in value))
+
+
+# -- model, tokenizers, data -----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_cell_model(cell: CellConfig):
+    """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints."""
+    checkpoints = cell.checkpoints
+    built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
+                  warm_start=warm_start_from(cell.init_layers), **cell.model)
+    spec = built.spec
+    if spec.inputs.source is None or spec.outputs.source is None:
+        raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without checkpoint directories, so "
+                         "there is no tokenizer to read")
+    input_tokenizer = load_tokenizer(spec.inputs.source, kind=spec.inputs.vocabulary)
+    if (spec.outputs.source, spec.outputs.vocabulary) == (spec.inputs.source, spec.inputs.vocabulary):
+        output_tokenizer = input_tokenizer
+    else:
+        output_tokenizer = load_tokenizer(spec.outputs.source, kind=spec.outputs.vocabulary)
+    for side, tokenizer, ids in (("input", input_tokenizer, spec.inputs), ("output", output_tokenizer, spec.outputs)):
+        if tokenizer.eos_token_id != ids.eos_token_id or tokenizer.pad_token_id != ids.pad_token_id:
+            raise ValueError(f"{ids.source}: the {side} tokenizer's eos/pad ids ({tokenizer.eos_token_id}, "
+                             f"{tokenizer.pad_token_id}) differ from the model's ({ids.eos_token_id}, "
+                             f"{ids.pad_token_id})")
+    return built.model, spec, input_tokenizer, output_tokenizer
+
+
+def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
+    """(max source tokens, max target tokens): the task's limits, cut to the positions the model has."""
+    return model.fit_lengths(task.max_source_length, task.max_target_length)
+
+
+def cache_dir(cell: CellConfig, out_dir: Path) -> Path:
+    root = cell.output_root
+    return (Path(root) / "cache" / "tokenized") if root else (out_dir / "cache")
+
+
+def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_target: int, cache_dir: Path):
+    """``experiments.data.tokenize_split`` with the source in the input vocabulary and the target in the output
+    vocabulary (they differ for bert2gpt and roberta2gpt)."""
+    tokenized, _ = tokenize_split(raw, input_tokenizer, max_source, max_target, cache_dir=cache_dir)
+    if output_tokenizer is input_tokenizer:
+        return tokenized
+    targets, _ = tokenize_split(raw, output_tokenizer, max_source, max_target, cache_dir=cache_dir)
+    target_columns = ["labels", "target_length", "target_truncated"]
+    return datasets.concatenate_datasets(
+        [tokenized.remove_columns(target_columns), targets.select_columns(target_columns)], axis=1)
+
+
+def predictions_file(split: str) -> str:
+    """``predictions.jsonl`` for the test split, ``predictions_<split>.jsonl`` for an extra test set (the names
+    analysis.schema.predictions_artifact_candidates looks for)."""
+    if split == "test":
+        return PREDICTIONS_FILE
+    stem, suffix = PREDICTIONS_FILE.rsplit(".", 1)
+    return f"{stem}_{split}.{suffix}"
+
+
+def extra_test_splits(cell: CellConfig | dict[str, Any], task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(decoded, skipped): which of the task's extra test sets the cell decodes, and which it skips.
+
+    A set with its own ``data.<split>`` source is always decoded. Without one it comes from the hub when the cell's
+    test split does; a cell whose test split is a local file skips it instead: such runs are often offline (smoke
+    runs, ../shared data), and the hub's set would not match the local test data anyway.
+    """
+    data = to_dict(cell.data) if isinstance(cell, CellConfig) else cell.get("data") or {}
+    local_test = data.get("test") is not None
+    decoded = tuple(s for s in task.extra_test_splits if data.get(s) is not None or not local_test)
+    return decoded, tuple(s for s in task.extra_test_splits if s not in decoded)
+
+
+def load_cell_data(cell: CellConfig, task, input_tokenizer, output_tokenizer, limits: tuple[int, int],
+                   cache_dir: Path, splits=STANDARD_SPLITS) -> dict[str, tuple[Any, Any]]:
+    """split → (raw dataset with id/source/target, tokenised dataset). ``data_fraction`` applies to train only,
+    with a fixed subset seed, so every seed of a data-fraction cell sees the same subset (seeds vary training). An
+    extra test set without a ``max_examples`` entry of its own takes the test split's cap (grids cap ``test`` only)."""
+    out = {}
+    for split in splits:
+        limit = getattr(cell.max_examples, split, None)
+        if limit is None and split not in STANDARD_SPLITS:
+            limit = cell.max_examples.test
+        raw = load_split(task, split, getattr(cell.data, split, None), seed=0,
+                         data_fraction=cell.data_fraction if split == "train" else None,
+                         max_examples=limit)
+        out[split] = (raw, tokenize_pair(raw, input_tokenizer, output_tokenizer, *limits, cache_dir))
+    return out
+
+
+# -- batches ---------------------------------------------------------------------------------------------------
+class RankBatches:
+    """A DataLoader batch sampler: each global batch of the length-bucketing sampler, reduced to this rank's slice."""
+
+    def __init__(self, sampler, rank: int, world_size: int):
+        self.sampler = sampler
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield shard(batch, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class MicroBatchCollator:
+    """One rank's slice of a global batch → ``grad_accum`` padded micro-batches."""
+
+    def __init__(self, pad_token_id: int, micro_batches: int):
+        self.collate = Seq2SeqCollator(pad_token_id)
+        self.micro_batches = micro_batches
+
+    def __call__(self, examples):
+        return [self.collate(chunk) for chunk in split_micro_batches(list(examples), self.micro_batches)]
+
+
+def lengths(tokenized) -> np.ndarray:
+    """[examples, 2] source and target lengths, what the length-bucketing sampler sorts by."""
+    return np.stack([column_array(tokenized, "source_length"), column_array(tokenized, "target_length")], axis=1)
