@@ -24,6 +24,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
+from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
+from experiments.tasks import TASKS as HARNESS_TASKS
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Where runs live
 
@@ -49,8 +53,8 @@ DEV_METRIC_PREFIXES = ("dev_", "dev/")
 DEV_LOSS = "loss"
 KNOWN_TESTSETS = ("newstest2014", "newstest2016")
 
-PREDICTIONS_ARTIFACT = "predictions.jsonl"
-METRICS_ARTIFACT = "metrics.json"
+PREDICTIONS_ARTIFACT = PREDICTIONS_FILE
+METRICS_ARTIFACT = METRICS_FILE
 # predictions.jsonl fields
 PRED_ID, PRED_SOURCE, PRED_REFERENCE, PRED_PREDICTION = "id", "source", "reference", "prediction"
 
@@ -63,7 +67,7 @@ INIT_LAYERS_PARAM = "init_layers"  # null | {"embeddings_only": true} | {"first_
 VARIANT_TAGS = ("variant", "ablation")
 # Params that do not define a cell's sweep group: the seed (aggregated over) and experiments.cell.COSMETIC_KEYS
 # (where/how fast a run goes). cell_id hashes the seed too, so it cannot group seeds; every other param does.
-NON_GROUP_PARAMS = ("seed", "cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every")
+NON_GROUP_PARAMS = ("seed", *COSMETIC_KEYS)
 
 # bertgen.schemes.parameter_counts(size="base") → {scheme: {name: count}}; names → Table 1's metrics (millions).
 PARAMETER_COUNT_KEYS = {
@@ -76,27 +80,29 @@ PARAMETER_COUNT_KEYS = {
 # ---------------------------------------------------------------------------------------------------------------------
 # Canonical vocabularies and aliases (case-insensitive; '-', '_', ' ' and '/' ignored when matching)
 
-SCHEMES = (
-    "rnd2rnd", "bert2rnd", "rnd2bert", "bert2bert", "bertShare",
-    "robertaShare", "gpt", "rnd2gpt", "bert2gpt", "roberta2gpt",
-)  # fmt: skip
+SCHEMES = tuple(HARNESS_SCHEMES)  # Table 1's order, as bertgen.schemes holds them
 
 
 @dataclass(frozen=True)
 class TaskInfo:
+    name: str  # a key of experiments.tasks.TASKS
     label: str
-    primary_metric: str  # the dev metric drawn in learning curves and used to pick between duplicate cells
     aliases: tuple[str, ...] = ()
+
+    @property
+    def primary_metric(self) -> str:
+        """The harness task's (experiments.tasks): drawn in learning curves, used to pick between duplicate cells."""
+        return HARNESS_TASKS[self.name].primary_metric
 
 
 TASKS: dict[str, TaskInfo] = {
-    "discofuse": TaskInfo("DiscoFuse", "sari", ("disco_fuse",)),
-    "wikisplit": TaskInfo("WikiSplit", "sari", ("wiki_split",)),
-    "wmt14_en_de": TaskInfo("WMT14 En→De", "bleu_uncased", ("wmt_en_de", "wmt14_ende", "wmt14-en-de", "en_de")),
-    "wmt14_de_en": TaskInfo("WMT14 De→En", "bleu_uncased", ("wmt_de_en", "wmt14_deen", "wmt14-de-en", "de_en")),
-    "gigaword": TaskInfo("Gigaword", "rougeL", ()),
-    "cnn_dailymail": TaskInfo("CNN/DailyMail", "rougeLsum", ("cnndm", "cnn_dm", "cnn/dailymail")),
-    "xsum": TaskInfo("BBC XSum", "rougeL", ("bbc_xsum",)),
+    "discofuse": TaskInfo("discofuse", "DiscoFuse", ("disco_fuse",)),
+    "wikisplit": TaskInfo("wikisplit", "WikiSplit", ("wiki_split",)),
+    "wmt14_en_de": TaskInfo("wmt14_en_de", "WMT14 En→De", ("wmt_en_de", "wmt14_ende", "wmt14-en-de", "en_de")),
+    "wmt14_de_en": TaskInfo("wmt14_de_en", "WMT14 De→En", ("wmt_de_en", "wmt14_deen", "wmt14-de-en", "de_en")),
+    "gigaword": TaskInfo("gigaword", "Gigaword", ()),
+    "cnn_dailymail": TaskInfo("cnn_dailymail", "CNN/DailyMail", ("cnndm", "cnn_dm", "cnn/dailymail")),
+    "xsum": TaskInfo("xsum", "BBC XSum", ("bbc_xsum",)),
 }
 
 METRIC_ALIASES = {
