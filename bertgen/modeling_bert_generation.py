@@ -191,6 +191,21 @@ class BertGenerationLayer(nn.Module):
         hidden_states = self.output(self.intermediate.dense(hidden_states), hidden_states, self.intermediate.act)
         return hidden_states, (k, v, cross_k, cross_v), self_weights, cross_weights
 
+    @torch.no_grad()
+    def init_cross_attention_from_self_attention(self) -> list[str]:
+        """Copy this layer's self-attention (Q/K/V, output dense, LayerNorm) into its new cross-attention; returns
+        the cross-attention tensor names written. Relative-position tables stay out: cross-attention has none."""
+        source = self.attention.state_dict()
+        target = self.crossattention.state_dict()
+        written = []
+        for name, tensor in target.items():
+            if source[name].shape != tensor.shape:
+                raise ValueError(f"crossattention.{name}: shape {tuple(tensor.shape)} differs from the self-attention's "
+                                 f"{tuple(source[name].shape)} (encoder and decoder widths differ)")
+            tensor.copy_(source[name])
+            written.append(f"crossattention.{name}")
+        return written
+
 
 class BertGenerationStack(nn.Module):
     """HF's ``BertEncoder``: the list of layers (named ``encoder.layer`` in checkpoints)."""

@@ -149,6 +149,26 @@ class GPT2Block(nn.Module):
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, (k, v, cross_k, cross_v), self_weights, cross_weights
 
+    @torch.no_grad()
+    def init_cross_attention_from_self_attention(self) -> list[str]:
+        """Copy this block's self-attention into its new cross-attention: the fused QKV splits into ``q_attn`` (Q)
+        and the cross ``c_attn`` (KV), ``c_proj`` and ``ln_1`` → ``ln_cross_attn`` copy; returns the names written."""
+        width = self.attn.width
+        qkv_weight, qkv_bias = self.attn.c_attn.weight, self.attn.c_attn.bias
+        pairs = [
+            (self.crossattention.q_attn.weight, qkv_weight[:width], "crossattention.q_attn.weight"),
+            (self.crossattention.q_attn.bias, qkv_bias[:width], "crossattention.q_attn.bias"),
+            (self.crossattention.c_attn.weight, qkv_weight[width:], "crossattention.c_attn.weight"),
+            (self.crossattention.c_attn.bias, qkv_bias[width:], "crossattention.c_attn.bias"),
+            (self.crossattention.c_proj.weight, self.attn.c_proj.weight, "crossattention.c_proj.weight"),
+            (self.crossattention.c_proj.bias, self.attn.c_proj.bias, "crossattention.c_proj.bias"),
+            (self.ln_cross_attn.weight, self.ln_1.weight, "ln_cross_attn.weight"),
+            (self.ln_cross_attn.bias, self.ln_1.bias, "ln_cross_attn.bias"),
+        ]
+        for target, source, name in pairs:
+            target.copy_(source)
+        return [name for _, _, name in pairs]
+
 
 class GPT2PreTrainedModel(PreTrainedModel):
     """GPT-2's initialisation: N(0, 0.02) weights, and the residual projections (``c_proj``) scaled down by

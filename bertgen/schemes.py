@@ -23,6 +23,7 @@ of a checkpoint's layers (the model then has as many layers as were listed).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from .modeling_encoder_decoder import EncoderDecoderModel
 from .modeling_gpt2 import GPT2PrefixLM, keep_first_positions
 
 VOCABULARIES = ("bert", "roberta", "gpt2")
+log = logging.getLogger(__name__)
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
@@ -126,6 +128,9 @@ PAPER_CHECKPOINT_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # -- §5 ablation knob -----------------------------------------------------------------------------------------------
+CROSS_ATTENTION_INITS = ("random", "self_attention")
+
+
 @dataclass(frozen=True)
 class WarmStart:
     """Which parts of a checkpoint seed the warm-started sides (the paper's §5 ablations).
@@ -139,8 +144,15 @@ class WarmStart:
 
     embeddings: bool = True
     layers: str | int | tuple[int, ...] = "all"
+    # "random" (the paper: cross-attention is always new) or "self_attention": each warm decoder layer's
+    # cross-attention starts as a copy of its own self-attention, so it attends by content from the first update
+    # instead of uniformly (see the README's "Why the decoder ignored the encoder").
+    cross_attention: str = "random"
 
     def __post_init__(self) -> None:
+        if self.cross_attention not in CROSS_ATTENTION_INITS:
+            raise ValueError(f"WarmStart.cross_attention: expected one of {CROSS_ATTENTION_INITS}, got "
+                             f"{self.cross_attention!r}")
         layers = self.layers
         if isinstance(layers, list):
             object.__setattr__(self, "layers", layers := tuple(layers))
@@ -516,6 +528,8 @@ def build(
     report = None
     if with_weights:
         report = _load_warm_sides(model, scheme, sources, warm)
+        if warm.cross_attention == "self_attention":
+            _cross_attention_from_self_attention(model, scheme, warm, report)
     if target is not None and target.type != "meta":
         model = model.to(target)
     spec = SchemeSpec(scheme=scheme, inputs=inputs, outputs=outputs, warm_start=warm, report=report)
@@ -559,6 +573,24 @@ def _load_warm_sides(model: nn.Module, scheme: Scheme, sources: dict[str, _Sourc
     model.loading_report = report
     _log_report(report)
     return report
+
+
+def _cross_attention_from_self_attention(model: nn.Module, scheme: Scheme, warm: WarmStart,
+                                         report: LoadingReport) -> None:
+    """``WarmStart(cross_attention="self_attention")``: every warm decoder layer's cross-attention copies its own
+    (warm) self-attention; a random decoder keeps its random cross-attention. The copied tensors leave the report's
+    newly-initialised list."""
+    if scheme.decoder not in VOCABULARIES or isinstance(model, GPT2PrefixLM):
+        return
+    base = model.decoder.base_model
+    stack, prefix = (base.h, "h") if scheme.decoder == "gpt2" else (base.encoder.layer, "encoder.layer")
+    prefix = f"decoder.{_base_prefix(model.decoder)}{prefix}"
+    warm_layers = len(warm.source_layers(len(stack)))
+    copied = set()
+    for index in range(warm_layers):
+        copied.update(f"{prefix}.{index}.{name}" for name in stack[index].init_cross_attention_from_self_attention())
+    report.newly_initialized[:] = [name for name in report.newly_initialized if name not in copied]
+    log.info("cross-attention of %d decoder layers initialised from their self-attention", warm_layers)
 
 
 # -- Table 1 --------------------------------------------------------------------------------------------------------

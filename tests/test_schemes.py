@@ -312,3 +312,35 @@ def test_vocabulary_that_does_not_match_the_checkpoint_is_refused(checkpoints, t
     other_vocab.write_text("\n".join(_bert_vocab(125)), encoding="utf-8")
     with pytest.raises(CheckpointError, match=r"uncased-vocab.txt: the bert vocabulary has 125 .*vocab_size=120"):
         build("bert2gpt", bert=bert_dir, gpt2=checkpoints["gpt2"][1], tokenizers={"bert": other_vocab})
+
+
+@pytest.mark.parametrize("name", ["bert2bert", "bertShare", "bert2gpt", "rnd2gpt"])
+def test_cross_attention_from_self_attention(name, checkpoints):
+    """WarmStart(cross_attention="self_attention"): each warm decoder layer's cross-attention equals its own
+    self-attention at the start (GPT-2's fused QKV split into Q and KV) and leaves the newly-initialised list."""
+    built = build(name, **_dirs(checkpoints), warm_start=WarmStart(cross_attention="self_attention"))
+    base = built.model.decoder.base_model
+    for layer in (base.h if hasattr(base, "h") else base.encoder.layer):
+        if hasattr(layer, "ln_cross_attn"):
+            width = layer.attn.width
+            assert torch.equal(layer.crossattention.q_attn.weight, layer.attn.c_attn.weight[:width])
+            assert torch.equal(layer.crossattention.c_attn.bias, layer.attn.c_attn.bias[width:])
+            assert torch.equal(layer.crossattention.c_proj.weight, layer.attn.c_proj.weight)
+            assert torch.equal(layer.ln_cross_attn.weight, layer.ln_1.weight)
+        else:
+            self_attn, cross = layer.attention.state_dict(), layer.crossattention.state_dict()
+            assert all(torch.equal(cross[k], self_attn[k]) for k in cross)
+    assert not any("crossattention" in n or "ln_cross_attn" in n for n in built.spec.report.newly_initialized)
+    random_cross = build(name, **_dirs(checkpoints)).spec.report.newly_initialized
+    assert any("crossattention" in n for n in random_cross)
+
+
+def test_cross_attention_from_self_attention_leaves_random_decoders_and_unlisted_layers(checkpoints):
+    built = build("bert2rnd", **_dirs(checkpoints), warm_start=WarmStart(cross_attention="self_attention"))
+    layer = built.model.decoder.base_model.encoder.layer[0]
+    assert not torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)
+    built = build("bert2bert", **_dirs(checkpoints), warm_start=WarmStart(layers=1, cross_attention="self_attention"))
+    layer = built.model.decoder.base_model.encoder.layer[0]
+    assert torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)
+    with pytest.raises(ValueError, match="cross_attention"):
+        WarmStart(cross_attention="from_encoder")
