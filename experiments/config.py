@@ -32,7 +32,7 @@ from typing import Any
 from bertgen.checkpoint import is_local_reference
 from bertgen.configuration import BertGenerationConfig
 from bertgen.generation import LENGTH_PENALTY_STYLE, LENGTH_PENALTY_STYLES
-from bertgen.schemes import GPT2_OVERRIDE_NAMES, SCHEMES
+from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
@@ -171,6 +171,12 @@ def _model_override_checks() -> dict[str, v.Check]:
     return checks
 
 
+def bf16_setting(value: Any, path: str) -> bool | str:
+    if value is True or value is False or value == "auto":
+        return value
+    raise v.Invalid(path, f"expected true, false or auto, got {value!r}")
+
+
 # -- the cell ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Checkpoints:
@@ -213,7 +219,9 @@ class TrainConfig:
     warmup_steps: int = setting(40_000, lo=0)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
-    bf16: bool = setting(False)  # fp32 unless asked (the paper trained on TPUs; not stated)
+    # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
+    # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
+    bf16: bool | str = setting(False, check=bf16_setting)
     eval_every: int = setting(5000, lo=0)  # dev loss and best weights every this many steps (0: at the end)
     checkpoint_every: int = setting(5000, lo=0, cosmetic=True)  # resumable state every this many steps
     eval_examples: int | None = setting(1000, lo=1)  # validation examples in the dev loss (null: all)
@@ -258,6 +266,10 @@ class CellConfig:
     model: dict = setting({}, section=_model_override_checks())  # size overrides, {}: the checkpoints' sizes
     # {embeddings_only: true} | {first_k: k} | {layers: [...]} (§5, 1-based as in the paper); null: all
     init_layers: dict | None = setting(None, check=init_layers)
+    # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
+    # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").
+    cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
+                                        omit_default=True)
     cell_id: str | None = setting(None, cosmetic=True, grid=False)  # filled by the grid: experiments.cell
     grid: str = setting("", cosmetic=True, grid=False)  # the grid that produced it
     output_root: str = setting("", cosmetic=True, grid=False)  # the cell writes under experiments.cell.cell_dir

@@ -20,11 +20,30 @@ from .config import DecodeConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .cell_inputs import lengths
 from .distributed import DistributedContext, all_gather_objects
-from .metrics import compute_metrics
+from .metrics import baseline_predictions, compute_metrics
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products natively: a CUDA GPU that supports bf16, or a CPU with AMX
+    or AVX512-BF16 (elsewhere CPU bf16 is emulated and many times slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """``train.bf16`` (true, false or "auto") on ``device``."""
+    return native_bf16(device) if setting == "auto" else bool(setting)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -90,7 +109,8 @@ class SplitDecoder:
     def evaluate(self, metric_names: tuple[str, ...], raw: Any, tokenized: Any,
                  predictions_path: Path) -> tuple[dict[str, float], float]:
         """Decode (every rank), score with ``metric_names`` and write the predictions file (rank 0); returns
-        (metrics, decode seconds), the metrics empty on the other ranks."""
+        (metrics, decode seconds), the metrics empty on the other ranks. The file keeps each source, so the task's
+        trivial baseline can be scored on exactly these examples (:func:`baseline_metrics`, analysis)."""
         started = time.perf_counter()
         predictions = self.predictions(raw, tokenized)
         decode_seconds = time.perf_counter() - started
@@ -103,3 +123,11 @@ class SplitDecoder:
                  for i, s, r, p in zip(ids, sources, references, predictions)]
         atomic_write_text(predictions_path, "\n".join(lines) + "\n")
         return metrics, decode_seconds
+
+
+def baseline_metrics(baseline: str, metric_names: tuple[str, ...], raw: Any) -> dict[str, float]:
+    """The task's trivial baseline (``experiments.metrics.BASELINES``: copy the source, lead sentences) scored on
+    the same examples as the model."""
+    sources, references = raw["source"], raw["target"]
+    return {k: float(v) for k, v in compute_metrics(metric_names, sources, baseline_predictions(baseline, sources),
+                                                    [[r] for r in references]).items()}

@@ -15,8 +15,8 @@ A grid is a YAML mapping (read with ``yaml.safe_load``)::
       local: {parallelism, timeout_min}
     checkpoints: {bert: bert-base-cased, roberta: roberta-base, gpt2: gpt2}   # hub ids, local directories, or
                                       # pkg:<installed package>/<dir> (resolved to that directory)
-    smoke_assets: false               # true: checkpoints and discofuse/wikisplit data are the project's own tiny
-                                      # ones (experiments.pretrain_tiny), built under <output_root>/smoke_assets
+    smoke_assets: false               # true: checkpoints and the synthetic_fusion/synthetic_split data are the
+                                      # project's own tiny ones (experiments.pretrain_tiny), under <output_root>/smoke_assets
     defaults: {train: {...}, decode: {...}, model: {...}, data: {...}, max_examples: {...}, data_fraction: 1.0,
                init_layers: null}     # for every cell of this file, over the paper defaults of its task
     tasks: [discofuse]                # the matrix: tasks x schemes x seeds x sweep ("all" for every task/scheme)
@@ -65,8 +65,9 @@ from .tasks import TASKS
 EXECUTORS = ("slurm", "local", "debug")
 DEFAULT_EXPERIMENT = "bertgen"
 SMOKE_DIR = "smoke_assets"
-# The smoke assets hold one fusion and one split task; these are the paper's tasks they stand in for.
-SMOKE_TASKS = {"discofuse": "fusion", "wikisplit": "split"}
+# The smoke assets hold one fusion and one split task, run under their own task names (experiments.tasks), never as
+# the paper's DiscoFuse and WikiSplit.
+SMOKE_TASKS = {"synthetic_fusion": "fusion", "synthetic_split": "split"}
 
 DEFAULT_SLURM = {"partition": None, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "timeout_min": 1440,
                  "array_parallelism": 64, "account": None, "qos": None, "constraint": None, "nodes": 1,

@@ -322,6 +322,25 @@ def split_sentences(text: str) -> str:
     return "\n".join(_SENTENCE_END.split(text.strip()))
 
 
+def lead_sentences(text: str, k: int) -> str:
+    """The first ``k`` sentences of ``text`` (split as :func:`split_sentences` does), newline-separated."""
+    return "\n".join(split_sentences(text).split("\n")[:k])
+
+
+# The trivial systems a task's scores are read against (experiments.tasks.Task.baseline): source → prediction.
+BASELINES = {
+    "copy_source": lambda source: source,  # fusion and splitting: the target is mostly the source
+    "lead_1": lambda source: lead_sentences(source, 1),  # headline and extreme summaries: the first sentence
+    "lead_3": lambda source: lead_sentences(source, 3),  # CNN/DailyMail's classic Lead-3
+}
+
+
+def baseline_predictions(name: str, sources: Sequence[str]) -> list[str]:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}: expected one of {sorted(BASELINES)}")
+    return [BASELINES[name](source) for source in sources]
+
+
 def rouge(
     predictions: Sequence[str],
     references: ReferenceLists,

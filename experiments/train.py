@@ -42,6 +42,7 @@ from .cell_inputs import (MicroBatchCollator, RankBatches, build_cell_model, cac
                           length_limits, load_cell_data, predictions_file, seed_everything)
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
+from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use
 from .distributed import (
     DistributedContext,
     all_gather_objects,
@@ -51,7 +52,7 @@ from .distributed import (
     init_distributed,
     wrap_model,
 )
-from .evaluation import SplitDecoder, atomic_write_text, autocast, progress_bar, to_device
+from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, autocast, progress_bar, to_device, use_bf16
 from .optim import LRSchedule, build_optimizer
 from .tasks import STANDARD_SPLITS, get_task
 
@@ -61,6 +62,7 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
 BEST = "best"
+INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
 
 # -- the trainer -----------------------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class CellTrainer:
         self.cell_id = cell.cell_id or "?"
         self.train_settings = cell.train
         self.decode_settings = cell.decode
+        self.bf16 = use_bf16(cell.train.bf16, ctx.device)  # "auto" resolved on this machine (tagged: bf16)
         self.seed = cell.seed
         self.task = get_task(cell.task)
 
@@ -103,6 +106,7 @@ class CellTrainer:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.best_dev_loss = math.inf
+        self.last_input_use: InputUse | None = None
         self.best_step = -1
         self.train_seconds = 0.0
         self._saving = False
@@ -209,7 +213,7 @@ class CellTrainer:
 
     # -- training ----------------------------------------------------------------------------------------------
     def _micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast(self.ctx.device, self.train_settings.bf16):
+        with autocast(self.ctx.device, self.bf16):
             out = self.ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], return_logits=False)
         return out.loss.float()
@@ -270,7 +274,7 @@ class CellTrainer:
         loss_sum, tokens = 0.0, 0
         for indices in batches:
             batch = to_device(collate([rows[i] for i in indices]), self.ctx.device)
-            with autocast(self.ctx.device, self.train_settings.bf16):
+            with autocast(self.ctx.device, self.bf16):
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], return_logits=False)
             count = int(batch["labels"].ne(-100).sum())
@@ -280,10 +284,26 @@ class CellTrainer:
         total = all_reduce_sum(tokens, self.ctx)
         return all_reduce_sum(loss_sum, self.ctx) / max(total, 1)
 
+    def input_use(self) -> InputUse:
+        """Does the model read its source? Dev loss with rotated sources and cross-attention entropy on up to
+        ``INPUT_USE_EXAMPLES`` validation examples (experiments.diagnostics)."""
+        tokenized = self.data["validation"][1]
+        tokenized = tokenized.select(range(min(INPUT_USE_EXAMPLES, len(tokenized))))
+        size = max(2, min(self.micro_batch_size(), len(tokenized)))
+        batches = LengthBucketBatchSampler(lengths(tokenized), size, shuffle=False, drop_last=len(tokenized) >= 2
+                                           ).batches(0)
+        collate = Seq2SeqCollator(self.spec.inputs.pad_token_id)
+        rows = tokenized.select_columns(["id", "input_ids", "labels"])
+        return measure_input_use(self.model, [to_device(collate([rows[i] for i in b]), self.ctx.device)
+                                              for b in batches if len(b) >= 2],
+                                 autocast(self.ctx.device, self.bf16))
+
     def evaluate_and_keep_best(self) -> None:
         loss = self.dev_loss()
         if self.ctx.is_main:
-            self.logger.log_metrics({"dev_loss": loss}, step=self.step)
+            self.last_input_use = self.input_use() if len(self.data["validation"][1]) >= 2 else None
+            extra = self.last_input_use.metrics() if self.last_input_use is not None else {}
+            self.logger.log_metrics({"dev_loss": loss, **extra}, step=self.step)
         if loss < self.best_dev_loss:
             self.best_dev_loss, self.best_step = loss, self.step
             if self.ctx.is_main:
@@ -353,7 +373,7 @@ class CellTrainer:
     def test(self) -> dict[str, float]:
         """The test split's metrics, plus ``<split>_<metric>`` for each extra test set the cell decodes."""
         decoder = SplitDecoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id, self.decode_settings,
-                               self.eval_batch_size(), self.limits[1], self.ctx, self.train_settings.bf16,
+                               self.eval_batch_size(), self.limits[1], self.ctx, self.bf16,
                                f"decode {self.cell_id}")
         metrics, decode_seconds = decoder.evaluate(self.task.metrics, *self.data["test"],
                                                    self.out_dir / predictions_file("test"))
@@ -369,6 +389,19 @@ class CellTrainer:
                 "max_lengths": {"source": self.limits[0], "target": self.limits[1]},
                 "parameters": self.model.num_parameters(),
             }
+            if self.task.baseline is not None:
+                baseline = baseline_metrics(self.task.baseline, self.task.metrics, self.data["test"][0])
+                summary[f"baseline_{self.task.baseline}"] = baseline
+                self.logger.log_metrics({f"baseline_{self.task.baseline}_{k}": v for k, v in baseline.items()},
+                                        step=self.step)
+            if self.last_input_use is not None:
+                use = self.last_input_use
+                summary["input_use"] = {"source_gap": use.source_gap, "cross_attention_entropy":
+                                        use.cross_attention_entropy, "step": self.step}
+                if use.source_gap < IGNORES_INPUT_GAP:
+                    log.warning("cell %s: the model ignores its input: dev loss with other examples' sources is "
+                                "only %.3f nats above the loss with its own (see experiments.diagnostics); its "
+                                "predictions do not depend on the source", self.cell_id, use.source_gap)
             if self.task.extra_test_splits:  # only for tasks with extra sets: the others' summary is unchanged
                 # "test_<split>" flattens to test_<split>/<metric>, which analysis reads like the logged metric
                 summary.update({f"test_{split}": scores for split, (scores, _) in extra.items()})
@@ -388,7 +421,7 @@ class CellTrainer:
         return {
             "parameters": self.model.num_parameters(),
             "newly_initialized_tensors": len(report.newly_initialized) if report is not None else "",
-            "device": str(self.ctx.device), "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device), "world_size": self.ctx.world_size, "bf16": self.bf16,
             "max_source_length": self.limits[0], "max_target_length": self.limits[1],
             "train_examples": len(self.data["train"][0]),
             **({"skipped_test_splits": ",".join(self.skipped_test_splits)} if self.skipped_test_splits else {}),

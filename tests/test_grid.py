@@ -47,7 +47,7 @@ def grid_error(tmp_path: Path, doc: dict | str, sets: tuple[str, ...] = ()) -> s
     ({**BASE, "defaults": {"train": {"steps": 0}}}, "defaults.train.steps: expected an integer >= 1, got 0"),
     ({**BASE, "defaults": {"train": {"steps": 2.5}}}, "defaults.train.steps: expected an integer >= 1, got 2.5"),
     ({**BASE, "defaults": {"train": {"lr": "fast"}}}, "defaults.train.lr: expected a number > 0.0, got 'fast'"),
-    ({**BASE, "defaults": {"train": {"bf16": "yes"}}}, "defaults.train.bf16: expected true or false, got 'yes'"),
+    ({**BASE, "defaults": {"train": {"bf16": "yes"}}}, "defaults.train.bf16: expected true, false or auto, got 'yes'"),
     ({**BASE, "defaults": {"train": {"schedule": "noan"}}}, "(did you mean 'noam'?)"),
     ({**BASE, "defaults": {"decode": {"length_penalty_style": "gmnt"}}}, "(did you mean 'gnmt'?)"),
     ({**BASE, "defaults": {"data_fraction": 0}}, "defaults.data_fraction: expected a number > 0.0 and <= 1.0, got 0"),
@@ -245,11 +245,11 @@ def test_smoke_grid_uses_the_tiny_assets_without_building_them(tmp_path, monkeyp
     grid = load_grid(GRIDS / "smoke.yaml")
     paths = smoke_asset_paths(grid.smoke_root)
     assert grid.smoke_root == tmp_path / "outputs" / "smoke_assets" and not grid.smoke_root.exists()
-    assert {c["scheme"] for c in grid.cells if c["task"] == "discofuse"} == set(SCHEMES)
+    assert {c["scheme"] for c in grid.cells if c["task"] == "synthetic_fusion"} == set(SCHEMES)
     for cell in grid.cells:
         for family, ref in cell["checkpoints"].items():
             assert ref in (None, paths["checkpoints"][family])
-        kind = {"discofuse": "fusion", "wikisplit": "split"}[cell["task"]]
+        kind = {"synthetic_fusion": "fusion", "synthetic_split": "split"}[cell["task"]]
         assert cell["data"]["test"] == {"path": paths["tasks"][kind]["test"],
                                         "columns": {"input": "source", "target": "target", "id": "id"}}
         assert cell["train"]["steps"] <= 1000 and cell["max_examples"]["test"] <= 200
@@ -258,7 +258,9 @@ def test_smoke_grid_uses_the_tiny_assets_without_building_them(tmp_path, monkeyp
 def test_mini_wikisplit_grid_reads_shared_data_and_minilm(shared_dir, minilm_dir, monkeypatch):
     monkeypatch.chdir(REPO)  # its data paths are relative to the repository root (../shared)
     grid = load_grid(GRIDS / "mini_wikisplit.yaml")
-    assert sorted(c["scheme"] for c in grid.cells) == ["bert2bert", "bert2rnd", "bertShare", "rnd2bert", "rnd2rnd"]
+    assert sorted(c["scheme"] for c in grid.cells) == ["bert2bert", "bert2bert", "bert2rnd", "bertShare", "rnd2bert",
+                                                       "rnd2rnd"]
+    assert sorted(c.get("cross_attention_init", "random") for c in grid.cells) == ["random"] + ["self_attention"] * 5
     for cell in grid.cells:
         assert Path(cell["checkpoints"]["bert"]).resolve() == minilm_dir.resolve()
         assert Path(cell["data"]["test"]).resolve() == (shared_dir / "data/wikisplit/validation.tsv").resolve()
