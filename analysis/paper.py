@@ -104,6 +104,10 @@ def variant_label(variant: str) -> str:
         return f"first {variant.removeprefix('first_')} layers"
     if variant.startswith("layers_"):
         return f"layers {variant.removeprefix('layers_')}"
+    if "+" in variant:
+        return ", ".join(variant_label(part) for part in variant.split("+"))
+    if variant.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX):
+        return f"cross-attention init: {variant.removeprefix(schema.CROSS_ATTENTION_VARIANT_PREFIX)}".replace("_", " ")
     return variant
 
 

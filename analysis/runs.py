@@ -202,6 +202,19 @@ class RunStore:
             out[metric] = _text_statistic(metric, texts)
         return out
 
+    def baseline_rows(self, run_id: str, testset: str, metrics: Sequence[str],
+                      baseline: str) -> dict[str, np.ndarray] | None:
+        """Per-example rows of a trivial baseline (experiments.metrics.BASELINES) on a run's test examples: its
+        predictions file keeps every source, so the baseline is scored on exactly the examples the run was."""
+        from experiments.metrics import baseline_predictions
+
+        preds = self.predictions(run_id, testset)
+        if preds is None:
+            return None
+        sources = [p["source"] for p in preds]
+        copied = [{**p, "prediction": text} for p, text in zip(preds, baseline_predictions(baseline, sources))]
+        return example_statistics(copied, metrics)
+
     def dev_history(self, run_id: str, key: str) -> pd.DataFrame:
         """``step, value`` of one dev metric over training."""
         history = self._client.get_metric_history(run_id, key)

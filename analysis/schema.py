@@ -65,6 +65,10 @@ SEED_PARAMS = ("seed",)
 SIZE_PARAMS = ("size", "model.size")  # the cell has none today: every run counts as "base" (12L or smaller)
 INIT_LAYERS_PARAM = "init_layers"  # null | {"embeddings_only": true} | {"first_k": k} | {"layers": [...]}
 VARIANT_TAGS = ("variant", "ablation")
+# A cell that departs from the paper's random cross-attention (experiments.config.CellConfig.cross_attention_init)
+# is a variant of its scheme, "xattn_<init>" (joined to an init_layers variant with "+").
+CROSS_ATTENTION_PARAM = "cross_attention_init"
+CROSS_ATTENTION_VARIANT_PREFIX = "xattn_"
 # Params that do not define a cell's sweep group: the seed (aggregated over) and experiments.cell.COSMETIC_KEYS
 # (where/how fast a run goes). cell_id hashes the seed too, so it cannot group seeds; every other param does.
 NON_GROUP_PARAMS = ("seed", *COSMETIC_KEYS)
@@ -103,6 +107,9 @@ TASKS: dict[str, TaskInfo] = {
     "gigaword": TaskInfo("gigaword", "Gigaword", ()),
     "cnn_dailymail": TaskInfo("cnn_dailymail", "CNN/DailyMail", ("cnndm", "cnn_dm", "cnn/dailymail")),
     "xsum": TaskInfo("xsum", "BBC XSum", ("bbc_xsum",)),
+    # The smoke grid's stand-ins: no paper table has their columns, so they never meet the paper's numbers.
+    "synthetic_fusion": TaskInfo("synthetic_fusion", "synthetic fusion (not DiscoFuse)"),
+    "synthetic_split": TaskInfo("synthetic_split", "synthetic split (not WikiSplit)"),
 }
 
 METRIC_ALIASES = {
@@ -278,6 +285,11 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
         return None
     tagged_variant = _first(tags, VARIANT_TAGS)
     variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)
+    cross_attention = params.get(CROSS_ATTENTION_PARAM)
+    if cross_attention not in (None, "", "random") and not (isinstance(cross_attention, float)
+                                                              and math.isnan(cross_attention)):
+        setting = CROSS_ATTENTION_VARIANT_PREFIX + str(cross_attention).strip('"')
+        variant = setting if variant == DEFAULT_VARIANT else f"{variant}+{setting}"
     return RunFields(
         task=canonical_task(task),
         scheme=canonical_scheme(scheme),

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from experiments.tasks import TASKS as HARNESS_TASKS
+
 from . import paper, schema, stats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +98,9 @@ class TableSpec:
 
 
 GOLD = "Gold"
+# The trivial systems of experiments.tasks (Task.baseline) as table rows: scored like a run, from the sources kept in
+# a run's predictions file, so a score is always read against copying the source or taking its lead sentences.
+BASELINE_ROWS = {"copy_source": "copy source", "lead_1": "lead", "lead_3": "lead"}
 
 
 @lru_cache(maxsize=1)
@@ -289,10 +294,26 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
         if spec.ablation:  # each ablated scheme also needs its full reference row
             found |= {Row(r.system, r.size) for r in found}
         ours = sorted(found, key=_row_order)
+    baseline = _baseline_row(spec)
+    if baseline is not None and any(r.is_scheme for r in ours):
+        ours.append(baseline)
     rows = list(dict.fromkeys(ordered + ours))
     if spec.ablation:  # group each scheme's variants together (stable: the paper's order within a scheme)
         rows.sort(key=lambda r: _row_order(r)[:3])
     return rows
+
+
+def _task_baseline(task: str) -> str | None:
+    harness_task = HARNESS_TASKS.get(task)
+    return harness_task.baseline if harness_task is not None else None
+
+
+def _baseline_row(spec: TableSpec) -> Row | None:
+    """The table's trivial-baseline row, when each of its tasks has one (Tables 2, 3: copy source; 5: lead)."""
+    labels = {BASELINE_ROWS.get(_task_baseline(task)) for task in spec.tasks}
+    if spec.ablation or len(labels) != 1 or None in labels:
+        return None
+    return Row(labels.pop())
 
 
 def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
@@ -301,17 +322,14 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
         fractions = {c.data_fraction for c in spec.columns}
         return runs[runs.data_fraction.isin(fractions) & ((runs.variant != schema.DEFAULT_VARIANT)
                     | runs.scheme.isin(runs[runs.variant != schema.DEFAULT_VARIANT].scheme))]
-    return runs[runs.variant == schema.DEFAULT_VARIANT]
+    # The full schemes, and the same schemes trained with another cross-attention init (rows of their own, marked).
+    setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:
-    try:
-        from experiments.tasks import TASKS as HARNESS_TASKS
-
-        if task in HARNESS_TASKS:
-            return HARNESS_TASKS[task].primary_metric
-    except ImportError:
-        pass
+    if task in HARNESS_TASKS:
+        return HARNESS_TASKS[task].primary_metric
     info = schema.TASKS.get(task)
     return info.primary_metric if info else None
 
@@ -389,6 +407,8 @@ def _compute_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, notes
         return empty
     if row.system == GOLD:
         return _gold_cell(spec, store, row, col, paper_v, n_boot, alpha) or empty
+    if row.system in BASELINE_ROWS.values():
+        return _baseline_cell(spec, store, row, col, n_boot, alpha) or empty
     if not row.is_scheme:
         return empty
     selected, n_groups, note = _select_runs(store, row, col)
@@ -443,6 +463,27 @@ def _gold_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, paper_v:
             interval = stats.bootstrap_ci([rows[col.metric]], metric_score(col.metric), n_boot=n_boot, alpha=alpha)
             record = _record(spec, row, col, value=interval.point, sd=float("nan"), n=1, paper_v=paper_v,
                              interval=interval, run_ids=[run_id], groups=1)
+            return _CellData(row, record, [])
+    return None
+
+
+def _baseline_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, n_boot: int,
+                   alpha: float) -> _CellData | None:
+    """A trivial baseline's score on the test examples of the column's latest run (the sources are in its
+    predictions file), with its bootstrap CI. Not a contender for the column's best."""
+    baseline = _task_baseline(col.task)
+    if baseline is None or col.metric in schema.TEXT_METRICS:
+        return None
+    from .runs import metric_score
+
+    runs = _table_runs(spec, store)
+    candidates = runs[(runs.task == col.task) & (runs.data_fraction == col.data_fraction)]
+    for run_id in candidates.sort_values("start_time", ascending=False).run_id:
+        rows = store.baseline_rows(run_id, col.testset, [col.metric], baseline)
+        if rows is not None:
+            interval = stats.bootstrap_ci([rows[col.metric]], metric_score(col.metric), n_boot=n_boot, alpha=alpha)
+            record = _record(spec, row, col, value=interval.point, sd=float("nan"), n=1, interval=interval,
+                             run_ids=[run_id], groups=1)
             return _CellData(row, record, [])
     return None
 

@@ -9,6 +9,7 @@ sqlite MLflow store costs ~15 s, so one module-scoped store serves every test.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -454,3 +455,58 @@ def test_real_smoke_store_renders_every_table_and_the_notebook():
     assert filled > 0, "no table cell was filled from the smoke runs"
     outputs = execute_notebook(uri)
     assert not [o for o in outputs if o.get("output_type") == "error"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# trivial baselines, cross-attention variants, synthetic tasks, the summary
+
+
+def test_copy_source_row_scores_the_sources_of_a_run_with_a_ci_and_is_never_the_best(tables):
+    from experiments import metrics as m
+
+    examples = _fusion_examples(0, 1)
+    sources = [e["source"] for e in examples]
+    expected = m.compute_metrics(["exact", "sari"], sources, sources, [[e["reference"]] for e in examples])
+    for column, metric in (("exact_100", "exact"), ("sari_100", "sari")):
+        copy = cell(tables[2], "copy source", column)
+        assert copy["mean"] == pytest.approx(expected[metric], abs=1e-6)
+        assert copy["ci_low"] <= copy["mean"] <= copy["ci_high"] and not copy["is_best"]
+        assert math.isnan(copy["paper"])
+    assert "copy source" not in set(tables[4].cells.row)  # WMT has no trivial baseline
+
+
+def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of_the_paper_tables(tmp_path):
+    import mlflow
+
+    from analysis.runs import RunStore
+    from analysis.summary import render_summary
+    from analysis.tables import build_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("mini", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = tmp_path / "files"
+    files.mkdir()
+    base = {"data_fraction": "1.0", "init_layers": "null"}
+    for task, scheme, params, n_correct in (
+            ("discofuse", "bert2bert", base, 40),
+            ("discofuse", "bert2bert", {**base, "cross_attention_init": "self_attention"}, 70),
+            ("synthetic_fusion", "bert2bert", base, 90)):
+        preds = _fusion_examples(n_correct, 3)
+        _log_run(client, experiment_id, parent, task=task, scheme=scheme, seed=1, params=params,
+                 metrics=_scores(preds, ["exact", "sari"]), predictions=preds, tmp=files,
+                 dev=[(10, 1.0)])
+    store = RunStore(uri)
+    assert set(store.runs.variant) == {"full", "xattn_self_attention"}
+    table2 = build_table(2, store, n_boot=N_BOOT)
+    marked = "bert2bert: cross-attention init: self attention"
+    assert cell(table2, marked, "exact_100")["mean"] == pytest.approx(70.0)
+    assert cell(table2, "bert2bert", "exact_100")["mean"] == pytest.approx(40.0)
+    assert math.isnan(cell(table2, marked, "exact_100")["paper"])
+    # The synthetic run is in no paper table, only in the summary, under its own name beside its copy baseline.
+    assert all(90.0 not in set(build_table(n, store, n_boot=N_BOOT).cells["mean"]) for n in range(2, 8))
+    text = render_summary(store, n_boot=N_BOOT)
+    assert "task synthetic_fusion (synthetic stand-in: not comparable with the paper)" in text
+    assert "| bert2bert (cross-attention init: self attention) | 1 | 70.0 [" in text
+    assert text.count("| copy source (copy-source, no model) | 0 |") == 2
