@@ -4,7 +4,7 @@ from .checkpoint import CheckpointError, LoadingReport
 from .configuration import BertGenerationConfig, ConfigError, EncoderDecoderConfig, GPT2Config
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
 from .modeling_encoder_decoder import EncoderDecoderModel, pad_to_ignore, shift_tokens_right
-from .modeling_gpt2 import GPT2LMHeadModel, GPT2Model, GPT2PrefixLM  # registers the gpt2 decoder
+from .modeling_gpt2 import GPT2LMHeadModel, GPT2Model, GPT2PrefixLM
 from .tokenization import BertGenerationTokenizer, FastTokenizer, TokenizerError, load_tokenizer
 
 __all__ = [

@@ -1,10 +1,11 @@
-"""Reading and writing checkpoints in HF layout, with one explicit key map per source family.
+"""Reading and writing checkpoints in HF layout.
 
 Every public checkpoint the paper warm-starts from is a directory with ``config.json`` and ``model.safetensors``
-(or ``pytorch_model.bin``, read with ``torch.load(weights_only=True)``). A family's key map turns the checkpoint's
-tensor names into the names of our modules, folds what our modules do not have (BERT's token-type embedding for
-segment 0 goes into the position embeddings) and sets aside what the target does not use (pooler, MLM head).
-Whatever the target has that the checkpoint does not is reported as newly initialised.
+(or ``pytorch_model.bin``, read with ``torch.load(weights_only=True)``). Its ``model_type`` names its family
+(``bertgen.families``), whose key map turns the checkpoint's tensor names into the names of our modules, folds what
+our modules do not have (BERT's token-type embedding for segment 0 goes into the position embeddings) and sets aside
+what the target does not use (pooler, MLM head). Whatever the target has that the checkpoint does not is reported
+as newly initialised.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .configuration import CONFIG_NAME, BertGenerationConfig, ConfigError, GPT2Config, PretrainedConfig
+from .configuration import CONFIG_NAME, ConfigError, PretrainedConfig
+from .families import MODEL_TYPES, Family, StateDict
 
 logger = logging.getLogger("bertgen")
 
@@ -118,141 +120,12 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}")
 
 
-# -- family key maps -------------------------------------------------------------------------------------------
-# Each map takes a checkpoint state dict and returns (stack, head, unused, folded): ``stack`` keyed like
-# BertGenerationEncoder's own state dict, ``head`` the LM-head tensors a BertGenerationDecoder can use.
-StateDict = dict[str, torch.Tensor]
-
-
-def _strip_prefix(state: StateDict, prefix: str) -> StateDict:
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    return dict(state)
-
-
-def _fold_token_types(stack: StateDict, folded: list[str]) -> None:
-    """BERT and RoBERTa add ``token_type_embeddings[0]`` to every token of a single-segment input; it is a constant
-    vector, so adding it to every position embedding gives the same sums without a token-type table."""
-    key = "embeddings.token_type_embeddings.weight"
-    if key in stack:
-        token_types = stack.pop(key)
-        stack["embeddings.position_embeddings.weight"] = stack["embeddings.position_embeddings.weight"] + token_types[0]
-        folded.append(key)
-
-
-def map_bert_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:
-    """BERT (BertModel, BertForPreTraining, BertForMaskedLM, BertLMHeadModel), RoBERTa and BertGeneration."""
-    state = _strip_prefix(state, prefix)
-    stack: StateDict = {}
-    head: StateDict = {}
-    unused: list[str] = []
-    folded: list[str] = []
-    for key, tensor in state.items():
-        if key.startswith(("embeddings.", "encoder.")):
-            if key.endswith("position_ids"):
-                continue  # a non-persistent buffer in current transformers, persisted by old versions
-            stack[key] = tensor
-        elif key in ("lm_head.bias", "lm_head.decoder.weight"):
-            head.setdefault(key, tensor)
-        elif key == "lm_head.decoder.bias":
-            # transformers' head computes decoder(h) with decoder.bias; it is tied to lm_head.bias only when the
-            # word embeddings are tied, so when both are saved this is the one its forward used.
-            head["lm_head.bias"] = tensor
-        else:
-            unused.append(key)  # pooler, MLM / NSP heads: the paper does not use them
-    _fold_token_types(stack, folded)
-    return stack, head, unused, folded
-
-
-def bert_config_to_ours(raw: dict[str, Any]) -> dict[str, Any]:
-    data = dict(raw)
-    if raw.get("model_type") == "roberta":
-        data["position_offset"] = int(raw.get("pad_token_id", 1)) + 1
-    for key in ("type_vocab_size", "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers",
-                "pooler_size_per_head", "pooler_type", "directionality", "architectures", "classifier_dropout",
-                "model_type", "transformers_version", "torch_dtype", "dtype", "gradient_checkpointing"):
-        data.pop(key, None)
-    return data
-
-
-def map_roberta_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:
-    """RoBERTa (RobertaModel, RobertaForMaskedLM, RobertaForCausalLM): the stack maps as BERT's. The position table
-    is kept whole: RoBERTa's offset (real tokens start at padding_idx + 1) is the config's ``position_offset``.
-    The LM head (dense → LayerNorm → decoder + bias) is unused, as BERT's MLM head is: the paper's decoders project
-    with the tied embedding matrix and a bias of their own."""
-    state = _strip_prefix(state, prefix)
-    head_keys = sorted(k for k in state if k.startswith("lm_head."))
-    stack, _, unused, folded = map_bert_family({k: v for k, v in state.items() if k not in head_keys}, "")
-    return stack, {}, unused + head_keys, folded
-
-
-# GPT-2's Conv1D modules store [in, out]; ours are nn.Linear, [out, in] (nanoGPT's list of the same suffixes).
-GPT2_CONV1D_SUFFIXES = (
-    "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
-    "crossattention.c_attn.weight", "crossattention.q_attn.weight", "crossattention.c_proj.weight",
-)
-# Causal-mask buffers persisted by old GPT-2 checkpoints: not weights, nothing to load.
-GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
-
-
-def map_gpt2_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:
-    """GPT-2 (GPT2Model, GPT2LMHeadModel, our saves): ``wte``/``wpe``/``h.N``/``ln_f`` keyed like our GPT2Model,
-    every Conv1D weight transposed to nn.Linear's layout; ``lm_head.weight`` (when saved untied) is the head."""
-    state = _strip_prefix(state, prefix)
-    stack: StateDict = {}
-    head: StateDict = {}
-    unused: list[str] = []
-    for key, tensor in state.items():
-        if key.endswith(GPT2_MASK_BUFFERS):
-            continue
-        if key == "lm_head.weight":
-            head[key] = tensor
-        elif key.startswith(("wte.", "wpe.", "h.", "ln_f.")):
-            stack[key] = tensor.t() if key.endswith(GPT2_CONV1D_SUFFIXES) else tensor
-        else:
-            unused.append(key)
-    return stack, head, unused, []
-
-
-def gpt2_state_to_hf(state: StateDict) -> StateDict:
-    """The inverse of ``map_gpt2_family``'s transposes, so transformers' GPT2LMHeadModel loads our saves."""
-    return {k: v.t().contiguous() if k.endswith(GPT2_CONV1D_SUFFIXES) else v for k, v in state.items()}
-
-
-def gpt2_config_to_ours(raw: dict[str, Any]) -> dict[str, Any]:
-    data = dict(raw)
-    for key in ("architectures", "model_type", "transformers_version", "torch_dtype", "dtype"):
-        data.pop(key, None)
-    return data
-
-
-@dataclass(frozen=True)
-class Family:
-    """How one checkpoint model_type maps onto our classes."""
-
-    config_to_ours: Callable[[dict[str, Any]], dict[str, Any]]
-    map_state: Callable[[StateDict, str], tuple[StateDict, StateDict, list[str], list[str]]]
-    prefix: str
-    config_class: type[PretrainedConfig]
-
-
-FAMILIES: dict[str, Family] = {
-    "bert": Family(bert_config_to_ours, map_bert_family, "bert.", BertGenerationConfig),
-    "roberta": Family(bert_config_to_ours, map_roberta_family, "roberta.", BertGenerationConfig),
-    "bert-generation": Family(bert_config_to_ours, map_bert_family, "bert.", BertGenerationConfig),
-    "gpt2": Family(gpt2_config_to_ours, map_gpt2_family, "transformer.", GPT2Config),
-}
-
-
-def register_family(model_type: str, family: Family) -> None:
-    FAMILIES[model_type] = family
-
-
 def family_for(model_type: str, where: str) -> Family:
-    if model_type not in FAMILIES:
+    """The family a checkpoint's ``config.json`` model_type belongs to; ``where`` names the file in the error."""
+    if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{where}: unsupported model_type {model_type!r}; expected one of "
-                              f"{sorted(FAMILIES) + ['encoder-decoder']}")
-    return FAMILIES[model_type]
+                              f"{sorted(MODEL_TYPES) + ['encoder-decoder']}")
+    return MODEL_TYPES[model_type]
 
 
 def build_config(raw: dict[str, Any], where: str, **overrides: Any) -> PretrainedConfig:

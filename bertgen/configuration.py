@@ -278,16 +278,11 @@ class EncoderDecoderConfig(PretrainedConfig):
         return out
 
 
+# Our own config.json model types (what save_pretrained writes): each config class names its own. Checkpoints of the
+# families we warm-start from are read through bertgen.families, which maps their model types onto these classes.
 CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
-    "bert-generation": BertGenerationConfig,
-    "encoder-decoder": EncoderDecoderConfig,
-    "gpt2": GPT2Config,
+    cls.model_type: cls for cls in (BertGenerationConfig, GPT2Config, EncoderDecoderConfig)
 }
-
-
-def register_config(cls: type[PretrainedConfig]) -> type[PretrainedConfig]:
-    CONFIG_CLASSES[cls.model_type] = cls
-    return cls
 
 
 def config_from_dict(data: dict[str, Any]) -> PretrainedConfig:

@@ -31,20 +31,18 @@ from .checkpoint import (
     without_absolute_positions_if_relative,
 )
 from . import generation
-from .configuration import BertGenerationConfig, EncoderDecoderConfig, PretrainedConfig
+from .configuration import BertGenerationConfig, EncoderDecoderConfig, GPT2Config, PretrainedConfig
 from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
-from .modeling_utils import PreTrainedModel, check_labels
-from .outputs import Seq2SeqLMOutput
+from .modeling_gpt2 import GPT2LMHeadModel
+from .modeling_utils import PreTrainedModel, check_labels, shift_tokens_right
+from .outputs import BaseModelOutput, Seq2SeqLMOutput
 
-# config class → (encoder class, decoder class); other families register themselves here.
+# config class → (encoder class, decoder class): the modules that run a side's config (None: cannot be that side).
 MODEL_CLASSES: dict[type, tuple[type | None, type | None]] = {
     BertGenerationConfig: (BertGenerationEncoder, BertGenerationDecoder),
+    GPT2Config: (None, GPT2LMHeadModel),
 }
-
-
-def register_model_family(config_class: type, encoder_class: type | None, decoder_class: type | None) -> None:
-    MODEL_CLASSES[config_class] = (encoder_class, decoder_class)
 
 
 def model_class_for(config: PretrainedConfig, role: str) -> type:
@@ -53,18 +51,6 @@ def model_class_for(config: PretrainedConfig, role: str) -> type:
     if cls is None:
         raise ValueError(f"{type(config).__name__} ({config.model_type}) cannot be used as the {role}")
     return cls
-
-
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
-    """[l0, l1, …] → [start, l0, l1, …] (dropping the last), with -100 replaced by the pad id."""
-    if decoder_start_token_id is None:
-        raise ValueError("decoder_start_token_id is not set: set config.decoder_start_token_id (e.g. [CLS] for BERT)")
-    if pad_token_id is None:
-        raise ValueError("pad_token_id is not set: set config.pad_token_id")
-    shifted = labels.new_empty(labels.shape)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == -100, pad_token_id)
 
 
 def pad_to_ignore(target_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -183,8 +169,6 @@ class EncoderDecoderModel(PreTrainedModel):
                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             )
         elif isinstance(encoder_outputs, (tuple, list)):
-            from .outputs import BaseModelOutput
-
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         encoder_states = self.project_encoder_states(encoder_outputs.last_hidden_state)
 

@@ -40,15 +40,14 @@ from .checkpoint import (
     build_config,
     family_for,
     finish_report,
-    gpt2_state_to_hf,
     read_state_dict,
 )
 from .configuration import GPT2Config
+from .families import gpt2_state_to_hf
 from . import generation, vocab_projection
 from .dropout import Dropout
 from .modeling_bert_generation import _expand_head_mask
-from .modeling_encoder_decoder import register_model_family, shift_tokens_right
-from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids
+from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, shift_tokens_right
 from .outputs import BaseModelOutput, Seq2SeqLMOutput
 from .recompute import activation_then_linear
 
@@ -501,5 +500,3 @@ class PrefixLMStep:
         weight, bias = self.model.output_projection()
         return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
 
-
-register_model_family(GPT2Config, None, GPT2LMHeadModel)

@@ -14,6 +14,18 @@ from .attention import init_weights
 logger = logging.getLogger("bertgen")
 
 
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
+    """[l0, l1, …] → [start, l0, l1, …] (dropping the last), with -100 replaced by the pad id."""
+    if decoder_start_token_id is None:
+        raise ValueError("decoder_start_token_id is not set: set config.decoder_start_token_id (e.g. [CLS] for BERT)")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is not set: set config.pad_token_id")
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, max_positions: int, past_len: int, where: str) -> None:
     """Catch what would otherwise be an IndexError deep inside an embedding lookup."""
     if input_ids.dim() != 2:

@@ -1,9 +1,17 @@
-"""The paper's ten warm-start schemes (Rothe et al. 2020, §3 and Table 1) as one table, and the builder.
+"""The paper's ten warm-start schemes (Rothe et al. 2020, §3 and Table 1) as one table, planned and built.
 
-``build(name, bert=…, roberta=…, gpt2=…)`` returns the model and a ``SchemeSpec`` naming the tokenizer that
-encodes the inputs and the one that decodes the outputs, so a harness needs no knowledge of the scheme. Each
-checkpoint argument is a checkpoint directory (or hub id), or an HF ``config.json`` dict to build without weights
-(``parameter_counts`` does that on the meta device to reproduce Table 1).
+Two steps, so a launcher can check a cell without loading weights and nothing is read twice:
+
+- ``plan(name, bert=…, roberta=…, gpt2=…)`` reads each checkpoint the scheme needs once (``read_checkpoint``:
+  ``config.json``, the family, the tokenizer beside it, which must fit the embedding matrix exactly) and decides
+  the model's whole config (depth, sharing, start / end / pad ids). No weights are read.
+- ``build(plan, device)`` makes the model from the plan's config and loads the warm sides' weights; it returns the
+  model and a ``SchemeSpec`` naming the tokenizer that encodes the inputs and the one that decodes the outputs
+  (loaded), so a harness needs no knowledge of the scheme. ``build(name, bert=…, …)`` plans and builds in one call.
+
+Each checkpoint argument is a checkpoint directory (or hub id), a ``Checkpoint`` already read, or an HF
+``config.json`` dict to build without weights (``parameter_counts`` does that on the meta device to reproduce
+Table 1).
 
 Sharing, as in the paper's parameter counts: every encoder-decoder whose two sides use one vocabulary (rnd2rnd,
 bert2rnd, rnd2bert, bert2bert, rnd2gpt) has ONE word-embedding matrix, shared by the encoder, the decoder and the
@@ -22,7 +30,6 @@ of a checkpoint's layers (the model then has as many layers as were listed).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from contextlib import nullcontext
@@ -39,17 +46,17 @@ from .checkpoint import (
     _log_report,
     assign_weights,
     build_config,
-    family_for,
     finish_report,
     read_config_dict,
     read_state_dict,
     resolve_checkpoint_dir,
 )
 from .configuration import BertGenerationConfig, ConfigError, EncoderDecoderConfig, GPT2Config, PretrainedConfig
+from .families import FAMILIES, Family
 from .modeling_encoder_decoder import EncoderDecoderModel
 from .modeling_gpt2 import GPT2PrefixLM, keep_first_positions
+from .tokenization import BaseTokenizer, has_tokenizer_files, load_tokenizer
 
-VOCABULARIES = ("bert", "roberta", "gpt2")
 log = logging.getLogger(__name__)
 
 
@@ -58,9 +65,10 @@ log = logging.getLogger(__name__)
 class Scheme:
     """One row of the paper's Table 1.
 
-    ``encoder`` / ``decoder``: the checkpoint a side is warm-started from ("bert", "roberta", "gpt2"), "rnd" for
+    ``encoder`` / ``decoder``: the family a side is warm-started from ("bert", "roberta", "gpt2"), "rnd" for
     a random BERT-compatible stack, None for no encoder (the decoder-only ``gpt``). ``share``: "none",
     "embeddings" (one word-embedding matrix) or "all" (the decoder reuses every encoder parameter).
+    ``input_vocab`` / ``output_vocab``: the family whose vocabulary the inputs / outputs are in.
     """
 
     name: str
@@ -73,10 +81,10 @@ class Scheme:
 
     @property
     def checkpoints(self) -> tuple[str, ...]:
-        """The ``build`` arguments this scheme needs: warm sides and vocabularies (a random side takes its
-        architecture from the checkpoint of its vocabulary)."""
-        needed = {self.input_vocab, self.output_vocab} | {s for s in (self.encoder, self.decoder) if s in VOCABULARIES}
-        return tuple(v for v in VOCABULARIES if v in needed)
+        """The families whose checkpoints this scheme reads (``plan``'s arguments): warm sides and vocabularies (a
+        random side takes its architecture from the checkpoint of its vocabulary)."""
+        needed = {self.input_vocab, self.output_vocab} | {s for s in (self.encoder, self.decoder) if s in FAMILIES}
+        return tuple(f for f in FAMILIES if f in needed)
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
@@ -189,33 +197,113 @@ def paper_layers(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-# -- what build returns ---------------------------------------------------------------------------------------------
-TOKENIZER_KINDS = {"bert": "bert-wordpiece", "roberta": "roberta-bpe", "gpt2": "gpt2-bpe"}
-# (start, end, pad) token strings of each vocabulary; GPT-2 has one special token and pads with it.
-SPECIAL_TOKENS = {"bert": ("[CLS]", "[SEP]", "[PAD]"), "roberta": ("<s>", "</s>", "<pad>"),
-                  "gpt2": ("<|endoftext|>", "<|endoftext|>", "<|endoftext|>")}
-
-
+# -- reading a checkpoint -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """The tokenizer of one side: its kind, where its files are, and the ids the model was configured with.
+    """The tokenizer of one side: its family, where its files are, the ids the model is configured with, and the
+    tokenizer itself (None when the checkpoint is a config dict or has no tokenizer files beside it).
 
-    When ``pad_token_id == eos_token_id`` (GPT-2) the label mask must come from the attention mask, not from
-    comparing ids with the pad id, or every end token would be dropped from the loss.
+    ``kind`` is ``<family>-<subwords>`` ("bert-wordpiece", "gpt2-bpe"), for people; ``load_tokenizer``'s kind is
+    the family's ``tokenizer``. When ``pad_token_id == eos_token_id`` (GPT-2) the label mask must come from the
+    attention mask, not from comparing ids with the pad id, or every end token would be dropped from the loss.
     """
 
     kind: str
-    vocabulary: str
+    family: str
     source: str | None
     vocab_file: str | None
     vocab_size: int
     bos_token_id: int
     eos_token_id: int
     pad_token_id: int
+    tokenizer: BaseTokenizer | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint as a scheme reads it: its ``config.json`` (``raw``, and as our ``config``), where it is
+    (``directory``: None for a config dict), and its tokenizer. Read once by ``read_checkpoint``; ``plan`` takes it
+    in place of a path, so a caller checking many cells reads each checkpoint once."""
+
+    family: Family
+    name: str
+    raw: dict[str, Any]
+    directory: Path | None
+    config: PretrainedConfig
+    tokens: TokenizerSpec
+
+
+class WrongFamily(CheckpointError):
+    """A checkpoint whose ``config.json`` names another family than the argument it was given for; the fields let a
+    caller word it for its own users (the launch pre-flight names the grid field)."""
+
+    def __init__(self, where: Path | str, model_type: Any, family: Family, scheme: str):
+        self.where, self.model_type, self.family, self.scheme = where, model_type, family, scheme
+        super().__init__(f"{where}: model_type {model_type!r}, but {scheme} needs a {family.name} checkpoint for "
+                         f"{family.name}= ({family.expected_model_types})")
+
+
+def read_checkpoint(family: str, value: str | Path | dict, *, scheme: str,
+                    tokenizer: str | Path | None = None) -> Checkpoint:
+    """Read the ``family`` checkpoint ``value`` (a directory, a hub id or a config.json dict) for ``scheme`` (named
+    in errors): its config, which must be of that family, and its tokenizer, from ``tokenizer`` (a vocabulary file or
+    directory) or else from beside the checkpoint, which must have exactly the checkpoint's ``vocab_size`` ids."""
+    fam = FAMILIES[family]
+    if isinstance(value, dict):
+        raw, directory, name = dict(value), None, f"{family}= config"
+    elif isinstance(value, (str, Path)):
+        directory = resolve_checkpoint_dir(value)
+        raw, name = read_config_dict(directory), str(value)
+    else:
+        raise ValueError(f"{family}=: expected a checkpoint directory, a hub id or a config.json dict, "
+                         f"got {type(value).__name__}")
+    if raw.get("model_type") not in fam.model_types:
+        raise WrongFamily(directory / "config.json" if directory is not None else name, raw.get("model_type"), fam,
+                          scheme)
+    config = build_config(raw, name)
+    return Checkpoint(fam, name, raw, directory, config, _tokens(fam, name, raw, directory, config, tokenizer))
+
+
+def _tokens(family: Family, name: str, raw: dict[str, Any], directory: Path | None, config: PretrainedConfig,
+            override: str | Path | None) -> TokenizerSpec:
+    """The checkpoint's tokenizer and its start / end / pad ids; without tokenizer files, the family's default ids
+    from config.json (they must fit the embedding matrix)."""
+    vocab_size = config.vocab_size
+    location = Path(override) if override is not None else directory
+    tokenizer = None
+    if override is not None or (directory is not None and has_tokenizer_files(directory)):
+        tokenizer = load_tokenizer(location, kind=family.tokenizer)
+    if tokenizer is not None:
+        if tokenizer.vocab_size != vocab_size:
+            weights = directory / "config.json" if directory is not None else name
+            raise CheckpointError(f"{tokenizer.vocab_file}: the {family.name} vocabulary has {tokenizer.vocab_size} "
+                                  f"token ids, but {weights} has vocab_size={vocab_size}; the tokenizer does not match "
+                                  "the checkpoint")
+        ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        missing = [what for what, i in zip(("start", "end", "pad"), ids) if i is None]
+        if missing:
+            raise CheckpointError(f"{tokenizer.vocab_file}: the {family.name} tokenizer has no {', '.join(missing)} "
+                                  "token")
+    else:
+        ids = family.default_ids(raw)
+        if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
+            raise CheckpointError(f"{name}: no vocabulary file beside the checkpoint and the default "
+                                  f"{family.name} ids (start, end, pad) = {ids} do not fit vocab_size={vocab_size}; "
+                                  f"pass tokenizers={{'{family.name}': <vocab file or directory>}}")
+    return TokenizerSpec(
+        kind=f"{family.name}-{family.subwords}", family=family.name,
+        source=str(override) if override is not None else (str(directory) if directory is not None else None),
+        vocab_file=str(tokenizer.vocab_file) if tokenizer is not None else None, vocab_size=vocab_size,
+        bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2], tokenizer=tokenizer,
+    )
+
+
+# -- plan -----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class SchemeSpec:
+    """What a built scheme reads and writes: which tokenizer encodes the inputs and which decodes the outputs (the
+    same object when the two sides share a vocabulary), the warm-start knob, and the loading report."""
+
     scheme: Scheme
     inputs: TokenizerSpec
     outputs: TokenizerSpec
@@ -223,112 +311,125 @@ class SchemeSpec:
     report: LoadingReport | None = field(default=None, repr=False)
 
 
-class Built(NamedTuple):
-    model: nn.Module
-    spec: SchemeSpec
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``build`` needs but the weights: the checkpoints read (by family), the tokenizers of the two
+    sides, the knob, and the model's whole config (``EncoderDecoderConfig``, or ``GPT2Config`` for ``gpt``)."""
+
+    scheme: Scheme
+    checkpoints: dict[str, Checkpoint]
+    inputs: TokenizerSpec
+    outputs: TokenizerSpec
+    warm_start: WarmStart
+    config: EncoderDecoderConfig | GPT2Config
+
+    @property
+    def with_weights(self) -> bool:
+        return all(checkpoint.directory is not None for checkpoint in self.checkpoints.values())
+
+    def depth(self, family: str) -> int:
+        """Layers of the model's stack that ``family``'s checkpoint warm-starts."""
+        config = self.config
+        if isinstance(config, GPT2Config):
+            return config.n_layer
+        return (config.encoder if self.scheme.encoder == family else config.decoder).num_hidden_layers
 
 
-# -- checkpoint sources ---------------------------------------------------------------------------------------------
-FAMILY_MODEL_TYPES = {"bert": ("bert", "bert-generation"), "roberta": ("roberta",), "gpt2": ("gpt2",)}
+def plan(
+    name: str,
+    *,
+    bert: str | Path | dict | Checkpoint | None = None,
+    roberta: str | Path | dict | Checkpoint | None = None,
+    gpt2: str | Path | dict | Checkpoint | None = None,
+    warm_start: WarmStart | None = None,
+    gpt2_positions: int | None = 512,
+    tokenizers: dict[str, str | Path] | None = None,
+    **size_overrides: Any,
+) -> Plan:
+    """Plan scheme ``name`` of the paper: read its checkpoints and decide its config, without weights.
 
-
-@dataclass
-class _Source:
-    role: str
-    raw: dict[str, Any]
-    directory: Path | None
-    name: str
-    config: PretrainedConfig
-
-
-def _resolve_source(role: str, value: Any, scheme: str) -> _Source:
-    if value is None:
-        raise ValueError(f"{scheme} needs {role}= (a checkpoint directory, a hub id or a config.json dict)")
-    if isinstance(value, dict):
-        raw, directory, name = dict(value), None, f"{role}= config"
-    elif isinstance(value, (str, Path)):
-        directory = resolve_checkpoint_dir(value)
-        raw, name = read_config_dict(directory), str(value)
-    else:
-        raise ValueError(f"{role}=: expected a checkpoint directory, a hub id or a config.json dict, "
-                         f"got {type(value).__name__}")
-    model_type = raw.get("model_type")
-    if model_type not in FAMILY_MODEL_TYPES[role]:
-        where = directory / "config.json" if directory is not None else name
-        raise CheckpointError(f"{where}: model_type {model_type!r}, but {scheme} needs a {role} checkpoint for "
-                              f"{role}= (model_type {' or '.join(map(repr, FAMILY_MODEL_TYPES[role]))})")
-    config = build_config(raw, name)
-    return _Source(role, raw, directory, name, config)
-
-
-def _read_vocabulary(path: Path) -> tuple[dict[str, int], int, Path] | None:
-    """token → id, the vocabulary size (largest id + 1) and the file, from vocab.txt / vocab.json /
-    tokenizer.json (a directory is searched for them, a file is read as is); None when there is none."""
-    if path.is_file():
-        files = [path]
-    else:
-        files = [path / n for n in ("vocab.txt", "vocab.json", "tokenizer.json")]
-        files += sorted(path.glob("*vocab.txt")) + sorted(path.glob("*vocab.json"))
-    for file in files:
-        if not file.is_file():
-            continue
-        try:
-            if file.suffix == ".txt":
-                lines = file.read_text(encoding="utf-8").split("\n")
-                if lines and lines[-1] == "":
-                    lines.pop()
-                return {tok: i for i, tok in enumerate(lines)}, len(lines), file
-            data = json.loads(file.read_text(encoding="utf-8"))
-            if "model" in data:  # tokenizers' tokenizer.json
-                vocab = dict(data["model"]["vocab"])
-                vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
-            else:
-                vocab = data
-            return vocab, max(vocab.values()) + 1, file
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{file}: not a readable vocabulary ({type(err).__name__}: {err})") from None
-    return None
-
-
-def _tokenizer_spec(source: _Source, override: str | Path | None) -> TokenizerSpec:
-    """Ids of the start / end / pad tokens, from the vocabulary file when there is one (it must fit the
-    checkpoint's embedding matrix exactly), else from the checkpoint's config."""
-    role, raw = source.role, source.raw
-    vocab_size = source.config.vocab_size
-    location = Path(override) if override is not None else source.directory
-    found = _read_vocabulary(location) if location is not None else None
-    if override is not None and found is None:
-        raise CheckpointError(f"{override}: no vocab.txt, vocab.json or tokenizer.json for the {role} vocabulary")
-    start, end, pad = SPECIAL_TOKENS[role]
-    if found is not None:
-        vocab, size, file = found
-        if size != vocab_size:
-            weights = source.directory / "config.json" if source.directory is not None else source.name
-            raise CheckpointError(f"{file}: the {role} vocabulary has {size} token ids, but {weights} has "
-                                  f"vocab_size={vocab_size}; the tokenizer does not match the checkpoint")
-        missing = [t for t in (start, end, pad) if t not in vocab]
-        if missing:
-            raise CheckpointError(f"{file}: the {role} vocabulary lacks {', '.join(missing)}")
-        ids = (vocab[start], vocab[end], vocab[pad])
-    else:
-        file = None
-        if role == "bert":  # BERT's config.json does not name [CLS] / [SEP]; every released vocab has 101 / 102
-            ids = (101, 102, raw.get("pad_token_id", 0))
-        elif role == "roberta":
-            ids = (raw.get("bos_token_id", 0), raw.get("eos_token_id", 2), raw.get("pad_token_id", 1))
+    ``bert`` / ``roberta`` / ``gpt2``: checkpoint directories or hub ids (arguments the scheme does not use are
+    ignored), ``Checkpoint``s from ``read_checkpoint``, or HF config.json dicts to build without weights.
+    ``gpt2_positions``: GPT-2 keeps its first 512 positions, as in the paper (None: all). ``tokenizers``: vocabulary
+    files or directories per family when they are not beside the checkpoint. ``size_overrides`` (BERT names:
+    ``num_hidden_layers``, ``hidden_size``, ``hidden_dropout_prob`` …) change every stack's config; a warm side must
+    still match its checkpoint's shapes.
+    """
+    if name not in SCHEMES:
+        raise ValueError(f"scheme {name!r}: expected one of {list(SCHEMES)}")
+    scheme = SCHEMES[name]
+    warm = warm_start if warm_start is not None else WarmStart()
+    tokenizers = dict(tokenizers or {})
+    unknown = set(tokenizers) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"tokenizers: unknown family {sorted(unknown)}; expected keys among {tuple(FAMILIES)}")
+    given = {"bert": bert, "roberta": roberta, "gpt2": gpt2}
+    checkpoints = {}
+    for family in scheme.checkpoints:
+        value = given[family]
+        if value is None:
+            raise ValueError(f"{name} needs {family}= (a checkpoint directory, a hub id or a config.json dict)")
+        if isinstance(value, Checkpoint):
+            if value.family.name != family:
+                raise WrongFamily(value.name, value.raw.get("model_type"), FAMILIES[family], name)
+            if family in tokenizers:
+                raise ValueError(f"tokenizers['{family}']: {family}= is a Checkpoint already read with its "
+                                 "tokenizer; pass the tokenizer to read_checkpoint")
+            checkpoints[family] = value
         else:
-            eos = raw.get("eos_token_id", 50256)
-            ids = (raw.get("bos_token_id", eos), eos, eos)
-        if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
-            raise CheckpointError(f"{source.name}: no vocabulary file beside the checkpoint and the default "
-                                  f"{role} ids (start, end, pad) = {ids} do not fit vocab_size={vocab_size}; "
-                                  f"pass tokenizers={{'{role}': <vocab file or directory>}}")
-    return TokenizerSpec(
-        kind=TOKENIZER_KINDS[role], vocabulary=role,
-        source=str(override) if override is not None else (str(source.directory) if source.directory else None),
-        vocab_file=str(file) if file is not None else None, vocab_size=vocab_size,
-        bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2],
-    )
+            checkpoints[family] = read_checkpoint(family, value, scheme=name, tokenizer=tokenizers.get(family))
+    with_weights = [c.directory is not None for c in checkpoints.values()]
+    if any(with_weights) and not all(with_weights):
+        raise ValueError(f"{name}: pass either checkpoints or config dicts for all of {list(checkpoints)}, not a mix")
+
+    # Depth: the knob's (an int or a list of layers), else the checkpoint's or the size override's.
+    knob_depth = None
+    if warm.layers not in ("all", "none"):
+        knob_depth = warm.depth(0)
+        if size_overrides.get("num_hidden_layers", knob_depth) != knob_depth:
+            raise ValueError(f"num_hidden_layers={size_overrides['num_hidden_layers']} contradicts "
+                             f"warm_start.layers={warm.layers!r} ({knob_depth} layers)")
+
+    def stack_config(config: PretrainedConfig) -> PretrainedConfig:
+        config = _apply_overrides(config, size_overrides)
+        return _with_depth(config, knob_depth)
+
+    inputs, outputs = checkpoints[scheme.input_vocab].tokens, checkpoints[scheme.output_vocab].tokens
+    dec_ids = dict(bos_token_id=outputs.bos_token_id, eos_token_id=outputs.eos_token_id,
+                   pad_token_id=outputs.pad_token_id)
+
+    def gpt2_config(cross: bool) -> GPT2Config:
+        config = checkpoints["gpt2"].config
+        if gpt2_positions is not None:
+            config = config.replace(n_positions=min(gpt2_positions, config.n_positions))
+        return stack_config(config).replace(add_cross_attention=cross, decoder_start_token_id=outputs.bos_token_id,
+                                            **dec_ids)
+
+    if scheme.encoder is None:
+        config: EncoderDecoderConfig | GPT2Config = gpt2_config(cross=False)
+    else:
+        if scheme.encoder == "rnd":
+            enc_config = _bert_stack_for(checkpoints[scheme.input_vocab])
+        else:
+            enc_config = checkpoints[scheme.encoder].config.replace(pad_token_id=inputs.pad_token_id)
+        enc_config = stack_config(enc_config).replace(is_decoder=False, add_cross_attention=False)
+        if scheme.decoder == "gpt2":
+            dec_config = gpt2_config(cross=True)
+        else:
+            base = (_bert_stack_for(checkpoints[scheme.output_vocab]) if scheme.decoder == "rnd"
+                    else checkpoints[scheme.decoder].config)
+            dec_config = stack_config(base).replace(is_decoder=True, add_cross_attention=True, **dec_ids)
+        config = EncoderDecoderConfig(
+            encoder=enc_config, decoder=dec_config, tie_encoder_decoder=scheme.share == "all",
+            share_word_embeddings=scheme.share == "embeddings",
+            decoder_start_token_id=outputs.bos_token_id, eos_token_id=outputs.eos_token_id,
+            pad_token_id=outputs.pad_token_id,
+        )
+    planned = Plan(scheme, checkpoints, inputs, outputs, warm, config)
+    for family in (scheme.encoder, scheme.decoder):
+        if family in FAMILIES:
+            _check_layers(warm, checkpoints[family], planned.depth(family))
+    return planned
 
 
 # -- configs --------------------------------------------------------------------------------------------------------
@@ -358,9 +459,9 @@ def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> Pre
         raise ValueError(f"size overrides: {err}") from None
 
 
-def _bert_stack_for(vocab_source: _Source, spec: TokenizerSpec) -> BertGenerationConfig:
+def _bert_stack_for(vocab_source: Checkpoint) -> BertGenerationConfig:
     """A random BERT-compatible stack in ``vocab_source``'s vocabulary; for GPT-2 with GPT-2's dimensions."""
-    config = vocab_source.config
+    config, spec = vocab_source.config, vocab_source.tokens
     if isinstance(config, BertGenerationConfig):
         return config.replace(pad_token_id=spec.pad_token_id)
     return BertGenerationConfig(
@@ -378,43 +479,73 @@ def _with_depth(config: PretrainedConfig, depth: int | None) -> PretrainedConfig
     return config.replace(num_hidden_layers=depth)
 
 
+# -- build ----------------------------------------------------------------------------------------------------------
+class Built(NamedTuple):
+    model: nn.Module
+    spec: SchemeSpec
+
+
+def build(scheme: Plan | str, device: str | torch.device | None = None, **arguments: Any) -> Built:
+    """Build a planned scheme: the model from the plan's config, its warm sides loaded from their checkpoints.
+
+    ``scheme``: a ``Plan``, or a scheme name to plan first with ``arguments`` (``plan``'s keywords: ``bert=``,
+    ``warm_start=``, size overrides …). ``device="meta"`` builds the modules without memory and reads no weights
+    (configs only).
+
+    Returns ``Built(model, spec)``: an ``EncoderDecoderModel`` (a ``GPT2PrefixLM`` for ``gpt``), and which loaded
+    tokenizers encode the inputs and decode the outputs, with the loading report (``spec.report``).
+    """
+    if isinstance(scheme, str):
+        scheme = plan(scheme, **arguments)
+    elif arguments:
+        raise TypeError(f"build(plan): the plan already holds its settings; got {sorted(arguments)}")
+    target = torch.device(device) if device is not None else None
+    meta = target is not None and target.type == "meta"
+    with torch.device("meta") if meta else nullcontext():
+        config = scheme.config
+        model: nn.Module = GPT2PrefixLM(config) if isinstance(config, GPT2Config) else EncoderDecoderModel(config)
+    report = None
+    if scheme.with_weights and not meta:
+        report = _load_warm_sides(model, scheme)
+        if scheme.warm_start.cross_attention == "self_attention":
+            _cross_attention_from_self_attention(model, scheme.scheme, scheme.warm_start, report)
+    if target is not None and not meta:
+        model = model.to(target)
+    return Built(model, SchemeSpec(scheme.scheme, scheme.inputs, scheme.outputs, scheme.warm_start, report))
+
+
 # -- weights --------------------------------------------------------------------------------------------------------
-LAYER_KEY = {"bert": re.compile(r"^encoder\.layer\.(\d+)\.(.*)$"), "gpt2": re.compile(r"^h\.(\d+)\.(.*)$")}
-LAYER_NAME = {"bert": "encoder.layer.{}.{}", "gpt2": "h.{}.{}"}
-EMBEDDING_PREFIXES = {"bert": ("embeddings.",), "gpt2": ("wte.", "wpe.")}
-
-
-def _warm_weights(source: _Source, warm: WarmStart, depth: int, positions: int | None,
+def _warm_weights(source: Checkpoint, warm: WarmStart, depth: int, positions: int | None,
                   report: LoadingReport) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The checkpoint's stack (and LM-head) tensors that ``warm`` selects, renamed to the model's layer numbers;
-    what it leaves out is reported as unused."""
-    family = family_for(source.raw["model_type"], source.name)
+    what it leaves out is reported as unused. ``positions``: rows of a GPT-2 position table the model keeps."""
+    family = source.family
     stack, head, unused, folded = family.map_state(read_state_dict(source.directory), family.prefix)
-    kind = "gpt2" if source.role == "gpt2" else "bert"
-    if kind == "gpt2" and positions is not None:
+    if positions is not None:
         unused = keep_first_positions(stack, positions) + unused
-    report.unused.extend(f"{source.role}:{k}" for k in unused)
-    report.folded.extend(f"{source.role}:{k}" for k in folded)
+    report.unused.extend(f"{family.name}:{k}" for k in unused)
+    report.folded.extend(f"{family.name}:{k}" for k in folded)
     chosen = warm.source_layers(depth)
     model_layer = {ckpt: i for i, ckpt in enumerate(chosen)}
+    layer_key = re.compile(rf"^{re.escape(family.layers)}\.(\d+)\.(.*)$")
     selected: dict[str, torch.Tensor] = {}
     for key, tensor in stack.items():
-        match = LAYER_KEY[kind].match(key)
+        match = layer_key.match(key)
         if match:
             layer = int(match.group(1))
             if layer in model_layer:
-                selected[LAYER_NAME[kind].format(model_layer[layer], match.group(2))] = tensor
+                selected[f"{family.layers}.{model_layer[layer]}.{match.group(2)}"] = tensor
                 continue
-        elif key.startswith(EMBEDDING_PREFIXES[kind]):
+        elif key.startswith(family.embeddings):
             if warm.embeddings:
                 selected[key] = tensor
                 continue
         elif key.startswith("ln_f.") and chosen:
             selected[key] = tensor
             continue
-        report.unused.append(f"{source.role}:{key}")
+        report.unused.append(f"{family.name}:{key}")
     if not warm.embeddings:  # an LM head tied to the embeddings would bring them back
-        report.unused.extend(f"{source.role}:{k}" for k in head)
+        report.unused.extend(f"{family.name}:{k}" for k in head)
         head = {}
     return selected, head
 
@@ -424,7 +555,7 @@ def _base_prefix(decoder: nn.Module) -> str:
     return next(n for n, m in decoder.named_children() if m is base) + "."
 
 
-def _check_layers(warm: WarmStart, source: _Source, depth: int) -> None:
+def _check_layers(warm: WarmStart, source: Checkpoint, depth: int) -> None:
     available = source.config.num_hidden_layers
     wanted = warm.source_layers(depth)
     bad = [i for i in wanted if i >= available]
@@ -433,140 +564,31 @@ def _check_layers(warm: WarmStart, source: _Source, depth: int) -> None:
                          f"numbered 0-{available - 1})")
 
 
-# -- build ----------------------------------------------------------------------------------------------------------
-def build(
-    name: str,
-    *,
-    bert: str | Path | dict | None = None,
-    roberta: str | Path | dict | None = None,
-    gpt2: str | Path | dict | None = None,
-    warm_start: WarmStart | None = None,
-    gpt2_positions: int | None = 512,
-    tokenizers: dict[str, str | Path] | None = None,
-    device: str | torch.device | None = None,
-    **size_overrides: Any,
-) -> Built:
-    """Build scheme ``name`` of the paper, warm-started from the given checkpoints.
-
-    ``bert`` / ``roberta`` / ``gpt2``: checkpoint directories or hub ids (arguments the scheme does not use are
-    ignored), or HF config.json dicts to build without weights. ``gpt2_positions``: GPT-2 keeps its first 512
-    positions, as in the paper (None: all). ``tokenizers``: vocabulary files or directories per vocabulary when
-    they are not beside the checkpoint. ``size_overrides`` (BERT names: ``num_hidden_layers``, ``hidden_size``,
-    ``hidden_dropout_prob`` …) change every stack's config; a warm side must still match its checkpoint's shapes.
-    ``device="meta"`` builds the modules without memory (configs only).
-
-    Returns ``Built(model, spec)``: an ``EncoderDecoderModel`` (a ``GPT2PrefixLM`` for ``gpt``), and which
-    tokenizers encode the inputs and decode the outputs, with the loading report (``spec.report``).
-    """
-    if name not in SCHEMES:
-        raise ValueError(f"scheme {name!r}: expected one of {list(SCHEMES)}")
-    scheme = SCHEMES[name]
-    warm = warm_start if warm_start is not None else WarmStart()
-    given = {"bert": bert, "roberta": roberta, "gpt2": gpt2}
-    sources = {role: _resolve_source(role, given[role], name) for role in scheme.checkpoints}
-    tokenizers = dict(tokenizers or {})
-    unknown = set(tokenizers) - set(VOCABULARIES)
-    if unknown:
-        raise ValueError(f"tokenizers: unknown vocabulary {sorted(unknown)}; expected keys among {VOCABULARIES}")
-    specs = {role: _tokenizer_spec(src, tokenizers.get(role)) for role, src in sources.items()}
-    with_weights = any(src.directory is not None for src in sources.values())
-    if with_weights and not all(src.directory is not None for src in sources.values()):
-        raise ValueError(f"{name}: pass either checkpoints or config dicts for all of {list(sources)}, not a mix")
-    if with_weights and device is not None and torch.device(device).type == "meta":
-        raise ValueError("device='meta' builds without weights: pass config dicts, not checkpoints")
-
-    # Depth: the knob's (an int or a list of layers), else the checkpoint's or the size override's.
-    warm_sources = [sources[s] for s in (scheme.encoder, scheme.decoder) if s in VOCABULARIES]
-    knob_depth = None
-    if warm.layers not in ("all", "none"):
-        knob_depth = warm.depth(0)
-        if size_overrides.get("num_hidden_layers", knob_depth) != knob_depth:
-            raise ValueError(f"num_hidden_layers={size_overrides['num_hidden_layers']} contradicts "
-                             f"warm_start.layers={warm.layers!r} ({knob_depth} layers)")
-
-    def stack_config(config: PretrainedConfig) -> PretrainedConfig:
-        config = _apply_overrides(config, size_overrides)
-        return _with_depth(config, knob_depth)
-
-    inputs, outputs = specs[scheme.input_vocab], specs[scheme.output_vocab]
-    dec_ids = dict(bos_token_id=outputs.bos_token_id, eos_token_id=outputs.eos_token_id,
-                   pad_token_id=outputs.pad_token_id)
-
-    def gpt2_config(cross: bool) -> GPT2Config:
-        config = sources["gpt2"].config
-        if gpt2_positions is not None:
-            config = config.replace(n_positions=min(gpt2_positions, config.n_positions))
-        return stack_config(config).replace(add_cross_attention=cross, decoder_start_token_id=outputs.bos_token_id,
-                                            **dec_ids)
-
-    target = torch.device(device) if device is not None else None
-    with torch.device("meta") if target is not None and target.type == "meta" else nullcontext():
-        if scheme.encoder is None:
-            model: nn.Module = GPT2PrefixLM(gpt2_config(cross=False))
-        else:
-            if scheme.encoder == "rnd":
-                enc_config = _bert_stack_for(sources[scheme.input_vocab], inputs)
-            else:
-                enc_config = sources[scheme.encoder].config.replace(pad_token_id=inputs.pad_token_id)
-            enc_config = stack_config(enc_config).replace(is_decoder=False, add_cross_attention=False)
-            if scheme.decoder == "gpt2":
-                dec_config = gpt2_config(cross=True)
-            else:
-                base = (_bert_stack_for(sources[scheme.output_vocab], outputs) if scheme.decoder == "rnd"
-                        else sources[scheme.decoder].config)
-                dec_config = stack_config(base).replace(is_decoder=True, add_cross_attention=True, **dec_ids)
-            config = EncoderDecoderConfig(
-                encoder=enc_config, decoder=dec_config, tie_encoder_decoder=scheme.share == "all",
-                share_word_embeddings=scheme.share == "embeddings",
-                decoder_start_token_id=outputs.bos_token_id, eos_token_id=outputs.eos_token_id,
-                pad_token_id=outputs.pad_token_id,
-            )
-            model = EncoderDecoderModel(config)
-
-    for src in warm_sources:
-        _check_layers(warm, src, _stack_depth(model, src.role, scheme))
-    report = None
-    if with_weights:
-        report = _load_warm_sides(model, scheme, sources, warm)
-        if warm.cross_attention == "self_attention":
-            _cross_attention_from_self_attention(model, scheme, warm, report)
-    if target is not None and target.type != "meta":
-        model = model.to(target)
-    spec = SchemeSpec(scheme=scheme, inputs=inputs, outputs=outputs, warm_start=warm, report=report)
-    return Built(model, spec)
-
-
-def _stack_depth(model: nn.Module, role: str, scheme: Scheme) -> int:
-    if scheme.encoder == role:
-        return model.encoder.config.num_hidden_layers
-    return model.config.n_layer if isinstance(model, GPT2PrefixLM) else model.decoder.config.num_hidden_layers
-
-
-def _load_warm_sides(model: nn.Module, scheme: Scheme, sources: dict[str, _Source], warm: WarmStart) -> LoadingReport:
+def _load_warm_sides(model: nn.Module, planned: Plan) -> LoadingReport:
     """Assign each warm side's selected tensors into the assembled model (shared tensors are written through any
     of their names) and report what stayed newly initialised across the whole model."""
-    names = " + ".join(f"{src.role}={src.name}" for src in sources.values())
+    scheme = planned.scheme
+    names = " + ".join(f"{family}={c.name}" for family, c in planned.checkpoints.items())
     report = LoadingReport(names, scheme.name)
-    sides: list[tuple[str, str]] = []  # (checkpoint role, prefix of its stack in the model)
+    sides: list[tuple[str, str]] = []  # (checkpoint family, prefix of its stack in the model)
     if isinstance(model, GPT2PrefixLM):
         sides.append(("gpt2", "transformer."))
     else:
-        if scheme.encoder in VOCABULARIES:
+        if scheme.encoder in FAMILIES:
             sides.append((scheme.encoder, "encoder."))
-        if scheme.decoder in VOCABULARIES and scheme.share != "all":
+        if scheme.decoder in FAMILIES and scheme.share != "all":
             sides.append((scheme.decoder, "decoder." + _base_prefix(model.decoder)))
-    for role, prefix in sides:
-        src = sources[role]
+    for family, prefix in sides:
         positions = model.config.n_positions if isinstance(model, GPT2PrefixLM) else (
-            model.decoder.config.max_position_embeddings if role == "gpt2" else None)
-        depth = _stack_depth(model, role, scheme)
-        stack, head = _warm_weights(src, warm, depth, positions, report)
+            model.decoder.config.max_position_embeddings if family == "gpt2" else None)
+        stack, head = _warm_weights(planned.checkpoints[family], planned.warm_start, planned.depth(family),
+                                    positions, report)
         weights = {prefix + k: v for k, v in stack.items()}
         head_prefix = "" if isinstance(model, GPT2PrefixLM) else "decoder."
         if prefix.startswith(("decoder.", "transformer.")):
             weights.update({head_prefix + k: v for k, v in head.items()})
         else:
-            report.unused.extend(f"{role}:{k}" for k in head)
+            report.unused.extend(f"{family}:{k}" for k in head)
         assign_weights(model, weights, report)
     finish_report(model, report)
     model.tie_weights()
@@ -580,11 +602,11 @@ def _cross_attention_from_self_attention(model: nn.Module, scheme: Scheme, warm:
     """``WarmStart(cross_attention="self_attention")``: every warm decoder layer's cross-attention copies its own
     (warm) self-attention; a random decoder keeps its random cross-attention. The copied tensors leave the report's
     newly-initialised list."""
-    if scheme.decoder not in VOCABULARIES or isinstance(model, GPT2PrefixLM):
+    if scheme.decoder not in FAMILIES or isinstance(model, GPT2PrefixLM):
         return
-    base = model.decoder.base_model
-    stack, prefix = (base.h, "h") if scheme.decoder == "gpt2" else (base.encoder.layer, "encoder.layer")
-    prefix = f"decoder.{_base_prefix(model.decoder)}{prefix}"
+    layers = FAMILIES[scheme.decoder].layers
+    stack = model.decoder.base_model.get_submodule(layers)
+    prefix = f"decoder.{_base_prefix(model.decoder)}{layers}"
     warm_layers = len(warm.source_layers(len(stack)))
     copied = set()
     for index in range(warm_layers):

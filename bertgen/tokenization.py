@@ -33,29 +33,32 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
-__all__ = ["BertGenerationTokenizer", "FastTokenizer", "TokenizerError", "TOKENIZER_KINDS", "load_tokenizer"]
+from .families import FAMILIES
 
-TOKENIZER_KINDS = ("bert", "roberta", "gpt2", "sentencepiece")
+__all__ = ["BertGenerationTokenizer", "FastTokenizer", "TokenizerError", "TOKENIZER_KINDS", "has_tokenizer_files",
+           "load_tokenizer"]
+
+# The kinds: one per checkpoint family (bertgen.families), plus the SentencePiece tokenizer of the paper's released
+# BertGeneration checkpoints, which no family warm-starts from.
+TOKENIZER_KINDS = (*(family.tokenizer for family in FAMILIES.values()), "sentencepiece")
 
 # The order in which transformers registers special tokens; it fixes the ids of specials missing from a vocabulary
 # (BertGeneration's "<::::>" and "<pad>" get the two ids after the SentencePiece pieces, in this order).
 SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 DEFAULT_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
-    "bert": {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"},
-    "roberta": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "</s>", "pad": "<pad>", "cls": "<s>",
-                "mask": "<mask>"},
-    "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>", "pad": "<|endoftext|>"},
+    **{family.tokenizer: family.special_tokens for family in FAMILIES.values()},
     "sentencepiece": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "<::::>", "pad": "<pad>"},
 }
 
 # Written to tokenizer_config.json so that transformers' AutoTokenizer can read a saved directory too.
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "roberta": "RobertaTokenizer", "gpt2": "GPT2Tokenizer",
                      "sentencepiece": "BertGenerationTokenizer"}
-_KIND_BY_CLASS = {"bert": "bert", "distilbert": "bert", "roberta": "roberta", "bart": "roberta", "gpt2": "gpt2",
-                  "bertgeneration": "sentencepiece"}
-_KIND_BY_MODEL_TYPE = {"bert": "bert", "distilbert": "bert", "roberta": "roberta", "bart": "roberta",
-                       "gpt2": "gpt2"}
+# What a directory's tokenizer_config.json / config.json says, read as a kind: the families' own names, and the
+# model types and tokenizer classes of other checkpoints that ship the same tokenizers.
+_KIND_BY_MODEL_TYPE = {**{name: family.tokenizer for name, family in FAMILIES.items()},
+                       "distilbert": "bert", "bart": "roberta"}
+_KIND_BY_CLASS = {**_KIND_BY_MODEL_TYPE, "bertgeneration": "sentencepiece"}
 
 # Options each kind accepts, from load_tokenizer's keywords or tokenizer_config.json.
 _OPTIONS = {
@@ -78,9 +81,12 @@ class BaseTokenizer(ABC):
     """What every kind shares: special-token ids, ``__call__``/``encode``/``decode``, built on the abstract
     primitives below."""
 
-    def __init__(self, kind: str, special_tokens: dict[str, str]) -> None:
+    def __init__(self, kind: str, special_tokens: dict[str, str], vocab_file: str | os.PathLike | None) -> None:
         self.kind = kind
         self.special_tokens = {role: token for role, token in special_tokens.items() if token is not None}
+        # The file the vocabulary was read from (vocab.txt, vocab.json, tokenizer.json, *.model): what an error about
+        # the vocabulary names.
+        self.vocab_file = Path(vocab_file) if vocab_file is not None else None
 
     # -- primitives ---------------------------------------------------------------------------------------------
     @abstractmethod
@@ -292,10 +298,11 @@ class FastTokenizer(BaseTokenizer):
     """
 
     def __init__(self, backend: Tokenizer, *, kind: str, special_tokens: dict[str, str], origin: str,
-                 options: dict[str, Any] | None = None, model_vocab: dict[str, int] | None = None) -> None:
+                 options: dict[str, Any] | None = None, model_vocab: dict[str, int] | None = None,
+                 vocab_file: str | os.PathLike | None = None) -> None:
         if kind not in TOKENIZER_KINDS:
             raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
-        super().__init__(kind, special_tokens)
+        super().__init__(kind, special_tokens, vocab_file)
         self.backend = backend
         self.origin = origin  # "vocab" (vocab.txt / vocab.json + merges.txt) or "tokenizer.json"
         self.options = dict(options or {})
@@ -334,6 +341,7 @@ class FastTokenizer(BaseTokenizer):
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
         tokenizer = cls(backend, kind="bert", special_tokens=specials, origin="vocab", model_vocab=vocab,
+                        vocab_file=vocab_file,
                         options={"do_lower_case": do_lower_case, "strip_accents": strip_accents,
                                  "tokenize_chinese_chars": tokenize_chinese_chars})
         cls_token, sep_token = specials["cls"], specials["sep"]
@@ -366,7 +374,7 @@ class FastTokenizer(BaseTokenizer):
         if kind == "roberta":
             options["trim_offsets"] = trim_offsets
         tokenizer = cls(backend, kind=kind, special_tokens=specials, origin="vocab", options=options,
-                        model_vocab=vocab)
+                        model_vocab=vocab, vocab_file=vocab_file)
         if kind == "roberta":
             backend.post_processor = processors.RobertaProcessing(
                 (specials["sep"], tokenizer.sep_token_id), (specials["cls"], tokenizer.cls_token_id),
@@ -391,7 +399,7 @@ class FastTokenizer(BaseTokenizer):
         specials = {**present, **(special_tokens or {})}
         if "pad" not in specials and kind == "gpt2" and "eos" in specials:
             specials["pad"] = specials["eos"]
-        return cls(backend, kind=kind, special_tokens=specials, origin="tokenizer.json")
+        return cls(backend, kind=kind, special_tokens=specials, origin="tokenizer.json", vocab_file=path)
 
     # -- primitives ---------------------------------------------------------------------------------------------
     def token_to_id(self, token: str) -> int | None:
@@ -483,7 +491,7 @@ class BertGenerationTokenizer(BaseTokenizer):
                  unk_token: str = "<unk>", pad_token: str = "<pad>", sep_token: str = "<::::>",
                  sp_model_kwargs: dict[str, Any] | None = None, add_eos_token: bool = False) -> None:
         super().__init__("sentencepiece", {"bos": bos_token, "eos": eos_token, "unk": unk_token, "sep": sep_token,
-                                           "pad": pad_token})
+                                           "pad": pad_token}, model_file)
         self.model_file = Path(model_file)
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
         self.add_eos_token = bool(add_eos_token)
@@ -625,6 +633,12 @@ def _file_role(name: str) -> str | None:
     if name.endswith(".model"):
         return "sentencepiece"
     return None
+
+
+def has_tokenizer_files(directory: str | os.PathLike) -> bool:
+    """Whether a directory holds any file :func:`load_tokenizer` reads (a checkpoint may come without them)."""
+    path = Path(directory).expanduser()
+    return path.is_dir() and any(_file_role(child.name) is not None and child.is_file() for child in path.iterdir())
 
 
 _CANONICAL = {"tokenizer.json": "tokenizer.json", "vocab.json": "vocab.json", "merges.txt": "merges.txt",

@@ -14,7 +14,6 @@ import torch
 
 from bertgen.generation import Seq2SeqModel
 from bertgen.schemes import WarmStart, build
-from bertgen.tokenization import load_tokenizer
 
 from .config import CellConfig, to_dict
 from .config import init_layers as check_init_layers
@@ -47,25 +46,17 @@ def seed_everything(seed: int) -> None:
 
 
 def build_cell_model(cell: CellConfig):
-    """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints."""
+    """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
+    are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
+    vocabulary)."""
     checkpoints = cell.checkpoints
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
                   warm_start=warm_start_from(cell.init_layers), **cell.model)
     spec = built.spec
-    if spec.inputs.source is None or spec.outputs.source is None:
-        raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without checkpoint directories, so "
-                         "there is no tokenizer to read")
-    input_tokenizer = load_tokenizer(spec.inputs.source, kind=spec.inputs.vocabulary)
-    if (spec.outputs.source, spec.outputs.vocabulary) == (spec.inputs.source, spec.inputs.vocabulary):
-        output_tokenizer = input_tokenizer
-    else:
-        output_tokenizer = load_tokenizer(spec.outputs.source, kind=spec.outputs.vocabulary)
-    for side, tokenizer, ids in (("input", input_tokenizer, spec.inputs), ("output", output_tokenizer, spec.outputs)):
-        if tokenizer.eos_token_id != ids.eos_token_id or tokenizer.pad_token_id != ids.pad_token_id:
-            raise ValueError(f"{ids.source}: the {side} tokenizer's eos/pad ids ({tokenizer.eos_token_id}, "
-                             f"{tokenizer.pad_token_id}) differ from the model's ({ids.eos_token_id}, "
-                             f"{ids.pad_token_id})")
-    return built.model, spec, input_tokenizer, output_tokenizer
+    if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
+        raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
+                         "checkpoints, so there is no tokenizer to read")
+    return built.model, spec, spec.inputs.tokenizer, spec.outputs.tokenizer
 
 
 def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:

@@ -9,8 +9,9 @@ is refused at launch (one line, exit status 2, no MLflow run, no output director
   ``vocab_size`` ids and the special tokens the scheme uses; the weights are complete — every safetensors file's
   header is parsed and must cover the whole file (truncated or corrupt files are caught without reading the
   tensors); a ``pytorch_model.bin`` alone is read with ``torch.load(weights_only=True)``, so a pickle that would run
-  code is refused, not run; the scheme builds on the meta device with the cell's size overrides and ``init_layers``;
-  its tokenizers load and agree with the model's end and pad ids.
+  code is refused, not run; the scheme is planned (``bertgen.schemes.plan``: each checkpoint and its tokenizer read
+  once, the same checks and messages the cell will meet) and built on the meta device with the cell's size overrides
+  and ``init_layers``.
 - data (local files): read by the loader the cell uses (:func:`experiments.data.load_split`): present, UTF-8, not
   empty, with the columns the cell reads. A file over ``FULL_READ_BYTES`` is checked for UTF-8 over its whole length
   and loaded on its first ``HEAD_LINES`` lines.
@@ -33,11 +34,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from bertgen.checkpoint import is_local_reference
+from datasets.utils import logging as ds_logging
+from safetensors import safe_open
+
+from bertgen import schemes
+from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, is_local_reference, read_state_dict
+from bertgen.families import FAMILIES
 
 from .cell import cell_label
-from .config import FAMILIES, SPLITS
+from .cell_inputs import length_limits, warm_start_from
+from .config import SPLITS
+from .data import load_split, tokenize_split
 from .grid import Grid, GridError
+from .tasks import get_task
 
 FULL_READ_BYTES = 64 * 2**20
 HEAD_LINES = 2000
@@ -67,10 +76,11 @@ class Preflight:
         self.grid = grid
         self.where = _where(grid)
         self.smoke_root = grid.smoke_root.resolve() if grid.smoke_root is not None else None
-        self.sources: dict[tuple[str, str, str], Any] = {}  # (family, dir, scheme) -> bertgen.schemes._Source
+        # (family, directory) -> its checkpoint, read once: one tokenizer object per vocabulary, so lengths are
+        # counted once whatever the cells that share it
+        self.checkpoints: dict[tuple[str, str], schemes.Checkpoint] = {}
         self.weights_checked: set[Path] = set()
         self.built: dict[str, Any] = {}  # cell shape -> (input tokenizer, output tokenizer, length limits)
-        self.tokenizers: dict[tuple[str, str], Any] = {}  # (directory, vocabulary) -> tokenizer
         self.data: dict[str, Any] = {}  # data key -> raw dataset
         self.counted: set[str] = set()
         self.notes: list[str] = []
@@ -95,41 +105,35 @@ class Preflight:
         return (self.smoke_root is not None and not path.exists()
                 and path.resolve().is_relative_to(self.smoke_root))
 
-    def source(self, cell: dict, family: str) -> Any | None:
-        """The checked checkpoint of ``family`` for ``cell`` (bertgen.schemes' view of it), None when not local."""
-        from bertgen.checkpoint import read_config_dict
-        # The first half of bertgen.schemes.build (checkpoint source, vocabulary vs. embedding size) without the
-        # weights: the same checks, the same messages, as the cell will meet.
-        from bertgen.schemes import FAMILY_MODEL_TYPES, _resolve_source, _tokenizer_spec
-
+    def checkpoint(self, cell: dict, family: str) -> schemes.Checkpoint | None:
+        """The checked checkpoint of ``family`` for ``cell``, read as the cell will read it
+        (``bertgen.schemes.read_checkpoint``), None when not local."""
         ref = cell["checkpoints"].get(family)
         if not ref or not is_local_reference(ref):
             return None
         directory = Path(ref).expanduser()
         if self._pending_smoke(directory):
             return None
-        key = (family, str(directory.resolve()), cell["scheme"])
-        if key not in self.sources:
+        key = (family, str(directory.resolve()))
+        if key not in self.checkpoints:
             field = f"checkpoints.{family}"
-            wanted = f"a {family} checkpoint (model_type {' or '.join(map(repr, FAMILY_MODEL_TYPES[family]))})"
+            wanted = f"a {family} checkpoint ({FAMILIES[family].expected_model_types})"
             try:
-                model_type = read_config_dict(directory).get("model_type")
-                if model_type not in FAMILY_MODEL_TYPES[family]:
-                    raise self.fail(field, f"{directory / 'config.json'} has model_type {model_type!r}; expected "
-                                           f"{wanted} for scheme {cell['scheme']}", cell)
-                source = _resolve_source(family, str(directory), cell["scheme"])
-                _tokenizer_spec(source, None)  # the vocabulary beside the weights fits the embedding matrix
+                checkpoint = schemes.read_checkpoint(family, str(directory), scheme=cell["scheme"])
+            except schemes.WrongFamily as err:
+                raise self.fail(field, f"{err.where} has model_type {err.model_type!r}; expected {wanted} for "
+                                       f"scheme {cell['scheme']}", cell) from None
             except (ValueError, OSError) as err:
-                if isinstance(err, GridError):
-                    raise
-                raise self.fail(field, _expecting(_one_line(err), wanted + " with its vocabulary"), cell) from None
+                raise self.fail(field, _expecting(_one_line(err), wanted + " with its tokenizer files"), cell) \
+                    from None
+            if checkpoint.tokens.tokenizer is None:
+                raise self.fail(field, f"{directory}: no tokenizer files; expected the tokenizer files beside the "
+                                       "checkpoint", cell)
             self._check_weights(directory, field, cell)
-            self.sources[key] = source
-        return self.sources[key]
+            self.checkpoints[key] = checkpoint
+        return self.checkpoints[key]
 
     def _check_weights(self, directory: Path, field: str, cell: dict) -> None:
-        from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, read_state_dict
-
         directory = directory.resolve()
         if directory in self.weights_checked:
             return
@@ -157,8 +161,6 @@ class Preflight:
         self.weights_checked.add(directory)
 
     def _check_safetensors(self, file: Path, field: str, cell: dict) -> None:
-        from safetensors import safe_open
-
         if not file.is_file():
             raise self.fail(field, f"{file}: missing; expected a safetensors file", cell)
         try:  # parses the header and checks the tensors it lists cover the file exactly; reads no tensor data
@@ -170,17 +172,11 @@ class Preflight:
 
     # -- the model a cell builds ----------------------------------------------------------------------------------
     def build(self, cell: dict) -> tuple | None:
-        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, built on the
-        meta device from its checked checkpoints; None when one of them is not local (a hub id)."""
-        from bertgen.schemes import build
-        from bertgen.tokenization import load_tokenizer
-
-        from .tasks import get_task
-        from .cell_inputs import length_limits, warm_start_from
-
+        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, planned from its
+        checked checkpoints and built on the meta device; None when one of them is not local (a hub id)."""
         families = [f for f in FAMILIES if cell["checkpoints"].get(f)]
-        sources = {family: self.source(cell, family) for family in families}
-        if any(source is None for source in sources.values()):
+        checkpoints = {family: self.checkpoint(cell, family) for family in families}
+        if any(checkpoint is None for checkpoint in checkpoints.values()):
             return None
         key = json.dumps([cell["scheme"], cell["task"], cell["checkpoints"], cell["model"], cell["init_layers"]],
                          sort_keys=True)
@@ -188,37 +184,19 @@ class Preflight:
             return self.built[key]
         field = "model" if cell["model"] else "init_layers" if cell["init_layers"] else "checkpoints"
         try:
-            built = build(cell["scheme"], **{f: dict(s.raw) for f, s in sources.items()},
-                          tokenizers={f: str(s.directory) for f, s in sources.items()},
-                          warm_start=warm_start_from(cell["init_layers"]), device="meta", **cell["model"])
+            plan = schemes.plan(cell["scheme"], **checkpoints, warm_start=warm_start_from(cell["init_layers"]),
+                                **cell["model"])
+            model = schemes.build(plan, device="meta").model
         except (ValueError, TypeError, OSError) as err:
             raise self.fail(field, _expecting(_one_line(err), f"a cell {cell['scheme']} can build from its "
                                                               "checkpoints"), cell) from None
-        spec = built.spec
-        tokenizers = []
-        for side, ids in (("input", spec.inputs), ("output", spec.outputs)):
-            try:
-                tokenizer_key = (str(ids.source), ids.vocabulary)
-                if tokenizer_key not in self.tokenizers:  # one object per vocabulary: lengths are counted once
-                    self.tokenizers[tokenizer_key] = load_tokenizer(ids.source, kind=ids.vocabulary)
-                tokenizer = self.tokenizers[tokenizer_key]
-            except (ValueError, OSError) as err:
-                raise self.fail(f"checkpoints.{ids.vocabulary}",
-                                _expecting(_one_line(err), "the tokenizer files beside the checkpoint"), cell) from None
-            if (tokenizer.eos_token_id, tokenizer.pad_token_id) != (ids.eos_token_id, ids.pad_token_id):
-                raise self.fail(f"checkpoints.{ids.vocabulary}",
-                                f"{ids.source}: the {side} tokenizer's end/pad ids ({tokenizer.eos_token_id}, "
-                                f"{tokenizer.pad_token_id}) differ from the model's ({ids.eos_token_id}, "
-                                f"{ids.pad_token_id}); expected the tokenizer files of the checkpoint", cell)
-            tokenizers.append(tokenizer)
-        self.built[key] = (*tokenizers, length_limits(built.model, get_task(cell["task"])))
+        self.built[key] = (plan.inputs.tokenizer, plan.outputs.tokenizer,
+                           length_limits(model, get_task(cell["task"])))
         return self.built[key]
 
     # -- data -----------------------------------------------------------------------------------------------------
     def split_data(self, cell: dict, split: str) -> tuple[str, Any] | None:
         """(key, raw dataset) of one split of the cell as the cell will load it; None for hub data."""
-        from .data import load_split
-
         spec = cell["data"].get(split)
         if spec is None:
             return None
@@ -244,8 +222,6 @@ class Preflight:
 
     def count_truncation(self, cell: dict, split: str, key: str, raw: Any, built: tuple) -> None:
         """A note when some of the split's examples are longer than the model reads (the cell truncates them)."""
-        from .data import tokenize_split
-
         input_tokenizer, output_tokenizer, (max_source, max_target) = built
         count_key = json.dumps([key, id(input_tokenizer), id(output_tokenizer), max_source, max_target])
         if count_key in self.counted:
@@ -333,8 +309,6 @@ def _bounded(spec: Any) -> Iterator[Any]:
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """No progress bars from datasets' map while checking: the launcher's error must stay one line."""
-    from datasets.utils import logging as ds_logging
-
     was_enabled = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()
     try:

@@ -41,7 +41,8 @@ def _bert_vocab(size: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Tiny random checkpoints saved by transformers, with the tokenizer vocabulary beside each."""
+    """Tiny random checkpoints saved by transformers, with the tokenizer files beside each (byte-level BPE: a
+    vocabulary and no merges)."""
     root = tmp_path_factory.mktemp("schemes")
     torch.manual_seed(11)
     bert = transformers.BertModel(transformers.BertConfig(**BERT_TINY)).eval()
@@ -52,11 +53,13 @@ def checkpoints(tmp_path_factory):
     roberta.save_pretrained(root / "roberta")
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"Ġw{i}": i for i in range(4, 129)}, "<mask>": 129}
     (root / "roberta" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (root / "roberta" / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2_TINY)).eval()
     gpt2.save_pretrained(root / "gpt2")
     vocab = {**{f"w{i}": i for i in range(139)}, "<|endoftext|>": 139}
     (root / "gpt2" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (root / "gpt2" / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return {"bert": (bert, root / "bert"), "roberta": (roberta, root / "roberta"), "gpt2": (gpt2, root / "gpt2")}
 
 
