@@ -286,8 +286,11 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     tagged_variant = _first(tags, VARIANT_TAGS)
     variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)
     cross_attention = params.get(CROSS_ATTENTION_PARAM)
-    if cross_attention not in (None, "", "random") and not (isinstance(cross_attention, float)
-                                                              and math.isnan(cross_attention)):
+    harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
+    warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (
+        "bert", "roberta", "gpt2")  # elsewhere the init is a no-op (experiments.grid drops it from new cells)
+    if warm_decoder and cross_attention not in (None, "", "random") and not (isinstance(cross_attention, float)
+                                                                             and math.isnan(cross_attention)):
         setting = CROSS_ATTENTION_VARIANT_PREFIX + str(cross_attention).strip('"')
         variant = setting if variant == DEFAULT_VARIANT else f"{variant}+{setting}"
     return RunFields(

@@ -545,12 +545,17 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
 
 
 def _finish(cells: list[dict], where: str) -> list[dict]:
-    """Null the checkpoints a scheme does not read, check each whole cell against experiments.config.CellConfig,
-    give ids, dedupe. The cells stay in their JSON form (what a job receives)."""
+    """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
+    each whole cell against experiments.config.CellConfig, give ids, dedupe. The cells stay in their JSON form (what a job receives)."""
     out: dict[str, dict] = {}
     for cell in cells:
+        scheme = SCHEMES[cell["scheme"]]
+        if scheme.encoder is None or scheme.decoder not in FAMILIES:
+            # No warm decoder with cross-attention (random decoder, decoder-only gpt): the init has nothing to copy,
+            # so the cell is the paper's scheme and keeps its id.
+            cell.pop("cross_attention_init", None)
         label = cell_label(cell)
-        families = scheme_families(SCHEMES[cell["scheme"]])
+        families = scheme_families(scheme)
         for family in FAMILIES:
             if family not in families:
                 cell["checkpoints"][family] = None
