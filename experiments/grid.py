@@ -546,7 +546,8 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
 
 def _finish(cells: list[dict], where: str) -> list[dict]:
     """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
-    each whole cell against experiments.config.CellConfig, give ids, dedupe. The cells stay in their JSON form (what a job receives)."""
+    each whole cell against experiments.config.CellConfig, give ids, dedupe. The cells stay in their JSON form (what
+    a job receives)."""
     out: dict[str, dict] = {}
     for cell in cells:
         scheme = SCHEMES[cell["scheme"]]
