@@ -12,7 +12,9 @@ The dev loss cannot tell that model from one that reads its input; these two num
   layers. 1.0 is attention spread evenly over the source (a random cross-attention starts at ~1.0 and a decoder stuck
   on the plateau stays there); a decoder that aligns target and source tokens goes well below it.
 
-Both run on a handful of dev batches without gradients; the model is returned in the mode it was in.
+Both run on a handful of dev batches without gradients; the model is returned in the mode it was in. Only the
+forward arguments transformers' models share are used, so the same measurement runs on transformers'
+``EncoderDecoderModel`` (``attn_implementation="eager"`` for the attention weights) in benchmarks/input_use_study.py.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def measure_input_use(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                             labels=batch["labels"], output_attentions=has_cross)
                 other = rotate_sources(batch)
                 rotated = model(input_ids=other["input_ids"], attention_mask=other["attention_mask"],
-                                labels=batch["labels"], return_logits=False)
+                                labels=batch["labels"])
             sums["loss"] += float(own.loss) * count
             sums["shuffled"] += float(rotated.loss) * count
             tokens += count
