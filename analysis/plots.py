@@ -233,6 +233,32 @@ def save(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = DEFAULT
     return paths
 
 
+def input_use_curves(store: RunStore, task: str) -> Figure | None:
+    """Dev source gap (experiments.diagnostics: dev loss with other examples' sources minus with its own) against
+    step, one line per run: a line that stays at 0 is a model that ignores its input."""
+    task_runs = store.runs[store.runs.task == task].sort_values(["scheme", "variant", "seed"])
+    fig = new_figure((7.5, 4.5))
+    ax = fig.subplots()
+    for run in task_runs.itertuples(index=False):
+        history = store.dev_history(run.run_id, "dev_source_gap")
+        if not len(history):
+            continue
+        history = history.groupby("step").value.last()
+        label = run.scheme + (f" ({run.variant})" if run.variant != schema.DEFAULT_VARIANT else "")
+        ax.plot(history.index, history.values, marker="o", ms=3, color=SCHEME_COLORS.get(run.scheme),
+                ls="-" if run.variant == schema.DEFAULT_VARIANT else "--", label=f"{label} seed {run.seed}")
+    if not ax.lines:
+        return None
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dev source gap (nats)")
+    ax.set_title(f"{schema.TASKS[task].label if task in schema.TASKS else task}: does the model read its input?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def make_figures(store: RunStore, tables: dict[int, TableResult] | None = None, *,
                  n_boot: int = stats.DEFAULT_N_BOOT) -> dict[str, Figure]:
     """Every figure the store's runs support, by name (tasks without runs get none)."""
@@ -249,6 +275,11 @@ def make_figures(store: RunStore, tables: dict[int, TableResult] | None = None, 
                 figures[f"bars_{task}"] = fig
             if (fig := learning_curves(store, task)) is not None:
                 figures[f"curves_{task}"] = fig
+    for task in sorted(tasks_with_runs):
+        if task not in TASK_BARS and (fig := learning_curves(store, task)) is not None:  # synthetic, own name
+            figures[f"curves_{task}"] = fig
+        if (fig := input_use_curves(store, task)) is not None:
+            figures[f"input_use_{task}"] = fig
     if (fig := data_fraction_plot(tables[2])) is not None:
         figures["discofuse_fraction"] = fig
     if (fig := xsum_plot(tables[7])) is not None:

@@ -494,9 +494,11 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
             ("discofuse", "bert2bert", {**base, "cross_attention_init": "self_attention"}, 70),
             ("synthetic_fusion", "bert2bert", base, 90)):
         preds = _fusion_examples(n_correct, 3)
-        _log_run(client, experiment_id, parent, task=task, scheme=scheme, seed=1, params=params,
-                 metrics=_scores(preds, ["exact", "sari"]), predictions=preds, tmp=files,
-                 dev=[(10, 1.0)])
+        run_id = _log_run(client, experiment_id, parent, task=task, scheme=scheme, seed=1, params=params,
+                          metrics=_scores(preds, ["exact", "sari"]), predictions=preds, tmp=files,
+                          dev=[(10, 1.0), (20, 0.5)])
+        for step, gap in ((10, 0.0), (20, n_correct / 20)):
+            client.log_metric(run_id, "dev_source_gap", gap, step=step)
     store = RunStore(uri)
     assert set(store.runs.variant) == {"full", "xattn_self_attention"}
     table2 = build_table(2, store, n_boot=N_BOOT)
@@ -510,3 +512,11 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
     assert "task synthetic_fusion (synthetic stand-in: not comparable with the paper)" in text
     assert "| bert2bert (cross-attention init: self attention) | 1 | 70.0 [" in text
     assert text.count("| copy source (copy-source, no model) | 0 |") == 2
+    assert "| bert2bert | 1 | 40.0 [" in text and " | 2.00 |" in text  # the last dev source gap
+    from analysis.plots import make_figures
+
+    figures = make_figures(store, n_boot=N_BOOT)
+    assert {"input_use_discofuse", "input_use_synthetic_fusion", "curves_synthetic_fusion"} <= set(figures)
+    assert "bars_synthetic_fusion" not in figures
+    lines = figures["input_use_synthetic_fusion"].axes[0].lines
+    assert [list(line.get_ydata()) for line in lines if line.get_label().startswith("bert2bert")] == [[0.0, 4.5]]
