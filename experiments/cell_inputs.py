@@ -25,17 +25,18 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 # -- settings --------------------------------------------------------------------------------------------------
-def warm_start_from(init_layers: dict[str, Any] | None) -> WarmStart:
-    """The cell's ``init_layers`` (the paper's §5 notation, layers 1-based) as a ``bertgen.schemes.WarmStart``."""
+def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "random") -> WarmStart:
+    """The cell's ``init_layers`` (the paper's §5 notation, layers 1-based) and ``cross_attention_init`` as a
+    ``bertgen.schemes.WarmStart``."""
     init_layers = check_init_layers(init_layers, "init_layers")
     if init_layers is None:
-        return WarmStart()
+        return WarmStart(cross_attention=cross_attention)
     (kind, value), = init_layers.items()
     if kind == "embeddings_only":
-        return WarmStart(embeddings=True, layers="none")
+        return WarmStart(embeddings=True, layers="none", cross_attention=cross_attention)
     if kind == "first_k":
-        return WarmStart(layers=value)
-    return WarmStart(layers=tuple(layer - 1 for layer in value))
+        return WarmStart(layers=value, cross_attention=cross_attention)
+    return WarmStart(layers=tuple(layer - 1 for layer in value), cross_attention=cross_attention)
 
 
 # -- model, tokenizers, data -----------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def build_cell_model(cell: CellConfig):
     vocabulary)."""
     checkpoints = cell.checkpoints
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers), **cell.model)
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **cell.model)
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
