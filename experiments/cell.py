@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+import torch
 
+from bertgen.checkpoint import is_local_reference
+
+from . import tracking
 from .config import COSMETIC_KEYS, CellConfig, to_dict
 
 # The paper's base checkpoints: a cell label names a checkpoint only when it is another one.
@@ -96,8 +100,7 @@ def cell_label(cell: dict) -> str:
             parts.append("init=L" + ",".join(str(v) for v in value))
     for family, ref in sorted((cell.get("checkpoints") or {}).items()):
         # a hub id other than the paper's base checkpoint (large, multilingual); local directories are not shown
-        if ref and ref != _PAPER_CHECKPOINTS.get(family) and not ref.startswith((".", "/", "~")) \
-                and ref.count("/") <= 1:
+        if ref and ref != _PAPER_CHECKPOINTS.get(family) and not is_local_reference(ref):
             parts.append(f"{family}={ref.rsplit('/', 1)[-1]}")
     if cell.get("model"):
         parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
@@ -185,13 +188,9 @@ class CellJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def __call__(self) -> dict:
-        from . import tracking
-
         os.chdir(self.launch_dir)  # relative checkpoint/data paths in the grid are relative to the launch dir
         if self.num_threads:
             # torch's default (every core of the node) oversubscribes CPUs shared with other cells or users
-            import torch
-
             torch.set_num_threads(self.num_threads)
         out_dir = self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,10 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from .tasks import Task, get_task
+
+# datasets is imported where it is used: importing it takes ~1.5 s (measured here), and experiments.config imports
+# this module for its data-spec keys, so grid checks and analysis would pay for it without reading any data.
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ def _nested(row: Mapping[str, Any], dotted: str, where: str) -> Any:
 
 
 def _load_hub(task: Task, split: str, data_fraction: float, seed: int, max_examples: int | None):
-    import datasets
+    import datasets  # lazy: import cost (module imports)
 
     request = hub_request(task, split)
     if request.loader == "datasets.load_dataset":
@@ -143,9 +148,7 @@ def _load_hub(task: Task, split: str, data_fraction: float, seed: int, max_examp
         return raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names,
                        new_fingerprint=fingerprint, desc=f"{task.name}/{split}: source/target")
 
-    from huggingface_hub import hf_hub_download
-
-    zip_path = hf_hub_download(**request.kwargs)
+    zip_path = huggingface_hub.hf_hub_download(**request.kwargs)
     documents, summaries, digest = read_gigaword_zip(zip_path, request.members)
     rows = [{"document": d, "summary": s} for d, s in zip(documents, summaries)]
     return _finish_local(rows, task, split, None, task.input_columns, task.target_columns, zip_path, digest,
@@ -287,7 +290,7 @@ def _rows_to_examples(rows, row_indices, task: Task, split: str, id_column, inpu
 
 def _finish_local(rows, task, split, id_column, input_columns, target_columns, where, digest, data_fraction, seed,
                   max_examples):
-    import datasets
+    import datasets  # lazy: import cost (module imports)
 
     if rows:  # fail on a missing column before touching every row
         first = rows[0]
@@ -366,7 +369,7 @@ def _load_local(task: Task, split: str, spec: Mapping[str, Any], data_fraction, 
 
 
 def _fingerprint(*parts: Any) -> str:
-    from datasets.fingerprint import Hasher
+    from datasets.fingerprint import Hasher  # lazy: import cost (module imports)
 
     return Hasher.hash(list(parts))
 
@@ -719,8 +722,6 @@ def build_dataloader(
 ):
     """A DataLoader over a :func:`tokenize_split` dataset with length bucketing; its ``batch_sampler`` holds the
     position (``set_position`` / ``state_dict``)."""
-    from torch.utils.data import DataLoader
-
     lengths = np.stack([column_array(tokenized, c) for c in ("source_length", "target_length")], axis=1)
     sampler = LengthBucketBatchSampler(lengths, batch_size, seed=seed, shuffle=shuffle, chunk_batches=chunk_batches)
     sampler.set_position(epoch, batches_done)

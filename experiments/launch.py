@@ -32,11 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import submitit
+
 from .cell import CellJob, cell_dir, cell_label
 from .grid import Grid, GridError, load_grid, smoke_asset_paths
 from .preflight import check_cells
-from .tracking import (PENDING_FILE, TrackingUnavailable, append_pending, check_tracking, git_commit, now_ms,
-                       resolve_tracking_uri)
+from .pretrain_tiny import ensure_smoke_assets
+from .sync import sync_file
+from .tasks import TASKS
+from .tracking import (PENDING_FILE, Tracker, TrackingUnavailable, append_pending, cell_is_alive, check_tracking,
+                       git_commit, now_ms, resolve_tracking_uri)
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 LOCAL_POLL_S = 1.0
@@ -94,8 +99,6 @@ def dry_run_table(cells: list[dict], executor: str, grid: Grid) -> str:
 
 def main_metrics(task: str, metrics: dict[str, float]) -> str:
     """The task's metrics in its own order (experiments.tasks), e.g. ``sari=88.10 exact=60.20``."""
-    from .tasks import TASKS
-
     names = [f"test_{m}" for m in TASKS[task].metrics if f"test_{m}" in metrics]
     names = names or sorted(k for k in metrics if k.startswith("test_"))
     return " ".join(f"{n[len('test_'):]}={metrics[n]:.2f}" for n in names) or "-"
@@ -121,8 +124,6 @@ class Plan:
 
 
 def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) -> Plan:
-    from .tracking import cell_is_alive
-
     plan = Plan()
     for cell in cells:
         cid = cell["cell_id"]
@@ -145,8 +146,6 @@ def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) 
 
 def sync_pending(cells: list[dict], uri: str) -> None:
     """Upload metrics a previous attempt parked on disk, so this launch sees the runs as they really are."""
-    from .sync import sync_file
-
     for cell in cells:
         pending = cell_dir(cell) / PENDING_FILE
         if pending.is_file():
@@ -156,8 +155,6 @@ def sync_pending(cells: list[dict], uri: str) -> None:
 
 def prepare_smoke_assets(grid: Grid) -> None:
     """Build the tiny checkpoints and tasks once (minutes on a CPU) and check they are where the cells expect."""
-    from .pretrain_tiny import ensure_smoke_assets
-
     expected = smoke_asset_paths(grid.smoke_root)
     if not Path(expected["root"], "manifest.json").is_file():
         print(f"building smoke assets under {grid.smoke_root} (tiny BERT, RoBERTa, GPT-2; once) ...", flush=True)
@@ -178,8 +175,6 @@ def cpu_threads(executor: str, grid: Grid) -> int | None:
 
 # -- submission -----------------------------------------------------------------------------------------------------
 def make_executor(kind: str, grid: Grid, folder: Path):
-    import submitit
-
     executor = submitit.AutoExecutor(folder=folder, cluster=kind)
     name = f"bertgen-{grid.name}"
     if kind == "slurm":
@@ -274,8 +269,6 @@ def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -
 
 
 def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool, argv: list[str]) -> int:
-    from .tracking import Tracker
-
     uri = resolve_tracking_uri(grid.tracking_uri, grid.output_root)
     try:
         check_tracking(uri)
