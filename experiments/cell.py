@@ -98,6 +98,8 @@ def cell_label(cell: dict) -> str:
             parts.append(f"init=first{value}")
         else:
             parts.append("init=L" + ",".join(str(v) for v in value))
+    if cell.get("cross_attention_init", "random") != "random":
+        parts.append(f"xattn={cell['cross_attention_init']}")
     for family, ref in sorted((cell.get("checkpoints") or {}).items()):
         # a hub id other than the paper's base checkpoint (large, multilingual); local directories are not shown
         if ref and ref != _PAPER_CHECKPOINTS.get(family) and not is_local_reference(ref):

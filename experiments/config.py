@@ -31,6 +31,7 @@ from typing import Any
 
 from bertgen.checkpoint import is_local_reference
 from bertgen.configuration import BertGenerationConfig
+from bertgen.families import FAMILIES as BERTGEN_FAMILIES
 from bertgen.generation import LENGTH_PENALTY_STYLE, LENGTH_PENALTY_STYLES
 from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
@@ -39,7 +40,7 @@ from .data import FORMATS, SPEC_KEYS
 from .tasks import STANDARD_SPLITS, TASKS, Task
 
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
-FAMILIES = ("bert", "roberta", "gpt2")
+FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.optim.LRSchedule implements
 
 # Whether checks may look at the file system (existence of local checkpoints and data files); load_grid sets it.

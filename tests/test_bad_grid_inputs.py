@@ -202,7 +202,7 @@ CASES = [
          "defaults.train.steps"),
     Case("lr-a-list", _set("defaults", "train", "lr", [0.1]), ("expected a number > 0.0, got [0.1]",),
          "defaults.train.lr"),
-    Case("bf16-not-a-bool", _set("defaults", "train", "bf16", "maybe"), ("expected true or false, got 'maybe'",),
+    Case("bf16-not-a-bool", _set("defaults", "train", "bf16", "maybe"), ("expected true, false or auto, got 'maybe'",),
          "defaults.train.bf16"),
     Case("seeds-not-a-list", _set("seeds", "one"), ("expected a non-empty list of integer seeds",), "seeds"),
     Case("steps-zero", _set("defaults", "train", "steps", 0), ("expected an integer >= 1, got 0",),
