@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .configuration import CONFIG_NAME, ConfigError, PretrainedConfig
-from .families import MODEL_TYPES, Family, StateDict
+from .families import MODEL_TYPES, NON_WEIGHT_SUFFIXES, Family, StateDict
 
 logger = logging.getLogger("bertgen")
 
@@ -46,11 +48,13 @@ class LoadingReport:
     newly_initialized: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     folded: list[str] = field(default_factory=list)
+    # "name: float16 -> float32" for each tensor stored in another float dtype than the parameter it fills.
+    converted: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.source} ({self.model_type}): {len(self.loaded)} tensors loaded, "
                 f"{len(self.newly_initialized)} newly initialised, {len(self.unused)} unused, "
-                f"{len(self.folded)} folded")
+                f"{len(self.folded)} folded, {len(self.converted)} converted")
 
 
 # -- locating and reading ---------------------------------------------------------------------------------------
@@ -96,26 +100,126 @@ def read_config_dict(directory: Path) -> dict[str, Any]:
     return data
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """safetensors first (single file or sharded index), then pytorch_model.bin with weights_only=True."""
+# safetensors' dtype names (the header's "dtype"), as torch dtypes.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+}
+# The safetensors format's own bound on its JSON header: a larger length prefix is a corrupt file, not a header.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor as a safetensors header lists it: enough to check it against a model without reading it."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorHeader]:
+    """Every tensor's dtype and shape from a safetensors file's header, reading no tensor data (a launch
+    pre-flight can check a checkpoint against the model it will fill in milliseconds). The header must describe
+    the file exactly: known dtypes, non-negative integer shapes, byte ranges that match dtype × shape and lie
+    inside the file; anything else is a ``CheckpointError`` naming the file and the tensor."""
+    file = Path(file)
     try:
-        if (directory / SAFE_WEIGHTS).is_file():
-            return load_file(directory / SAFE_WEIGHTS)
-        if (directory / SAFE_INDEX).is_file():
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            prefix = handle.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+            if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise CheckpointError(f"{file}: corrupt safetensors header (length {length} for a file of "
+                                      f"{size} bytes)")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{file}: corrupt safetensors header ({type(err).__name__})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header: expected a JSON object, got "
+                              f"{type(header).__name__}")
+    data_size = size - 8 - length
+    out: dict[str, TensorHeader] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{file}: corrupt safetensors header: tensor {name[:100]}"
+        if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+            dtype = entry.get("dtype") if isinstance(entry, dict) else entry
+            raise CheckpointError(f"{where}: dtype {str(dtype)[:40]!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: shape {str(shape)[:60]}; expected a list of non-negative integers")
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] and offsets[1] - offsets[0] == nbytes and offsets[1] <= data_size):
+            raise CheckpointError(f"{where}: data_offsets {str(offsets)[:60]}; expected {nbytes} bytes "
+                                  f"({entry['dtype']} {tuple(shape)}) inside the file's {data_size} data bytes")
+        out[name] = TensorHeader(dtype, tuple(shape))
+    return out
+
+
+def check_weight_dtypes(dtypes: dict[str, torch.dtype], file: str | os.PathLike) -> None:
+    """Every weight of a checkpoint is a float tensor; integer or bool data under a weight's name is a corrupt
+    or edited file (an F32 header changed to I32 keeps the byte count and would load as integers cast to
+    floats). Index and mask buffers some checkpoints persist (``NON_WEIGHT_SUFFIXES``) are not weights."""
+    for name, dtype in dtypes.items():
+        if not dtype.is_floating_point and not name.endswith(NON_WEIGHT_SUFFIXES):
+            raise CheckpointError(f"{file}: tensor {name[:100]} has dtype {dtype}; expected a floating-point "
+                                  "dtype (integer data must not be cast into float weights)")
+
+
+def weights_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory (one file or the shards of an index); [] when it has
+    only ``pytorch_model.bin`` or no weights."""
+    if (directory / SAFE_WEIGHTS).is_file():
+        return [directory / SAFE_WEIGHTS]
+    if (directory / SAFE_INDEX).is_file():
+        try:
             index = json.loads((directory / SAFE_INDEX).read_text(encoding="utf-8"))
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state.update(load_file(directory / shard))
-            return state
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{directory}: corrupt safetensors weights ({err})") from None
+            return [directory / shard for shard in sorted(set(index["weight_map"].values()))]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{directory / SAFE_INDEX}: expected a safetensors index with a weight_map "
+                                  f"({type(err).__name__})") from None
+    return []
+
+
+def read_weight_headers(directory: Path) -> dict[str, TensorHeader]:
+    """Every safetensors tensor's dtype and shape in a checkpoint directory, weights checked as
+    ``check_weight_dtypes`` does, no tensor data read. Empty for a ``pytorch_model.bin`` checkpoint (a pickle
+    has no header to read without unpickling it)."""
+    headers: dict[str, TensorHeader] = {}
+    for file in weights_files(directory):
+        part = read_safetensors_header(file)
+        check_weight_dtypes({name: h.dtype for name, h in part.items()}, file)
+        headers.update(part)
+    return headers
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """safetensors first (single file or sharded index), then pytorch_model.bin with weights_only=True. Every
+    file's weights are checked to be floats (``check_weight_dtypes``) before anything is converted."""
+    files = weights_files(directory)
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            check_weight_dtypes({name: h.dtype for name, h in read_safetensors_header(file).items()}, file)
+            try:
+                state.update(load_file(file))
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(f"{directory}: corrupt safetensors weights ({err})") from None
+        return state
     if (directory / TORCH_WEIGHTS).is_file():
         try:
             state = torch.load(directory / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - unpickling refuses anything but tensors
             raise CheckpointError(f"{directory / TORCH_WEIGHTS}: refused or unreadable ({str(err).splitlines()[0]})") from None
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{directory / TORCH_WEIGHTS}: expected a state dict, got {type(state).__name__}")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{directory / TORCH_WEIGHTS}: expected a state dict of tensors, got "
+                                  f"{type(state).__name__}")
+        check_weight_dtypes({name: t.dtype for name, t in state.items()}, directory / TORCH_WEIGHTS)
         return state
     raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}")
 
@@ -138,16 +242,25 @@ def build_config(raw: dict[str, Any], where: str, **overrides: Any) -> Pretraine
 
 # -- loading into a module ---------------------------------------------------------------------------------------
 def assign_weights(model: torch.nn.Module, weights: StateDict, report: LoadingReport, prefix: str = "") -> None:
-    """Copy ``weights`` into ``model`` (names relative to ``prefix``); shape mismatches are errors."""
-    own = model.state_dict()
+    """Copy ``weights`` into ``model`` (names relative to ``prefix``). Each tensor is checked against the
+    parameter it fills before any is copied: a different shape or a non-float tensor for a float parameter is an
+    error; a different float dtype (an fp16 checkpoint into an fp32 model) is converted and recorded in
+    ``report.converted``."""
+    own = model.state_dict(keep_vars=True)
     for key, tensor in weights.items():
         full = prefix + key
         if full not in own:
             report.unused.append(key)
             continue
-        if own[full].shape != tensor.shape:
+        target = own[full]
+        if target.shape != tensor.shape:
             raise CheckpointError(f"{report.source}: tensor {key} has shape {tuple(tensor.shape)} in the checkpoint "
-                                  f"but {tuple(own[full].shape)} in the model")
+                                  f"but {tuple(target.shape)} in the model")
+        if target.is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{report.source}: tensor {key} has dtype {tensor.dtype} in the checkpoint but "
+                                  f"the model's is {target.dtype}; expected floating-point data")
+        if tensor.dtype != target.dtype:
+            report.converted.append(f"{full}: {tensor.dtype} -> {target.dtype}")
         report.loaded.append(full)
     with torch.no_grad():
         params = dict(model.named_parameters(remove_duplicate=False))
@@ -220,7 +333,8 @@ def load_pretrained(cls, name_or_path, revision=None, **overrides):
     model.tie_weights()
     model.loading_report = report
     _log_report(report)
-    return model
+    # transformers' convention: a loaded model is ready to use (dropout off); training calls model.train().
+    return model.eval()
 
 
 def _log_report(report: LoadingReport) -> None:
@@ -229,6 +343,8 @@ def _log_report(report: LoadingReport) -> None:
         logger.info("newly initialised: %s", ", ".join(report.newly_initialized))
     if report.unused:
         logger.info("unused: %s", ", ".join(report.unused))
+    if report.converted:
+        logger.info("converted: %s", ", ".join(report.converted))
 
 
 # -- saving ------------------------------------------------------------------------------------------------------

@@ -99,6 +99,9 @@ GPT2_CONV1D_SUFFIXES = (
 )
 # Causal-mask buffers persisted by old GPT-2 checkpoints: not weights, nothing to load.
 GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
+# Tensors that checkpoints of these families may persist and that are not weights: integer index buffers (BERT's
+# and RoBERTa's position / token-type ids) and GPT-2's causal masks. Only these may have a non-float dtype.
+NON_WEIGHT_SUFFIXES = ("position_ids", "token_type_ids") + GPT2_MASK_BUFFERS
 
 
 def map_gpt2_family(state: StateDict, prefix: str) -> tuple[StateDict, StateDict, list[str], list[str]]:

@@ -24,6 +24,8 @@ its own and calls ``search`` directly.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 from typing import Any, Protocol, Sequence
 
@@ -381,6 +383,75 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"generate: {name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_token_id(name: str, value: int, vocab_size: int) -> None:
+    """An id the output rows hold must be a token of the decoder's vocabulary: an id past it would never be
+    produced (an EOS that cannot end a hypothesis) or could not be decoded (a start or pad id)."""
+    if value >= vocab_size:
+        raise ValueError(f"generate: {name}={value} is outside the output vocabulary [0, {vocab_size})")
+
+
+def _vocab_sizes(model) -> tuple[int, int]:
+    """(input vocabulary, output vocabulary): the encoder's and decoder's for an encoder-decoder, one for a
+    decoder-only model."""
+    config = model.config
+    encoder, decoder = getattr(config, "encoder", config), getattr(config, "decoder", config)
+    return encoder.vocab_size, decoder.vocab_size
+
+
+def _check_inputs(model, input_ids: Any, attention_mask: Any) -> None:
+    """Refuse what would fail deep inside the model (a reshape of an empty sequence, an embedding lookup past the
+    vocabulary) or decode garbage without an error (a source with no attended token)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or 0 in input_ids.shape:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"generate: input_ids must be a non-empty [batch, length] tensor, got {shape}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"generate: input_ids must be an integer tensor, got {input_ids.dtype}")
+    vocab, _ = _vocab_sizes(model)
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"generate: input_ids holds token id {low if low < 0 else high}, outside the input "
+                         f"vocabulary [0, {vocab})")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"generate: attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"generate: attention_mask shape {tuple(attention_mask.shape)} does not match "
+                         f"input_ids shape {tuple(input_ids.shape)}")
+    if attention_mask.is_complex() or not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("generate: attention_mask must hold only 0 (padding) and 1 (token)")
+    if getattr(model.config, "is_encoder_decoder", False):
+        empty = (attention_mask == 0).all(dim=1).nonzero()
+        if empty.numel():
+            raise ValueError(f"generate: attention_mask row {int(empty[0])} attends to no token; every source of "
+                             "an encoder-decoder needs at least one")
+
+
+# transformers options that ask for something bertgen does not do: refused by name, not ignored.
+_UNSUPPORTED = {
+    "do_sample": "sampling is not implemented (beam search, or greedy with num_beams=1)",
+}
+
+
+def _max_new_tokens(max_new_tokens: int | None, max_length: int | None, room: int, model) -> int:
+    """``max_length`` is transformers' encoder-decoder meaning: the length of a returned row, start token
+    included, so it allows ``max_length - 1`` generated tokens. Both at once would leave one of them unused."""
+    if max_length is not None:
+        if max_new_tokens is not None:
+            raise ValueError(f"generate: pass max_new_tokens or max_length, not both (got {max_new_tokens} and "
+                             f"{max_length})")
+        _check_int("max_length", max_length, 2)
+        max_new_tokens = max_length - 1
+    elif max_new_tokens is None:
+        max_new_tokens = room
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    if max_new_tokens > room:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds the {room} output positions of "
+                         f"{type(model).__name__} (max_position_embeddings; a decoder-only model's input takes "
+                         "its share)")
+    return max_new_tokens
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -391,6 +462,7 @@ def generate(
     length_penalty: float = LENGTH_PENALTY,
     length_penalty_style: str = LENGTH_PENALTY_STYLE,
     max_new_tokens: int | None = None,
+    max_length: int | None = None,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
     early_stopping: bool | str = True,
@@ -400,6 +472,7 @@ def generate(
     num_return_sequences: int = 1,
     return_scores: bool = False,
     use_cache: bool = True,
+    **options: Any,
 ):
     """Decode ``input_ids`` [batch, src_len] with a :class:`Seq2SeqModel` (``EncoderDecoderModel``,
     ``GPT2PrefixLM``); defaults are the paper's (beam 4, GNMT length penalty with alpha 0.6).
@@ -408,17 +481,27 @@ def generate(
     starts with the decoder start token, the ``num_return_sequences`` hypotheses of a source are consecutive (best
     first), and rows shorter than the longest are filled with ``pad_token_id``. With ``return_scores`` the result
     is ``(sequences, scores)``, scores as in ``search``. ``max_new_tokens`` defaults to as many tokens as the
-    model has positions for (``output_room``); the start token is ``model.decoding_start_id()``, the other ids
-    default to ``model.config``'s (pad falls back to EOS, as in
-    transformers). ``early_stopping`` is transformers': True, False or "never". Call ``model.eval()`` first:
-    dropout is not switched off here.
+    model has positions for (``output_room``); ``max_length`` is the alternative transformers users know: the
+    longest returned row, start token included (transformers' meaning for an encoder-decoder), i.e.
+    ``max_new_tokens = max_length - 1``; pass one of the two. The start token is ``model.decoding_start_id()``,
+    the other ids default to ``model.config``'s (pad falls back to EOS, as in transformers); every id must be a
+    token of the output vocabulary. ``early_stopping`` is transformers': True, False or "never".
+    ``do_sample=False`` is accepted (it is what this does); sampling and any option not listed here are refused
+    with a ValueError, so a transformers argument is never silently ignored. Dropout is not switched off here:
+    ``from_pretrained`` returns the model in eval mode, a model that was trained needs ``model.eval()``.
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.size(0) == 0:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(f"generate: input_ids must be a non-empty [batch, length] tensor, got {shape}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"generate: attention_mask shape {tuple(attention_mask.shape)} does not match "
-                         f"input_ids shape {tuple(input_ids.shape)}")
+    unknown = sorted(k for k in options if k not in _UNSUPPORTED)
+    if unknown:
+        raise ValueError(f"generate: unknown option {unknown[0][:40]!r}; expected one of "
+                         f"{', '.join(_GENERATE_OPTIONS)}")
+    for name, value in options.items():
+        if value is not False:
+            raise ValueError(f"generate: {name}={value!r} is not supported: {_UNSUPPORTED[name]}")
+    if not hasattr(model, "decoding_step"):
+        raise ValueError(f"generate: {type(model).__name__} is not a Seq2SeqModel (no decoding_step); pass an "
+                         "EncoderDecoderModel or a GPT2PrefixLM (a bare decoder cannot encode the input)")
+    _check_inputs(model, input_ids, attention_mask)
+    _, vocab = _vocab_sizes(model)
     _check_int("num_beams", num_beams, 1)
     _check_int("min_new_tokens", min_new_tokens, 0)
     _check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0)
@@ -429,36 +512,38 @@ def generate(
     if length_penalty_style not in LENGTH_PENALTY_STYLES:
         raise ValueError(f"generate: length_penalty_style must be one of {LENGTH_PENALTY_STYLES}, "
                          f"got {length_penalty_style!r}")
-    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
-        raise ValueError(f"generate: length_penalty must be a number, got {length_penalty!r}")
+    if (not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool)
+            or not math.isfinite(length_penalty)):
+        raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
 
-    if not hasattr(model, "decoding_step"):
-        raise ValueError(f"generate: {type(model).__name__} is not a Seq2SeqModel (no decoding_step); pass an "
-                         "EncoderDecoderModel or a GPT2PrefixLM (a bare decoder cannot encode the input)")
     config = model.config
     if decoder_start_token_id is None:
         decoder_start_token_id = model.decoding_start_id()
     _check_int("decoder_start_token_id", decoder_start_token_id, 0)
+    _check_token_id("decoder_start_token_id", decoder_start_token_id, vocab)
     if eos_token_id is None:
         eos_token_id = getattr(config, "eos_token_id", None)
     eos_ids = _eos_tensor(eos_token_id, input_ids.device)
+    for eos in eos_ids.tolist():
+        _check_token_id("eos_token_id", eos, vocab)
     if pad_token_id is None:
         pad_token_id = getattr(config, "pad_token_id", None)
     if pad_token_id is None:
         # Without pad and EOS every hypothesis runs to max_new_tokens, so no position is ever filled.
         pad_token_id = int(eos_ids[0]) if eos_ids.numel() else 0
     _check_int("pad_token_id", pad_token_id, 0)
+    _check_token_id("pad_token_id", pad_token_id, vocab)
+    if num_beams > 1 and max(2, 1 + eos_ids.numel()) * num_beams > vocab:
+        raise ValueError(f"generate: num_beams={num_beams}: the output vocabulary ({vocab}) must have at least "
+                         f"{max(2, 1 + eos_ids.numel()) * num_beams} tokens (beam search keeps "
+                         f"{max(2, 1 + eos_ids.numel())} candidates per beam)")
 
-    room = model.output_room(input_ids.size(1))
-    if max_new_tokens is None:
-        max_new_tokens = room
-    _check_int("max_new_tokens", max_new_tokens, 1)
-    if max_new_tokens > room:
-        raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds the {room} output positions of "
-                         f"{type(model).__name__} (max_position_embeddings; a decoder-only model's input of "
-                         f"{input_ids.size(1)} tokens takes its share)")
+    max_new_tokens = _max_new_tokens(max_new_tokens, max_length, model.output_room(input_ids.size(1)), model)
+    if min_new_tokens > max_new_tokens:
+        raise ValueError(f"generate: min_new_tokens={min_new_tokens} exceeds max_new_tokens={max_new_tokens}; no "
+                         "hypothesis could end with EOS")
 
     step = model.decoding_step(input_ids, attention_mask, use_cache=use_cache)
     prompt = torch.full((input_ids.size(0), 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
@@ -469,6 +554,13 @@ def generate(
         early_stopping=early_stopping, num_return_sequences=num_return_sequences,
     )
     return (sequences, scores) if return_scores else sequences
+
+
+# What generate accepts, for the message that refuses anything else.
+_GENERATE_OPTIONS = sorted(
+    name for name, param in inspect.signature(generate).parameters.items()
+    if param.kind is inspect.Parameter.KEYWORD_ONLY
+) + sorted(_UNSUPPORTED)
 
 
 # -- benchmark helper ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ As in transformers: ``labels`` become ``decoder_input_ids`` by a shift to the ri
 ``decoder_start_token_id``; positions labelled -100 do not count in the loss; when the two widths differ the encoder
 states pass through ``enc_to_dec_proj``; ``tie_encoder_decoder`` makes the decoder stack share every parameter
 whose name it has in common with the encoder (the paper's bertShare / robertaShare: only cross-attention and the LM
-head bias stay the decoder's own). ``share_word_embeddings`` shares only the embedding matrix (the paper's bert2rnd).
+head bias stay the decoder's own). ``share_word_embeddings`` shares only the embedding matrix (the paper's bert2rnd);
+``from_encoder_decoder_pretrained`` turns it on by itself when both sides are one vocabulary, as the paper's
+parameter counts assume.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ class EncoderDecoderModel(PreTrainedModel):
         decoder_pretrained_model_name_or_path: str | None = None,
         *,
         tie_encoder_decoder: bool = False,
-        share_word_embeddings: bool = False,
+        share_word_embeddings: bool | None = None,
         encoder_config: PretrainedConfig | None = None,
         decoder_config: PretrainedConfig | None = None,
         decoder_start_token_id: int | None = None,
@@ -272,25 +274,39 @@ class EncoderDecoderModel(PreTrainedModel):
         """Warm-start each side from a checkpoint (or build it randomly from a config when the path is None).
 
         The decoder gets ``is_decoder=True, add_cross_attention=True``; its cross-attention is newly initialised.
+        ``share_word_embeddings``: one word-embedding matrix for the encoder, the decoder and its output
+        projection, as ``bertgen.schemes`` builds the paper's same-vocabulary models (Table 1 counts one matrix).
+        None (the default) shares exactly when both sides are checkpoints with one vocabulary (``same_vocabulary``);
+        True with one side random shares the warm side's matrix. The model is returned in eval mode, as
+        ``from_pretrained`` returns it; call ``model.train()`` to fine-tune.
         """
+        encoder_dir = decoder_dir = None
         if encoder_pretrained_model_name_or_path is not None:
-            encoder = model_class_for(
-                _peek_config(encoder_pretrained_model_name_or_path), "encoder"
-            ).from_pretrained(encoder_pretrained_model_name_or_path, is_decoder=False, add_cross_attention=False)
+            encoder_dir = resolve_checkpoint_dir(encoder_pretrained_model_name_or_path)
+            encoder = model_class_for(_peek_config(encoder_dir), "encoder").from_pretrained(
+                encoder_dir, is_decoder=False, add_cross_attention=False)
         elif encoder_config is not None:
             encoder = model_class_for(encoder_config, "encoder")(encoder_config)
         else:
             raise ValueError("pass encoder_pretrained_model_name_or_path or encoder_config")
         dec_kwargs = {"is_decoder": True, "add_cross_attention": True, **decoder_overrides}
         if decoder_pretrained_model_name_or_path is not None:
-            decoder = model_class_for(
-                _peek_config(decoder_pretrained_model_name_or_path), "decoder"
-            ).from_pretrained(decoder_pretrained_model_name_or_path, **dec_kwargs)
+            decoder_dir = resolve_checkpoint_dir(decoder_pretrained_model_name_or_path)
+            decoder = model_class_for(_peek_config(decoder_dir), "decoder").from_pretrained(decoder_dir, **dec_kwargs)
         elif decoder_config is not None:
             decoder_config = decoder_config.replace(**dec_kwargs)
             decoder = model_class_for(decoder_config, "decoder")(decoder_config)
         else:
             raise ValueError("pass decoder_pretrained_model_name_or_path or decoder_config")
+        if share_word_embeddings is None:
+            share_word_embeddings = (encoder_dir is not None and decoder_dir is not None
+                                     and same_vocabulary(encoder_dir, decoder_dir))
+        if share_word_embeddings and encoder_dir is None and decoder_dir is not None:
+            # tie_weights keeps the encoder's matrix; the warm one is the decoder's here.
+            enc_emb, dec_emb = encoder.get_input_embeddings(), decoder.get_input_embeddings()
+            if enc_emb.weight.shape == dec_emb.weight.shape:
+                with torch.no_grad():
+                    enc_emb.weight.copy_(dec_emb.weight)
         config = EncoderDecoderConfig(
             encoder=encoder.config, decoder=decoder.config, tie_encoder_decoder=tie_encoder_decoder,
             share_word_embeddings=share_word_embeddings,
@@ -300,7 +316,7 @@ class EncoderDecoderModel(PreTrainedModel):
         )
         model = cls(config, encoder=encoder, decoder=decoder)
         model.loading_report = {"encoder": encoder.loading_report, "decoder": decoder.loading_report}
-        return model
+        return model.eval()
 
     @classmethod
     def _load_pretrained(cls, directory: Path, raw: dict[str, Any], **overrides: Any) -> "EncoderDecoderModel":
@@ -340,12 +356,33 @@ class EncoderDecoderModel(PreTrainedModel):
         model.tie_weights()
         model.loading_report = report
         _log_report(report)
-        return model
+        return model.eval()
 
 
 def _base_prefix(decoder: nn.Module) -> str:
     base = decoder.base_model
     return next(n for n, m in decoder.named_children() if m is base) + "."
+
+
+# The files that define a vocabulary, whichever tokenizer kind a checkpoint ships.
+VOCABULARY_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "spiece.model")
+
+
+def same_vocabulary(encoder_dir: Path, decoder_dir: Path) -> bool:
+    """Whether two checkpoints read and write one vocabulary, so one word-embedding matrix can serve both: the
+    same directory, or the same family and vocabulary size with byte-identical vocabulary files (two copies of
+    one checkpoint). Without vocabulary files two directories cannot be told apart, so they are not shared."""
+    if Path(encoder_dir).resolve() == Path(decoder_dir).resolve():
+        return True
+    raw = [read_config_dict(Path(d)) for d in (encoder_dir, decoder_dir)]
+    families = [family_for(r.get("model_type"), str(d)).name for r, d in zip(raw, (encoder_dir, decoder_dir))]
+    if families[0] != families[1] or raw[0].get("vocab_size") != raw[1].get("vocab_size"):
+        return False
+    present = [name for name in VOCABULARY_FILES
+               if (Path(encoder_dir) / name).is_file() or (Path(decoder_dir) / name).is_file()]
+    return bool(present) and all((Path(encoder_dir) / name).is_file() and (Path(decoder_dir) / name).is_file()
+                                 and (Path(encoder_dir) / name).read_bytes() == (Path(decoder_dir) / name).read_bytes()
+                                 for name in present)
 
 
 def _peek_config(name_or_path) -> PretrainedConfig:

@@ -223,7 +223,7 @@ class GPT2PreTrainedModel(PreTrainedModel):
         model.tie_weights()
         model.loading_report = report
         _log_report(report)
-        return model
+        return model.eval()  # as from_pretrained returns every model
 
 
 def keep_first_positions(stack: dict[str, torch.Tensor], positions: int, key: str = "wpe.weight") -> list[str]:

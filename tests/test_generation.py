@@ -133,6 +133,21 @@ def test_beam_search_matches_transformers(models, options):
         torch.testing.assert_close(scores, expected.sequences_scores, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("max_length", [2, 5, 9])
+def test_max_length_means_what_it_means_in_transformers(models, num_beams, max_length):
+    """For an encoder-decoder, transformers' max_length is the longest returned row, decoder start included."""
+    hf, ours = models
+    ids, mask = make_batch(4)
+    with torch.no_grad():
+        expected = hf.generate(ids, attention_mask=mask, do_sample=False, num_beams=num_beams, max_length=max_length,
+                               length_penalty=1.0, early_stopping=True)
+    got = ours.generate(ids, mask, num_beams=num_beams, max_length=max_length, length_penalty=1.0,
+                        length_penalty_style="hf", early_stopping=True, do_sample=False)
+    assert torch.equal(got, expected), f"\n{got}\n{expected}"
+    assert got.size(1) <= max_length
+
+
 # -- length penalty ----------------------------------------------------------------------------------------------
 def test_length_penalty_denominators():
     assert length_penalty_denominator(1, 0.6, "gnmt") == 1.0
