@@ -229,3 +229,21 @@ def test_gpt2_loads_in_eval_mode(tmp_path):
     config = GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=49, eos_token_id=49)
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
     assert GPT2LMHeadModel.from_pretrained(tmp_path).training is False
+
+
+# -- the README's example ---------------------------------------------------------------------------------------------
+def test_readme_model_library_example_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsys):
+    """The first code block of the README's "The model library" section, with the real MiniLM BERT in place of
+    bert-base-cased (no network here): it loads, trains a step, decodes twice the same, and saves."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The model library"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
+    hub_id = '"google-bert/bert-base-cased"'
+    assert hub_id in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace(hub_id, repr(str(minilm_dir))), "README.md", "exec"), namespace := {})
+    model, out = namespace["model"], namespace["out"]
+    assert model.training is False and out.size(1) <= 32
+    assert torch.equal(model.generate(**namespace["sources"], num_beams=4, max_length=32), out)
+    assert (tmp_path / "bert2bert" / "model.safetensors").is_file()
+    assert "crossattention" in capsys.readouterr().out
