@@ -198,10 +198,17 @@ def read_weight_headers(directory: Path) -> dict[str, TensorHeader]:
     return headers
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(directory: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     """safetensors first (single file or sharded index), then pytorch_model.bin with weights_only=True. Every
-    file's weights are checked to be floats (``check_weight_dtypes``) before anything is converted."""
+    file's weights are checked to be floats (``check_weight_dtypes``) before anything is converted.
+
+    ``meta=True``: tensors on the meta device with the checkpoint's dtypes and shapes, from the safetensors headers
+    alone, so a meta-device build can check every tensor against the model it fills without reading the weights
+    (a pickle has no header: ``pytorch_model.bin`` is read, then moved to the meta device)."""
     files = weights_files(directory)
+    if files and meta:
+        return {name: torch.empty(h.shape, dtype=h.dtype, device="meta")
+                for name, h in read_weight_headers(directory).items()}
     if files:
         state: dict[str, torch.Tensor] = {}
         for file in files:
@@ -220,7 +227,7 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{directory / TORCH_WEIGHTS}: expected a state dict of tensors, got "
                                   f"{type(state).__name__}")
         check_weight_dtypes({name: t.dtype for name, t in state.items()}, directory / TORCH_WEIGHTS)
-        return state
+        return {name: t.to("meta") for name, t in state.items()} if meta else state
     raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}")
 
 

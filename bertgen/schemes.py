@@ -489,8 +489,10 @@ def build(scheme: Plan | str, device: str | torch.device | None = None, **argume
     """Build a planned scheme: the model from the plan's config, its warm sides loaded from their checkpoints.
 
     ``scheme``: a ``Plan``, or a scheme name to plan first with ``arguments`` (``plan``'s keywords: ``bert=``,
-    ``warm_start=``, size overrides …). ``device="meta"`` builds the modules without memory and reads no weights
-    (configs only).
+    ``warm_start=``, size overrides …). ``device="meta"`` builds the modules without memory and reads no tensor
+    data: the warm sides' tensors come from the safetensors headers and go through the same checks as real
+    weights (dtype, shape, which tensor fills what), so a launch pre-flight refuses a corrupt or mismatched
+    checkpoint before anything runs.
 
     Returns ``Built(model, spec)``: an ``EncoderDecoderModel`` (a ``GPT2PrefixLM`` for ``gpt``), and which loaded
     tokenizers encode the inputs and decode the outputs, with the loading report (``spec.report``).
@@ -505,8 +507,8 @@ def build(scheme: Plan | str, device: str | torch.device | None = None, **argume
         config = scheme.config
         model: nn.Module = GPT2PrefixLM(config) if isinstance(config, GPT2Config) else EncoderDecoderModel(config)
     report = None
-    if scheme.with_weights and not meta:
-        report = _load_warm_sides(model, scheme)
+    if scheme.with_weights:
+        report = _load_warm_sides(model, scheme, meta)
         if scheme.warm_start.cross_attention == "self_attention":
             _cross_attention_from_self_attention(model, scheme.scheme, scheme.warm_start, report)
     if target is not None and not meta:
@@ -516,11 +518,12 @@ def build(scheme: Plan | str, device: str | torch.device | None = None, **argume
 
 # -- weights --------------------------------------------------------------------------------------------------------
 def _warm_weights(source: Checkpoint, warm: WarmStart, depth: int, positions: int | None,
-                  report: LoadingReport) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                  report: LoadingReport, meta: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The checkpoint's stack (and LM-head) tensors that ``warm`` selects, renamed to the model's layer numbers;
-    what it leaves out is reported as unused. ``positions``: rows of a GPT-2 position table the model keeps."""
+    what it leaves out is reported as unused. ``positions``: rows of a GPT-2 position table the model keeps.
+    ``meta``: header-only tensors on the meta device (``read_state_dict``)."""
     family = source.family
-    stack, head, unused, folded = family.map_state(read_state_dict(source.directory), family.prefix)
+    stack, head, unused, folded = family.map_state(read_state_dict(source.directory, meta), family.prefix)
     if positions is not None:
         unused = keep_first_positions(stack, positions) + unused
     report.unused.extend(f"{family.name}:{k}" for k in unused)
@@ -564,9 +567,10 @@ def _check_layers(warm: WarmStart, source: Checkpoint, depth: int) -> None:
                          f"numbered 0-{available - 1})")
 
 
-def _load_warm_sides(model: nn.Module, planned: Plan) -> LoadingReport:
+def _load_warm_sides(model: nn.Module, planned: Plan, meta: bool) -> LoadingReport:
     """Assign each warm side's selected tensors into the assembled model (shared tensors are written through any
-    of their names) and report what stayed newly initialised across the whole model."""
+    of their names) and report what stayed newly initialised across the whole model. ``meta``: the model and
+    the tensors are on the meta device; only the checks run (nothing is logged, there is nothing to use yet)."""
     scheme = planned.scheme
     names = " + ".join(f"{family}={c.name}" for family, c in planned.checkpoints.items())
     report = LoadingReport(names, scheme.name)
@@ -582,7 +586,7 @@ def _load_warm_sides(model: nn.Module, planned: Plan) -> LoadingReport:
         positions = model.config.n_positions if isinstance(model, GPT2PrefixLM) else (
             model.decoder.config.max_position_embeddings if family == "gpt2" else None)
         stack, head = _warm_weights(planned.checkpoints[family], planned.warm_start, planned.depth(family),
-                                    positions, report)
+                                    positions, report, meta)
         weights = {prefix + k: v for k, v in stack.items()}
         head_prefix = "" if isinstance(model, GPT2PrefixLM) else "decoder."
         if prefix.startswith(("decoder.", "transformer.")):
@@ -593,7 +597,8 @@ def _load_warm_sides(model: nn.Module, planned: Plan) -> LoadingReport:
     finish_report(model, report)
     model.tie_weights()
     model.loading_report = report
-    _log_report(report)
+    if not meta:
+        _log_report(report)
     return report
 
 

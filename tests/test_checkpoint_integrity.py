@@ -206,3 +206,38 @@ def test_header_length_that_cannot_be_is_refused(tmp_path, prefix):
     length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
     refused(lambda: read_safetensors_header(file),
             f"{file}: corrupt safetensors header (length {length} for a file of {file.stat().st_size} bytes)")
+
+
+# -- the launch pre-flight: a meta-device build checks the headers ---------------------------------------------------
+def bert_checkpoint(tiny: dict, directory: Path) -> Path:
+    file = save_encoder(directory, tiny)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    (directory / "vocab.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
+    return file
+
+
+def test_meta_build_checks_the_warm_weights_from_their_headers(tiny, tmp_path):
+    bert_checkpoint(tiny, tmp_path)
+    built = schemes.build("bert2bert", bert=str(tmp_path), device="meta")
+    assert built.model.device.type == "meta"
+    real = schemes.build("bert2bert", bert=str(tmp_path))
+    assert sorted(built.spec.report.loaded) == sorted(real.spec.report.loaded)
+    assert built.spec.report.newly_initialized == real.spec.report.newly_initialized
+
+
+def test_meta_build_refuses_a_transposed_tensor_without_reading_data(tiny, tmp_path):
+    file = bert_checkpoint(tiny, tmp_path)
+    name = "encoder.layer.1.intermediate.dense.weight"
+    state = load_file(file)
+    state[name] = state[name].t().contiguous()
+    save_file(state, str(file))
+    refused(lambda: schemes.build("bert2rnd", bert=str(tmp_path), device="meta"),
+            f"bert={tmp_path}: tensor encoder.{name} has shape (32, 37) in the checkpoint but (37, 32) in the model")
+
+
+def test_meta_build_refuses_an_integer_header(tiny, tmp_path):
+    file = bert_checkpoint(tiny, tmp_path)
+    edit_header(file, WORDS, dtype="I32")
+    refused(lambda: schemes.build("rnd2bert", bert=str(tmp_path), device="meta"),
+            f"{file}: tensor {WORDS} has dtype torch.int32; expected a floating-point dtype (integer data must not "
+            "be cast into float weights)")
