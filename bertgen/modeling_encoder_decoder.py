@@ -277,8 +277,9 @@ class EncoderDecoderModel(PreTrainedModel):
         ``share_word_embeddings``: one word-embedding matrix for the encoder, the decoder and its output
         projection, as ``bertgen.schemes`` builds the paper's same-vocabulary models (Table 1 counts one matrix).
         None (the default) shares exactly when both sides are checkpoints with one vocabulary (``same_vocabulary``);
-        True with one side random shares the warm side's matrix. The model is returned in eval mode, as
-        ``from_pretrained`` returns it; call ``model.train()`` to fine-tune.
+        the encoder's matrix is the one kept (two different checkpoints of one vocabulary lose the decoder's; pass
+        False to keep both). True with one side random shares the warm side's matrix. The model is returned in
+        eval mode, as ``from_pretrained`` returns it; call ``model.train()`` to fine-tune.
         """
         encoder_dir = decoder_dir = None
         if encoder_pretrained_model_name_or_path is not None:
@@ -372,17 +373,16 @@ def same_vocabulary(encoder_dir: Path, decoder_dir: Path) -> bool:
     """Whether two checkpoints read and write one vocabulary, so one word-embedding matrix can serve both: the
     same directory, or the same family and vocabulary size with byte-identical vocabulary files (two copies of
     one checkpoint). Without vocabulary files two directories cannot be told apart, so they are not shared."""
-    if Path(encoder_dir).resolve() == Path(decoder_dir).resolve():
+    enc, dec = Path(encoder_dir), Path(decoder_dir)
+    if enc.resolve() == dec.resolve():
         return True
-    raw = [read_config_dict(Path(d)) for d in (encoder_dir, decoder_dir)]
-    families = [family_for(r.get("model_type"), str(d)).name for r, d in zip(raw, (encoder_dir, decoder_dir))]
+    raw = [read_config_dict(d) for d in (enc, dec)]
+    families = [family_for(r.get("model_type"), str(d)).name for r, d in zip(raw, (enc, dec))]
     if families[0] != families[1] or raw[0].get("vocab_size") != raw[1].get("vocab_size"):
         return False
-    present = [name for name in VOCABULARY_FILES
-               if (Path(encoder_dir) / name).is_file() or (Path(decoder_dir) / name).is_file()]
-    return bool(present) and all((Path(encoder_dir) / name).is_file() and (Path(decoder_dir) / name).is_file()
-                                 and (Path(encoder_dir) / name).read_bytes() == (Path(decoder_dir) / name).read_bytes()
-                                 for name in present)
+    present = [name for name in VOCABULARY_FILES if (enc / name).is_file() or (dec / name).is_file()]
+    return bool(present) and all((enc / name).is_file() and (dec / name).is_file()
+                                 and (enc / name).read_bytes() == (dec / name).read_bytes() for name in present)
 
 
 def _peek_config(name_or_path) -> PretrainedConfig:
