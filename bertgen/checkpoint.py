@@ -111,6 +111,19 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 MAX_SAFETENSORS_HEADER = 100_000_000
 
 
+class _DuplicateKey(Exception):
+    """A JSON object with a key twice: which value a reader keeps is up to the reader, so neither is trusted."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class TensorHeader:
     """One tensor as a safetensors header lists it: enough to check it against a model without reading it."""
@@ -133,9 +146,12 @@ def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorHeader]:
             if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, size - 8):
                 raise CheckpointError(f"{file}: corrupt safetensors header (length {length} for a file of "
                                       f"{size} bytes)")
-            header = json.loads(handle.read(length).decode("utf-8"))
+            header = json.loads(handle.read(length).decode("utf-8"), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{file}: corrupt safetensors header ({type(err).__name__})") from None
+    except _DuplicateKey as err:
+        raise CheckpointError(f"{file}: corrupt safetensors header: {str(err)[:100]!r} appears twice; expected each "
+                              "tensor once") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: corrupt safetensors header: expected a JSON object, got "
                               f"{type(header).__name__}")

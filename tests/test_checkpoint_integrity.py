@@ -280,3 +280,17 @@ def test_mutated_headers_and_configs_load_intact_or_are_refused_in_one_line(tiny
             assert len(report.unused) == len(report.newly_initialized), (attempt, report.summary())
         outcomes["loaded"] += 1
     assert outcomes["loaded"] and outcomes["refused"], outcomes
+
+
+def test_a_tensor_listed_twice_in_the_header_is_refused(tiny, tmp_path):
+    """Two entries under one name: the file has one tensor's bytes twice and no reader agrees which to keep."""
+    file = save_encoder(tmp_path, tiny)
+    data = file.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header = data[8:8 + length]
+    other = b'"embeddings.LayerNorm.weight"'
+    assert header.count(other) == 1
+    header = header.replace(other, b'"embeddings.LayerNorm.bias"').ljust(length, b" ")
+    file.write_bytes(data[:8] + header + data[8 + length:])
+    refused(lambda: BertGenerationEncoder.from_pretrained(tmp_path),
+            f"{file}: corrupt safetensors header: 'embeddings.LayerNorm.bias' appears twice; expected each tensor once")
