@@ -23,37 +23,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import sentencepiece as spm
-import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
 from .families import FAMILIES
+# Re-exported: the base interface and the SentencePiece tokenizer live in their own modules, imported from here.
+from .tokenization_base import (  # noqa: F401
+    DEFAULT_SPECIAL_TOKENS,
+    SPECIAL_ROLES,
+    TOKENIZER_CLASSES,
+    TOKENIZER_KINDS,
+    BaseTokenizer,
+    TokenizerError,
+    _check_room_for_specials,
+    _write_tokenizer_config,
+)
+from .tokenization_sentencepiece import SPIECE_UNDERLINE, BertGenerationTokenizer  # noqa: F401
 
 __all__ = ["BertGenerationTokenizer", "FastTokenizer", "TokenizerError", "TOKENIZER_KINDS", "has_tokenizer_files",
            "load_tokenizer"]
 
-# The kinds: one per checkpoint family (bertgen.families), plus the SentencePiece tokenizer of the paper's released
-# BertGeneration checkpoints, which no family warm-starts from.
-TOKENIZER_KINDS = (*(family.tokenizer for family in FAMILIES.values()), "sentencepiece")
-
-# The order in which transformers registers special tokens; it fixes the ids of specials missing from a vocabulary
-# (BertGeneration's "<::::>" and "<pad>" get the two ids after the SentencePiece pieces, in this order).
-SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-
-DEFAULT_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
-    **{family.tokenizer: family.special_tokens for family in FAMILIES.values()},
-    "sentencepiece": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "<::::>", "pad": "<pad>"},
-}
-
-# Written to tokenizer_config.json so that transformers' AutoTokenizer can read a saved directory too.
-TOKENIZER_CLASSES = {"bert": "BertTokenizer", "roberta": "RobertaTokenizer", "gpt2": "GPT2Tokenizer",
-                     "sentencepiece": "BertGenerationTokenizer"}
 # What a directory's tokenizer_config.json / config.json says, read as a kind: the families' own names, and the
 # model types and tokenizer classes of other checkpoints that ship the same tokenizers.
 _KIND_BY_MODEL_TYPE = {**{name: family.tokenizer for name, family in FAMILIES.items()},
@@ -69,223 +61,6 @@ _OPTIONS = {
     "tokenizer.json": (),
 }
 _EXPECTED_FILES = "tokenizer.json, vocab.json + merges.txt, vocab.txt or a SentencePiece *.model"
-
-SPIECE_UNDERLINE = "\u2581"
-
-
-class TokenizerError(ValueError):
-    """Tokenizer files or arguments that cannot be used as asked."""
-
-
-class BaseTokenizer(ABC):
-    """What every kind shares: special-token ids, ``__call__``/``encode``/``decode``, built on the abstract
-    primitives below."""
-
-    def __init__(self, kind: str, special_tokens: dict[str, str], vocab_file: str | os.PathLike | None) -> None:
-        self.kind = kind
-        self.special_tokens = {role: token for role, token in special_tokens.items() if token is not None}
-        # The file the vocabulary was read from (vocab.txt, vocab.json, tokenizer.json, *.model): what an error about
-        # the vocabulary names.
-        self.vocab_file = Path(vocab_file) if vocab_file is not None else None
-
-    # -- primitives ---------------------------------------------------------------------------------------------
-    @abstractmethod
-    def token_to_id(self, token: str) -> int | None:
-        """The id of a token, ``None`` when it is not in the vocabulary."""
-
-    @abstractmethod
-    def id_to_token(self, index: int) -> str | None:
-        """The token of an id, ``None`` when no token has it."""
-
-    @abstractmethod
-    def _encode_batch(self, texts: list[str], *, add_special_tokens: bool, truncate_to: int | None,
-                      pad_to: int | str | None) -> tuple[list[list[int]], list[list[int]]]:
-        """(input ids, attention masks); ``pad_to`` is ``"longest"``, a length, or ``None`` for no padding."""
-
-    @abstractmethod
-    def _decode_batch(self, sequences: list[list[int]], skip_special_tokens: bool) -> list[str]:
-        """One text per id sequence."""
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Size of an embedding table that holds every id."""
-
-    @abstractmethod
-    def __len__(self) -> int:
-        """Number of distinct tokens, added specials included."""
-
-    @abstractmethod
-    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
-        """Write the files :func:`load_tokenizer` reads back; returns their paths."""
-
-    # -- special tokens -----------------------------------------------------------------------------------------
-    def _ordered_special_tokens(self) -> list[str]:
-        ordered: list[str] = []
-        for role in SPECIAL_ROLES:
-            token = self.special_tokens.get(role)
-            if token is not None and token not in ordered:
-                ordered.append(token)
-        return ordered
-
-    def _role_id(self, role: str) -> int | None:
-        token = self.special_tokens.get(role)
-        return None if token is None else self.token_to_id(token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._role_id("pad")
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._role_id("unk")
-
-    @property
-    def cls_token_id(self) -> int | None:
-        return self._role_id("cls")
-
-    @property
-    def sep_token_id(self) -> int | None:
-        return self._role_id("sep")
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return self._role_id("mask")
-
-    @property
-    def bos_token_id(self) -> int | None:
-        """The id that starts a sequence: the bos token, or ``[CLS]`` for kinds without one (BERT)."""
-        return self._role_id("bos") if "bos" in self.special_tokens else self._role_id("cls")
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The id that ends a sequence: the eos token, or ``[SEP]`` for kinds without one (BERT)."""
-        return self._role_id("eos") if "eos" in self.special_tokens else self._role_id("sep")
-
-    @property
-    def decoder_start_token_id(self) -> int | None:
-        """``[CLS]`` for BERT (as in the paper's BERT decoders), the bos token for every other kind."""
-        if self.kind == "bert" and "cls" in self.special_tokens:
-            return self.cls_token_id
-        return self.bos_token_id
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        ids = {self.token_to_id(token) for token in self._ordered_special_tokens()}
-        return sorted(i for i in ids if i is not None)
-
-    # -- encoding -----------------------------------------------------------------------------------------------
-    def __call__(self, texts: str | Sequence[str], max_length: int | None = None,
-                 padding: bool | str = True, truncation: bool = True, return_tensors: str | None = "pt",
-                 add_special_tokens: bool = True) -> dict[str, Any]:
-        """Encode one text or a batch into ``{"input_ids", "attention_mask"}``.
-
-        ``padding``: ``True``/``"longest"`` pads to the longest sequence of the batch, ``"max_length"`` to
-        ``max_length``, ``False`` not at all (always on the right). ``truncation`` cuts sequences, special tokens
-        included, to ``max_length`` from the right; without ``max_length`` nothing is cut. ``return_tensors="pt"``
-        gives ``[batch, length]`` long tensors (``[1, length]`` for a single text), ``None`` lists (a flat list for
-        a single text), as transformers does.
-        """
-        single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        for position, text in enumerate(batch):
-            if not isinstance(text, str):
-                raise TokenizerError(f"texts[{position}]: expected a str, got {type(text).__name__}")
-        if return_tensors not in ("pt", None):
-            raise TokenizerError(f"return_tensors: expected 'pt' or None, got {return_tensors!r}")
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 0):
-            raise TokenizerError(f"max_length: expected a non-negative int or None, got {max_length!r}")
-        if padding is True or padding == "longest":
-            pad_to: int | str | None = "longest"
-        elif padding == "max_length":
-            if max_length is None:
-                raise TokenizerError("padding='max_length' needs max_length")
-            pad_to = max_length
-        elif padding is False or padding == "do_not_pad":
-            pad_to = None
-        else:
-            raise TokenizerError(f"padding: expected True, False, 'longest' or 'max_length', got {padding!r}")
-        if pad_to is not None and self.pad_token_id is None:
-            raise TokenizerError(f"this {self.kind} tokenizer has no pad token; pass padding=False")
-        truncate_to = max_length if truncation and max_length is not None else None
-
-        input_ids, attention_mask = self._encode_batch(batch, add_special_tokens=add_special_tokens,
-                                                       truncate_to=truncate_to, pad_to=pad_to)
-        if return_tensors is None:
-            if single:
-                return {"input_ids": input_ids[0], "attention_mask": attention_mask[0]}
-            return {"input_ids": input_ids, "attention_mask": attention_mask}
-        lengths = {len(ids) for ids in input_ids}
-        if len(lengths) > 1:
-            raise TokenizerError(f"sequences have different lengths {sorted(lengths)}; use padding=True or "
-                                 "return_tensors=None")
-        width = lengths.pop() if lengths else 0
-        return {"input_ids": torch.tensor(input_ids, dtype=torch.long).reshape(len(batch), width),
-                "attention_mask": torch.tensor(attention_mask, dtype=torch.long).reshape(len(batch), width)}
-
-    def encode(self, text: str, add_special_tokens: bool = True, max_length: int | None = None,
-               truncation: bool = True) -> list[int]:
-        """The ids of one text, unpadded."""
-        return self(text, max_length=max_length, padding=False, truncation=truncation, return_tensors=None,
-                    add_special_tokens=add_special_tokens)["input_ids"]
-
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens of one text, without special tokens added."""
-        return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=False))
-
-    # -- decoding -----------------------------------------------------------------------------------------------
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
-        """Text of one sequence; by default without special tokens (padding included), which is what generated
-        outputs need (transformers defaults to keeping them)."""
-        sequence = _as_id_list(ids)
-        if isinstance(sequence, int):
-            sequence = [sequence]
-        if any(isinstance(item, list) for item in sequence):
-            raise TokenizerError("decode: expected one sequence of ids; use batch_decode for a batch")
-        return self._decode_batch([sequence], skip_special_tokens)[0]
-
-    def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
-        sequences = _as_id_list(ids)
-        if not isinstance(sequences, list) or any(not isinstance(sequence, list) for sequence in sequences):
-            raise TokenizerError("batch_decode: expected a batch of id sequences (2-d)")
-        return self._decode_batch(sequences, skip_special_tokens)
-
-    def convert_ids_to_tokens(self, ids: int | Sequence[int] | torch.Tensor) -> str | list[str]:
-        ids = _as_id_list(ids)
-        if isinstance(ids, int):
-            return self._checked_token(ids)
-        return [self._checked_token(index) for index in ids]
-
-    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
-        """Ids of tokens; a token outside the vocabulary maps to the unk id, as in transformers."""
-        if isinstance(tokens, str):
-            found = self.token_to_id(tokens)
-            return self.unk_token_id if found is None else found
-        return [self.convert_tokens_to_ids(token) for token in tokens]
-
-    def _checked_token(self, index: int) -> str:
-        token = self.id_to_token(index)
-        if token is None:
-            raise TokenizerError(f"id {index} is not in the vocabulary (ids 0..{self.vocab_size - 1})")
-        return token
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
-
-
-def _check_room_for_specials(max_length: int, special_count: int, kind: str) -> None:
-    if max_length < special_count:
-        raise TokenizerError(f"max_length={max_length} is shorter than the {special_count} special tokens a {kind} "
-                             "tokenizer adds; expected at least that many")
-
-
-def _as_id_list(ids: Any) -> Any:
-    """Python ints, or (nested) lists of them, from tensors, arrays and sequences."""
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if isinstance(ids, (list, tuple)):
-        return [_as_id_list(item) for item in ids]
-    return int(ids)
 
 
 # -- tokenizers-library kinds -----------------------------------------------------------------------------------
@@ -472,152 +247,6 @@ def _infer_kind(backend: Tokenizer, path: Any) -> str:
     if model == "Unigram":
         return "sentencepiece"
     raise TokenizerError(f"{path}: cannot tell the kind of a {model} tokenizer; pass kind= one of {TOKENIZER_KINDS}")
-
-
-# -- SentencePiece ----------------------------------------------------------------------------------------------
-class BertGenerationTokenizer(BaseTokenizer):
-    """The SentencePiece tokenizer of the paper's released BertGeneration checkpoints (transformers'
-    ``BertGenerationTokenizer``).
-
-    Text is split around the special tokens first (they are never cut into pieces), the rest is encoded by
-    SentencePiece. Specials missing from the model get the ids after its pieces, in the order bos, eos, unk, sep, pad
-    (``<::::>`` and ``<pad>`` usually). Like transformers, nothing is added to a sequence by default; pass
-    ``add_eos_token=True`` to append ``</s>`` (within ``max_length``), e.g. to decoder targets. Decoding joins the
-    pieces and turns ``▁`` into spaces. ``sp_model_kwargs`` go to ``SentencePieceProcessor`` (e.g.
-    ``enable_sampling``, ``nbest_size``, ``alpha`` for subword regularisation).
-    """
-
-    def __init__(self, model_file: str | os.PathLike, *, bos_token: str = "<s>", eos_token: str = "</s>",
-                 unk_token: str = "<unk>", pad_token: str = "<pad>", sep_token: str = "<::::>",
-                 sp_model_kwargs: dict[str, Any] | None = None, add_eos_token: bool = False) -> None:
-        super().__init__("sentencepiece", {"bos": bos_token, "eos": eos_token, "unk": unk_token, "sep": sep_token,
-                                           "pad": pad_token}, model_file)
-        self.model_file = Path(model_file)
-        self.sp_model_kwargs = dict(sp_model_kwargs or {})
-        self.add_eos_token = bool(add_eos_token)
-        try:
-            self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
-        except TypeError as err:
-            raise TokenizerError(f"sp_model_kwargs: not accepted by SentencePieceProcessor ({err})") from None
-        try:
-            self.sp_model.Load(str(model_file))
-        except (OSError, RuntimeError) as err:
-            raise TokenizerError(f"{model_file}: not a readable SentencePiece model ({err})") from None
-        self._sampling = bool(self.sp_model_kwargs.get("enable_sampling", False))
-        self._piece_count = self.sp_model.get_piece_size()
-        self._added_ids: dict[str, int] = {}
-        next_id = self._piece_count
-        for token in self._ordered_special_tokens():
-            piece_id = self.sp_model.piece_to_id(token)
-            if piece_id < self._piece_count and self.sp_model.id_to_piece(piece_id) == token:
-                self._added_ids[token] = piece_id
-            else:
-                self._added_ids[token] = next_id
-                next_id += 1
-        self._added_tokens = {index: token for token, index in self._added_ids.items()}
-        self._vocab_size = next_id
-        ordered = sorted(self._added_ids, key=len, reverse=True)  # longest first, as transformers' trie matches
-        self._special_split = (re.compile("(" + "|".join(re.escape(token) for token in ordered) + ")")
-                               if ordered else None)
-        self._special_ids = set(self._added_ids.values())
-
-    # -- primitives ---------------------------------------------------------------------------------------------
-    def token_to_id(self, token: str) -> int | None:
-        if token in self._added_ids:
-            return self._added_ids[token]
-        piece_id = self.sp_model.piece_to_id(token)
-        return piece_id if self.sp_model.id_to_piece(piece_id) == token else None
-
-    def id_to_token(self, index: int) -> str | None:
-        if index in self._added_tokens:
-            return self._added_tokens[index]
-        if 0 <= index < self._piece_count:
-            return self.sp_model.id_to_piece(index)
-        return None
-
-    @property
-    def vocab_size(self) -> int:
-        """SentencePiece pieces plus the special tokens it lacks (transformers' ``len(tokenizer)``)."""
-        return self._vocab_size
-
-    def __len__(self) -> int:
-        return self._vocab_size
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return sorted(self._special_ids)
-
-    def _encode_batch(self, texts, *, add_special_tokens, truncate_to, pad_to):
-        # Split every text around special tokens, encode all plain chunks in one SentencePiece call, reassemble.
-        chunks: list[str] = []
-        plans: list[list[tuple[bool, int]]] = []  # (is_special, special id or chunk index)
-        for text in texts:
-            plan = []
-            parts = self._special_split.split(text) if self._special_split is not None else [text]
-            for position, part in enumerate(parts):
-                if position % 2:
-                    plan.append((True, self._added_ids[part]))
-                elif part:
-                    plan.append((False, len(chunks)))
-                    chunks.append(part)
-            plans.append(plan)
-        if self._sampling:
-            # SentencePiece seeds a fresh generator for every list call, so with a fixed seed each batch would draw
-            # the same "random" segmentation; one call per chunk uses the processor's persistent generator.
-            encoded = [self.sp_model.encode(chunk) for chunk in chunks]
-        else:
-            encoded = self.sp_model.encode(chunks) if chunks else []
-        append_eos = add_special_tokens and self.add_eos_token
-        if truncate_to is not None:
-            _check_room_for_specials(truncate_to, int(append_eos), self.kind)
-        input_ids = []
-        for plan in plans:
-            ids: list[int] = []
-            for is_special, value in plan:
-                if is_special:
-                    ids.append(value)
-                else:
-                    ids.extend(encoded[value])
-            if truncate_to is not None:
-                ids = ids[:truncate_to - int(append_eos)]
-            if append_eos:
-                ids.append(self.eos_token_id)
-            input_ids.append(ids)
-        attention_mask = [[1] * len(ids) for ids in input_ids]
-        if pad_to is not None:
-            width = max((len(ids) for ids in input_ids), default=0) if pad_to == "longest" else pad_to
-            pad_id = self.pad_token_id
-            for ids, mask in zip(input_ids, attention_mask):
-                missing = width - len(ids)
-                if missing > 0:
-                    ids.extend([pad_id] * missing)
-                    mask.extend([0] * missing)
-        return input_ids, attention_mask
-
-    def _decode_batch(self, sequences, skip_special_tokens):
-        skip = self._special_ids if skip_special_tokens else set()
-        return ["".join(self._checked_token(index) for index in sequence if index not in skip)
-                .replace(SPIECE_UNDERLINE, " ").strip()
-                for sequence in sequences]
-
-    # -- saving -------------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
-        """Write ``spiece.model`` (the name transformers uses) and tokenizer_config.json."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        model_path = directory / "spiece.model"
-        model_path.write_bytes(self.sp_model.serialized_model_proto())
-        options = {"sp_model_kwargs": self.sp_model_kwargs, "add_eos_token": self.add_eos_token}
-        return [model_path, _write_tokenizer_config(directory, self.kind, self.special_tokens, options)]
-
-
-def _write_tokenizer_config(directory: Path, kind: str, special_tokens: dict[str, str],
-                            options: dict[str, Any]) -> Path:
-    config = {"tokenizer_class": TOKENIZER_CLASSES[kind], **options}
-    config.update({f"{role}_token": token for role, token in special_tokens.items()})
-    path = directory / "tokenizer_config.json"
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 # -- choosing a tokenizer from files ----------------------------------------------------------------------------
