@@ -60,6 +60,14 @@ def build_cell_model(cell: CellConfig):
     return built.model, spec, spec.inputs.tokenizer, spec.outputs.tokenizer
 
 
+def uncased(tokenizer: Any) -> bool:
+    """Whether a tokenizer lower-cases what it reads (an uncased BERT vocabulary), so its outputs have no case. Probed
+    by behaviour (capitalised and lower-case text encode alike), whatever file the tokenizer came from."""
+    probe = ["The Cat", "the cat"]
+    upper, lower = tokenizer(probe, max_length=None, padding=False, truncation=False, return_tensors=None)["input_ids"]
+    return list(upper) == list(lower)
+
+
 def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
     """(max source tokens, max target tokens): the task's limits, cut to the positions the model has."""
     return model.fit_lengths(task.max_source_length, task.max_target_length)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpointing
 from .cell_inputs import (MicroBatchCollator, RankBatches, build_cell_model, cache_dir, extra_test_splits, lengths,
-                          length_limits, load_cell_data, predictions_file, seed_everything)
+                          length_limits, load_cell_data, predictions_file, seed_everything, uncased)
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use
@@ -85,6 +85,10 @@ class CellTrainer:
 
         seed_everything(self.seed)
         model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell)
+        if uncased(self.output_tokenizer) and not self.task.lowercase:
+            # An uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter: its references, sources and
+            # trivial baseline are lowercased, so the metrics do not score case (tag: lowercased_data).
+            self.task = self.task.with_overrides(lowercase=True)
         self.model = model.to(ctx.device)
         self.limits = length_limits(self.model, self.task)
         self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell, self.task)
@@ -423,6 +427,7 @@ class CellTrainer:
             "newly_initialized_tensors": len(report.newly_initialized) if report is not None else "",
             "device": str(self.ctx.device), "world_size": self.ctx.world_size, "bf16": self.bf16,
             "max_source_length": self.limits[0], "max_target_length": self.limits[1],
+            "lowercased_data": self.task.lowercase,
             "train_examples": len(self.data["train"][0]),
             **({"skipped_test_splits": ",".join(self.skipped_test_splits)} if self.skipped_test_splits else {}),
         }
