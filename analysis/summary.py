@@ -72,7 +72,8 @@ def task_summary(store: RunStore, task: str, n_boot: int = stats.DEFAULT_N_BOOT)
         latest = runs.sort_values("start_time").run_id.iloc[-1]
         rows = store.baseline_rows(latest, schema.DEFAULT_TESTSET, metrics, baseline)
         if rows is not None:
-            record = {"system": f"{BASELINE_ROWS[baseline]} ({baseline.replace('_', '-')}, no model)", "seeds": 0}
+            name = BASELINE_ROWS[baseline] if baseline == "copy_source" else baseline.replace("_", "-")
+            record = {"system": f"{name} (no model)", "seeds": 0}
             record.update({m: _interval_text(stats.bootstrap_ci([rows[m]], metric_score(m), n_boot=n_boot))
                            for m in metrics})
             record["dev source gap"] = "—"

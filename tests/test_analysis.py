@@ -511,7 +511,7 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
     text = render_summary(store, n_boot=N_BOOT)
     assert "task synthetic_fusion (synthetic stand-in: not comparable with the paper)" in text
     assert "| bert2bert (cross-attention init: self attention) | 1 | 70.0 [" in text
-    assert text.count("| copy source (copy-source, no model) | 0 |") == 2
+    assert text.count("| copy source (no model) | 0 |") == 2
     assert "| bert2bert | 1 | 40.0 [" in text and " | 2.00 |" in text  # the last dev source gap
     from analysis.plots import make_figures
 
