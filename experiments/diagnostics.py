@@ -20,6 +20,7 @@ forward arguments transformers' models share are used, so the same measurement r
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -77,8 +78,6 @@ def measure_input_use(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                       autocast=None) -> InputUse:
     """Teacher-forced loss with own and rotated sources, and cross-attention entropy, over ``batches`` (each with
     input_ids, attention_mask, labels on the model's device and at least 2 examples)."""
-    from contextlib import nullcontext
-
     was_training = model.training
     model.eval()
     sums = {"loss": 0.0, "shuffled": 0.0, "entropy": 0.0}
