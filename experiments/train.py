@@ -32,7 +32,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -263,21 +263,28 @@ class CellTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return mean_loss, grad_norm, int(global_tokens)
 
+    def validation_batches(self, limit: int | None, size: int, spread_over_ranks: bool = False,
+                           drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Padded batches (longest first, on the device) of the first ``limit`` validation examples (null: all);
+        with ``spread_over_ranks`` this rank's share of them."""
+        tokenized = self.data["validation"][1]
+        if limit:
+            tokenized = tokenized.select(range(min(limit, len(tokenized))))
+        batches = LengthBucketBatchSampler(lengths(tokenized), size, shuffle=False, drop_last=drop_last).batches(0)
+        if spread_over_ranks:
+            batches = batches[self.ctx.rank::self.ctx.world_size]
+        collate = Seq2SeqCollator(self.spec.inputs.pad_token_id)
+        rows = tokenized.select_columns(["id", "input_ids", "labels"])
+        for indices in batches:
+            yield to_device(collate([rows[i] for i in indices]), self.ctx.device)
+
     @torch.no_grad()
     def dev_loss(self) -> float:
         """Teacher-forced mean token loss on the first ``eval_examples`` validation examples (spread over ranks)."""
-        tokenized = self.data["validation"][1]
-        limit = self.train_settings.eval_examples
-        if limit:
-            tokenized = tokenized.select(range(min(limit, len(tokenized))))
-        sampler = LengthBucketBatchSampler(lengths(tokenized), self.micro_batch_size(), shuffle=False)
-        batches = sampler.batches(0)[self.ctx.rank::self.ctx.world_size]
-        collate = Seq2SeqCollator(self.spec.inputs.pad_token_id)
-        rows = tokenized.select_columns(["id", "input_ids", "labels"])
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for indices in batches:
-            batch = to_device(collate([rows[i] for i in indices]), self.ctx.device)
+        for batch in self.validation_batches(self.train_settings.eval_examples, self.micro_batch_size(),
+                                             spread_over_ranks=True):
             with autocast(self.ctx.device, self.bf16):
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], return_logits=False)
@@ -290,16 +297,11 @@ class CellTrainer:
 
     def input_use(self) -> InputUse:
         """Does the model read its source? Dev loss with rotated sources and cross-attention entropy on up to
-        ``INPUT_USE_EXAMPLES`` validation examples (experiments.diagnostics)."""
-        tokenized = self.data["validation"][1]
-        tokenized = tokenized.select(range(min(INPUT_USE_EXAMPLES, len(tokenized))))
-        size = max(2, min(self.micro_batch_size(), len(tokenized)))
-        batches = LengthBucketBatchSampler(lengths(tokenized), size, shuffle=False, drop_last=len(tokenized) >= 2
-                                           ).batches(0)
-        collate = Seq2SeqCollator(self.spec.inputs.pad_token_id)
-        rows = tokenized.select_columns(["id", "input_ids", "labels"])
-        return measure_input_use(self.model, [to_device(collate([rows[i] for i in b]), self.ctx.device)
-                                              for b in batches if len(b) >= 2],
+        ``INPUT_USE_EXAMPLES`` validation examples (experiments.diagnostics); batches of at least 2 (rotation)."""
+        examples = min(INPUT_USE_EXAMPLES, len(self.data["validation"][1]))
+        batches = self.validation_batches(INPUT_USE_EXAMPLES, max(2, min(self.micro_batch_size(), examples)),
+                                          drop_last=examples >= 2)
+        return measure_input_use(self.model, [b for b in batches if b["input_ids"].size(0) >= 2],
                                  autocast(self.ctx.device, self.bf16))
 
     def evaluate_and_keep_best(self) -> None:
