@@ -22,7 +22,7 @@ from experiments.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .runs import RunStore, align, metric_score
-from .tables import BASELINE_ROWS, _scheme_order
+from .tables import BASELINE_ROWS, scheme_order
 
 SOURCE_GAP = "source_gap"  # experiments.diagnostics: logged as dev_source_gap at each evaluation
 
@@ -57,7 +57,7 @@ def task_summary(store: RunStore, task: str, n_boot: int = stats.DEFAULT_N_BOOT)
     runs = store.runs[store.runs.task == task]
     records = []
     keys = sorted({(s, v, f) for s, v, f in runs[["scheme", "variant", "data_fraction"]].itertuples(index=False)},
-                  key=lambda k: (_scheme_order(k[0]), k[1], -k[2]))
+                  key=lambda k: (scheme_order(k[0]), k[1], -k[2]))
     for scheme, variant, fraction in keys:
         group = runs[(runs.scheme == scheme) & (runs.variant == variant) & (runs.data_fraction == fraction)]
         run_ids = list(group.sort_values("start_time").run_id)

@@ -249,7 +249,7 @@ def build_parameter_table() -> TableResult:
     spec = TABLES[1]
     numbers = paper.paper_numbers()
     ours, reason = _our_parameter_counts()
-    systems = list(dict.fromkeys(list(numbers[numbers.table == 1].system) + sorted(ours, key=_scheme_order)))
+    systems = list(dict.fromkeys(list(numbers[numbers.table == 1].system) + sorted(ours, key=scheme_order)))
     records = []
     for system in systems:
         row = Row(system)
@@ -270,13 +270,13 @@ def build_parameter_table() -> TableResult:
 # Tables 2–7
 
 
-def _scheme_order(system: str) -> tuple[int, str]:
+def scheme_order(system: str) -> tuple[int, str]:
     return (schema.SCHEMES.index(system) if system in schema.SCHEMES else len(schema.SCHEMES), system)
 
 
 def _row_order(row: Row) -> tuple:
     """Scheme order, then size, then the full scheme before its variants."""
-    return (_scheme_order(row.system), row.size, row.variant != schema.DEFAULT_VARIANT, row.variant)
+    return (scheme_order(row.system), row.size, row.variant != schema.DEFAULT_VARIANT, row.variant)
 
 
 def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
