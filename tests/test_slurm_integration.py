@@ -8,7 +8,7 @@ What runs: ``grids/smoke.yaml`` cut down with ``--only`` and ``--set train.steps
 (the smoke grid's own assets take minutes to pretrain; these are built once per test session), one CPU per cell,
 training with experiments.train.train_cell:
 
-1. three discofuse cells — bert2bert, roberta2gpt (RoBERTa → GPT-2) and gpt (decoder-only) — as one job array;
+1. three synthetic_fusion cells — bert2bert, roberta2gpt (RoBERTa → GPT-2) and gpt (decoder-only) — as one job array;
    every one must finish;
 2. the same command widened to five cells: the three finished ones are not touched, bertShare (whose logger raises
    at step 10: integration_helpers.train_cell_failing_for, so the code under test is not changed) and rnd2rnd go
@@ -44,7 +44,7 @@ SCHEMES = FIRST + (FAILING, HEALTHY)
 
 
 def only(schemes) -> str:
-    return ",".join(f"discofuse/{scheme}" for scheme in schemes)
+    return ",".join(f"synthetic_fusion/{scheme}" for scheme in schemes)
 CELL_TIMEOUT_S = 900  # every cell of the array done; generous for a loaded 2-core CI machine
 
 
