@@ -1,0 +1,656 @@
+"""Evaluate a checkpoint on a task without training it: decode the task's test sets, score them, log a run.
+
+    python -m experiments.evaluate CHECKPOINT --task TASK [--set data.test=FILE] [--set decode.num_beams=4 ...]
+                                   [--max-examples N] [--select last|best] [--tracking-uri URI]
+                                   [--experiment NAME] [--output-dir DIR] [--force]
+    python -m experiments.evaluate --grid grids/released.yaml [--executor local|slurm|debug] [--only PATTERN]
+
+CHECKPOINT is either
+
+* an encoder-decoder in HF layout (``config.json`` with ``model_type: encoder-decoder`` and the tokenizer files
+  beside it): a local directory or a hub id such as Google's released ``google/roberta2roberta_L-24_discofuse``
+  (:data:`RELEASED`), or
+* a trained cell's directory (``<output_root>/cells/<task>/<scheme>/<cell id>``, with its ``cell.json``): its model
+  is rebuilt from the cell's scheme and the weights of ``checkpoints/<select>`` are loaded into it, with the cell's
+  own tokenizers.
+
+Decoding is the paper's unless overridden (§4: beam 4, GNMT length penalty α = 0.6, the task's maximum target
+length; a trained cell's own decode settings are its defaults), and every setting is a ``--set decode.<field>=...``
+of :class:`experiments.config.DecodeConfig`. Re-decoding never trains: an evaluation is a run of its own (tag
+``role=evaluation``), identified by a hash of what it decodes (:func:`evaluation_id`), so rerunning the same
+evaluation is skipped and a new decoding setting is a new run beside the old one. Outputs go under
+``<output dir>/``: ``evaluation.json`` (the settings), ``predictions.jsonl`` (one per test set) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bertgen.checkpoint import CheckpointError, is_local_reference, read_config_dict, resolve_checkpoint_dir
+from bertgen.modeling_encoder_decoder import EncoderDecoderModel
+from bertgen.tokenization import load_tokenizer
+
+from . import checkpointing
+from . import validate as v
+from .cell import CELL_CONFIG_FILE, TEST_PREFIX, one_line
+from .cell_inputs import build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair, uncased
+from .config import (CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting, from_dict, setting,
+                     to_dict)
+from .data import load_split, tokenizer_fingerprint
+from .distributed import DistributedContext
+from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
+from .grid_doc import GridError, parse_sets
+from .tasks import TASKS, Task, get_task
+from .tracking import ROLE_TAG, flatten, git_commit
+from .tracking_store import TrackingUnavailable, artifact_location, check_tracking, resolve_tracking_uri
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+EVALUATION_FILE = "evaluation.json"
+METRICS_FILE = "metrics.json"
+SELECTIONS = ("last", "best")  # a trained cell's checkpoints/<name> (experiments.train LAST / BEST)
+DEFAULT_EXPERIMENT = "bertgen-evaluate"
+DEFAULT_OUTPUT_ROOT = "outputs"
+
+# How a source becomes encoder input ids: "tokenizer" (the tokenizer's own special tokens), "bare" (none) or
+# "bos_eos" (<s> text </s>).
+INPUT_FORMATS = ("tokenizer", "bare", "bos_eos")
+
+
+@dataclass(frozen=True)
+class Released:
+    """One of Google's released warm-started models (hub ids: ../shared/notes/hub-ids.md)."""
+
+    task: str  # the task it was fine-tuned on
+    paper_row: str  # the paper's row it reproduces (Tables 2, 3, 5: 24-layer robertaShare; Table 4: bert2bert)
+    # Its model card's input convention. The roberta2roberta repos ship a SentencePiece spiece.model with
+    # bert-generation stacks, whose tokenizer adds no special tokens; the WikiSplit card wraps the input in <s> … </s>
+    # (transformers issue 7898: without them the model repeats words).
+    input_format: str = "tokenizer"
+
+
+RELEASED: dict[str, Released] = {
+    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare (large)"),
+    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare (large)", "bos_eos"),
+    "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare (large)"),
+    "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare (large)"),
+    "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare (large)"),
+    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert (large)", "bare"),
+    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert (large)", "bare"),
+}
+
+
+def released_entry(checkpoint: str) -> Released | None:
+    """The released model a hub id or a local copy (a directory named like the hub repo) is."""
+    if checkpoint in RELEASED:
+        return RELEASED[checkpoint]
+    name = checkpoint.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return next((entry for hub_id, entry in RELEASED.items() if hub_id.rsplit("/", 1)[-1] == name), None)
+
+
+class EvaluationError(ValueError):
+    """A checkpoint, task or setting that cannot be evaluated as asked (one line, names what is wrong)."""
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """One evaluation: what is decoded, on what, how. Its JSON form is ``evaluation.json`` and the run's params."""
+
+    checkpoint: str = setting()  # an HF-layout encoder-decoder (directory or hub id) or a trained cell's directory
+    task: str = setting()
+    decode: DecodeConfig = setting()
+    data: DataSources = setting(DataSources())
+    max_examples: ExampleCaps = setting(ExampleCaps())
+    select: str | None = setting(None)  # trained cells: which checkpoint ("last" / "best"); None for HF-layout models
+    revision: str | None = setting(None)  # hub revision of an HF-layout checkpoint
+    input_format: str = setting("tokenizer")  # INPUT_FORMATS; a released model's card's (RELEASED) by default
+    # fp32 by default: bf16 decoding is faster where the hardware has it but can change tokens ("auto": where native)
+    bf16: bool | str = setting(False, check=bf16_setting)
+
+    @property
+    def is_cell(self) -> bool:
+        return self.select is not None
+
+
+def is_cell_dir(checkpoint: str | os.PathLike) -> bool:
+    return is_local_reference(checkpoint) and (Path(checkpoint).expanduser() / CELL_CONFIG_FILE).is_file()
+
+
+def read_cell(directory: Path) -> CellConfig:
+    path = directory / CELL_CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise EvaluationError(f"{path}: not a readable cell config ({one_line(err)})") from None
+    try:
+        return CellConfig.from_dict(raw, str(path))
+    except v.Invalid as err:
+        raise EvaluationError(str(err)) from None
+
+
+def evaluation_id(config: EvaluationConfig) -> str:
+    """12 hex digits over what the evaluation decodes: the checkpoint (a cell by its id, so moving the output root
+    keeps it), the task, the decoding settings, the test data and caps, the selected checkpoint."""
+    view = to_dict(config)
+    if config.is_cell:
+        view["checkpoint"] = "cell:" + (read_cell(Path(config.checkpoint).expanduser()).cell_id or "")
+    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def paper_decode(task: Task) -> dict[str, Any]:
+    """The paper's decoding for ``task`` (§4: beam 4, α = 0.6, the task's maximum target length)."""
+    return {"num_beams": task.beam_size, "length_penalty": float(task.length_penalty_alpha),
+            "max_new_tokens": task.max_target_length}
+
+
+def _apply(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise EvaluationError(f"--set {dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+SETTABLE = ("decode", "data", "max_examples", "input_format", "bf16")
+TOP_LEVEL = ("input_format", "bf16")
+
+
+def build_config(checkpoint: str, task: str | None, sets: list[str], max_examples: int | None = None,
+                 select: str | None = None, revision: str | None = None) -> EvaluationConfig:
+    """The evaluation of ``checkpoint``: defaults from the trained cell (its task, data, caps and decoding) or, for
+    an HF-layout model, the paper's decoding for ``task`` on the task's hub data; then ``--set`` overrides."""
+    if is_cell_dir(checkpoint):
+        cell = read_cell(Path(checkpoint).expanduser())
+        if task is not None and task != cell.task:
+            raise EvaluationError(f"--task {task}: {checkpoint} was trained on {cell.task}; a trained cell is "
+                                  f"evaluated on its own task (pass --set data.test=FILE for other test data)")
+        doc = {"checkpoint": str(Path(checkpoint).expanduser().resolve()), "task": cell.task,
+               "decode": to_dict(cell.decode), "data": {"test": to_dict(cell.data).get("test")},
+               "max_examples": {"test": cell.max_examples.test}, "select": select or "last"}
+        for split in get_task(cell.task).extra_test_splits:
+            if getattr(cell.data, split, None) is not None:
+                doc["data"][split] = getattr(cell.data, split)
+    else:
+        if select is not None:
+            raise EvaluationError(f"--select {select}: only a trained cell's directory has last/best checkpoints; "
+                                  f"{checkpoint} has no {CELL_CONFIG_FILE}")
+        released = released_entry(checkpoint)
+        if task is None:
+            if released is None:
+                raise EvaluationError(f"--task: required for {checkpoint} (one of {sorted(TASKS)})")
+            task = released.task
+        if task not in TASKS:
+            raise EvaluationError(str(v.unknown("--task", task, TASKS)))
+        doc = {"checkpoint": checkpoint, "task": task, "decode": paper_decode(get_task(task)), "revision": revision,
+               "input_format": released.input_format if released is not None else "tokenizer"}
+    if max_examples is not None:
+        doc.setdefault("max_examples", {})["test"] = max_examples
+    for key, value in parse_sets(sets):
+        if key.split(".", 1)[0] not in SETTABLE or ("." not in key) != (key in TOP_LEVEL):
+            raise EvaluationError(f"--set {key}: expected a key under {', '.join(SETTABLE)} "
+                                  f"(e.g. decode.num_beams=4, data.test=FILE, max_examples.test=500)")
+        _apply(doc, key, value)
+    return config_from_dict(doc, "evaluation")
+
+
+def config_from_dict(doc: dict[str, Any], where: str) -> EvaluationConfig:
+    known = {f.name for f in dataclasses.fields(EvaluationConfig)}
+    for key in doc:
+        if key not in known:
+            raise v.unknown(v.join(where, key), key, known)
+    try:
+        task = v.choice(tuple(TASKS), what="task")(doc.get("task"), v.join(where, "task"))
+        checkpoint = v.text(what="a checkpoint directory or hub id")(doc.get("checkpoint"), v.join(where, "checkpoint"))
+        select = doc.get("select")
+        if select is not None:
+            select = v.choice(SELECTIONS, what="checkpoint selection")(select, v.join(where, "select"))
+        data = from_dict(DataSources, doc.get("data") or {}, v.join(where, "data"))
+        for split in ("train", "validation"):
+            if getattr(data, split) is not None:
+                raise v.Invalid(v.join(where, "data", split), "an evaluation reads test sets only")
+        decode = from_dict(DecodeConfig, doc.get("decode") or {}, v.join(where, "decode"))
+        caps = from_dict(ExampleCaps, doc.get("max_examples") or {}, v.join(where, "max_examples"))
+        revision = v.text(nullable=True)(doc.get("revision"), v.join(where, "revision"))
+        input_format = v.choice(INPUT_FORMATS, what="input format")(doc.get("input_format", "tokenizer"),
+                                                                    v.join(where, "input_format"))
+        bf16 = bf16_setting(doc.get("bf16", False), v.join(where, "bf16"))
+    except v.Invalid as err:
+        raise EvaluationError(str(err)) from None
+    return EvaluationConfig(checkpoint=checkpoint, task=task, decode=decode, data=data, max_examples=caps,
+                            select=select, revision=revision, input_format=input_format, bf16=bf16)
+
+
+# -- the model ------------------------------------------------------------------------------------------------------
+class FormattedInput:
+    """An input tokenizer that writes a model card's input convention (``INPUT_FORMATS``) instead of its own special
+    tokens; everything else is the wrapped tokenizer's. Its fingerprint differs, so cached tokenisations do not mix."""
+
+    def __init__(self, tokenizer: Any, input_format: str):
+        if input_format == "bos_eos" and (tokenizer.bos_token_id is None or tokenizer.eos_token_id is None):
+            raise EvaluationError(f"input_format bos_eos: the tokenizer has no bos/eos token "
+                                  f"(bos {tokenizer.bos_token_id}, eos {tokenizer.eos_token_id})")
+        self.tokenizer = tokenizer
+        self.input_format = input_format
+        self.fingerprint = f"{tokenizer_fingerprint(tokenizer)}:{input_format}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts: Any, max_length: int | None = None, padding: Any = False, truncation: bool = True,
+                 return_tensors: str | None = "pt", add_special_tokens: bool = True) -> dict[str, Any]:
+        if return_tensors is not None or padding not in (False, "do_not_pad"):
+            raise EvaluationError("FormattedInput encodes unpadded id lists only (return_tensors=None, padding=False)")
+        bare = self.tokenizer(texts, max_length=None, padding=False, truncation=False, return_tensors=None,
+                              add_special_tokens=False)["input_ids"]
+        single = isinstance(texts, str)
+        rows = [bare] if single else bare
+        out = []
+        for ids in rows:
+            ids = list(ids)
+            if self.input_format == "bos_eos" and add_special_tokens:
+                body = ids if max_length is None or not truncation else ids[:max(0, max_length - 2)]
+                ids = [self.tokenizer.bos_token_id, *body, self.tokenizer.eos_token_id]
+            elif max_length is not None and truncation:
+                ids = ids[:max_length]
+            out.append(ids)
+        ids_out = out[0] if single else out
+        mask = [1] * len(out[0]) if single else [[1] * len(x) for x in out]
+        return {"input_ids": ids_out, "attention_mask": mask}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    input_tokenizer: Any
+    output_tokenizer: Any
+    pad_token_id: int
+    tags: dict[str, str]
+
+
+def load_released(checkpoint: str, revision: str | None = None) -> LoadedModel:
+    """An HF-layout encoder-decoder and the tokenizer saved beside it (one vocabulary for both sides, as in every
+    released model of the paper)."""
+    try:
+        directory = resolve_checkpoint_dir(checkpoint, revision=revision)
+        raw = read_config_dict(directory)
+    except (OSError, CheckpointError, ValueError) as err:
+        raise EvaluationError(f"{checkpoint}: {one_line(err)}") from None
+    if raw.get("model_type") != "encoder-decoder":
+        raise EvaluationError(f"{directory / 'config.json'}: model_type {raw.get('model_type')!r}: expected an "
+                              "encoder-decoder checkpoint (or a trained cell's directory with cell.json)")
+    model = EncoderDecoderModel.from_pretrained(directory)
+    tokenizer = load_tokenizer(directory)
+    set_generation_ids(model, directory, raw, tokenizer)
+    pad = model.config.pad_token_id
+    return LoadedModel(model, tokenizer, tokenizer, pad, {"evaluated": checkpoint, "scheme": "released",
+                                                          "model_kind": "released"})
+
+
+def set_generation_ids(model: Any, directory: Path, raw: dict[str, Any], tokenizer: Any) -> None:
+    """Start, end and padding ids the way transformers' ``generate`` finds them: the model config's, else
+    ``generation_config.json``'s, else the top-level ``bos_token_id`` (the decoder start when nothing names one; the
+    released models' sub-configs leave bos/eos null), else the decoder config's, else the tokenizer's."""
+    generation = {}
+    if (directory / "generation_config.json").is_file():
+        try:
+            generation = json.loads((directory / "generation_config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise EvaluationError(f"{directory / 'generation_config.json'}: {one_line(err)}") from None
+    decoder = model.config.decoder
+    candidates = {
+        "decoder_start_token_id": (generation.get("decoder_start_token_id"), raw.get("bos_token_id"),
+                                   generation.get("bos_token_id"), decoder.bos_token_id,
+                                   tokenizer.decoder_start_token_id),
+        "eos_token_id": (generation.get("eos_token_id"), decoder.eos_token_id, tokenizer.eos_token_id),
+        "pad_token_id": (generation.get("pad_token_id"), decoder.pad_token_id, tokenizer.pad_token_id),
+    }
+    for name, options in candidates.items():
+        if getattr(model.config, name) is None:
+            found = next((value for value in options if isinstance(value, int)), None)
+            if found is None:
+                raise EvaluationError(f"{directory}: no {name} in config.json, generation_config.json or the "
+                                      "tokenizer files")
+            setattr(model.config, name, found)
+
+
+def load_cell(directory: Path, select: str) -> LoadedModel:
+    """A trained cell's model (its scheme rebuilt, then ``checkpoints/<select>``'s weights) and tokenizers."""
+    cell = read_cell(directory)
+    found = checkpointing.find_checkpoint(directory / "checkpoints" / select)
+    if found is None:
+        have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
+        raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
+                              f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
+    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell)
+    checkpointing.load_model_weights(found, model)
+    return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,
+                       {"evaluated": str(directory), "scheme": cell.scheme, "cell_id": cell.cell_id or "",
+                        "model_kind": "trained_cell", "select": select})
+
+
+def load_model(config: EvaluationConfig) -> LoadedModel:
+    loaded = (load_cell(Path(config.checkpoint), config.select) if config.is_cell
+              else load_released(config.checkpoint, config.revision))
+    if config.input_format != "tokenizer":
+        loaded.input_tokenizer = FormattedInput(loaded.input_tokenizer, config.input_format)
+    return loaded
+
+
+# -- decoding and scoring -----------------------------------------------------------------------------------------
+def default_output_dir(config: EvaluationConfig, output_root: str | os.PathLike = DEFAULT_OUTPUT_ROOT) -> Path:
+    """``<cell dir>/evaluations/<id>`` for a trained cell, ``<output_root>/evaluations/<task>/<name>/<id>`` else."""
+    eid = evaluation_id(config)
+    if config.is_cell:
+        return Path(config.checkpoint) / "evaluations" / eid
+    name = config.checkpoint.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return Path(output_root) / "evaluations" / config.task / name / eid
+
+
+def evaluate(config: EvaluationConfig, out_dir: Path, device: str | None = None,
+             batch_size: int = 16) -> dict[str, Any]:
+    """Decode and score every test set of ``config``; writes the predictions and ``metrics.json`` under
+    ``out_dir`` and returns the summary (``test`` metrics, extra sets, the trivial baseline, timings)."""
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0,
+                             device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    task = get_task(config.task)
+    loaded = load_model(config)
+    model = loaded.model.to(ctx.device)
+    if uncased(loaded.output_tokenizer) and not task.lowercase:
+        task = task.with_overrides(lowercase=True)  # an uncased vocabulary cannot write case: do not score it
+    limits = length_limits(model, task)
+    decoded_splits, skipped = extra_test_splits({"data": to_dict(config.data)}, task)
+    bf16 = use_bf16(config.bf16, ctx.device)
+    decoder = SplitDecoder(model, loaded.output_tokenizer, loaded.pad_token_id, config.decode,
+                           config.decode.batch_size or batch_size, limits[1], ctx, bf16, f"decode {config.task}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"evaluation_id": evaluation_id(config), "task": task.name, **loaded.tags,
+                               "bf16": bf16, "max_lengths": {"source": limits[0], "target": limits[1]},
+                               "parameters": model.num_parameters(), "examples": {}, "lowercased_data": task.lowercase}
+    for split in ("test", *decoded_splits):
+        cap = getattr(config.max_examples, split, None) or config.max_examples.test
+        raw = load_split(task, split, getattr(config.data, split, None), seed=0, max_examples=cap)
+        tokenized = tokenize_pair(raw, loaded.input_tokenizer, loaded.output_tokenizer, *limits,
+                                  out_dir.parent / "cache")
+        metrics, seconds = decoder.evaluate(task.metrics, raw, tokenized, out_dir / predictions_file(split))
+        key = "test" if split == "test" else f"test_{split}"
+        summary[key] = metrics
+        summary[f"{key}_decode_seconds"] = seconds
+        summary["examples"][split] = len(raw)
+        if split == "test" and task.baseline is not None:
+            summary[f"baseline_{task.baseline}"] = baseline_metrics(task.baseline, task.metrics, raw)
+    summary["skipped_test_splits"] = list(skipped)
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of an evaluation summary: ``test_<metric>``, ``test_<split>_<metric>``,
+    ``baseline_<name>_<metric>`` (the names training cells log, so the analysis reads both alike)."""
+    out = {f"{TEST_PREFIX}{k}": v for k, v in summary["test"].items()}
+    for key, scores in summary.items():
+        if key.startswith("test_") and isinstance(scores, dict):
+            out.update({f"{key}_{k}": v for k, v in scores.items()})
+        elif key.startswith("baseline_") and isinstance(scores, dict):
+            out.update({f"{key}_{k}": v for k, v in scores.items()})
+    return {k: float(v) for k, v in out.items()}
+
+
+# -- tracking -------------------------------------------------------------------------------------------------------
+class EvaluationTracker:
+    """The evaluation runs of one MLflow experiment: found by ``evaluation_id``, created, finished."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise TrackingUnavailable(f"MLflow experiment {experiment!r} is deleted; restore it or pass "
+                                      "--experiment <name>")
+        self.experiment_id = (found.experiment_id if found is not None else
+                              self.client.create_experiment(experiment, artifact_location=artifact_location(uri)))
+
+    def finished(self, eid: str) -> Any:
+        runs = self.client.search_runs([self.experiment_id], f"tags.{ROLE_TAG} = 'evaluation' and "
+                                                             f"tags.evaluation_id = '{eid}'")
+        return next((r for r in runs if r.info.status == "FINISHED"), None)
+
+    def start(self, config: EvaluationConfig, label: str) -> str:
+        from mlflow.entities import Param
+
+        task = get_task(config.task)
+        tags = {ROLE_TAG: "evaluation", "evaluation_id": evaluation_id(config), "task": config.task,
+                "evaluated_checkpoint": config.checkpoint, "host": socket.gethostname(), "git_commit": git_commit(),
+                "decode": json.dumps(to_dict(config.decode), sort_keys=True), "synthetic_task": str(task.synthetic)}
+        if config.is_cell:
+            cell = read_cell(Path(config.checkpoint))
+            tags.update({"cell_id": cell.cell_id or "", "scheme": cell.scheme, "seed": str(cell.seed),
+                         "select": config.select})
+        else:
+            entry = released_entry(config.checkpoint)
+            tags.update({"scheme": "released", "released_as": entry.paper_row if entry is not None else "other",
+                         "released_model": config.checkpoint.rstrip("/").rsplit("/", 1)[-1]})
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=label)
+        params = [Param(k, val) for k, val in sorted(flatten(to_dict(config)).items())]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[start:start + 100])
+        return run.info.run_id
+
+    def finish(self, run_id: str, summary: dict[str, Any], out_dir: Path) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        stamp = int(__import__("time").time() * 1000)
+        metrics = [Metric(k, val, stamp, 0) for k, val in sorted(run_metrics(summary).items())]
+        tags = [RunTag(k, str(summary[k])) for k in ("parameters", "bf16", "lowercased_data") if k in summary]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        for path in sorted(out_dir.glob("*.json*")):
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "failure_reason", reason)
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def label_of(config: EvaluationConfig) -> str:
+    name = Path(config.checkpoint).name if config.is_cell else config.checkpoint.rsplit("/", 1)[-1]
+    return f"eval/{config.task}/{name}/beam{config.decode.num_beams}"
+
+
+@dataclass
+class EvaluationJob:
+    """One evaluation as a picklable callable (the unit an executor runs: in this process, a local process or a
+    Slurm job). Finds its finished run and returns it unless ``force``."""
+
+    config: EvaluationConfig
+    out_dir: str
+    tracking_uri: str
+    experiment: str
+    force: bool = False
+    device: str | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        tracker = EvaluationTracker(self.tracking_uri, self.experiment)
+        eid = evaluation_id(self.config)
+        done = tracker.finished(eid)
+        if done is not None and not self.force:
+            return {"status": "SKIPPED", "run_id": done.info.run_id, "evaluation_id": eid,
+                    "metrics": dict(done.data.metrics)}
+        out_dir = Path(self.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / EVALUATION_FILE, json.dumps(to_dict(self.config), indent=2, sort_keys=True) + "\n")
+        run_id = tracker.start(self.config, label_of(self.config))
+        try:
+            summary = evaluate(self.config, out_dir, self.device)
+        except BaseException as err:
+            tracker.fail(run_id, one_line(err))
+            raise
+        tracker.finish(run_id, summary, out_dir)
+        return {"status": "FINISHED", "run_id": run_id, "evaluation_id": eid, "metrics": run_metrics(summary)}
+
+
+# -- evaluation grids -----------------------------------------------------------------------------------------------
+GRID_KEYS = ("name", "description", "output_root", "mlflow", "executor", "evaluations", "defaults")
+
+
+def load_evaluation_grid(path: Path, sets: list[str]) -> tuple[dict[str, Any], list[EvaluationConfig]]:
+    """A YAML file of evaluations (``grids/released.yaml``): ``evaluations: [{checkpoint, task?, decode?, data?,
+    max_examples?}, ...]`` with shared ``defaults`` and the launch grid's ``mlflow`` / ``executor`` sections."""
+    where = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise EvaluationError(f"{where}: {one_line(err)}") from None
+    if not isinstance(doc, dict):
+        raise EvaluationError(f"{where}: expected a mapping with {list(GRID_KEYS)}")
+    for key in doc:
+        if key not in GRID_KEYS:
+            raise EvaluationError(str(v.unknown(f"{where}: {key}", key, GRID_KEYS)))
+    items = doc.get("evaluations")
+    if not isinstance(items, list) or not items:
+        raise EvaluationError(f"{where}: evaluations: expected a non-empty list of {{checkpoint, task, ...}}")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - set(SETTABLE):
+        raise EvaluationError(f"{where}: defaults: expected a mapping with keys from {list(SETTABLE)}")
+    configs = []
+    for i, item in enumerate(items):
+        here = f"{where}: evaluations[{i}]"
+        if not isinstance(item, dict) or "checkpoint" not in item:
+            raise EvaluationError(f"{here}: expected a mapping with checkpoint (and task, decode, data, max_examples)")
+        extra = set(item) - {"checkpoint", "task", *SETTABLE}
+        if extra:
+            raise EvaluationError(f"{here}: unknown keys {sorted(extra)}")
+        item_sets = [f"{section}.{k}={json.dumps(val)}" for section in SETTABLE
+                     for k, val in {**(defaults.get(section) or {}), **(item.get(section) or {})}.items()]
+        try:
+            configs.append(build_config(str(item["checkpoint"]), item.get("task"), item_sets + list(sets)))
+        except EvaluationError as err:
+            raise EvaluationError(f"{here}: {err}") from None
+    return doc, configs
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate",
+        description="Decode a task's test sets with a released or trained checkpoint, score them and log an MLflow "
+                    "run, without training. Re-running the same evaluation is skipped (--force decodes again).")
+    parser.add_argument("checkpoint", nargs="?", help="HF-layout encoder-decoder (directory or hub id) or a trained "
+                                                      "cell's directory (outputs/cells/<task>/<scheme>/<id>)")
+    parser.add_argument("--task", help=f"one of {', '.join(sorted(TASKS))} (default: a released model's own; a "
+                                       "trained cell's own)")
+    parser.add_argument("--grid", type=Path, help="a YAML file of evaluations (grids/released.yaml) instead of one "
+                                                  "checkpoint")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                        help="override decode.*, data.<test set> or max_examples.* (repeatable)")
+    parser.add_argument("--max-examples", type=int, metavar="N", help="decode at most N test examples")
+    parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoint (default: last)")
+    parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                               "sqlite under the output root)")
+    parser.add_argument("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    parser.add_argument("--output-root", default=None, help=f"where outputs go (default: {DEFAULT_OUTPUT_ROOT})")
+    parser.add_argument("--output-dir", type=Path, help="this evaluation's folder (one checkpoint only)")
+    parser.add_argument("--executor", choices=("debug", "local", "slurm"), default="debug",
+                        help="debug: in this process (default); local: a local process each; slurm: a job array")
+    parser.add_argument("--only", metavar="PATTERN", help="with --grid: evaluations whose checkpoint contains this")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--force", action="store_true", help="decode again even if this evaluation finished")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[EvaluationConfig]]:
+    if (args.checkpoint is None) == (args.grid is None):
+        raise EvaluationError("pass a CHECKPOINT or --grid FILE (one of them)")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise EvaluationError(f"--max-examples: expected a positive count, got {args.max_examples}")
+    if args.grid is not None:
+        sets = list(args.sets) + ([f"max_examples.test={args.max_examples}"] if args.max_examples else [])
+        doc, configs = load_evaluation_grid(args.grid, sets)
+        if args.only:
+            configs = [c for c in configs if args.only in c.checkpoint or args.only == c.task]
+            if not configs:
+                raise EvaluationError(f"--only {args.only}: no evaluation of {args.grid} matches")
+        return doc, configs
+    return {}, [build_config(args.checkpoint, args.task, args.sets, args.max_examples, args.select, args.revision)]
+
+
+def _executor(kind: str, doc: dict[str, Any], folder: Path):
+    import submitit
+
+    if kind == "local":
+        return submitit.LocalExecutor(folder=folder)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    slurm = dict((doc.get("executor") or {}).get("slurm") or {})
+    params = {"timeout_min": slurm.pop("timeout_min", 240), "cpus_per_task": slurm.pop("cpus_per_task", 8),
+              "gpus_per_node": slurm.pop("gpus_per_node", 1), "mem_gb": slurm.pop("mem_gb", 64)}
+    for key in ("partition", "account", "qos", "constraint"):
+        if slurm.get(key):
+            params[f"slurm_{key}"] = slurm[key]
+    executor.update_parameters(name="bertgen-eval", **params)
+    return executor
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        doc, configs = _settings(args)
+        if args.output_dir is not None and len(configs) > 1:
+            raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
+        output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
+        uri = args.tracking_uri or resolve_tracking_uri((doc.get("mlflow") or {}).get("tracking_uri"), output_root)
+        experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
+        output_root.mkdir(parents=True, exist_ok=True)
+        check_tracking(uri)
+    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    jobs = [EvaluationJob(config, str(args.output_dir or default_output_dir(config, output_root)), uri, experiment,
+                          args.force, args.device) for config in configs]
+    if args.executor != "debug":
+        executor = _executor(args.executor, doc, output_root / "submitit" / "evaluate")
+        submitted = [executor.submit(job) for job in jobs]
+        if args.executor == "slurm":
+            print("submitted " + ", ".join(str(s.job_id) for s in submitted) + f"; watch with squeue, results in "
+                  f"MLflow experiment {experiment} at {uri}")
+            return EXIT_OK
+        results = []
+        for job, handle in zip(jobs, submitted):
+            try:
+                results.append(handle.result())
+            except Exception as err:  # noqa: BLE001 - reported per evaluation, the others go on
+                results.append({"status": "FAILED", "reason": one_line(err), "metrics": {}})
+    else:
+        results = []
+        for job in jobs:
+            try:
+                results.append(job())
+            except (EvaluationError, CheckpointError, v.Invalid, ValueError, OSError) as err:
+                results.append({"status": "FAILED", "reason": one_line(err), "metrics": {}})
+    failed = False
+    for job, result in zip(jobs, results):
+        shown = ", ".join(f"{k[len(TEST_PREFIX):]} {val:.2f}" for k, val in sorted(result["metrics"].items())
+                          if k.startswith(TEST_PREFIX) and k.count("_") == 1)
+        print(f"{label_of(job.config)}: {result['status']}"
+              + (f" ({result['reason']})" if result.get("reason") else "")
+              + (f": {shown}" if shown else "") + f"  [{job.out_dir}]")
+        failed |= result["status"] == "FAILED"
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

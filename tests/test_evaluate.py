@@ -1,0 +1,248 @@
+"""``python -m experiments.evaluate``: released checkpoints and trained cells decoded without training.
+
+The released models (google/roberta2roberta_L-24_*, google/bert2bert_L-24_wmt_*) cannot be downloaded here, so
+tiny checkpoints in their layout are built and saved by transformers itself: an ``encoder-decoder`` config whose two
+sides are ``bert-generation`` stacks tied to each other (``tie_encoder_decoder``), with the released models' two
+tokenizer kinds beside them (RoBERTa's byte-level BPE for roberta2roberta, SentencePiece for the WMT bert2bert).
+Our evaluation must decode exactly the tokens transformers' ``generate`` decodes from the same directory (hf length
+penalty) and its scores must be the task metrics of those predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from experiments import evaluate as ev
+from experiments.metrics import compute_metrics
+from experiments.tasks import get_task
+from integration_helpers import data_spec, quick_assets, tiny_cell
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SOURCES = [
+    "The bridge was closed for repairs. Traffic was diverted through the town centre.",
+    "She studied physics in Vienna. She later taught at a school in Graz.",
+    "The album sold well. Critics were less kind.",
+    "He was born in 1921 in Leeds, England, and moved to Canada as a child.",
+    "The river floods every spring. Farmers plant late.",
+    "The company was founded in 1998. It employs about 300 people.",
+    "Rain fell all night. The match went ahead.",
+    "The church dates from the 12th century and was restored in 1880.",
+    "It is the largest lake in the region. It is fed by three rivers.",
+    "The film premiered in Cannes. It won no awards.",
+]
+TARGETS = [s.replace(". ", ", and ", 1) for s in SOURCES]
+
+
+def tokenizer_of(kind: str, files: Path):
+    """transformers' tokenizer of one kind, from the team's shared tokenizer files."""
+    if kind == "roberta_bpe":
+        return transformers.RobertaTokenizer(str(files / "roberta" / "roberta-base-vocab.json"),
+                                             str(files / "gpt2" / "gpt2-merges.txt"))
+    return transformers.BertGenerationTokenizer(str(files / "sentencepiece" / "test_model.model"))
+
+
+def released_layout(kind: str, files: Path, directory: Path):
+    """A tiny checkpoint saved by transformers in a released model's layout; returns (model, tokenizer) as
+    transformers reads them back from ``directory``.
+
+    ``sentencepiece`` is the layout of google/roberta2roberta_L-24_* (read from the hub repos: config.json with
+    ``model_type: encoder-decoder``, two ``bert-generation`` sub-configs whose bos/eos ids are null, ``bos_token_id``
+    at the top level, a ``generation_config.json``, and ``spiece.model`` as the only tokenizer file).
+    ``roberta_bpe`` is the same model with RoBERTa's byte-level BPE files, as a roberta2roberta fine-tuned with
+    transformers is saved."""
+    tokenizer = tokenizer_of(kind, files)
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    size = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64, **ids)
+    torch.manual_seed(0)
+    encoder = transformers.BertGenerationEncoder(transformers.BertGenerationConfig(**size))
+    decoder = transformers.BertGenerationDecoder(transformers.BertGenerationConfig(
+        **size, is_decoder=True, add_cross_attention=True))
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
+                                                                           tie_encoder_decoder=True)
+    model = transformers.EncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
+    with torch.no_grad():  # larger weights than the 0.02 init: outputs that depend on the input and vary in length
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+        model.decoder.lm_head.bias[ids["eos_token_id"]] += 3.0
+        # tie_encoder_decoder: the decoder's stack holds the encoder's values (transformers 5 no longer ties them
+        # itself; a released file's two copies are equal)
+        decoder_stack = model.decoder.bert.state_dict()
+        for name, value in model.encoder.state_dict().items():
+            decoder_stack[name].copy_(value)
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = ids["bos_token_id"]
+        cfg.pad_token_id, cfg.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
+    model.save_pretrained(directory)
+    if kind == "sentencepiece":
+        raw = json.loads((directory / "config.json").read_text())
+        for side in ("encoder", "decoder"):
+            raw[side].update(bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
+        for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+            raw.pop(key, None)
+        raw["bos_token_id"] = ids["bos_token_id"]
+        (directory / "config.json").write_text(json.dumps(raw, indent=2))
+        shutil.copy(files / "sentencepiece" / "test_model.model", directory / "spiece.model")
+    else:
+        shutil.copy(files / "roberta" / "roberta-base-vocab.json", directory / "vocab.json")
+        shutil.copy(files / "gpt2" / "gpt2-merges.txt", directory / "merges.txt")
+    return transformers.EncoderDecoderModel.from_pretrained(directory).eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("evaluate-data") / "test.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "source": s, "target": t}) + "\n"
+                            for i, (s, t) in enumerate(zip(SOURCES, TARGETS))))
+    return path
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = ev.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def runs_of(uri: str, experiment: str = ev.DEFAULT_EXPERIMENT) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([found.experiment_id])) if found else []
+
+
+@pytest.mark.parametrize("kind", ["roberta_bpe", "sentencepiece"])
+def test_released_layout_decodes_what_transformers_decodes(kind, shared_dir, tmp_path, test_file, capsys):
+    files = shared_dir / "data" / "tokenizers"
+    reference, hf_tokenizer = released_layout(kind, files, tmp_path / "released")
+    max_new = 12
+    expected_ids, expected_text = [], []
+    for source in SOURCES:
+        ids = hf_tokenizer(source, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = reference.generate(ids, num_beams=4, length_penalty=0.6, max_new_tokens=max_new, do_sample=False)
+        expected_ids.append(out[0].tolist())
+        expected_text.append(hf_tokenizer.decode(out[0], skip_special_tokens=True))
+    assert len(set(expected_text)) > 3, "the tiny model should write different things for different inputs"
+
+    # token level: our loader, tokenizer and beam search on the same directory
+    loaded = ev.load_released(str(tmp_path / "released"))
+    for source, want in zip(SOURCES, expected_ids):
+        ids = loaded.input_tokenizer([source])["input_ids"]
+        assert ids[0].tolist() == hf_tokenizer(source).input_ids
+        got = loaded.model.generate(ids, torch.ones_like(ids), num_beams=4, length_penalty=0.6,
+                                    length_penalty_style="hf", max_new_tokens=max_new)
+        assert got[0].tolist()[:len(want)] == want and set(got[0].tolist()[len(want):]) <= {loaded.pad_token_id}
+
+    # the command: predictions, scores, the MLflow run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [str(tmp_path / "released"), "--task", "discofuse", "--set", f"data.test={json.dumps(data_spec(str(test_file)))}",
+            "--set", "decode.length_penalty_style=hf", "--set", f"decode.max_new_tokens={max_new}",
+            "--tracking-uri", uri, "--output-dir", str(tmp_path / "eval"), "--device", "cpu"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    predictions = [r["prediction"] for r in rows]
+    assert predictions == loaded.output_tokenizer.batch_decode([ids[1:] for ids in expected_ids],
+                                                               skip_special_tokens=True)
+    # the texts too, wherever the random model wrote whole characters (the two byte-level decoders render a
+    # truncated UTF-8 byte sequence with different numbers of U+FFFD)
+    whole = [i for i, text in enumerate(expected_text) if "\ufffd" not in text]
+    assert len(whole) >= 3 and all(predictions[i] == expected_text[i] for i in whole)
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    task = get_task("discofuse")
+    want = compute_metrics(task.metrics, SOURCES, predictions, [[t] for t in TARGETS])
+    assert summary["test"] == pytest.approx({k: float(v) for k, v in want.items()}, abs=1e-9)
+    copy = compute_metrics(task.metrics, SOURCES, SOURCES, [[t] for t in TARGETS])
+    assert summary["baseline_copy_source"] == pytest.approx({k: float(v) for k, v in copy.items()}, abs=1e-9)
+    (run_,) = runs_of(uri)
+    assert run_.info.status == "FINISHED"
+    assert run_.data.tags["role"] == "evaluation" and run_.data.tags["scheme"] == "released"
+    assert run_.data.tags["evaluated_checkpoint"] == str(tmp_path / "released")
+    assert run_.data.params["decode.num_beams"] == "4" and run_.data.params["decode.length_penalty"] == "0.6"
+    assert run_.data.metrics["test_sari"] == pytest.approx(summary["test"]["sari"])
+    assert "discofuse" in out and "sari" in out
+
+
+def test_the_same_evaluation_is_not_repeated_and_a_new_decoding_is_a_new_run(shared_dir, tmp_path, test_file,
+                                                                             capsys):
+    released_layout("sentencepiece", shared_dir / "data" / "tokenizers", tmp_path / "released")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [str(tmp_path / "released"), "--task", "discofuse", "--set",
+            f"data.test={json.dumps(data_spec(str(test_file)))}", "--set", "decode.max_new_tokens=8",
+            "--tracking-uri", uri, "--output-root", str(tmp_path / "out"), "--device", "cpu"]
+    assert run(base, capsys)[0] == 0
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "SKIPPED" in out
+    assert len(runs_of(uri)) == 1
+    assert run(base + ["--set", "decode.num_beams=1"], capsys)[0] == 0
+    runs = runs_of(uri)
+    assert sorted(r.data.params["decode.num_beams"] for r in runs) == ["1", "4"]
+    assert len({r.data.tags["evaluation_id"] for r in runs}) == 2
+    assert len(list((tmp_path / "out" / "evaluations" / "discofuse" / "released").glob("*/evaluation.json"))) == 2
+
+
+def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_path, capsys):
+    from experiments.tracking import NullLogger
+    from experiments.train import train_cell
+
+    assets = quick_assets(tmp_path_factory)
+    cell = tiny_cell(assets, tmp_path / "root", steps=8, eval_every=4, checkpoint_every=4)
+    out_dir = tmp_path / "root" / "cells" / "discofuse" / "bert2bert" / cell["cell_id"]
+    trained = train_cell(cell, out_dir, NullLogger())
+    (out_dir / "cell.json").write_text(json.dumps(cell))
+    weights = {p: p.stat().st_mtime_ns for p in (out_dir / "checkpoints").rglob("*") if p.is_file()}
+    cell_metrics = (out_dir / "metrics.json").read_text()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    # the cell's own decoding on the checkpoint it tested reproduces its test scores exactly
+    best = json.loads(cell_metrics)["best_step"]
+    select = "last" if best == 8 else "best"
+    code, out, err = run([str(out_dir), "--select", select, "--tracking-uri", uri, "--device", "cpu"], capsys)
+    assert code == 0, err
+    (first,) = runs_of(uri)
+    assert first.data.tags["cell_id"] == cell["cell_id"] and first.data.tags["select"] == select
+    evaluated = json.loads(next((out_dir / "evaluations").glob("*/metrics.json")).read_text())
+    assert evaluated["test"] == pytest.approx(trained)
+
+    # other beam settings: a new evaluation run, nothing trained, the cell's files untouched
+    code, _, err = run([str(out_dir), "--set", "decode.num_beams=1", "--tracking-uri", uri, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert len(runs_of(uri)) == 2 and len(list((out_dir / "evaluations").glob("*/evaluation.json"))) == 2
+    assert {p: p.stat().st_mtime_ns for p in (out_dir / "checkpoints").rglob("*") if p.is_file()} == weights
+    assert (out_dir / "metrics.json").read_text() == cell_metrics
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "pass a CHECKPOINT or --grid FILE"),
+    (["{missing}"], "--task: required"),
+    (["{missing}", "--task", "nope"], "nope"),
+    (["{missing}", "--task", "discofuse", "--set", "train.lr=1"], "--set train.lr: expected a key under decode"),
+    (["{missing}", "--task", "discofuse", "--set", "decode.num_beams=0"], "decode.num_beams"),
+    (["{missing}", "--task", "discofuse", "--set", "decode.beams=4"], "decode.beams"),
+    (["{missing}", "--task", "discofuse", "--select", "best"], "only a trained cell's directory"),
+    (["{missing}", "--task", "discofuse", "--max-examples", "0"], "--max-examples"),
+])
+def test_bad_evaluation_requests_are_refused_in_one_line(argv, message, tmp_path, capsys):
+    argv = [a.replace("{missing}", str(tmp_path / "missing")) for a in argv]
+    code, _, err = run(argv + ["--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
+    assert code == ev.EXIT_REFUSED
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_directory_that_is_not_an_encoder_decoder_fails_with_the_reason(tmp_path, capsys):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, out, _ = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
+                        f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
+    assert code == ev.EXIT_FAILED
+    assert "model_type 'bert': expected an encoder-decoder checkpoint" in out
