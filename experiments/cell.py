@@ -106,6 +106,8 @@ def cell_label(cell: dict) -> str:
             parts.append(f"{family}={ref.rsplit('/', 1)[-1]}")
     if cell.get("model"):
         parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
+    if (cell.get("train") or {}).get("optimizer", "adam") != "adam":  # Section 5's GPT-2 tuning (Adafactor)
+        parts.append(f"opt={cell['train']['optimizer']}")
     return "/".join(parts)
 
 

@@ -220,6 +220,8 @@ class TrainConfig:
     warmup_steps: int = setting(40_000, lo=0)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
+    # §4: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings, lr = relative step cap)
+    optimizer: str = setting("adam", choices=("adam", "adafactor"), what="optimizer", omit_default=True)
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
     bf16: bool | str = setting(False, check=bf16_setting)

@@ -10,6 +10,24 @@ so the peak, reached at t = warmup, is lr / sqrt(hidden_size * warmup) (≈ 9e-6
 Runs of a few hundred steps cannot use that: "constant" (warmup then flat at ``lr``) and "linear" (warmup then
 linear decay to 0 at ``total_steps``) take ``lr`` as the peak itself. The schedule's only state is the update count,
 so it is checkpointed as one integer and resumes exactly.
+
+The optimiser is Adam unless a cell asks for ``train.optimizer: adafactor`` (Section 5's GPT-2 tuning study compares
+the two; grids/gpt2_tuning.yaml). Adafactor is ``torch.optim.Adafactor`` with the settings of Shazeer & Stern (2018)
+as Tensor2Tensor's ``adafactor_optimizer_from_hparams`` and mesh-tensorflow (T5) default them — the Google setup the
+paper trained in:
+
+* second-moment decay ``beta2_t = 1 - t^-0.8`` (t2t ``optimizer_adafactor_decay_rate`` pow 0.8);
+* no first moment (t2t ``optimizer_adafactor_beta1 = 0``: torch's Adafactor keeps none);
+* update clipping at RMS 1.0 (``clipping_threshold``), factored second moments for matrices;
+* steps relative to each weight's scale (``multiply_by_parameter_scale``), floored at RMS 1e-3 (``epsilon2``);
+  ``epsilon1`` is torch's default (the dtype's eps; t2t adds 1e-30 to the squared gradient instead);
+* no weight decay (as with Adam here).
+
+The schedule sets ``lr`` every update for both. For Adafactor it is the *relative* step size cap: torch applies
+``min(lr, 1/sqrt(t)) * max(1e-3, RMS(weight))``, so its lr lives on another scale than Adam's (a relative step of
+1e-2 at most, the Adafactor paper's and t2t's default schedule ``min(1e-2, 1/sqrt(t))``); a grid sweeps it
+separately. Its state (factored moments and a step count per tensor) is a plain ``state_dict`` of tensors, checkpointed
+and resumed exactly like Adam's.
 """
 
 from __future__ import annotations
@@ -25,6 +43,11 @@ from .config import SCHEDULES, TrainConfig
 # Tensor2Tensor's Adam settings, which the paper's released models were trained with.
 ADAM_BETAS = (0.9, 0.997)
 ADAM_EPS = 1e-9
+# Adafactor as t2t / mesh-tensorflow (T5) default it (see the module docstring); torch.optim.Adafactor's names.
+ADAFACTOR_BETA2_DECAY = -0.8  # beta2_t = 1 - t^-0.8
+ADAFACTOR_EPS = (None, 1e-3)  # (epsilon1: torch's dtype eps, epsilon2: floor of the parameter scale)
+ADAFACTOR_CLIP = 1.0  # d: the update's RMS is clipped to 1.0
+OPTIMIZERS = TrainConfig.__dataclass_fields__["optimizer"].metadata["choices"]  # ("adam", "adafactor")
 
 
 class LRSchedule:
@@ -99,12 +122,17 @@ class LRSchedule:
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], betas: tuple[float, float] = ADAM_BETAS,
-                    eps: float = ADAM_EPS, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam over the unique trainable parameters (tied weights appear once). The lr is set by :class:`LRSchedule`.
+                    eps: float = ADAM_EPS, weight_decay: float = 0.0,
+                    optimizer: str = TrainConfig.optimizer) -> torch.optim.Optimizer:
+    """Adam (or ``optimizer="adafactor"``) over the unique trainable parameters (tied weights appear once). The lr
+    is set by :class:`LRSchedule`; ``betas``/``eps`` are Adam's.
 
-    The fused implementation (one multi-threaded pass per parameter; ~4x faster than the default per-tensor loop on
-    the CPU for a MiniLM-size model) wherever torch has one, as transformers' Trainer defaults to since torch 2.8.
+    Adam is the fused implementation (one multi-threaded pass per parameter; ~4x faster than the default per-tensor
+    loop on the CPU for a MiniLM-size model) wherever torch has one, as transformers' Trainer defaults to since torch
+    2.8. Adafactor is torch's single-tensor loop with the t2t/T5 settings of the module docstring.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"train.optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
     seen: set[int] = set()
     unique = []
     for p in parameters:
@@ -113,6 +141,9 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], betas: tuple[float
             unique.append(p)
     if not unique:
         raise ValueError("model: no trainable parameters")
+    if optimizer == "adafactor":
+        return torch.optim.Adafactor(unique, lr=0.0, beta2_decay=ADAFACTOR_BETA2_DECAY, eps=ADAFACTOR_EPS,
+                                     d=ADAFACTOR_CLIP, weight_decay=weight_decay)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in unique)
     return torch.optim.Adam(unique, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 

@@ -103,7 +103,7 @@ class CellTrainer:
         if ctx.is_main:
             barrier(ctx)
         self.hidden_size = self.model.output_hidden_size
-        self.optimizer = build_optimizer(self.model.parameters())
+        self.optimizer = build_optimizer(self.model.parameters(), optimizer=cell.train.optimizer)
         self.schedule = LRSchedule.from_config(self.optimizer, cell.train, self.hidden_size)
         self.ddp_model = wrap_model(self.model, ctx)
         self.step = 0

@@ -140,6 +140,29 @@ def test_optimizer_counts_tied_parameters_once():
     assert optimizer.defaults["betas"] == (0.9, 0.997) and optimizer.defaults["eps"] == 1e-9
 
 
+def test_adafactor_is_torchs_with_the_t2t_settings_and_adam_stays_the_default():
+    """Section 5's alternative optimiser: torch.optim.Adafactor with Tensor2Tensor's / T5's defaults (decay 1 - t^-0.8,
+    no momentum, update clipping at 1.0, parameter-scale floor 1e-3, no weight decay); its lr comes from the schedule."""
+    matrix, vector = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    optimizer = build_optimizer([matrix, vector, matrix], optimizer="adafactor")
+    assert isinstance(optimizer, torch.optim.Adafactor) and len(optimizer.param_groups[0]["params"]) == 2
+    d = optimizer.defaults
+    assert (d["beta2_decay"], d["eps"], d["d"], d["weight_decay"]) == (-0.8, (None, 1e-3), 1.0, 0.0)
+    schedule = LRSchedule(optimizer, "constant", lr=1e-2, warmup_steps=0)
+    (matrix.sum() + vector.sum()).backward()
+    before = matrix.detach().clone()
+    optimizer.step()
+    schedule.step()
+    assert not torch.equal(before, matrix.detach())
+    assert set(optimizer.state[matrix]) == {"step", "row_var", "col_var"}  # factored second moments
+    assert isinstance(_optimizer(), torch.optim.Adam) and TrainConfig.optimizer == "adam"
+    with pytest.raises(ValueError, match=r"train\.optimizer"):
+        build_optimizer([matrix], optimizer="sgd")
+    with pytest.raises(ValueError, match=r"train\.optimizer"):
+        from_dict(TrainConfig, {"steps": 5, "batch_size": 8, "optimizer": "adamw"}, "train")
+    assert from_dict(TrainConfig, {"steps": 5, "batch_size": 8, "optimizer": "adafactor"}, "train").optimizer == "adafactor"
+
+
 # -- checkpoint files -------------------------------------------------------------------------------------------------
 def test_rng_state_round_trip_reproduces_every_generator():
     checkpointing.restore_rng_state(checkpointing.capture_rng_state())  # the state survives its own round trip
@@ -232,6 +255,28 @@ def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_pat
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert {p.name for p in straight_logger.artifacts} == {"predictions.jsonl", "metrics.json"}
     assert straight_logger.preempt_hooks, "train_cell should register a save hook for preemption"
+
+
+def test_resumed_adafactor_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_path):
+    """The same crash and resume with train.optimizer=adafactor: its factored moments and per-tensor step counts go
+    through optimizer.pt like Adam's, so the resumed cell ends on the uninterrupted one's weights and predictions."""
+    cell = make_cell(assets, tmp_path / "root", optimizer="adafactor", lr=1e-2)
+    straight = train_cell(cell, tmp_path / "straight", RecordingLogger())
+    with pytest.raises(SimulatedCrash):
+        train_cell(cell, tmp_path / "resumed", CrashingLogger(at_step=6))
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last" / checkpointing.OPTIMIZER_FILE, weights_only=True)
+    assert any("row_var" in state for state in saved["state"].values())  # Adafactor's state, not Adam's
+    assert all(float(state["step"]) == 4 for state in saved["state"].values())
+    resumed_logger = RecordingLogger()
+    resumed = train_cell(cell, tmp_path / "resumed", resumed_logger)
+    assert resumed_logger.train_steps() == [5, 6, 7, 8]
+    assert resumed == straight
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "predictions.jsonl").read_text() == \
+        (tmp_path / "resumed" / "predictions.jsonl").read_text()
+    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
+    assert not torch.equal(a["encoder.embeddings.LayerNorm.weight"], start["bert.embeddings.LayerNorm.weight"])
 
 
 def test_preemption_save_resumes_from_the_start_of_the_interrupted_step(assets, tmp_path):
