@@ -81,18 +81,19 @@ _WMT = re.compile(r"^WMT14 (?P<src>En|De)->(?P<tgt>En|De) (?P<testset>newstest\d
 _SUMMARIZATION = {"Gigaword": "gigaword", "CNN/DailyMail": "cnn_dailymail", "BBC XSum": "xsum"}
 _TABLE6_VARIANTS = {
     "DiscoFuse (full init, reference)": "full",
-    "- embeddings from checkpoint": "no_checkpoint_embeddings",
+    "- embeddings from checkpoint": schema.NO_CHECKPOINT_EMBEDDINGS,  # runs: init_layers {without_embeddings: true}
     "+ task specific SentencePieces (16k BPE)": "task_sentencepiece",
     "+ pre-training SentencePieces (freeze warm-started vars 100k steps, then 300k)": "pretrain_sentencepiece",
 }
 # Human-readable variant names, shared with the tables' row labels.
 VARIANT_LABELS = {
     "full": "",
-    "no_checkpoint_embeddings": "− embeddings from checkpoint",
+    schema.NO_CHECKPOINT_EMBEDDINGS: "− embeddings from checkpoint",
     "task_sentencepiece": "+ task-specific SentencePieces",
     "pretrain_sentencepiece": "+ pre-training SentencePieces",
     "custom_ende_vocab": "custom En+De BERT, 32k vocab",
     "embeddings_only": "embeddings only from checkpoint",
+    "released": "Google's released checkpoint, evaluated here",
 }
 
 

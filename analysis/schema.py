@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
+from experiments.evaluate import RELEASED_VARIANT
 from experiments.tasks import TASKS as HARNESS_TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -42,6 +43,9 @@ TAG_SCHEME = "scheme"
 TAG_SEED = "seed"
 TAG_CELL_ID = "cell_id"
 TAG_GRID = "grid"
+TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
+TAG_VARIANT = "variant"
+# RELEASED_VARIANT (imported from experiments.evaluate): a released checkpoint evaluated without training
 
 # Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
 # second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a
@@ -63,7 +67,8 @@ PRED_ID, PRED_SOURCE, PRED_REFERENCE, PRED_PREDICTION = "id", "source", "referen
 DATA_FRACTION_PARAMS = ("data_fraction",)
 SEED_PARAMS = ("seed",)
 SIZE_PARAMS = ("size", "model.size")  # the cell has none today: every run counts as "base" (12L or smaller)
-INIT_LAYERS_PARAM = "init_layers"  # null | {"embeddings_only": true} | {"first_k": k} | {"layers": [...]}
+# null | {"embeddings_only": true} | {"without_embeddings": true} | {"first_k": k} | {"layers": [...]}
+INIT_LAYERS_PARAM = "init_layers"
 VARIANT_TAGS = ("variant", "ablation")
 # A cell that departs from the paper's random cross-attention (experiments.config.CellConfig.cross_attention_init)
 # is a variant of its scheme, "xattn_<init>" (joined to an init_layers variant with "+").
@@ -127,6 +132,8 @@ TESTSET_ALIASES = {"newstest2014": DEFAULT_TESTSET, "nt2014": DEFAULT_TESTSET, "
                    "nt2016": "newstest2016", "newstest16": "newstest2016"}  # fmt: skip
 
 DEFAULT_VARIANT = "full"
+# Table 6's "- embeddings from checkpoint" row (analysis.paper's name for it): init_layers {without_embeddings: true}
+NO_CHECKPOINT_EMBEDDINGS = "no_checkpoint_embeddings"
 # Variants the harness expresses as tags (Table 6's vocabulary ablations, if a grid ever runs them) → our names.
 VARIANT_ALIASES = {
     "all": "full", "none": "full", "null": "full", "default": "full", "reference": "full",
@@ -188,7 +195,8 @@ def _layer_ranges(layers: list[int]) -> str:
 
 
 def init_layers_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
-    """Variant name of the cell's ``init_layers``: ``full``, ``embeddings_only``, ``first_10``, ``layers_9,10,13-18``."""
+    """Variant name of the cell's ``init_layers``: ``full``, ``embeddings_only``, ``no_checkpoint_embeddings``
+    (``without_embeddings``: Table 6's "- embeddings from checkpoint"), ``first_10``, ``layers_9,10,13-18``."""
     prefix = INIT_LAYERS_PARAM + "."
     sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix) and v is not None}
     if not sub:
@@ -202,11 +210,14 @@ def init_layers_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
         value = raw
     if kind == "embeddings_only":
         return "embeddings_only" if value in (True, "true", "True") else DEFAULT_VARIANT
+    if kind == "without_embeddings":
+        return NO_CHECKPOINT_EMBEDDINGS if value in (True, "true", "True") else DEFAULT_VARIANT
     if kind == "first_k":
         return f"first_{int(value)}"
     if kind == "layers" and isinstance(value, list):
         return "layers_" + _layer_ranges([int(v) for v in value])
-    raise ValueError(f"run {run_id}: param {prefix + kind}={raw!r}: expected embeddings_only, first_k or layers")
+    raise ValueError(f"run {run_id}: param {prefix + kind}={raw!r}: expected embeddings_only, without_embeddings, "
+                     "first_k or layers")
 
 
 def group_key(params: Mapping[str, Any]) -> str:
@@ -279,9 +290,13 @@ def _as_seed(value: Any) -> int | None:
 
 
 def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> RunFields | None:
-    """Canonical fields of a child run; ``None`` for runs that are not grid cells (parents, ad-hoc runs)."""
+    """Canonical fields of a child run; ``None`` for runs that are not grid cells (parents, ad-hoc runs) and for
+    re-decodings of trained cells (experiments.evaluate; their cell's own run is the one the tables count). A
+    released model's evaluation is a run of its paper scheme with variant ``released``."""
     task, scheme = tags.get(TAG_TASK), tags.get(TAG_SCHEME)
     if not task or not scheme:
+        return None
+    if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) != RELEASED_VARIANT:
         return None
     tagged_variant = _first(tags, VARIANT_TAGS)
     variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)

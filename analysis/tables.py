@@ -319,9 +319,10 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
         fractions = {c.data_fraction for c in spec.columns}
         return runs[runs.data_fraction.isin(fractions) & ((runs.variant != schema.DEFAULT_VARIANT)
                     | runs.scheme.isin(runs[runs.variant != schema.DEFAULT_VARIANT].scheme))]
-    # The full schemes, and the same schemes trained with another cross-attention init (rows of their own, marked).
+    # The full schemes, the same schemes trained with another cross-attention init, and the released checkpoints
+    # evaluated without training (rows of their own, marked).
     setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
-    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting]
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | (runs.variant == schema.RELEASED_VARIANT)]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:

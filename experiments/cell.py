@@ -4,8 +4,9 @@ A cell's settings are :class:`experiments.config.CellConfig` (one training run: 
 every setting needed to reproduce it). Jobs receive it, and ``cell.json`` holds it, in its JSON form
 (:func:`experiments.config.to_dict`); :func:`experiments.train.train_cell` reads it back typed.
 
-The id hashes everything that can change what the cell computes; fields that only say where or how fast it runs
-(``COSMETIC_KEYS``, marked ``cosmetic`` in experiments.config) are left out, so moving the output root or raising
+The id hashes everything that can change what the cell trains; fields that only say where or how fast it runs
+(``COSMETIC_KEYS``, marked ``cosmetic`` in experiments.config) and how its test sets are decoded
+(``DECODING_SECTIONS``: another beam re-decodes the trained cell, experiments.evaluate) are left out, so moving the output root or raising
 ``num_workers`` does not orphan finished runs, and the same cell reached from two grids (fusion.yaml and paper.yaml)
 is one cell. Settings added later are left out of the JSON form while at their default (``omit_default``), so adding
 one does not move any existing id.
@@ -35,7 +36,7 @@ import torch
 from bertgen.checkpoint import is_local_reference
 
 from . import tracking
-from .config import COSMETIC_KEYS, CellConfig, to_dict
+from .config import COSMETIC_KEYS, DECODING_SECTIONS, CellConfig, to_dict
 
 # The paper's base checkpoints: a cell label names a checkpoint only when it is another one.
 _PAPER_CHECKPOINTS = to_dict(CellConfig.__dataclass_fields__["checkpoints"].default)
@@ -70,12 +71,20 @@ def _strip(config: dict, dotted: str) -> None:
 
 
 def identity_view(cell: CellConfig | dict) -> dict:
-    """The part of a cell its id is computed from: its JSON form without the cosmetic keys (a dict is read as a
-    CellConfig first, so it is checked and normalised)."""
+    """The part of a cell its id is computed from, its training identity: its JSON form without the cosmetic keys
+    and the decoding settings (a dict is read as a CellConfig first, so it is checked and normalised)."""
     view = to_dict(cell if isinstance(cell, CellConfig) else CellConfig.from_dict(cell))
-    for dotted in COSMETIC_KEYS:
+    for dotted in (*COSMETIC_KEYS, *DECODING_SECTIONS):
         _strip(view, dotted)
     return view
+
+
+def decoding_view(cell: dict) -> dict[str, str]:
+    """The decoding settings of a cell as MLflow holds them (flattened params, ``decode.num_beams`` → ``"4"``)."""
+    from .tracking import flatten  # lazy: tracking imports this module
+
+    typed = CellConfig.from_dict(cell) if isinstance(cell, dict) else cell
+    return flatten({section: to_dict(getattr(typed, section)) for section in DECODING_SECTIONS})
 
 
 def compute_cell_id(cell: CellConfig | dict) -> str:
@@ -94,6 +103,8 @@ def cell_label(cell: dict) -> str:
         (kind, value), = init.items()
         if kind == "embeddings_only":
             parts.append("init=emb")
+        elif kind == "without_embeddings":
+            parts.append("init=noemb")
         elif kind == "first_k":
             parts.append(f"init=first{value}")
         else:

@@ -7,7 +7,8 @@ are declared here and nowhere else; the rest of the harness derives what it need
   keys answered with the nearest field name;
 * the JSON form a job receives and ``cell.json`` holds (:func:`to_dict` / :meth:`CellConfig.from_dict`), which is
   also what MLflow's params flatten (``train.lr``, ``decode.length_penalty`` ...);
-* the cell id (:func:`experiments.cell.compute_cell_id`): a hash of the JSON form minus :data:`COSMETIC_KEYS`.
+* the cell id (:func:`experiments.cell.compute_cell_id`): a hash of the JSON form minus :data:`COSMETIC_KEYS` and
+  :data:`DECODING_SECTIONS` (its training identity).
 
 To add a setting: add a field with its default and a one-line comment saying where the value comes from, mark it
 ``omit_default=True`` so that cells which leave it at its default keep their ids (finished runs stay found), and read
@@ -42,6 +43,10 @@ from .tasks import STANDARD_SPLITS, TASKS, Task
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.optim.LRSchedule implements
+SELECTIONS = ("last", "best_dev")  # train.select: the weights that decode the test sets
+# What a cell decodes with, not what it trains: left out of its training identity (the cell id), so decoding a trained
+# cell differently re-decodes it (an evaluation run, experiments.evaluate) instead of training it again.
+DECODING_SECTIONS = ("decode",)
 
 # Whether checks may look at the file system (existence of local checkpoints and data files); load_grid sets it.
 check_paths: contextvars.ContextVar[bool] = contextvars.ContextVar("check_paths", default=True)
@@ -126,18 +131,21 @@ def data_spec(value: Any, path: str) -> Any:
 
 
 def init_layers(value: Any, path: str) -> Any:
-    """null | {embeddings_only: true} | {first_k: k} | {layers: [i, j, ...]} (1-based, strictly increasing)."""
-    kinds = ("embeddings_only", "first_k", "layers")
+    """null | {embeddings_only: true} | {without_embeddings: true} | {first_k: k} | {layers: [i, j, ...]} (1-based,
+    strictly increasing). ``without_embeddings``: every layer warm, the embeddings random (Table 6's "- embeddings
+    from checkpoint")."""
+    kinds = ("embeddings_only", "without_embeddings", "first_k", "layers")
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) != 1:
-        raise v.Invalid(path, "expected null or a mapping with exactly one of embeddings_only: true, first_k: <k>, "
+        raise v.Invalid(path, "expected null or a mapping with exactly one of embeddings_only: true, "
+                              "without_embeddings: true, first_k: <k>, "
                               f"layers: [<1-based layer>, ...], got {value!r}")
     (kind, item), = value.items()
     where = v.join(path, kind)
     if kind not in kinds:
         raise v.unknown(where, kind, kinds)
-    if kind == "embeddings_only":
+    if kind in ("embeddings_only", "without_embeddings"):
         if item is not True:
             raise v.Invalid(where, f"expected true, got {item!r}")
         return {kind: True}
@@ -228,6 +236,9 @@ class TrainConfig:
     eval_every: int = setting(5000, lo=0)  # dev loss and best weights every this many steps (0: at the end)
     checkpoint_every: int = setting(5000, lo=0, cosmetic=True)  # resumable state every this many steps
     eval_examples: int | None = setting(1000, lo=1)  # validation examples in the dev loss (null: all)
+    # Which weights decode the test sets: "last" (§4: the model at the end of training's fixed steps) or "best_dev"
+    # (the lowest dev loss of the evaluations every eval_every steps; then checkpoints/best is kept).
+    select: str = setting("last", choices=SELECTIONS, what="checkpoint selection")
     num_workers: int = setting(2, lo=0, cosmetic=True)  # DataLoader worker processes
     # Divide lr by sqrt(hidden_size) (null: only the noam schedule does, as the paper's).
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
@@ -267,7 +278,8 @@ class CellConfig:
     data_fraction: float = setting(1.0, lo=0.0, hi=1.0, lo_open=True)  # §4.1: DiscoFuse at 100, 10 and 1 %
     max_examples: ExampleCaps = setting(ExampleCaps())
     model: dict = setting({}, section=_model_override_checks())  # size overrides, {}: the checkpoints' sizes
-    # {embeddings_only: true} | {first_k: k} | {layers: [...]} (§5, 1-based as in the paper); null: all
+    # {embeddings_only: true} | {without_embeddings: true} | {first_k: k} | {layers: [...]} (§5 and Table 6,
+    # 1-based as in the paper); null: all
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
     # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").

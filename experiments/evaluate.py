@@ -73,22 +73,24 @@ class Released:
     """One of Google's released warm-started models (hub ids: ../shared/notes/hub-ids.md)."""
 
     task: str  # the task it was fine-tuned on
-    paper_row: str  # the paper's row it reproduces (Tables 2, 3, 5: 24-layer robertaShare; Table 4: bert2bert)
+    scheme: str  # the paper's row it reproduces: the 24-layer robertaShare of Tables 2, 3, 5; bert2bert of Table 4
     # Its model card's input convention. The roberta2roberta repos ship a SentencePiece spiece.model with
     # bert-generation stacks, whose tokenizer adds no special tokens; the WikiSplit card wraps the input in <s> … </s>
-    # (transformers issue 7898: without them the model repeats words).
+    # (transformers issue 7898: without them the model repeats words); the WMT cards pass add_special_tokens=False.
     input_format: str = "tokenizer"
+    size: str = "large"  # 24 layers
 
 
 RELEASED: dict[str, Released] = {
-    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare (large)"),
-    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare (large)", "bos_eos"),
-    "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare (large)"),
-    "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare (large)"),
-    "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare (large)"),
-    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert (large)", "bare"),
-    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert (large)", "bare"),
+    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare"),
+    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare", "bos_eos"),
+    "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare"),
+    "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare"),
+    "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare"),
+    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare"),
+    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare"),
 }
+RELEASED_VARIANT = "released"  # the analysis' variant tag for released models' rows (analysis.schema)
 
 
 def released_entry(checkpoint: str) -> Released | None:
@@ -180,7 +182,8 @@ def build_config(checkpoint: str, task: str | None, sets: list[str], max_example
                                   f"evaluated on its own task (pass --set data.test=FILE for other test data)")
         doc = {"checkpoint": str(Path(checkpoint).expanduser().resolve()), "task": cell.task,
                "decode": to_dict(cell.decode), "data": {"test": to_dict(cell.data).get("test")},
-               "max_examples": {"test": cell.max_examples.test}, "select": select or "last"}
+               "max_examples": {"test": cell.max_examples.test},
+               "select": select or ("best" if cell.train.select == "best_dev" else "last")}
         for split in get_task(cell.task).extra_test_splits:
             if getattr(cell.data, split, None) is not None:
                 doc["data"][split] = getattr(cell.data, split)
@@ -442,10 +445,13 @@ class EvaluationTracker:
                          "select": config.select})
         else:
             entry = released_entry(config.checkpoint)
-            tags.update({"scheme": "released", "released_as": entry.paper_row if entry is not None else "other",
+            tags.update({"scheme": entry.scheme if entry is not None else "released", "variant": RELEASED_VARIANT,
                          "released_model": config.checkpoint.rstrip("/").rsplit("/", 1)[-1]})
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=label)
-        params = [Param(k, val) for k, val in sorted(flatten(to_dict(config)).items())]
+        flat = flatten(to_dict(config))
+        if not config.is_cell and (entry := released_entry(config.checkpoint)) is not None:
+            flat["size"] = entry.size  # analysis.schema.SIZE_PARAMS: the row of the paper's 24-layer models
+        params = [Param(k, val) for k, val in sorted(flat.items())]
         for start in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[start:start + 100])
         return run.info.run_id
@@ -471,6 +477,18 @@ def label_of(config: EvaluationConfig) -> str:
     return f"eval/{config.task}/{name}/beam{config.decode.num_beams}"
 
 
+def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
+    """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
+    launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
+    typed = CellConfig.from_dict(cell, "cell")
+    data = {split: spec for split, spec in to_dict(typed.data).items()
+            if split not in ("train", "validation") and spec is not None}
+    return config_from_dict({
+        "checkpoint": str(Path(directory).resolve()), "task": typed.task, "decode": to_dict(typed.decode),
+        "data": data, "max_examples": {"test": typed.max_examples.test},
+        "select": "best" if typed.train.select == "best_dev" else "last"}, f"cell {typed.cell_id}")
+
+
 @dataclass
 class EvaluationJob:
     """One evaluation as a picklable callable (the unit an executor runs: in this process, a local process or a
@@ -482,8 +500,12 @@ class EvaluationJob:
     experiment: str
     force: bool = False
     device: str | None = None
+    num_threads: int | None = None
+    run_id: str | None = None  # its MLflow run once started (the launcher's executors read it)
 
     def __call__(self) -> dict[str, Any]:
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
         tracker = EvaluationTracker(self.tracking_uri, self.experiment)
         eid = evaluation_id(self.config)
         done = tracker.finished(eid)
@@ -493,7 +515,7 @@ class EvaluationJob:
         out_dir = Path(self.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / EVALUATION_FILE, json.dumps(to_dict(self.config), indent=2, sort_keys=True) + "\n")
-        run_id = tracker.start(self.config, label_of(self.config))
+        run_id = self.run_id = tracker.start(self.config, label_of(self.config))
         try:
             summary = evaluate(self.config, out_dir, self.device)
         except BaseException as err:
@@ -558,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                         help="override decode.*, data.<test set> or max_examples.* (repeatable)")
     parser.add_argument("--max-examples", type=int, metavar="N", help="decode at most N test examples")
-    parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoint (default: last)")
+    parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoints/<name> (default: the one "
+                                                             "it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite under the output root)")

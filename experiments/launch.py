@@ -34,7 +34,10 @@ from typing import Any
 
 import submitit
 
-from .cell import CellJob, cell_dir, cell_label
+from .cell import CellJob, cell_dir, cell_label, decoding_view
+from .config import DECODING_SECTIONS
+from .evaluate import EvaluationError, EvaluationJob, EvaluationTracker, cell_evaluation, default_output_dir, \
+    evaluation_id
 from .grid import Grid, GridError, load_grid, smoke_asset_paths
 from .preflight import check_cells
 from .pretrain_tiny import ensure_smoke_assets
@@ -44,6 +47,7 @@ from .tracking import (PENDING_FILE, Tracker, TrackingUnavailable, append_pendin
                        git_commit, now_ms, resolve_tracking_uri)
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+DECODING_PREFIXES = tuple(f"{section}." for section in DECODING_SECTIONS)
 LOCAL_POLL_S = 1.0
 
 
@@ -107,14 +111,15 @@ def main_metrics(task: str, metrics: dict[str, float]) -> str:
 # -- planning -------------------------------------------------------------------------------------------------------
 @dataclass
 class Plan:
-    """What happens to each selected cell: ``new``, ``resume``, ``retry`` (submitted) or ``finished``, ``failed``,
-    ``running`` (left alone)."""
+    """What happens to each selected cell: ``new``, ``resume``, ``retry``, ``redecode`` (submitted) or
+    ``finished``, ``failed``, ``running`` (left alone). ``redecode``: the cell trained already and only its decoding
+    settings changed, so its weights are decoded again (an evaluation run, experiments.evaluate), never retrained."""
 
     action: dict[str, str] = field(default_factory=dict)
     runs: dict[str, Any] = field(default_factory=dict)
 
     def submitted(self) -> list[str]:
-        return [c for c, a in self.action.items() if a in ("new", "resume", "retry")]
+        return [c for c, a in self.action.items() if a in ("new", "resume", "retry", "redecode")]
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
@@ -134,7 +139,8 @@ def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) 
             continue
         status = run.info.status
         if status == "FINISHED":
-            plan.action[cid] = "finished"
+            decoded_with = {k: v for k, v in run.data.params.items() if k.startswith(DECODING_PREFIXES)}
+            plan.action[cid] = "finished" if decoded_with == decoding_view(cell) else "redecode"
         elif status == "FAILED":
             plan.action[cid] = "retry" if retry_failed else "failed"
         elif status in ("RUNNING", "SCHEDULED") and cell_is_alive(run, cell_dir(cell)):
@@ -214,7 +220,8 @@ def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, trac
             while queue and len(running) < parallelism:
                 cell, job = queue.pop(0)
                 submitted = executor.submit(job)
-                tracker.client.set_tag(job.run_id, "submitit_job_id", str(submitted.job_id))
+                if job.run_id:  # an evaluation job starts its run itself
+                    tracker.client.set_tag(job.run_id, "submitit_job_id", str(submitted.job_id))
                 print(f"started {cell['cell_id']} {cell_label(cell)} (pid {submitted.job_id})", flush=True)
                 running.append((cell, job, submitted))
             time.sleep(LOCAL_POLL_S)
@@ -235,6 +242,8 @@ def _collect_local(cell: dict, job: CellJob, submitted, tracker) -> Outcome:
         result = submitted.result()
         return Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
     except Exception as err:  # noqa: BLE001 - the cell raised (already recorded) or its process died (not yet)
+        if not job.run_id:  # an evaluation job: it records its own failure in its run
+            return Outcome("FAILED", {}, f"{type(err).__name__}: {err}"[:480])
         run = tracker.get_run(job.run_id)
         reason = run.data.tags.get("failure_reason", "")
         if run.info.status in ("RUNNING", "SCHEDULED"):
@@ -259,7 +268,8 @@ def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -
         else:
             run = plan.runs.get(cid)
             status = {"finished": "FINISHED (done before)", "failed": "FAILED (skipped; --retry-failed)",
-                      "running": "RUNNING (elsewhere)"}.get(action, action)
+                      "running": "RUNNING (elsewhere)",
+                      "redecoded": "FINISHED (re-decoded before)"}.get(action, action)
             metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} if run is not None else {}
             note = run.data.tags.get("failure_reason", "") if run is not None and action == "failed" else ""
         shown = main_metrics(cell["task"], metrics)
@@ -300,10 +310,20 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     if grid.path.is_file():
         tracker.client.log_artifact(parent, str(grid.path))
 
-    jobs: list[tuple[dict, CellJob]] = []
+    jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
+    evaluations = None
     for cell in cells:
         cid = cell["cell_id"]
         action = plan.action[cid]
+        if action == "redecode":
+            evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
+            job, done = redecoding_job(cell, evaluations, uri, grid, executor_kind)
+            if job is None:
+                plan.action[cid] = "redecoded"
+                plan.runs[cid] = done  # its scores are the ones the results table shows
+            else:
+                jobs.append((cell, job))
+            continue
         if action == "new":
             run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
                                                                                 "launch_host": host})
@@ -339,6 +359,23 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: Grid,
+                   executor_kind: str) -> tuple[EvaluationJob | None, Any]:
+    """(the evaluation job that decodes a finished cell with its new decoding settings, None) or, when that
+    evaluation finished before, (None, its run). A cell whose directory is gone cannot be re-decoded: the launch
+    says so and leaves the cell as it is."""
+    try:
+        config = cell_evaluation(cell, cell_dir(cell))
+        done = evaluations.finished(evaluation_id(config))
+    except EvaluationError as err:
+        print(f"note: {cell['cell_id']} ({cell_label(cell)}): cannot re-decode ({err}); left as it is")
+        return None, None
+    if done is not None:
+        return None, done
+    return EvaluationJob(config, str(default_output_dir(config)), uri, grid.experiment,
+                         num_threads=cpu_threads(executor_kind, grid)), None
+
+
 def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: str, output_root: Path) -> None:
     """End the launch's run. The cells ran for hours: if the tracking server is down by now, their results are
     already parked on disk, and so is this: the closing goes into ``<output_root>/launches/pending_metrics.jsonl``,
@@ -360,7 +397,8 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
         submitted = [executor.submit(job) for _, job in jobs]
     rows = []
     for (cell, job), sub in zip(jobs, submitted):
-        tracker.client.set_tag(job.run_id, "slurm_job_id", str(sub.job_id))
+        if job.run_id:
+            tracker.client.set_tag(job.run_id, "slurm_job_id", str(sub.job_id))
         rows.append([str(sub.job_id), cell["cell_id"], cell_label(cell)])
     tracker.finish_parent(parent, "FINISHED", {"slurm_jobs": ",".join(str(s.job_id) for s in submitted)[:5000]})
     print(format_table(["slurm job", "cell", "label"], rows))

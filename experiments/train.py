@@ -8,10 +8,11 @@ What a cell does, in order:
 3. trains with Adam and the paper's schedule (``experiments.optim``): each update sees ``train.batch_size``
    examples, split over the ranks of a distributed job and over ``train.grad_accum`` micro-batches per rank; the
    loss is the mean over the target tokens of the whole update; bf16 autocast and gradient clipping on request;
-4. every ``eval_every`` steps computes the teacher-forced dev loss on ``eval_examples`` validation examples and
-   keeps the best weights (``checkpoints/best``); every ``checkpoint_every`` steps writes ``checkpoints/last``
+4. every ``eval_every`` steps computes the teacher-forced dev loss on ``eval_examples`` validation examples (and,
+   with ``train.select: best_dev``, keeps the best weights in ``checkpoints/best``); every ``checkpoint_every`` steps writes ``checkpoints/last``
    with everything a resumed run needs to continue bit for bit (see ``experiments.checkpointing``);
-5. decodes the test split with the best weights by beam search (batched, longest first, spread over the ranks),
+5. decodes the test split with the selected weights (``train.select``: the last step's, as the paper evaluates
+   after its fixed steps, or the best dev loss's) by beam search (batched, longest first, spread over the ranks),
    writes ``predictions.jsonl`` (id, source, reference, prediction) and ``metrics.json``, and returns the metrics;
 6. then decodes the task's extra test sets (``Task.extra_test_splits``, e.g. WMT's ``newstest2016``) the same way,
    with the test split's ``max_examples`` cap unless a set has its own, into ``predictions_<split>.jsonl``; their
@@ -312,7 +313,7 @@ class CellTrainer:
             self.logger.log_metrics({"dev_loss": loss, **extra}, step=self.step)
         if loss < self.best_dev_loss:
             self.best_dev_loss, self.best_step = loss, self.step
-            if self.ctx.is_main:
+            if self.ctx.is_main and self.train_settings.select == "best_dev":
                 checkpointing.save_checkpoint(self.checkpoint_root / BEST, self.model, None,
                                               self.trainer_state(self.step, self.epoch, self.batches_in_epoch))
             barrier(self.ctx)
@@ -371,7 +372,10 @@ class CellTrainer:
         progress.close()
 
     # -- testing -----------------------------------------------------------------------------------------------
-    def load_best(self) -> None:
+    def load_selected(self) -> None:
+        """``train.select``: the weights at the end of training (in memory already), or the best dev loss's."""
+        if self.train_settings.select != "best_dev":
+            return
         found = checkpointing.find_checkpoint(self.checkpoint_root / BEST)
         if found is not None:
             checkpointing.load_model_weights(found, self.model)
@@ -389,6 +393,8 @@ class CellTrainer:
             summary = {
                 "test": metrics, "cell_id": self.cell_id, "task": self.task.name, "scheme": self.cell.scheme,
                 "seed": self.seed, "steps": self.step, "best_step": self.best_step,
+                "select": self.train_settings.select,
+                "tested_step": self.best_step if self.train_settings.select == "best_dev" else self.step,
                 "best_dev_loss": self.best_dev_loss if math.isfinite(self.best_dev_loss) else None,
                 "train_seconds": self.train_seconds, "test_decode_seconds": decode_seconds,
                 "examples": {split: len(self.data[split][0]) for split in self.data},
@@ -443,7 +449,7 @@ class CellTrainer:
                 register(self.save_on_preemption)
         self.train()
         barrier(self.ctx)
-        self.load_best()
+        self.load_selected()
         return self.test()
 
 

@@ -113,11 +113,13 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def runs_of(uri: str, experiment: str = ev.DEFAULT_EXPERIMENT) -> list:
+    """Cell and evaluation runs (not the launcher's own)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    return list(client.search_runs([found.experiment_id])) if found else []
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return [r for r in runs if r.data.tags.get("role") != "launch"]
 
 
 @pytest.mark.parametrize("kind", ["roberta_bpe", "sentencepiece"])
@@ -204,13 +206,12 @@ def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_pat
     cell_metrics = (out_dir / "metrics.json").read_text()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    # the cell's own decoding on the checkpoint it tested reproduces its test scores exactly
-    best = json.loads(cell_metrics)["best_step"]
-    select = "last" if best == 8 else "best"
-    code, out, err = run([str(out_dir), "--select", select, "--tracking-uri", uri, "--device", "cpu"], capsys)
+    # the cell's own decoding on the checkpoint it tested (the last step's: train.select) reproduces its scores
+    assert json.loads(cell_metrics)["tested_step"] == 8 and not (out_dir / "checkpoints" / "best").exists()
+    code, out, err = run([str(out_dir), "--tracking-uri", uri, "--device", "cpu"], capsys)
     assert code == 0, err
     (first,) = runs_of(uri)
-    assert first.data.tags["cell_id"] == cell["cell_id"] and first.data.tags["select"] == select
+    assert first.data.tags["cell_id"] == cell["cell_id"] and first.data.tags["select"] == "last"
     evaluated = json.loads(next((out_dir / "evaluations").glob("*/metrics.json")).read_text())
     assert evaluated["test"] == pytest.approx(trained)
 
@@ -246,3 +247,43 @@ def test_a_directory_that_is_not_an_encoder_decoder_fails_with_the_reason(tmp_pa
                         f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
     assert code == ev.EXIT_FAILED
     assert "model_type 'bert': expected an encoder-decoder checkpoint" in out
+
+
+def test_a_grid_that_changes_only_decoding_re_decodes_its_finished_cell(tmp_path_factory, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The decoding settings are not part of a cell's training identity: the launcher decodes the trained cell
+    again (an evaluation run in the grid's experiment) instead of training it again, once per decoding."""
+    from experiments import launch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assets = quick_assets(tmp_path_factory)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"checkpoints.{family}={path}" for family, path in assets["checkpoints"].items()]
+    sets += [f"data.{split}={json.dumps(data_spec(path))}" for split, path in assets["tasks"]["fusion"].items()]
+    sets += ["smoke_assets=false", "train.steps=6", "train.eval_every=3", "train.checkpoint_every=3",
+             f"output_root={tmp_path / 'out'}", f"mlflow.tracking_uri={uri}", "mlflow.experiment=redecode"]
+    argv = [str(Path(__file__).resolve().parents[1] / "grids" / "smoke.yaml"), "--executor", "debug",
+            "--only", "synthetic_fusion/bert2bert"]
+    for item in sets:
+        argv += ["--set", item]
+
+    def launched(*extra: str) -> str:
+        assert launch.main(argv + list(extra)) == 0
+        return capsys.readouterr().out
+
+    launched()
+    (trained,) = runs_of(uri, "redecode")
+    weights = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "out" / "cells").rglob("model.safetensors"))
+    out = launched("--set", "decode.num_beams=1")
+    assert "1 redecode" in out
+    runs = runs_of(uri, "redecode")
+    (evaluation,) = [r for r in runs if r.data.tags["role"] == "evaluation"]
+    assert len(runs) == 2 and evaluation.data.tags["cell_id"] == trained.data.tags["cell_id"]
+    assert evaluation.data.params["decode.num_beams"] == "1" and trained.data.params["decode.num_beams"] == "2"
+    assert "test_sari" in evaluation.data.metrics
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "out" / "cells").rglob("model.safetensors")) \
+        == weights  # not trained again
+    assert "FINISHED (re-decoded before)" in launched("--set", "decode.num_beams=1")
+    assert "FINISHED (done before)" in launched()
+    assert len(runs_of(uri, "redecode")) == 2

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bertgen.schemes import SCHEMES
-from experiments.cell import COSMETIC_KEYS, compute_cell_id, identity_view
+from experiments.cell import COSMETIC_KEYS, cell_label, compute_cell_id, identity_view
 from experiments.grid import GridError, load_grid, smoke_asset_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,8 @@ def grid_error(tmp_path: Path, doc: dict | str, sets: tuple[str, ...] = ()) -> s
     ({**BASE, "sweep": {"init_layers": [{"first_k": 0}]}}, "sweep.init_layers[0].first_k: expected an integer >= 1"),
     ({**BASE, "sweep": {"init_layers": [{"layers": [3, 2]}]}}, "expected strictly increasing layer numbers"),
     ({**BASE, "sweep": {"init_layers": [{"frist_k": 2}]}}, "(did you mean 'first_k'?)"),
+    ({**BASE, "sweep": {"init_layers": [{"without_embeddings": False}]}},
+     "sweep.init_layers[0].without_embeddings: expected true, got False"),
     ({**BASE, "overrides": [{"match": {"scheme": "bertshare"}, "set": {}}]},
      "overrides[0].match.scheme: unknown scheme 'bertshare' (did you mean 'bertShare'?)"),
     ({**BASE, "overrides": [{"match": {"scheme": "gpt"}, "set": {"train": {"steps": -1}}}]},
@@ -188,10 +190,16 @@ def test_cell_id_is_pinned_for_a_fixed_config():
                       "checkpoint_every": 5000, "eval_examples": 1000, "num_workers": 2},
             "decode": {"num_beams": 4, "length_penalty": 0.6, "length_penalty_style": "gnmt", "max_new_tokens": 128},
             "output_root": "/somewhere"}
-    by_hand = {k: v for k, v in cell.items() if k not in ("cell_id", "grid", "output_root")}
-    by_hand["train"] = {k: v for k, v in cell["train"].items() if k not in ("num_workers", "checkpoint_every")}
+    # The training identity: decode is not part of it (another beam re-decodes the cell); train.select is. The value
+    # moved once, when decoding left the identity (issue 10): "4e1bc7294bcf" before.
+    by_hand = {k: v for k, v in cell.items() if k not in ("cell_id", "grid", "output_root", "decode")}
+    by_hand["train"] = {**{k: v for k, v in cell["train"].items() if k not in ("num_workers", "checkpoint_every")},
+                        "select": "last"}
     canonical = json.dumps(by_hand, sort_keys=True, separators=(",", ":"))
-    assert compute_cell_id(cell) == hashlib.sha256(canonical.encode()).hexdigest()[:12] == "4e1bc7294bcf"
+    assert compute_cell_id(cell) == hashlib.sha256(canonical.encode()).hexdigest()[:12] == "b28ed45cd167"
+    redecoded = {**cell, "decode": {**cell["decode"], "num_beams": 1, "length_penalty": 1.0}}
+    assert compute_cell_id(redecoded) == compute_cell_id(cell)
+    assert compute_cell_id({**cell, "train": {**cell["train"], "select": "best_dev"}}) != compute_cell_id(cell)
     moved = {**cell, "grid": "paper", "output_root": "/elsewhere", "cell_id": "abc",
              "train": {**cell["train"], "num_workers": 16, "checkpoint_every": 100}}
     assert compute_cell_id(moved) == compute_cell_id(cell)
@@ -220,7 +228,7 @@ def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
 
 # -- shipped grids -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, count", [("fusion", 36), ("split", 12), ("translation", 16), ("summarization", 36),
-                                         ("ablations", 7), ("paper", 104), ("smoke", 11)])
+                                         ("ablations", 9), ("paper", 106), ("smoke", 11)])
 def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loading writes nothing, wherever it runs
     grid = load_grid(GRIDS / f"{name}.yaml")
@@ -232,12 +240,41 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
         assert not {"robertaShare", "roberta2gpt"} & {c["scheme"] for c in grid.cells}
     if name == "fusion":
         assert sorted({c["data_fraction"] for c in grid.cells}) == [0.01, 0.1, 1.0]
+    if name == "ablations":  # Table 6's "- embeddings from checkpoint" row, for both of its schemes
+        noemb = [c for c in grid.cells if c["init_layers"] == {"without_embeddings": True}]
+        assert sorted(cell_label(c) for c in noemb) == ["discofuse/bertShare/seed1/init=noemb",
+                                                        "discofuse/gpt/seed1/init=noemb"]
 
 
 def test_paper_grid_covers_every_cell_of_the_other_grids():
     paper = {c["cell_id"] for c in load_grid(GRIDS / "paper.yaml").cells}
     for name in ("fusion", "split", "translation", "summarization", "ablations"):
         assert {c["cell_id"] for c in load_grid(GRIDS / f"{name}.yaml").cells} <= paper, name
+
+
+def test_gpt2_tuning_grid_sweeps_lr_warmup_and_optimizer(tmp_path, monkeypatch):
+    """Section 5's GPT-2 tuning: 3 schemes x (Adam: 3 lr x 2 warmups + Adafactor: 3 lr x 2 warmups) on DiscoFuse;
+    the default Adam cell is Table 2's (same id as in fusion.yaml), and Adafactor is in its cells' ids and labels."""
+    from experiments.cell import cell_label
+
+    monkeypatch.chdir(tmp_path)
+    grid = load_grid(GRIDS / "gpt2_tuning.yaml", check_paths=False)
+    assert len(grid.cells) == 36 and len({c["cell_id"] for c in grid.cells}) == 36
+    assert {c["task"] for c in grid.cells} == {"discofuse"} and {c["data_fraction"] for c in grid.cells} == {1.0}
+    settings = {(c["scheme"], c["train"].get("optimizer", "adam"), c["train"]["lr"], c["train"]["warmup_steps"])
+                for c in grid.cells}
+    expected = {(scheme, optimizer, lr, warmup) for scheme in ("gpt", "rnd2gpt", "bert2gpt")
+                for optimizer, lrs in (("adam", (0.01, 0.05, 0.25)), ("adafactor", (1.0, 5.0, 25.0)))
+                for lr in lrs for warmup in (10_000, 40_000)}
+    assert settings == expected
+    for c in grid.cells:
+        assert c["train"]["schedule"] == "noam" and ("optimizer" in c["train"]) == (cell_label(c).endswith("/opt=adafactor"))
+        assert c["train"].get("optimizer") != "adam"  # the default is left out of the JSON form (and the id)
+    fusion = {c["cell_id"] for c in load_grid(GRIDS / "fusion.yaml", check_paths=False).cells}
+    shared = [c for c in grid.cells if c["cell_id"] in fusion]
+    assert sorted(c["scheme"] for c in shared) == ["bert2gpt", "gpt", "rnd2gpt"]
+    assert all("optimizer" not in c["train"] and (c["train"]["lr"], c["train"]["warmup_steps"]) == (0.05, 40_000)
+               for c in shared)
 
 
 def test_smoke_grid_uses_the_tiny_assets_without_building_them(tmp_path, monkeypatch):
