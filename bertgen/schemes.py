@@ -25,7 +25,8 @@ output bias (29k parameters, BERT checkpoints have none that fits), ``enc_to_dec
 differ, and the whole random side except a shared embedding matrix.
 
 §5's ablation knob is ``WarmStart``: warm-start only the embeddings, only the first k layers, or a listed subset
-of a checkpoint's layers (the model then has as many layers as were listed).
+of a checkpoint's layers (the model then has as many layers as were listed); ``WarmStart(embeddings=False)`` is
+Table 6's "- embeddings from checkpoint" (every layer warm, the embeddings random).
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ class WarmStart:
     """Which parts of a checkpoint seed the warm-started sides (the paper's §5 ablations).
 
     ``embeddings``: word and position embeddings with their LayerNorm (BERT, RoBERTa) or ``wte``/``wpe`` (GPT-2).
+    False (with ``layers="all"``: Table 6's "- embeddings from checkpoint") leaves them random, and with them every
+    matrix tied to the word embeddings: the decoder's output projection and, where the scheme shares one matrix,
+    the other side's word embeddings (a checkpoint's LM head is not loaded either: tied, it would bring them back).
     ``layers``: "all" (layer i from layer i), "none" (same depth, every layer random), an int k (the model has k
     layers, the checkpoint's first k) or a tuple of 0-based checkpoint layers (the model has that many, layer i
     from ``layers[i]``). GPT-2's final ``ln_f`` is warm when any layer is. Depth applies to every stack of the

@@ -34,6 +34,8 @@ def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "
     (kind, value), = init_layers.items()
     if kind == "embeddings_only":
         return WarmStart(embeddings=True, layers="none", cross_attention=cross_attention)
+    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, embeddings random
+        return WarmStart(embeddings=False, layers="all", cross_attention=cross_attention)
     if kind == "first_k":
         return WarmStart(layers=value, cross_attention=cross_attention)
     return WarmStart(layers=tuple(layer - 1 for layer in value), cross_attention=cross_attention)

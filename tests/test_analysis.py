@@ -96,6 +96,8 @@ def build_synthetic_store(root: Path) -> str:
     - discofuse rnd2rnd 100 %: seeds 1-2, Exact 20/21 %; plus a second group (other lr) with worse dev scores
     - discofuse gpt 10 %: one seed, logged scores only (no predictions: no CI)
     - discofuse bertShare first_10 (init_layers.first_k=10): one seed (Table 6)
+    - discofuse bertShare and gpt without checkpoint embeddings (init_layers.without_embeddings=true): one seed each
+      (Table 6's "- embeddings from checkpoint" row)
     - xsum bertShare: one seed, the four XSUM_PREDICTIONS
     - wmt14_en_de bertShare: one seed, newstest2014 and newstest2016 BLEU and predictions logged (the harness' names)
     - a FAILED discofuse run and the launch's parent run, which the analysis must ignore
@@ -123,6 +125,9 @@ def build_synthetic_store(root: Path) -> str:
     fusion("rnd2rnd", 1, 90, params={**base, "train.lr": "0.5"}, dev=[(100, 3.5), (200, 2.9)])  # worse on dev
     fusion("gpt", 1, 50, params={**base, "data_fraction": "0.1"}, with_predictions=False)
     fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05"})
+    for scheme, n_correct in (("bertShare", 45), ("gpt", 30)):
+        fusion(scheme, 1, n_correct,
+               params={"data_fraction": "1.0", "init_layers.without_embeddings": "true", "train.lr": "0.05"})
     fusion("bert2bert", 1, 99, status="FAILED")
 
     xsum = [dict(id=f"x{i}", source="document text", reference=r, prediction=p)
@@ -260,6 +265,7 @@ def test_schema_reads_the_harness_names():
     assert schema.split_metric_key("dev_sari", schema.TEST_METRIC_PREFIXES) is None
     assert schema.init_layers_variant({"init_layers": "null"}) == "full"
     assert schema.init_layers_variant({"init_layers.embeddings_only": "true"}) == "embeddings_only"
+    assert schema.init_layers_variant({"init_layers.without_embeddings": "true"}) == "no_checkpoint_embeddings"
     assert schema.init_layers_variant({"init_layers.layers": "[9, 10, 13, 14, 15, 16, 17, 18, 23, 24]"}) == (
         "layers_9,10,13-18,23,24")
     assert schema.run_fields("r", {"role": "launch"}, {}) is None
@@ -284,7 +290,7 @@ def test_analysis_never_imports_transformers():
 
 
 def test_store_keeps_finished_cell_runs_only(store):
-    assert len(store.runs) == 10  # 11 cell runs, one FAILED; the parent run is not a cell
+    assert len(store.runs) == 12  # 13 cell runs, one FAILED; the parent run is not a cell
     assert "bert2bert" not in set(store.runs.scheme)
     assert any("FAILED" in reason for reason in store.skipped)
 
@@ -351,6 +357,10 @@ def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
     first10 = cell(tables[6], "bertShare: first 10 layers", "sari")
     assert first10.paper == 88.2 and first10["n"] == 1 and np.isfinite(first10["mean"])
     assert cell(tables[6], "bertShare", "sari")["n"] == 3
+    for scheme, n_correct, paper_sari in (("bertShare", 45, 87.5), ("gpt", 30, 77.0)):  # "- embeddings" row
+        noemb = cell(tables[6], f"{scheme}: − embeddings from checkpoint", "sari")
+        assert noemb.paper == paper_sari and noemb["n"] == 1
+        assert noemb["mean"] == pytest.approx(_scores(_fusion_examples(n_correct, 1), ["sari"])["sari"])
     lengths = [textstats.summary_length(p) for p, _ in XSUM_PREDICTIONS]
     assert cell(tables[7], "bertShare", "length")["mean"] == pytest.approx(np.mean(lengths))
     assert cell(tables[7], "bertShare", "repetition")["mean"] == pytest.approx(50.0)

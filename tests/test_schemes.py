@@ -280,6 +280,48 @@ def test_embeddings_only_warm_start(checkpoints):
                                                   "lm_head.weight"}
 
 
+def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_embeddings(checkpoints):
+    """Table 6's "- embeddings from checkpoint" (init_layers {without_embeddings: true}): every layer is the
+    checkpoint's, the embeddings are random, and so is the output projection tied to the word embeddings."""
+    from experiments.cell_inputs import warm_start_from
+
+    warm = warm_start_from({"without_embeddings": True})
+    assert (warm.embeddings, warm.layers) == (False, "all")
+    bert, gpt2 = checkpoints["bert"][0], checkpoints["gpt2"][0]
+
+    model, spec = build("bertShare", **_dirs(checkpoints), warm_start=warm)
+    ours, theirs = model.encoder.state_dict(), bert.state_dict()
+    layer_keys = [k for k in theirs if k.startswith("encoder.layer.")]
+    assert layer_keys and all(k in ours for k in layer_keys)
+    for key in layer_keys:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+    for name in ("word_embeddings", "position_embeddings"):
+        assert not torch.equal(getattr(model.encoder.embeddings, name).weight,
+                               getattr(bert.embeddings, name).weight), name
+    word = model.encoder.embeddings.word_embeddings.weight
+    assert model.decoder.bert.embeddings.word_embeddings.weight is word  # shared, so random on both sides
+    assert model.decoder.lm_head.decoder.weight is word  # the tied output projection is random too
+    keys = set(model.state_dict())
+    embeddings = {k for k in keys if k.startswith(("encoder.embeddings.", "decoder.bert.embeddings."))}
+    assert {"encoder.embeddings.word_embeddings.weight", "encoder.embeddings.position_embeddings.weight"} <= embeddings
+    assert set(spec.report.newly_initialized) == (_cross(keys) | embeddings
+                                                  | {"decoder.lm_head.bias", "decoder.lm_head.decoder.weight"})
+
+    model, spec = build("gpt", **_dirs(checkpoints), warm_start=warm)
+    ours, theirs = model.state_dict(), gpt2.state_dict()
+    warm_keys = [k for k in theirs if k.startswith(("transformer.h.", "transformer.ln_f."))]
+    assert len(warm_keys) == len([k for k in ours if k.startswith(("transformer.h.", "transformer.ln_f."))])
+    for key in warm_keys:  # GPT-2's Conv1D weights are stored transposed
+        expected = theirs[key].t() if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else theirs[key]
+        torch.testing.assert_close(ours[key], expected, atol=0, rtol=0, msg=key)
+    for name in ("wte", "wpe"):
+        assert not torch.equal(getattr(model.transformer, name).weight, getattr(gpt2.transformer, name).weight), name
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert not torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
+    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "transformer.wpe.weight",
+                                                  "lm_head.weight"}
+
+
 def test_warm_start_errors(checkpoints):
     with pytest.raises(ValueError, match=r"layer 5 does not exist in .*bert \(3 layers, numbered 0-2\)"):
         build("bert2bert", **_dirs(checkpoints), warm_start=WarmStart(layers=(5,)))
