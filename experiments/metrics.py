@@ -271,15 +271,58 @@ def _reference_streams(references: ReferenceLists) -> list[list[str | None]]:
     return [[refs[k] if k < len(refs) else None for refs in lists] for k in range(width)]
 
 
+# Typographic quotes → ASCII, for the WMT BLEU the paper reports (``bleu_uncased``, see normalize_quotes).
+QUOTE_NORMALIZATION: dict[str, str] = {
+    # double quotes → "
+    "\u201e": '"',  # „ DOUBLE LOW-9 QUOTATION MARK (German opening quote)
+    "\u201c": '"',  # “ LEFT DOUBLE QUOTATION MARK (German closing, English opening)
+    "\u201d": '"',  # ” RIGHT DOUBLE QUOTATION MARK
+    "\u201f": '"',  # ‟ DOUBLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u00ab": '"',  # « LEFT-POINTING DOUBLE ANGLE QUOTATION MARK (guillemet)
+    "\u00bb": '"',  # » RIGHT-POINTING DOUBLE ANGLE QUOTATION MARK
+    # single quotes and the typographic apostrophe → '
+    "\u201a": "'",  # ‚ SINGLE LOW-9 QUOTATION MARK (German nested opening quote)
+    "\u2018": "'",  # ‘ LEFT SINGLE QUOTATION MARK
+    "\u2019": "'",  # ’ RIGHT SINGLE QUOTATION MARK (also the typographic apostrophe: don’t)
+    "\u201b": "'",  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u2039": "'",  # ‹ SINGLE LEFT-POINTING ANGLE QUOTATION MARK
+    "\u203a": "'",  # › SINGLE RIGHT-POINTING ANGLE QUOTATION MARK
+    "\u00b4": "'",  # ´ ACUTE ACCENT, typed as an apostrophe (Moses: s/´/'/g)
+}
+_QUOTE_TABLE = str.maketrans(QUOTE_NORMALIZATION)
+
+
+def normalize_quotes(text: str) -> str:
+    """``text`` with every typographic quote of :data:`QUOTE_NORMALIZATION` replaced by its ASCII quote.
+
+    Why: the paper normalises UTF-8 quotes before scoring WMT14 (its tensor2tensor pipeline, in the spirit of Moses'
+    ``normalize-punctuation.perl``). newstest references mix „German“ quotes, “English” ones, «guillemets» and ASCII
+    ``"`` from one document to the next, and a model trained on WMT's equally mixed training data writes whichever it
+    saw most; BLEU tokenises each quote as its own token, so a translation that differs from its reference only in
+    quote style loses n-gram matches for no difference in meaning.
+
+    What: double quotes („ “ ” ‟ « ») become ``"``; single quotes (‚ ‘ ’ ‛ ‹ ›) and ´ become ``'``. Unlike Moses,
+    which turns ‘ ’ ‚ into ``"`` except between letters (where they are apostrophes), single marks stay single here:
+    a one-to-one character map keeps the rule simple and stateless, and ’ as an apostrophe (don’t) still meets the
+    ASCII ``'`` that most references and models write. Spacing is not touched (« x » keeps its spaces): BLEU's
+    tokenisers split quotes off as tokens either way. Applied alike to predictions and references.
+    """
+    return text.translate(_QUOTE_TABLE)
+
+
 def sacrebleu_statistics(
-    predictions: Sequence[str], references: ReferenceLists, lowercase: bool = False, tokenize: str = "13a"
+    predictions: Sequence[str], references: ReferenceLists, lowercase: bool = False, tokenize: str = "13a",
+    quotes: bool = False,
 ) -> np.ndarray:
     """Per-example sacreBLEU sufficient statistics [sys_len, ref_len, correct_1..4, total_1..4].
 
     Uses sacreBLEU's own segment-statistics routine (the one its paired bootstrap uses), so summed rows give
-    exactly ``corpus_score``.
+    exactly ``corpus_score``. ``quotes``: :func:`normalize_quotes` on predictions and references first (WMT).
     """
     _check_lengths(predictions, references)
+    if quotes:
+        predictions = [normalize_quotes(p) for p in predictions]
+        references = [[normalize_quotes(r) for r in refs] for refs in _reference_lists(references)]
     bleu = _sacrebleu(lowercase, tokenize)
     rows = bleu._extract_corpus_statistics(list(predictions), _reference_streams(references))
     return np.asarray(rows, dtype=np.int64)
@@ -291,15 +334,17 @@ def sacrebleu_from_statistics(rows: np.ndarray, lowercase: bool = False, tokeniz
 
 
 def sacrebleu_score(
-    predictions: Sequence[str], references: ReferenceLists, lowercase: bool = False, tokenize: str = "13a"
+    predictions: Sequence[str], references: ReferenceLists, lowercase: bool = False, tokenize: str = "13a",
+    quotes: bool = False,
 ) -> float:
     """Corpus BLEU via sacreBLEU (default: cased, 13a tokenisation, the WMT standard; inputs should be detokenised).
 
-    ``lowercase=True, tokenize="intl"`` is the paper's "uncased BLEU-4": the TF official Transformer script
-    (tensor2tensor's ``bleu_hook``) lowercases and tokenises as mteval-v14 ``--international-normalization``,
-    which is what sacreBLEU's ``intl`` tokeniser implements.
+    ``lowercase=True, tokenize="intl", quotes=True`` is the paper's "uncased BLEU-4" on WMT14 (the registry's
+    ``bleu_uncased``): the TF official Transformer script (tensor2tensor's ``bleu_hook``) lowercases and tokenises
+    as mteval-v14 ``--international-normalization``, which is what sacreBLEU's ``intl`` tokeniser implements, after
+    the UTF-8 quotes are normalised (:func:`normalize_quotes`).
     """
-    return sacrebleu_from_statistics(sacrebleu_statistics(predictions, references, lowercase, tokenize),
+    return sacrebleu_from_statistics(sacrebleu_statistics(predictions, references, lowercase, tokenize, quotes),
                                      lowercase, tokenize)
 
 
@@ -409,9 +454,12 @@ METRICS: dict[str, MetricSpec] = {
         "sacrebleu", "sacreBLEU corpus BLEU, cased, 13a tokenisation",
         lambda s, p, r: sacrebleu_statistics(p, r), sacrebleu_from_statistics,
     ),
+    # WMT14 only (experiments.tasks): the paper's number, so its quote normalisation too. "sacrebleu" stays
+    # sacreBLEU's standard score on the raw text (comparable with any other sacreBLEU 13a number, and WikiSplit's).
     "bleu_uncased": MetricSpec(
-        "bleu_uncased", "the paper's uncased BLEU-4 (TF official Transformer script = sacreBLEU lowercase + intl)",
-        lambda s, p, r: sacrebleu_statistics(p, r, lowercase=True, tokenize="intl"),
+        "bleu_uncased", "the paper's uncased BLEU-4 (TF official Transformer script = sacreBLEU lowercase + intl, "
+                        "UTF-8 quotes normalised)",
+        lambda s, p, r: sacrebleu_statistics(p, r, lowercase=True, tokenize="intl", quotes=True),
         lambda rows: sacrebleu_from_statistics(rows, lowercase=True, tokenize="intl"),
     ),
     **{

@@ -199,6 +199,27 @@ def test_sacrebleu_wrapper_and_uncased_variant():
     assert uncased == pytest.approx(100.0)
 
 
+def test_wmt_bleu_normalises_utf8_quotes():
+    """The paper's WMT BLEU (bleu_uncased) maps typographic quotes to ASCII on both sides: a translation that
+    differs from its reference only in quote style scores 100, where sacreBLEU on the raw strings does not."""
+    import sacrebleu
+
+    assert metrics.normalize_quotes("„Ja“, sagte er. ‚So‘ «oui» ‹non› “yes” don’t ´s") == (
+        '"Ja", sagte er. \'So\' "oui" \'non\' "yes" don\'t \'s')
+    predictions = ['Er sagte: "Wir kommen morgen wieder" und ging \'nach Hause\' .',
+                   'He said "we will be back tomorrow" and it\'s over .']
+    references = [["Er sagte: „Wir kommen morgen wieder“ und ging ‚nach Hause‘ ."],
+                  ["He said “we will be back tomorrow” and it’s over ."]]
+    raw = sacrebleu.corpus_bleu(predictions, [[r[0] for r in references]], lowercase=True, tokenize="intl").score
+    assert raw < 80  # the control: quotes are tokens of their own, and they differ
+    assert compute_metrics(["bleu_uncased"], ["x", "y"], predictions, references)["bleu_uncased"] == pytest.approx(100)
+    for task in ("wmt14_en_de", "wmt14_de_en"):  # the WMT tasks' reported metric is the normalised one
+        assert TASKS[task].primary_metric == "bleu_uncased"
+    # sacrebleu stays sacreBLEU's standard score on the raw text
+    assert compute_metrics(["sacrebleu"], ["x", "y"], predictions, references)["sacrebleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(predictions, [[r[0] for r in references]]).score)
+
+
 def test_sacrebleu_variable_reference_counts_and_statistics():
     predictions = ["the cat sat on the mat", "a dog ran in the park today"]
     references = [["the cat sat on the mat", "a cat sat on the mat"], ["a dog ran in a park today"]]
