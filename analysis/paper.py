@@ -38,7 +38,16 @@ TEXT_ABLATION_ROWS = {
     "bertShare init from first 10 layers of BERT-large": ("bertShare", "first_10"),
     "bertShare init from BERT-large layers 9,10,13-18,23,24 (CMA-ES search)": ("bertShare", "layers_9,10,13-18,23,24"),
 }
-# The rest of that file, deliberately not laid out (hyper-parameter tuning, references duplicated in Tables 2/6,
+# Section 5's GPT-2 tuning (DiscoFuse SARI), laid out on its own by analysis.gpt2_tuning: model string → (scheme,
+# "default" = §4's Adam settings, the same number as Table 2's | "tuned" = the best of a search; the transcription
+# holds neither its values nor its winning setting).
+GPT2_TUNING_ROWS = {
+    "gpt (12L, default)": ("gpt", "default"), "gpt (12L, tuned)": ("gpt", "tuned"),
+    "rnd2gpt (12L, default)": ("rnd2gpt", "default"), "rnd2gpt (12L, tuned)": ("rnd2gpt", "tuned"),
+    "bert2gpt (12L, default)": ("bert2gpt", "default"),
+    "bert2gpt (12L, tuned lr/warmup/optimizer)": ("bert2gpt", "tuned"),
+}
+# The rest of that file, not laid out in Table 6 (the GPT-2 tuning above, references duplicated in Tables 2/6,
 # parameter counts of the 10-layer BERT-large models).
 TEXT_ABLATIONS_NOT_TABLED = {
     "bert2gpt (12L, tuned lr/warmup/optimizer)", "bert2gpt (12L, default)", "gpt (12L, tuned)", "gpt (12L, default)",
@@ -206,3 +215,23 @@ def paper_value(table: int, system: str, size: str, variant: str, task: str, tes
                 metric: str) -> float | None:
     """The paper's number for one cell, or ``None`` if the paper reports none."""
     return _index().get((table, system, size, variant, task, testset, round(float(data_fraction), 9), metric))
+
+
+@lru_cache(maxsize=1)
+def gpt2_tuning_values() -> dict[tuple[str, str, str, str], float]:
+    """Section 5's GPT-2 tuning: ``{(scheme, "default" | "tuned", task, metric): value}`` (DiscoFuse SARI only)."""
+    path = PAPER_DIR / TEXT_ABLATIONS_FILE
+    raw = pd.read_csv(path)
+    out = {}
+    for i, row in raw.iterrows():
+        if row["model"] not in GPT2_TUNING_ROWS:
+            continue
+        if row["task"] != "DiscoFuse" or row["metric"] not in METRICS:
+            raise ValueError(f"{path} row {i + 2}: GPT-2 tuning {row['model']!r} on {row['task']!r} "
+                             f"({row['metric']}): expected DiscoFuse and a known metric")
+        scheme, setting = GPT2_TUNING_ROWS[row["model"]]
+        out[(scheme, setting, "discofuse", METRICS[row["metric"]])] = float(row["value"])
+    missing = sorted(set(GPT2_TUNING_ROWS) - set(raw.model))
+    if missing:
+        raise ValueError(f"{path}: no row for the GPT-2 tuning model(s) {missing}")
+    return out

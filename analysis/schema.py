@@ -227,6 +227,16 @@ def group_key(params: Mapping[str, Any]) -> str:
     return json.dumps(kept, separators=(",", ":"))
 
 
+def group_params(group: str) -> dict[str, str]:
+    """The params a run's sweep group (:attr:`RunFields.group`, ``task|scheme|variant|`` + :func:`group_key`) holds."""
+    return dict(json.loads(group[group.index("|[") + 1:]))
+
+
+# Section 5's GPT-2 tuning (analysis.gpt2_tuning) keys its rows by these params; a run without one had the
+# default (experiments.config.TrainConfig; train.optimizer is left out of the params at its default, Adam).
+OPTIMIZER_PARAM, LR_PARAM, WARMUP_PARAM = "train.optimizer", "train.lr", "train.warmup_steps"
+
+
 def canonical_size(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return DEFAULT_SIZE

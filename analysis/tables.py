@@ -1,6 +1,6 @@
 """The paper's Tables 1–7 rebuilt from MLflow runs, each cell showing ours, the paper's number and the difference.
 
-    python -m analysis.tables [--tracking-uri URI] [--experiment NAME] [--grid NAME] [--table N|all]
+    python -m analysis.tables [--tracking-uri URI] [--experiment NAME] [--grid NAME] [--table N|gpt2|all]
                               [--format markdown|latex|csv] [--out DIR] [--n-boot B]
 
 How a cell is computed (tables 2–7):
@@ -530,9 +530,18 @@ def _mark_significance(cells: list[_CellData], col: Column, alpha: float, n_boot
             other.record["mark"] = SIG_MARK
 
 
+GPT2_TUNING = "gpt2"  # Section 5's GPT-2 tuning (analysis.gpt2_tuning): stated in the text, not a numbered table
+ALL_TABLES = (*sorted(TABLES), GPT2_TUNING)  # what --table all (and the default) builds
+
+
 def build_table(number: int, store: RunStore | None = None, *, n_boot: int = stats.DEFAULT_N_BOOT,
                 alpha: float = stats.DEFAULT_ALPHA) -> TableResult:
-    """Build Table ``number`` (1–7) from ``store`` (``None``: only the paper's column is filled, except Table 1)."""
+    """Build Table ``number`` (1–7, or ``"gpt2"``) from ``store`` (``None``: only the paper's column is filled, except
+    Table 1)."""
+    if number == GPT2_TUNING:
+        from .gpt2_tuning import build_gpt2_tuning_table  # it builds its cells with this module's functions
+
+        return build_gpt2_tuning_table(store, n_boot=n_boot, alpha=alpha)
     if number not in TABLES:
         raise ValueError(f"table {number}: expected one of {sorted(TABLES)}")
     if number == 1:
@@ -571,16 +580,17 @@ def build_tables(numbers: Iterable[int], store: RunStore | None, **kwargs) -> di
 # Rendering
 
 
-def parse_tables(text: str) -> list[int]:
+def parse_tables(text: str) -> list[int | str]:
     if text == "all":
-        return sorted(TABLES)
+        return list(ALL_TABLES)
     try:
-        numbers = [int(t) for t in text.split(",")]
+        numbers = [t if t == GPT2_TUNING else int(t) for t in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--table {text!r}: expected 1-7, a comma list, or 'all'") from None
-    bad = [n for n in numbers if n not in TABLES]
+        raise argparse.ArgumentTypeError(f"--table {text!r}: expected 1-7, {GPT2_TUNING}, a comma list, or 'all'") from None
+    bad = [n for n in numbers if n not in ALL_TABLES]
     if bad:
-        raise argparse.ArgumentTypeError(f"--table {text!r}: no table {bad}; expected numbers in 1-7 or 'all'")
+        raise argparse.ArgumentTypeError(f"--table {text!r}: no table {bad}; expected numbers in 1-7, {GPT2_TUNING} "
+                                         "or 'all'")
     return numbers
 
 
@@ -596,7 +606,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     add_store_arguments(parser)
-    parser.add_argument("--table", type=parse_tables, default=sorted(TABLES), help="1-7, a comma list, or all")
+    parser.add_argument("--table", type=parse_tables, default=list(ALL_TABLES),
+                        help=f"1-7, {GPT2_TUNING} (Section 5's GPT-2 tuning), a comma list, or all")
     parser.add_argument("--format", choices=FORMATS, default=DEFAULT_FORMAT)
     parser.add_argument("--out", type=Path, default=None, help="write table<N>.<md|tex|csv> here instead of stdout")
     args = parser.parse_args(argv)

@@ -441,6 +441,7 @@ def test_notebook_executes_against_the_synthetic_store(store_uri):
     markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     for number in range(1, 8):
         assert f"**Table {number}.**" in markdown
+    assert "**Table gpt2.** GPT-2 tuning" in markdown  # Section 5's, registered in the notebook too
     assert "**62.0 ± 2.0 [" in markdown
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 6
 
@@ -530,3 +531,74 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
     assert "bars_synthetic_fusion" not in figures
     lines = figures["input_use_synthetic_fusion"].axes[0].lines
     assert [list(line.get_ydata()) for line in lines if line.get_label().startswith("bert2bert")] == [[0.0, 4.5]]
+
+
+def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_default_and_tuned(tmp_path):
+    """Section 5's GPT-2 tuning (analysis.gpt2_tuning, ``--table gpt2``): one row per setting the runs hold, the
+    default first with the paper's default SARI, and a "best on dev" row (chosen on dev, not test) with its tuned SARI;
+    other schemes, data fractions and the paper-only schemes behave as in the numbered tables."""
+    import mlflow
+
+    from analysis.runs import RunStore
+    from analysis.tables import build_table, main, parse_tables, render, wide
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("tuning", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = tmp_path / "files"
+    files.mkdir()
+    default = {"data_fraction": "1.0", "init_layers": "null", "train.lr": "0.05", "train.warmup_steps": "40000"}
+    adafactor = {**default, "train.optimizer": "adafactor", "train.lr": "5.0", "train.warmup_steps": "10000"}
+    hot_adam = {**default, "train.lr": "0.25", "train.warmup_steps": "10000"}
+    for scheme, params, seed, n_correct, dev_loss in (
+            ("bert2gpt", default, 1, 40, 2.0), ("bert2gpt", default, 2, 42, 2.0),
+            ("bert2gpt", adafactor, 1, 70, 1.0), ("bert2gpt", adafactor, 2, 72, 1.1),
+            ("bert2gpt", hot_adam, 1, 90, 3.0),  # the best on test but the worst on dev: not the tuned pick
+            ("bertShare", default, 1, 95, 0.5),  # not a GPT-2 scheme
+            ("bert2gpt", {**adafactor, "data_fraction": "0.1"}, 1, 99, 0.1)):  # not the full training data
+        preds = _fusion_examples(n_correct, seed)
+        _log_run(client, experiment_id, parent, task="discofuse", scheme=scheme, seed=seed, params=params,
+                 metrics=_scores(preds, ["exact", "sari"]), predictions=preds, dev=[(100, dev_loss + 1), (200, dev_loss)],
+                 tmp=files)
+    store = RunStore(uri)
+    table = build_table("gpt2", store, n_boot=N_BOOT)
+    assert list(dict.fromkeys(table.cells.row)) == [
+        "gpt: adam, lr 0.05, warmup 40000 (default)", "gpt: best on dev (paper: tuned)",
+        "rnd2gpt: adam, lr 0.05, warmup 40000 (default)", "rnd2gpt: best on dev (paper: tuned)",
+        "bert2gpt: adam, lr 0.05, warmup 40000 (default)", "bert2gpt: adam, lr 0.25, warmup 10000",
+        "bert2gpt: adafactor, lr 5, warmup 10000", "bert2gpt: best on dev (paper: tuned)"]
+    base = cell(table, "bert2gpt: adam, lr 0.05, warmup 40000 (default)", "exact")
+    assert (base["mean"], base["sd"], base["n"]) == (pytest.approx(41.0), pytest.approx(math.sqrt(2)), 2)
+    assert base.ci_low < base["mean"] < base.ci_high and base.n_examples == N_EXAMPLES and math.isnan(base.paper)
+    base_sari = cell(table, "bert2gpt: adam, lr 0.05, warmup 40000 (default)", "sari")
+    assert base_sari.paper == 88.4 and base_sari["diff"] == pytest.approx(base_sari["mean"] - 88.4)
+    ada = cell(table, "bert2gpt: adafactor, lr 5, warmup 10000", "exact")
+    assert (ada["mean"], ada["n"]) == (pytest.approx(71.0), 2) and math.isnan(cell(table, ada.row, "sari").paper)
+    tuned = cell(table, "bert2gpt: best on dev (paper: tuned)", "exact")
+    assert (tuned["mean"], tuned["n"], tuned.groups_matching) == (pytest.approx(71.0), 2, 3)
+    assert cell(table, tuned.row, "sari").paper == 88.8 and not tuned.is_best and tuned.mark == ""
+    assert "bert2gpt: best on dev is adafactor, lr 5, warmup 10000" in table.notes
+    hot = cell(table, "bert2gpt: adam, lr 0.25, warmup 10000", "exact")
+    assert hot["mean"] == pytest.approx(90.0) and hot.is_best and base.mark == "†" and ada.mark == "†"
+    for scheme, default_sari, tuned_sari in (("gpt", 88.0, 88.1), ("rnd2gpt", 86.5, 87.7)):  # paper only
+        assert cell(table, f"{scheme}: adam, lr 0.05, warmup 40000 (default)", "sari").paper == default_sari
+        paper_only = cell(table, f"{scheme}: best on dev (paper: tuned)", "sari")
+        assert paper_only.paper == tuned_sari and np.isnan(paper_only["mean"])
+    assert set(table.cells.system) == {"gpt", "rnd2gpt", "bert2gpt"}
+    used = {r for ids in table.cells.run_ids if ids for r in ids.split(",")}
+    assert len(used) == 5 and set(store.runs[store.runs.run_id.isin(used)].data_fraction) == {1.0}
+    frame = wide(table)
+    assert frame.loc["gpt: best on dev (paper: tuned)", ("SARI", "ours")] == "—"
+    markdown = render(table, "markdown")
+    assert markdown.startswith("**Table gpt2.** GPT-2 tuning (Section 5)") and "**90.0 ± " not in markdown
+    assert "| bert2gpt: adam, lr 0.25, warmup 10000 | **90.0 [" in markdown
+    assert r"\begin{tabular}" in render(table, "latex") and len(pd.read_csv(
+        pd.io.common.StringIO(render(table, "csv")))) == len(table.cells) == 16
+    # registered with the numbered tables: --table gpt2, and in "all"
+    assert parse_tables("all") == [1, 2, 3, 4, 5, 6, 7, "gpt2"] and parse_tables("2,gpt2") == [2, "gpt2"]
+    main(["--tracking-uri", uri, "--table", "gpt2", "--format", "csv", "--out", str(tmp_path / "out"), "--n-boot", "50"])
+    written = pd.read_csv(tmp_path / "out" / "tablegpt2.csv")
+    assert written.loc[(written.row == hot.row) & (written.column == "exact"), "mean"].item() == pytest.approx(90.0)
+    without_store = build_table("gpt2")
+    assert without_store.cells["mean"].isna().all() and without_store.cells.paper.notna().sum() == 6
