@@ -199,7 +199,7 @@ class RunStore:
         for metric in metrics:
             if metric not in schema.TEXT_METRICS:
                 raise ValueError(f"gold_rows: metric {metric!r} needs a prediction; expected one of {schema.TEXT_METRICS}")
-            out[metric] = _text_statistic(metric, texts)
+            out[metric] = _text_statistic(metric, texts, _reference_corpus(ordered))
         return out
 
     def baseline_rows(self, run_id: str, testset: str, metrics: Sequence[str],
@@ -243,8 +243,16 @@ def read_predictions(path: Path, where: str) -> list[dict]:
     return rows
 
 
-def _text_statistic(metric: str, texts: Sequence[str]) -> np.ndarray:
-    return textstats.length_stats(texts) if metric == "length" else textstats.repetition_stats(texts)
+def _reference_corpus(predictions: Sequence[dict]) -> list[str]:
+    """Every reference of the examples: the corpus whose 500 most frequent words are not content words (Table 7's
+    repetition, :mod:`analysis.textstats`), the same for every run scored on the same test set."""
+    return [r for p in predictions for r in ([p["reference"]] if isinstance(p["reference"], str) else p["reference"])]
+
+
+def _text_statistic(metric: str, texts: Sequence[str], reference_corpus: Sequence[str]) -> np.ndarray:
+    if metric == "length":
+        return textstats.length_stats(texts)
+    return textstats.repetition_stats(texts, reference_corpus)
 
 
 def example_statistics(predictions: Sequence[dict], metrics: Sequence[str]) -> dict[str, np.ndarray]:
@@ -264,7 +272,7 @@ def example_statistics(predictions: Sequence[dict], metrics: Sequence[str]) -> d
             harness, [p["source"] for p in ordered], texts, [p["reference"] for p in ordered]))
     for metric in metrics:
         if metric in schema.TEXT_METRICS:
-            out[metric] = _text_statistic(metric, texts)
+            out[metric] = _text_statistic(metric, texts, _reference_corpus(ordered))
     return out
 
 

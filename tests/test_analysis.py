@@ -44,9 +44,9 @@ def _fusion_examples(n_correct: int, seed: int, wrong: str = "went out") -> list
 
 XSUM_PREDICTIONS = [
     # (prediction, reference): lengths and repetitions known by hand
-    ("the police said the police arrested a man", "a man was arrested in leeds on monday"),  # repeats "police"
+    ("the police said the police arrested a man", "a man was arrested in leeds on monday"),  # "police" twice
     ("a storm hit wales on friday", "storm damage closed roads across wales"),
-    ("profits rose and profits fell", "the bank reported mixed results"),  # repeats "profits"
+    ("profits rose and profits fell", "the bank reported mixed results"),  # "profits" twice
     ("it was a good day", "the team won the cup final in cardiff"),  # only stop words + good/day
 ]
 
@@ -247,10 +247,38 @@ def test_length_and_repetition_follow_the_documented_definition():
     assert textstats.words("It's the BBC's 2nd report, isn't it?") == ["it", "s", "the", "bbc", "s", "2nd", "report",
                                                                        "isn", "t", "it"]
     assert textstats.summary_length("A man, 45, was arrested.") == 5
-    assert textstats.repeated_content_words("the police said the police arrested him") == ["police"]
-    assert not textstats.repeats_content_word("it was the best of the times it was")  # stop words only
-    assert not textstats.repeats_content_word("in 2019 and 2019 again")  # numbers are not content words
-    assert textstats.repetition_stats(["rain rain", "sun"]).ravel().tolist() == [100.0, 0.0]
+
+
+def _letters(i: int) -> str:
+    """The i-th purely alphabetic filler word (``qaa``, ``qab`` ...): 26**2 distinct words."""
+    return "q" + chr(ord("a") + i // 26) + chr(ord("a") + i % 26)
+
+
+def test_repetition_counts_words_outside_the_500_most_frequent_of_the_references():
+    # A reference corpus built by hand: "police" 5 times; twelve everyday words and 487 filler words 3 times each;
+    # "whom", "storm", "flood" and "2019" once. Ranked by count (ties alphabetically), the 500 most frequent
+    # alphabetic words are "police", the twelve and the fillers: "whom", "storm" and "flood" are content words, and
+    # "2019" never is (not alphabetic).
+    everyday = "the said arrested him in and again a was we hit feared".split()
+    frequent = everyday + [_letters(i) for i in range(487)]
+    corpus = ["police " * 5, *(" ".join(frequent) for _ in range(3)), "whom storm flood 2019"]
+    common = textstats.frequent_words(corpus)
+    assert len(common) == 500 and {"police", *everyday} <= common and not {"whom", "storm", "flood"} & common
+    assert textstats.frequent_words(["b a", "c"], top_k=2) == {"a", "b"}  # ties broken alphabetically
+    summaries = [
+        "the police said the police arrested him",  # old (stop-word) definition: repeats "police"; paper's: no
+        "whom the storm hit was whom we feared",  # old: "whom" is a stop word, no repeat; paper's: repeats "whom"
+        "in 2019 and 2019 again",  # numbers are never content words
+        "a flood and a storm",  # content words, each once; "a" is frequent
+        f"{frequent[20]} {frequent[20]}",  # a frequent word repeated
+    ]
+    assert [textstats.repeated_content_words(t, common) for t in summaries] == [[], ["whom"], [], [], []]
+    assert textstats.repetition_stats(summaries, corpus).ravel().tolist() == [0.0, 100.0, 0.0, 0.0, 0.0]
+    # the ranking comes from the reference corpus only: under 500 distinct words, all of its words are common and
+    # only words it lacks are content words
+    assert textstats.repetition_stats(["rain rain", "sun"], ["rain", "sun"]).ravel().tolist() == [0.0, 0.0]
+    assert textstats.repetition_stats(["hail hail", "sun"], ["rain", "sun"]).ravel().tolist() == [100.0, 0.0]
+    assert textstats.repetition_stats(["rain rain", "sun"], ["rain"], top_k=0).ravel().tolist() == [100.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -363,9 +391,14 @@ def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
         assert noemb["mean"] == pytest.approx(_scores(_fusion_examples(n_correct, 1), ["sari"])["sari"])
     lengths = [textstats.summary_length(p) for p, _ in XSUM_PREDICTIONS]
     assert cell(tables[7], "bertShare", "length")["mean"] == pytest.approx(np.mean(lengths))
-    assert cell(tables[7], "bertShare", "repetition")["mean"] == pytest.approx(50.0)
+    # Content words are those outside the 500 most frequent words of the references: the four references have fewer
+    # distinct words than that, so every reference word is common (Gold repeats nothing), while "police" and
+    # "profits", which no reference uses, are rare: two of the four predictions repeat one.
+    references = [r for _, r in XSUM_PREDICTIONS]
+    expected = textstats.repetition_stats([p for p, _ in XSUM_PREDICTIONS], references).mean()
+    assert expected == 50.0 and cell(tables[7], "bertShare", "repetition")["mean"] == pytest.approx(expected)
     gold = cell(tables[7], "Gold", "length")
-    assert gold["mean"] == pytest.approx(np.mean([textstats.summary_length(r) for _, r in XSUM_PREDICTIONS]))
+    assert gold["mean"] == pytest.approx(np.mean([textstats.summary_length(r) for r in references]))
     assert gold.paper == 24.61 and cell(tables[7], "Gold", "repetition")["mean"] == 0.0
     assert np.isnan(cell(tables[7], "bertShare", "human")["mean"])
 
