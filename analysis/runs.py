@@ -23,7 +23,7 @@ import pandas as pd
 from . import schema, textstats
 
 RUN_COLUMNS = ("run_id", "experiment_id", "status", "start_time", "artifact_uri", "task", "scheme", "seed",
-               "cell_id", "group", "grid", "data_fraction", "variant", "size")  # fmt: skip
+               "cell_id", "group", "grid", "data_fraction", "variant", "size", "data_variant")  # fmt: skip
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:

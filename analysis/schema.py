@@ -43,6 +43,7 @@ TAG_SCHEME = "scheme"
 TAG_SEED = "seed"
 TAG_CELL_ID = "cell_id"
 TAG_GRID = "grid"
+DATA_VARIANT_PARAM = "data.variant"
 TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
 TAG_VARIANT = "variant"
 # RELEASED_VARIANT (imported from experiments.evaluate): a released checkpoint evaluated without training
@@ -265,6 +266,7 @@ class RunFields:
     data_fraction: float
     variant: str
     size: str
+    data_variant: str = "paper"  # experiments.config.DataSources.variant: "full" departs from the paper's data
 
 
 def _first(mapping: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -328,6 +330,7 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
         data_fraction=_as_fraction(_first(params, DATA_FRACTION_PARAMS), run_id),
         variant=variant,
         size=canonical_size(_first(params, SIZE_PARAMS)),
+        data_variant=str(_first(params, (DATA_VARIANT_PARAM,)) or "paper"),
     )
 
 

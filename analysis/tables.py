@@ -415,6 +415,11 @@ def _compute_cell(spec: TableSpec, store: RunStore, row: Row, col: Column, notes
         return empty
     if note:
         notes.append(note)
+    if (selected.data_variant == "full").any():
+        full = (f"{row.label} / {col.label}: trained and tested on the hub's full data (data.variant: full), not the "
+                f"paper's ({getattr(HARNESS_TASKS.get(col.task), 'paper_data', None) or 'its own data'}).")
+        if full not in notes:
+            notes.append(full)
     text_metric = col.metric in schema.TEXT_METRICS
     logged = store.scores[(store.scores.testset == col.testset) & (store.scores.metric == col.metric)]
     values, rows_per_run = [], []

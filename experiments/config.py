@@ -44,6 +44,7 @@ SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold 
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.optim.LRSchedule implements
 SELECTIONS = ("last", "best_dev")  # train.select: the weights that decode the test sets
+DATA_VARIANTS = ("paper", "full")  # data.variant
 # What a cell decodes with, not what it trains: left out of its training identity (the cell id), so decoding a trained
 # cell differently re-decodes it (an evaluation run, experiments.evaluate) instead of training it again.
 DECODING_SECTIONS = ("decode",)
@@ -205,6 +206,15 @@ class DataSources:
     validation: Any = setting(None, check=data_spec)
     test: Any = setting(None, check=data_spec)
     newstest2016: Any = setting(None, check=data_spec, omit_default=True)  # WMT's extra test set (tasks.py)
+    # "paper": the paper's data; a task whose paper data is not on the hub (Task.paper_data: DiscoFuse's balanced
+    # set) must then name it as local files. "full": the hub's set instead (DiscoFuse: the 16.3M full release),
+    # an explicit departure the tables footnote.
+    variant: str = setting("paper", choices=DATA_VARIANTS, what="data variant", omit_default=True)
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        """split → source spec (None: the hub), without the variant."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "variant"}
 
 
 @dataclass(frozen=True)
@@ -293,6 +303,19 @@ class CellConfig:
     def from_dict(cls, value: Any, path: str = "") -> CellConfig:
         """The typed cell of a JSON-form cell (grid output, cell.json); :class:`Invalid` names the key."""
         return from_dict(cls, value, path)
+
+    def missing_paper_data(self) -> tuple[str, str] | None:
+        """(field, message) when the cell would read the hub where the paper's data is not there (DiscoFuse's
+        balanced set) without opting into the hub's (``data.variant: full``); None otherwise. The launch refuses
+        such cells (experiments.preflight)."""
+        task = TASKS[self.task]
+        if task.paper_data is None or self.data.variant == "full":
+            return None
+        hub = [split for split in STANDARD_SPLITS if getattr(self.data, split) is None]
+        if not hub:
+            return None
+        return (f"data.{hub[0]}", f"{self.task}: the paper used {task.paper_data}, which is not on the hub; name "
+                                  f"its file (data.{hub[0]}: <file>) or set data.variant: full for the hub's set")
 
 
 # -- derived: schema, JSON form, defaults ------------------------------------------------------------------------------

@@ -481,7 +481,7 @@ def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
     """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
     launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
     typed = CellConfig.from_dict(cell, "cell")
-    data = {split: spec for split, spec in to_dict(typed.data).items()
+    data = {split: spec for split, spec in typed.data.splits.items()
             if split not in ("train", "validation") and spec is not None}
     return config_from_dict({
         "checkpoint": str(Path(directory).resolve()), "task": typed.task, "decode": to_dict(typed.decode),

@@ -43,7 +43,7 @@ from bertgen.families import FAMILIES
 
 from .cell import cell_label
 from .cell_inputs import length_limits, warm_start_from
-from .config import SPLITS
+from .config import SPLITS, CellConfig
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
 from .tasks import get_task
@@ -239,6 +239,10 @@ class Preflight:
 
     # -- everything -----------------------------------------------------------------------------------------------
     def run(self, cells: list[dict]) -> list[str]:
+        for cell in cells:
+            missing = CellConfig.from_dict(cell, "cell").missing_paper_data()
+            if missing is not None:
+                raise self.fail(*missing, cell)
         self.check_paths()
         todo = []
         for cell in cells:

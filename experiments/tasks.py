@@ -83,6 +83,9 @@ class Task:
     # A stand-in built by the project itself (experiments.pretrain_tiny), never a paper task: no hub data, and
     # analysis never sets its runs beside the paper's numbers.
     synthetic: bool = False
+    # Where the paper's data differs from the hub's: the files the paper trained and tested on, which a cell must
+    # name as local data (data.train/validation/test) unless it opts into the hub set (data.variant: full).
+    paper_data: str | None = None
     notes: str = ""
 
     def __post_init__(self):
@@ -137,6 +140,8 @@ TASKS: dict[str, Task] = {
             max_source_length=128, max_target_length=128,
             metrics=("exact", "sari"), primary_metric="sari",
             batch_size=256, train_steps=300_000, baseline="copy_source",
+            paper_data=("the balanced 4.5M Wikipedia DiscoFuse (train_balanced.tsv, dev_balanced.tsv, "
+                        "test_balanced.tsv from Google's discofuse_v1_wikipedia archive; README: Data)"),
             notes="hub: full 16.3M wikipedia release; the paper's 4.5M balanced split is a local TSV",
         ),
         Task(

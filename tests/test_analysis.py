@@ -635,3 +635,43 @@ def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_de
     assert written.loc[(written.row == hot.row) & (written.column == "exact"), "mean"].item() == pytest.approx(90.0)
     without_store = build_table("gpt2")
     assert without_store.cells["mean"].isna().all() and without_store.cells.paper.notna().sum() == 6
+
+
+def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seeds_and_hub_data_is_footnoted(
+        tmp_path):
+    """experiments.evaluate's runs: a released model (variant "released", size large) is a row of its own beside the
+    paper's 24-layer robertaShare; a trained cell decoded again (role evaluation of a cell) is no extra seed of its
+    cell; a cell trained on the hub's full DiscoFuse (data.variant: full) is footnoted."""
+    import mlflow
+
+    from analysis.runs import RunStore
+    from analysis.tables import build_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("evals", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = tmp_path / "files"
+    files.mkdir()
+    base = {"data_fraction": "1.0", "init_layers": "null"}
+    trained = _log_run(client, experiment_id, parent, task="discofuse", scheme="bertShare", seed=1,
+                       params={**base, "data.variant": "full"}, metrics=_scores(_fusion_examples(40, 1), ["exact"]),
+                       predictions=_fusion_examples(40, 1), tmp=files)
+    for extra_tags, params, n_correct in (
+            ({"variant": "released", "scheme": "robertaShare"}, {**base, "size": "large"}, 80),
+            ({"model_kind": "trained_cell", "scheme": "bertShare",
+              "cell_id": client.get_run(trained).data.tags["cell_id"]}, base, 99)):
+        run_id = _log_run(client, experiment_id, parent, task="discofuse", scheme=extra_tags["scheme"], seed=1,
+                          params=params, metrics=_scores(_fusion_examples(n_correct, 2), ["exact"]),
+                          predictions=_fusion_examples(n_correct, 2), tmp=files)
+        for key, value in {"role": "evaluation", **extra_tags}.items():
+            client.set_tag(run_id, key, value)
+    store = RunStore(uri)
+    assert sorted(zip(store.runs.scheme, store.runs.variant)) == [("bertShare", "full"), ("robertaShare", "released")]
+    table2 = build_table(2, store, n_boot=N_BOOT)
+    released = cell(table2, "robertaShare (24L large): Google's released checkpoint, evaluated here",
+                    "exact_100")
+    assert released["mean"] == pytest.approx(80.0) and math.isnan(released["paper"])
+    assert cell(table2, "robertaShare (24L large)", "exact_100")["paper"] == pytest.approx(66.6)  # Table 2
+    assert cell(table2, "bertShare", "exact_100")["mean"] == pytest.approx(40.0)  # the re-decoding's 99 is not in it
+    assert any("hub's full data (data.variant: full)" in note and "balanced 4.5M" in note for note in table2.notes)

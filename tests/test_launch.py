@@ -64,8 +64,12 @@ class Study:
         self.client = MlflowClient(uri)
 
     def write(self, schemes=("bert2bert", "gpt"), **extra) -> Path:
+        """The grid of ``schemes`` on DiscoFuse; the fake trainer reads no data, so the hub's set (data.variant:
+        full) stands in for the paper's balanced files the launch would otherwise require."""
+        defaults = {"train": {"steps": 3}, **extra.pop("defaults", {})}
+        defaults.setdefault("data", {"variant": "full"})
         doc = {"output_root": str(self.root / "out"), "tasks": ["discofuse"], "schemes": list(schemes),
-               "seeds": [1], "defaults": {"train": {"steps": 3}},
+               "seeds": [1], "defaults": defaults,
                "mlflow": {"tracking_uri": self.uri, "experiment": self.experiment}, **extra}
         self.grid.write_text(yaml.safe_dump(doc))
         return self.grid
@@ -470,3 +474,18 @@ def test_local_executor_runs_cells_as_processes(study, tmp_path, monkeypatch, ca
     assert ok.info.status == "FINISHED" and int(ok.data.tags["pid"]) != os.getpid()
     assert ok.data.tags["submitit_job_id"].isdigit()  # the local job's controller process
     assert dead.info.status == "FAILED" and dead.data.tags["failure_reason"].startswith("worker process died")
+
+
+def test_discofuse_without_the_papers_balanced_files_is_refused_unless_the_hub_set_is_chosen(study, capsys):
+    """The paper trained and tested on the balanced 4.5M DiscoFuse, which is not on the hub: a cell that would read
+    the hub's 16.3M set is refused in one line before anything is written, unless data.variant: full says so."""
+    study.write(defaults={"train": {"steps": 3}, "data": {}})
+    assert study.launch("--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.train: discofuse: the paper used the balanced 4.5M Wikipedia DiscoFuse" in err
+    assert "data.variant: full" in err
+    assert not (study.root / "out").exists() and study.cell_runs() == []
+    assert study.launch("--dry-run", "--set", "data.variant=full") == 0
+    cells = load_grid(study.grid, ["data.variant=full"]).cells
+    assert {c["data"]["variant"] for c in cells} == {"full"}
+    assert "variant" not in load_grid(study.grid, ["data.variant=paper"]).cells[0]["data"]  # the default: no id change

@@ -68,7 +68,7 @@ class Study:
             "mlflow": {"tracking_uri": server.uri, "experiment": experiment},
             "executor": {"local": {"parallelism": len(SCHEMES), "timeout_min": 30}},
             "tasks": ["discofuse"], "schemes": list(SCHEMES), "seeds": [1],
-            "defaults": {"train": {"steps": steps}},
+            "defaults": {"train": {"steps": steps}, "data": {"variant": "full"}},  # fake training reads no data
         }))
         self.cells = load_grid(self.grid).cells
         self.client = MlflowClient(server.uri)
