@@ -291,7 +291,7 @@ def load_released(checkpoint: str, revision: str | None = None) -> LoadedModel:
         directory = resolve_checkpoint_dir(checkpoint, revision=revision)
         raw = read_config_dict(directory)
     except (OSError, CheckpointError, ValueError) as err:
-        raise EvaluationError(f"{checkpoint}: {one_line(err)}") from None
+        raise EvaluationError(str(err) if checkpoint in str(err) else f"{checkpoint}: {err}") from None
     if raw.get("model_type") != "encoder-decoder":
         raise EvaluationError(f"{directory / 'config.json'}: model_type {raw.get('model_type')!r}: expected an "
                               "encoder-decoder checkpoint (or a trained cell's directory with cell.json)")
@@ -529,9 +529,21 @@ class EvaluationJob:
 GRID_KEYS = ("name", "description", "output_root", "mlflow", "executor", "evaluations", "defaults")
 
 
-def load_evaluation_grid(path: Path, sets: list[str]) -> tuple[dict[str, Any], list[EvaluationConfig]]:
+def _item_matches(item: Any, only: str | None) -> bool:
+    """``--only``: an evaluation whose checkpoint contains the text or whose task is it (comma-separated)."""
+    if only is None or not isinstance(item, dict):
+        return True
+    checkpoint = str(item.get("checkpoint", ""))
+    entry = released_entry(checkpoint)
+    task = item.get("task") or (entry.task if entry is not None else None)
+    return any(part and (part in checkpoint or part == task) for part in (p.strip() for p in only.split(",")))
+
+
+def load_evaluation_grid(path: Path, sets: list[str],
+                         only: str | None = None) -> tuple[dict[str, Any], list[EvaluationConfig]]:
     """A YAML file of evaluations (``grids/released.yaml``): ``evaluations: [{checkpoint, task?, decode?, data?,
-    max_examples?}, ...]`` with shared ``defaults`` and the launch grid's ``mlflow`` / ``executor`` sections."""
+    max_examples?}, ...]`` with shared ``defaults`` and the launch grid's ``mlflow`` / ``executor`` sections. With
+    ``only``, the evaluations it selects (:func:`_item_matches`), the others not even checked."""
     where = str(path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -550,6 +562,8 @@ def load_evaluation_grid(path: Path, sets: list[str]) -> tuple[dict[str, Any], l
         raise EvaluationError(f"{where}: defaults: expected a mapping with keys from {list(SETTABLE)}")
     configs = []
     for i, item in enumerate(items):
+        if not _item_matches(item, only):
+            continue
         here = f"{where}: evaluations[{i}]"
         if not isinstance(item, dict) or "checkpoint" not in item:
             raise EvaluationError(f"{here}: expected a mapping with checkpoint (and task, decode, data, max_examples)")
@@ -590,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, help="this evaluation's folder (one checkpoint only)")
     parser.add_argument("--executor", choices=("debug", "local", "slurm"), default="debug",
                         help="debug: in this process (default); local: a local process each; slurm: a job array")
-    parser.add_argument("--only", metavar="PATTERN", help="with --grid: evaluations whose checkpoint contains this")
+    parser.add_argument("--only", metavar="TEXT", help="with --grid: evaluations whose checkpoint contains this text "
+                                                       "or whose task is it (comma-separated alternatives)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--force", action="store_true", help="decode again even if this evaluation finished")
     return parser
@@ -603,11 +618,9 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[Evaluation
         raise EvaluationError(f"--max-examples: expected a positive count, got {args.max_examples}")
     if args.grid is not None:
         sets = list(args.sets) + ([f"max_examples.test={args.max_examples}"] if args.max_examples else [])
-        doc, configs = load_evaluation_grid(args.grid, sets)
-        if args.only:
-            configs = [c for c in configs if args.only in c.checkpoint or args.only == c.task]
-            if not configs:
-                raise EvaluationError(f"--only {args.only}: no evaluation of {args.grid} matches")
+        doc, configs = load_evaluation_grid(args.grid, sets, args.only)
+        if not configs:
+            raise EvaluationError(f"--only {args.only}: no evaluation of {args.grid} matches")
         return doc, configs
     return {}, [build_config(args.checkpoint, args.task, args.sets, args.max_examples, args.select, args.revision)]
 

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 import transformers
 
@@ -287,3 +288,54 @@ def test_a_grid_that_changes_only_decoding_re_decodes_its_finished_cell(tmp_path
     assert "FINISHED (re-decoded before)" in launched("--set", "decode.num_beams=1")
     assert "FINISHED (done before)" in launched()
     assert len(runs_of(uri, "redecode")) == 2
+
+
+def test_an_evaluation_grid_runs_each_evaluation_and_only_selects(shared_dir, tmp_path, test_file, capsys):
+    files = shared_dir / "data" / "tokenizers"
+    for kind in ("sentencepiece", "roberta_bpe"):
+        released_layout(kind, files, tmp_path / kind)
+    grid = tmp_path / "released.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "mine", "output_root": str(tmp_path / "out"),
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "released"},
+        "defaults": {"decode": {"max_new_tokens": 6}, "data": {"test": data_spec(str(test_file))}},
+        "evaluations": [{"checkpoint": str(tmp_path / "sentencepiece"), "task": "discofuse"},
+                        {"checkpoint": str(tmp_path / "roberta_bpe"), "task": "discofuse",
+                         "decode": {"num_beams": 2}}]}))
+    code, out, err = run(["--grid", str(grid), "--only", "roberta", "--device", "cpu"], capsys)
+    assert code == 0, err
+    (only,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "released")
+    assert only.data.tags["evaluated_checkpoint"] == str(tmp_path / "roberta_bpe")
+    assert only.data.params["decode.num_beams"] == "2" and only.data.params["decode.max_new_tokens"] == "6"
+    code, out, err = run(["--grid", str(grid), "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert out.count("SKIPPED") == 1 and out.count("FINISHED") == 1
+    assert len(runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "released")) == 2
+    grid.write_text(yaml.safe_dump({"evaluations": [{"checkpoint": "x", "task": "discofuse", "beams": 4}]}))
+    code, _, err = run(["--grid", str(grid)], capsys)
+    assert code == ev.EXIT_REFUSED and "evaluations[0]: unknown keys ['beams']" in err and err.count("\n") == 1
+
+
+def test_released_models_know_their_task_and_input_convention(tmp_path):
+    wikisplit = ev.build_config("google/roberta2roberta_L-24_wikisplit", None, [])
+    assert (wikisplit.task, wikisplit.input_format, wikisplit.decode.num_beams) == ("wikisplit", "bos_eos", 4)
+    assert wikisplit.decode.length_penalty == 0.6 and wikisplit.decode.length_penalty_style == "gnmt"
+    local_copy = ev.build_config(str(tmp_path / "bert2bert_L-24_wmt_de_en"), None, [])
+    assert (local_copy.task, local_copy.input_format) == ("wmt14_de_en", "bare")
+    assert ev.build_config("google/roberta2roberta_L-24_bbc", None, ["input_format=tokenizer"]).input_format \
+        == "tokenizer"
+
+
+def test_bos_eos_input_wraps_the_bare_ids_and_keeps_eos_under_truncation(shared_dir):
+    from bertgen.tokenization import load_tokenizer
+    from experiments.data import tokenizer_fingerprint
+
+    tokenizer = load_tokenizer(shared_dir / "data" / "tokenizers" / "sentencepiece" / "test_model.model")
+    wrapped = ev.FormattedInput(tokenizer, "bos_eos")
+    bare = tokenizer(["a b c d e f"], return_tensors=None, padding=False, add_special_tokens=False)["input_ids"][0]
+    ids = wrapped(["a b c d e f"], return_tensors=None, padding=False)["input_ids"][0]
+    assert ids == [tokenizer.bos_token_id, *bare, tokenizer.eos_token_id]
+    cut = wrapped(["a b c d e f"], max_length=4, return_tensors=None, padding=False)["input_ids"][0]
+    assert cut == [tokenizer.bos_token_id, *bare[:2], tokenizer.eos_token_id]
+    assert tokenizer_fingerprint(wrapped) != tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(ev.FormattedInput(tokenizer, "bare")) != tokenizer_fingerprint(wrapped)
