@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -138,6 +139,44 @@ def resolve_train_fn() -> Callable[[dict, Path, Any], dict]:
     return getattr(importlib.import_module(module_name), attr)
 
 
+LOG_LINKS = {"job.out": "stdout", "job.err": "stderr"}  # in the cell folder → this job's submitit log files
+
+
+def link_job_logs(out_dir: Path) -> dict[str, str]:
+    """Point ``<cell dir>/job.out`` and ``job.err`` at the running submitit job's log files (the Slurm array task's,
+    the local process's), so a cell's logs are found from its id; returns them as tags (``log_stdout`` ...). A
+    requeued job moves the links to its own logs. Outside a submitit job nothing happens."""
+    try:
+        paths = submitit.JobEnvironment().paths
+    except (RuntimeError, KeyError):  # not in a job; the debug executor's (in this process) has no log folder
+        return {}
+    tags = {}
+    for name, attr in LOG_LINKS.items():
+        target = Path(getattr(paths, attr)).resolve()
+        link = out_dir / name
+        try:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        except OSError:  # a file system without symlinks: the tag still says where the log is
+            pass
+        tags[f"log_{attr}"] = str(target)
+    return tags
+
+
+def configure_job_logging() -> None:
+    """INFO lines of the harness (``experiments.*``, ``bertgen``) to stderr with a time stamp, once per process: a
+    job's log then carries the training progress lines even without a terminal (Slurm)."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_bertgen", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._bertgen = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    for name in ("experiments", "bertgen"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _job_environment() -> tuple[dict[str, str], int]:
     """(tags naming the scheduler's job, global rank) of the current submitit job; ({}, 0) outside one.
 
@@ -209,8 +248,11 @@ class CellJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(self.num_threads)
         out_dir = self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        configure_job_logging()
         (out_dir / CELL_CONFIG_FILE).write_text(json.dumps(self.cell, indent=2, sort_keys=True) + "\n")
         job_tags, rank = _job_environment()
+        if rank == 0:
+            job_tags.update(link_job_logs(out_dir))
         if rank != 0:  # other ranks of a multi-task job train; only rank 0 talks to MLflow
             resolve_train_fn()(self.cell, out_dir, tracking.NullLogger())
             return {"cell_id": self.cell["cell_id"], "status": "RANK", "metrics": {}}

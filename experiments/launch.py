@@ -222,7 +222,8 @@ def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, trac
                 submitted = executor.submit(job)
                 if job.run_id:  # an evaluation job starts its run itself
                     tracker.client.set_tag(job.run_id, "submitit_job_id", str(submitted.job_id))
-                print(f"started {cell['cell_id']} {cell_label(cell)} (pid {submitted.job_id})", flush=True)
+                print(f"started {cell['cell_id']} {cell_label(cell)} (pid {submitted.job_id}; log "
+                      f"{cell_dir(cell) / 'job.err'} -> {submitted.paths.stderr})", flush=True)
                 running.append((cell, job, submitted))
             time.sleep(LOCAL_POLL_S)
             for entry in [r for r in running if r[2].done()]:
@@ -405,7 +406,8 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
     array = str(submitted[0].job_id).split("_")[0]
     print(f"\nsubmitted {len(submitted)} cells as Slurm job array {array} "
           f"(at most {grid.executor['slurm']['array_parallelism']} at a time)")
-    print(f"watch:   squeue -j {array}    logs: {grid.output_root / 'submitit' / grid.name}")
+    print(f"watch:   squeue -j {array}    logs: <cell dir>/job.err once a cell starts "
+          f"({grid.output_root}/cells/<task>/<scheme>/<cell id>; all: {grid.output_root / 'submitit' / grid.name})")
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     print(f"MLflow:  {ui}\nrelaunch the same command to resume interrupted cells (finished ones are skipped)")
     return EXIT_OK

@@ -87,6 +87,34 @@ def git_commit(repo: Path | None = None) -> str:
         return "unknown"
 
 
+# Packages whose versions can change a run's numbers (recorded as tags ``version_<name>``).
+VERSIONED_PACKAGES = ("torch", "tokenizers", "sentencepiece", "safetensors", "datasets", "sacrebleu", "rouge-score",
+                      "mlflow", "submitit", "numpy")
+
+
+def environment_tags() -> dict[str, str]:
+    """What a run ran on: python and package versions, CUDA/cuDNN and GPU name (``cpu`` without one), whether the
+    working tree had uncommitted changes (``git_dirty``), the CPU's native bf16 (CPU runs)."""
+    import importlib.metadata as metadata
+    import platform
+
+    import torch
+
+    tags = {"version_python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            tags[f"version_{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            tags[f"version_{package}"] = "not installed"
+    tags["version_cuda"] = torch.version.cuda or "none"
+    tags["version_cudnn"] = str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none"
+    tags["gpu"] = (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}" if torch.cuda.is_available()
+                   else "cpu")
+    commit = git_commit()
+    tags["git_dirty"] = "unknown" if commit == "unknown" else str(commit.endswith("-dirty")).lower()
+    return tags
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -288,7 +316,7 @@ class CellLogger:
 
     # -- life cycle (called by CellJob) ------------------------------------------------------------------------
     def start(self, host: str, pid: int, job_tags: dict[str, str]) -> None:
-        tags = {"host": host, "pid": str(pid), "git_commit": git_commit(), **job_tags}
+        tags = {"host": host, "pid": str(pid), "git_commit": git_commit(), **environment_tags(), **job_tags}
         self.queue.append({"op": "status", "status": "RUNNING"})
         self.queue.append({"op": "tags", "tags": tags})
         self._heartbeat(force=True)

@@ -66,6 +66,14 @@ BEST = "best"
 INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
 
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m10s``, ``42s``: for the progress lines of a job's log."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
 # -- the trainer -----------------------------------------------------------------------------------------------
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
@@ -311,6 +319,8 @@ class CellTrainer:
             self.last_input_use = self.input_use() if len(self.data["validation"][1]) >= 2 else None
             extra = self.last_input_use.metrics() if self.last_input_use is not None else {}
             self.logger.log_metrics({"dev_loss": loss, **extra}, step=self.step)
+            log.info("cell %s step %d dev_loss %.4f%s", self.cell_id, self.step, loss,
+                     "".join(f" {k} {v:.3f}" for k, v in extra.items()))
         if loss < self.best_dev_loss:
             self.best_dev_loss, self.best_step = loss, self.step
             if self.ctx.is_main and self.train_settings.select == "best_dev":
@@ -336,6 +346,7 @@ class CellTrainer:
         window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
         iterator = None
         started = time.perf_counter() - self.train_seconds
+        resumed_at, resumed_step = time.perf_counter(), self.step  # the ETA is this process' own pace
         while self.step < total:
             if iterator is None:
                 self.sampler.set_position(self.epoch, self.batches_in_epoch)
@@ -361,6 +372,11 @@ class CellTrainer:
                     "grad_norm": grad_norm, "tokens_per_s": window_tokens / max(elapsed, 1e-9), "epoch": self.epoch,
                 }, step=self.step)
                 progress.set_postfix(loss=f"{window_loss / window_tokens:.3f}")
+                log.info("cell %s step %d/%d loss %.4f lr %.3g tokens/s %.0f elapsed %s ETA %s", self.cell_id,
+                         self.step, total, window_loss / window_tokens, self.optimizer.param_groups[0]["lr"],
+                         window_tokens / max(elapsed, 1e-9), _duration(time.perf_counter() - resumed_at),
+                         _duration((time.perf_counter() - resumed_at) / max(self.step - resumed_step, 1)
+                                   * (total - self.step)))
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             self.train_seconds = time.perf_counter() - started
             if (settings.eval_every and self.step % settings.eval_every == 0) or self.step == total:

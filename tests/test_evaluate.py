@@ -11,6 +11,7 @@ penalty) and its scores must be the task metrics of those predictions.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -194,14 +195,19 @@ def test_the_same_evaluation_is_not_repeated_and_a_new_decoding_is_a_new_run(sha
     assert len(list((tmp_path / "out" / "evaluations" / "discofuse" / "released").glob("*/evaluation.json"))) == 2
 
 
-def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_path, capsys):
+def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_path, capsys, caplog):
     from experiments.tracking import NullLogger
     from experiments.train import train_cell
 
     assets = quick_assets(tmp_path_factory)
     cell = tiny_cell(assets, tmp_path / "root", steps=8, eval_every=4, checkpoint_every=4)
     out_dir = tmp_path / "root" / "cells" / "discofuse" / "bert2bert" / cell["cell_id"]
-    trained = train_cell(cell, out_dir, NullLogger())
+    with caplog.at_level("INFO", logger="experiments.train"):
+        trained = train_cell(cell, out_dir, NullLogger())
+    # a job's log (no terminal) says where training is: step, loss, lr, tokens/s, ETA, dev loss
+    assert any(re.fullmatch(r"cell tiny-bert2bert step 8/8 loss \S+ lr \S+ tokens/s \d+ elapsed \S+ ETA 0s",
+                            r.getMessage()) for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(r.getMessage().startswith("cell tiny-bert2bert step 4 dev_loss ") for r in caplog.records)
     (out_dir / "cell.json").write_text(json.dumps(cell))
     weights = {p: p.stat().st_mtime_ns for p in (out_dir / "checkpoints").rglob("*") if p.is_file()}
     cell_metrics = (out_dir / "metrics.json").read_text()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+import torch
 import yaml
 
 from experiments import cell as cell_module
@@ -449,8 +450,9 @@ def test_sync_stops_cleanly_and_resumes_where_it_stopped(study, tmp_path, monkey
 
 # -- local processes ------------------------------------------------------------------------------------------------
 FAKE_TRAIN_MODULE = '''
-import json, os
+import json, logging, os
 def train_cell(cell, out_dir, logger):
+    logging.getLogger("experiments.fake").info("cell %s is training", cell["cell_id"])
     for step in range(1, cell["train"]["steps"] + 1):
         logger.log_metrics({"loss": 1.0 / step}, step)
     if cell["scheme"] == "gpt":
@@ -474,6 +476,17 @@ def test_local_executor_runs_cells_as_processes(study, tmp_path, monkeypatch, ca
     assert ok.info.status == "FINISHED" and int(ok.data.tags["pid"]) != os.getpid()
     assert ok.data.tags["submitit_job_id"].isdigit()  # the local job's controller process
     assert dead.info.status == "FAILED" and dead.data.tags["failure_reason"].startswith("worker process died")
+    # the cell's logs are found from its folder (and printed by the launcher); INFO lines reach them
+    cell = next(c for c in load_grid(study.grid).cells if c["scheme"] == "bert2bert")
+    log = cell_dir(cell) / "job.err"
+    assert log.is_symlink() and str(log.resolve()) == ok.data.tags["log_stderr"]
+    assert f"cell {cell['cell_id']} is training" in log.read_text()
+    assert f"log {log} -> " in out
+    # what it ran on
+    assert ok.data.tags["version_torch"] == torch.__version__ and ok.data.tags["version_cuda"]
+    if not torch.cuda.is_available():
+        assert ok.data.tags["gpu"] == "cpu"
+    assert ok.data.tags["git_dirty"] in ("true", "false", "unknown") and ok.data.tags["version_python"]
 
 
 def test_discofuse_without_the_papers_balanced_files_is_refused_unless_the_hub_set_is_chosen(study, capsys):
