@@ -44,6 +44,7 @@ from bertgen.families import FAMILIES
 from .cell import cell_label
 from .cell_inputs import length_limits, warm_start_from
 from .config import SPLITS, CellConfig
+from .config import check_paths as config_check_paths
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
 from .tasks import get_task
@@ -240,7 +241,11 @@ class Preflight:
     # -- everything -----------------------------------------------------------------------------------------------
     def run(self, cells: list[dict]) -> list[str]:
         for cell in cells:
-            missing = CellConfig.from_dict(cell, "cell").missing_paper_data()
+            token = config_check_paths.set(False)  # the smoke assets a cell names are built after the pre-flight
+            try:
+                missing = CellConfig.from_dict(cell, "cell").missing_paper_data()
+            finally:
+                config_check_paths.reset(token)
             if missing is not None:
                 raise self.fail(*missing, cell)
         self.check_paths()
