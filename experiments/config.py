@@ -49,6 +49,16 @@ DATA_VARIANTS = ("paper", "full")  # data.variant
 # cell differently re-decodes it (an evaluation run, experiments.evaluate) instead of training it again.
 DECODING_SECTIONS = ("decode",)
 
+# Upper bounds of the integer settings: far above the paper's (500k steps, batch 256, beam 4, 24 layers), low
+# enough that a typo (steps: 10**30, batch_size: 2**63) is refused at launch instead of overflowing a schedule,
+# a tensor shape or a seed after hours.
+MAX_STEPS = 100_000_000
+MAX_BATCH = 1 << 20
+MAX_BEAMS = 1024
+MAX_LAYERS = 1024
+MAX_MODEL_SIZE = 1 << 20  # model size overrides (hidden_size, layers, positions ...) and decode.max_new_tokens
+MAX_SEED = 2**32 - 1  # numpy's seeds
+
 # Whether checks may look at the file system (existence of local checkpoints and data files); load_grid sets it.
 check_paths: contextvars.ContextVar[bool] = contextvars.ContextVar("check_paths", default=True)
 
@@ -77,7 +87,7 @@ def _package_dir(value: str, path: str) -> str:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise v.Invalid(path, f"expected pkg:<installed python package>/<directory>, package {package!r} is not "
+        raise v.Invalid(path, f"expected pkg:<installed python package>/<directory>, package {v.short_repr(package)} is not "
                               "installed")
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
@@ -85,20 +95,20 @@ def _package_dir(value: str, path: str) -> str:
 def checkpoint_ref(value: Any, path: str) -> Any:
     if value is None:
         return None
-    v.text(what="a hub id, a local checkpoint directory or pkg:<package>/<dir>")(value, path)
+    v.path_text(what="a hub id, a local checkpoint directory or pkg:<package>/<dir>")(value, path)
     if value.startswith("pkg:"):
         value = _package_dir(value, path)
         if not Path(value).is_dir():
-            raise v.Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
+            raise v.Invalid(path, f"expected a checkpoint directory, {v.short_repr(value, 300)} does not exist")
     if check_paths.get() and is_local_reference(value) and not Path(value).expanduser().is_dir():
-        raise v.Invalid(path, f"expected a checkpoint directory, {value!r} does not exist")
+        raise v.Invalid(path, f"expected a checkpoint directory, {v.short_repr(value, 300)} does not exist")
     return value
 
 
 def _data_file(value: Any, path: str) -> str:
-    v.text(what="a file path")(value, path)
+    v.path_text(what="a file path")(value, path)
     if check_paths.get() and not Path(value).expanduser().is_file():
-        raise v.Invalid(path, f"expected an existing file, {value!r} does not exist")
+        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist")
     return value
 
 
@@ -124,7 +134,10 @@ def data_spec(value: Any, path: str) -> Any:
             spec[key] = v.boolean()(item, where)
         else:  # columns
             if not isinstance(item, dict) or not {"input", "target"} <= set(item) or set(item) - {"input", "target", "id"}:
-                raise v.Invalid(where, f"expected a mapping with input, target and optionally id, got {item!r}")
+                raise v.Invalid(where, f"expected a mapping with input, target and optionally id, got "
+                                       f"{v.short_repr(item)}")
+            for name, column in item.items():  # a column name: text, as the files' headers and JSON keys are
+                v.text(what="a column name", max_len=200)(column, v.join(where, name))
             spec[key] = dict(item)
     if "path" not in spec and not {"source_path", "target_path"} <= set(spec):
         raise v.Invalid(path, "expected 'path' or both 'source_path' and 'target_path'")
@@ -141,21 +154,23 @@ def init_layers(value: Any, path: str) -> Any:
     if not isinstance(value, dict) or len(value) != 1:
         raise v.Invalid(path, "expected null or a mapping with exactly one of embeddings_only: true, "
                               "without_embeddings: true, first_k: <k>, "
-                              f"layers: [<1-based layer>, ...], got {value!r}")
+                              f"layers: [<1-based layer>, ...], got {v.short_repr(value)}")
     (kind, item), = value.items()
     where = v.join(path, kind)
     if kind not in kinds:
         raise v.unknown(where, kind, kinds)
     if kind in ("embeddings_only", "without_embeddings"):
         if item is not True:
-            raise v.Invalid(where, f"expected true, got {item!r}")
+            raise v.Invalid(where, f"expected true, got {v.short_repr(item)}")
         return {kind: True}
     if kind == "first_k":
-        return {kind: v.integer(1)(item, where)}
+        return {kind: v.integer(1, hi=MAX_LAYERS)(item, where)}
     if not isinstance(item, list) or not item:
-        raise v.Invalid(where, f"expected a non-empty list of 1-based layer numbers, got {item!r}")
+        raise v.Invalid(where, f"expected a non-empty list of 1-based layer numbers, got {v.short_repr(item)}")
+    if len(item) > MAX_LAYERS:
+        raise v.Invalid(where, f"expected at most {MAX_LAYERS} layer numbers, got {len(item)}")
     for i, layer in enumerate(item):
-        v.integer(1)(layer, v.join(where, i))
+        v.integer(1, hi=MAX_LAYERS)(layer, v.join(where, i))
     if any(b <= a for a, b in zip(item, item[1:])):
         raise v.Invalid(where, f"expected strictly increasing layer numbers, got {item}")
     return {kind: list(item)}
@@ -171,7 +186,7 @@ def _model_override_checks() -> dict[str, v.Check]:
         annotation = str(item.type).replace(" ", "")
         nullable = "None" in annotation
         if annotation.startswith("int"):
-            checks[item.name] = v.integer(1, nullable)
+            checks[item.name] = v.integer(1, nullable, hi=MAX_MODEL_SIZE)
         elif item.name.endswith("dropout_prob"):
             checks[item.name] = v.probability
         elif annotation.startswith("float"):
@@ -184,7 +199,7 @@ def _model_override_checks() -> dict[str, v.Check]:
 def bf16_setting(value: Any, path: str) -> bool | str:
     if value is True or value is False or value == "auto":
         return value
-    raise v.Invalid(path, f"expected true, false or auto, got {value!r}")
+    raise v.Invalid(path, f"expected true, false or auto, got {v.short_repr(value)}")
 
 
 # -- the cell ---------------------------------------------------------------------------------------------------------
@@ -231,11 +246,11 @@ class ExampleCaps:
 class TrainConfig:
     """Optimisation (experiments.optim, experiments.trainer). ``steps`` and ``batch_size`` are the task's."""
 
-    steps: int = setting(lo=1)  # the task table's (§4: 200k-500k per task; WMT: 30 epochs, set in the grid)
-    batch_size: int = setting(lo=1)  # the task table's (§4: 256; 128 for the 512-token summarisation inputs)
-    grad_accum: int = setting(1, lo=1)  # micro-batches per update (memory only: the update sees batch_size)
+    steps: int = setting(lo=1, hi=MAX_STEPS)  # the task table's (§4: 200k-500k per task; WMT: 30 epochs, set in the grid)
+    batch_size: int = setting(lo=1, hi=MAX_BATCH)  # the task table's (§4: 256; 128 for the 512-token summarisation inputs)
+    grad_accum: int = setting(1, lo=1, hi=MAX_BATCH)  # micro-batches per update (memory only: the update sees batch_size)
     lr: float = setting(0.05, lo=0.0, lo_open=True)  # §4: "learning rate 0.05" (scaled by hidden^-0.5 in noam)
-    warmup_steps: int = setting(40_000, lo=0)  # §4: "linear warmup over 40k steps"
+    warmup_steps: int = setting(40_000, lo=0, hi=MAX_STEPS)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
     # §4: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings, lr = relative step cap)
@@ -243,17 +258,20 @@ class TrainConfig:
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
     bf16: bool | str = setting(False, check=bf16_setting)
-    eval_every: int = setting(5000, lo=0)  # dev loss and best weights every this many steps (0: at the end)
-    checkpoint_every: int = setting(5000, lo=0, cosmetic=True)  # resumable state every this many steps
+    eval_every: int = setting(5000, lo=0, hi=MAX_STEPS)  # dev loss and best weights every this many steps (0: at the end)
+    checkpoint_every: int = setting(5000, lo=0, hi=MAX_STEPS, cosmetic=True)  # resumable state every this many steps
     eval_examples: int | None = setting(1000, lo=1)  # validation examples in the dev loss (null: all)
+    # Validation examples decoded (the cell's decode settings) at each evaluation for the task metric's dev curve
+    # (dev_sari, dev_bleu ...; predictions in dev_predictions.jsonl); 0: none. Logging only: not in the cell id.
+    dev_decode_examples: int = setting(64, lo=0, cosmetic=True)
     # Which weights decode the test sets: "last" (§4: the model at the end of training's fixed steps) or "best_dev"
     # (the lowest dev loss of the evaluations every eval_every steps; then checkpoints/best is kept).
     select: str = setting("last", choices=SELECTIONS, what="checkpoint selection")
-    num_workers: int = setting(2, lo=0, cosmetic=True)  # DataLoader worker processes
+    num_workers: int = setting(2, lo=0, hi=256, cosmetic=True)  # DataLoader worker processes
     # Divide lr by sqrt(hidden_size) (null: only the noam schedule does, as the paper's).
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
     # Log the training curve every this many steps (null: min(50, eval_every / 5)).
-    log_every: int | None = setting(None, lo=1, cosmetic=True, omit_default=True)
+    log_every: int | None = setting(None, lo=1, hi=MAX_STEPS, cosmetic=True, omit_default=True)
 
     def cross_check(self, path: str) -> None:
         if self.batch_size < self.grad_accum:
@@ -265,13 +283,13 @@ class TrainConfig:
 class DecodeConfig:
     """Beam search on the test sets (bertgen.generation). Beam, penalty and length are the task table's."""
 
-    num_beams: int = setting(lo=1)  # the task table's (§4: 4, written in bertgen.generation.NUM_BEAMS)
+    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (§4: 4, written in bertgen.generation.NUM_BEAMS)
     length_penalty: float = setting(lo=0.0)  # the task table's (§4: α = 0.6, bertgen.generation.LENGTH_PENALTY)
-    max_new_tokens: int = setting(lo=1)  # the task table's max_target_length
+    max_new_tokens: int = setting(lo=1, hi=MAX_MODEL_SIZE)  # the task table's max_target_length
     length_penalty_style: str = setting(LENGTH_PENALTY_STYLE, choices=LENGTH_PENALTY_STYLES,
                                         what="length penalty style")
     # Sources per beam-search batch (null: the training micro-batch).
-    batch_size: int | None = setting(None, lo=1, omit_default=True)
+    batch_size: int | None = setting(None, lo=1, hi=MAX_BATCH, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -280,7 +298,7 @@ class CellConfig:
 
     task: str = setting(choices=tuple(TASKS), what="task", grid=False)  # a row of experiments.tasks.TASKS
     scheme: str = setting(choices=tuple(SCHEMES), what="scheme", grid=False)  # a row of bertgen.schemes.SCHEMES
-    seed: int = setting(lo=0, grid=False)
+    seed: int = setting(lo=0, hi=MAX_SEED, grid=False)
     train: TrainConfig = setting()
     decode: DecodeConfig = setting()
     checkpoints: Checkpoints = setting(Checkpoints())
@@ -335,7 +353,7 @@ def _check(item: dataclasses.Field, annotation: Any) -> v.Check:
     if base is bool:
         return v.boolean(nullable)
     if base is int:
-        return v.integer(meta["lo"], nullable)
+        return v.integer(meta["lo"], nullable, meta["hi"])
     if base is float:
         return v.number(meta["lo"], meta["hi"], meta["lo_open"], nullable)
     if base is str:
@@ -367,7 +385,7 @@ def _default(item: dataclasses.Field) -> Any:
 
 def from_dict(cls: type, value: Any, path: str = "") -> Any:
     if not isinstance(value, dict):
-        raise v.Invalid(path, f"expected a mapping, got {v.type_name(value)} {value!r}")
+        raise v.Invalid(path, f"expected a mapping, got {v.type_name(value)} {v.short_repr(value)}")
     items = {item.name: item for item in dataclasses.fields(cls)}
     for key in value:
         if key not in items:

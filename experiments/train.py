@@ -63,6 +63,7 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
 BEST = "best"
+DEV_PREDICTIONS_FILE = "dev_predictions.jsonl"
 INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
 
@@ -313,11 +314,27 @@ class CellTrainer:
         return measure_input_use(self.model, [b for b in batches if b["input_ids"].size(0) >= 2],
                                  autocast(self.ctx.device, self.bf16))
 
+    def dev_task_metrics(self) -> dict[str, float]:
+        """The task's metrics on the first ``dev_decode_examples`` validation examples, decoded as the test split is
+        (every rank decodes its share; rank 0 scores): ``dev_<metric>``, the dev curve of what the paper reports.
+        The predictions are kept in ``dev_predictions.jsonl`` (the latest evaluation's), to be read during training."""
+        count = min(self.train_settings.dev_decode_examples, len(self.data["validation"][0]))
+        if count == 0:
+            return {}
+        raw, tokenized = (part.select(range(count)) for part in self.data["validation"])
+        decoder = SplitDecoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id, self.decode_settings,
+                               self.eval_batch_size(), self.limits[1], self.ctx, self.bf16, f"dev {self.cell_id}")
+        metrics, _ = decoder.evaluate(self.task.metrics, raw, tokenized, self.out_dir / DEV_PREDICTIONS_FILE)
+        self.model.train()
+        return {f"dev_{name}": value for name, value in metrics.items()}
+
     def evaluate_and_keep_best(self) -> None:
         loss = self.dev_loss()
+        task_metrics = self.dev_task_metrics()
         if self.ctx.is_main:
             self.last_input_use = self.input_use() if len(self.data["validation"][1]) >= 2 else None
             extra = self.last_input_use.metrics() if self.last_input_use is not None else {}
+            extra.update(task_metrics)
             self.logger.log_metrics({"dev_loss": loss, **extra}, step=self.step)
             log.info("cell %s step %d dev_loss %.4f%s", self.cell_id, self.step, loss,
                      "".join(f" {k} {v:.3f}" for k, v in extra.items()))

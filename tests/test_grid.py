@@ -205,7 +205,7 @@ def test_cell_id_is_pinned_for_a_fixed_config():
     assert compute_cell_id(moved) == compute_cell_id(cell)
     assert "output_root" not in identity_view(cell) and "num_workers" not in identity_view(cell)["train"]
     assert set(COSMETIC_KEYS) == {"cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every",
-                                  "train.log_every"}
+                                  "train.log_every", "train.dev_decode_examples"}
     for change in ({"seed": 2}, {"data_fraction": 0.1}, {"init_layers": {"first_k": 2}},
                    {"train": {**cell["train"], "lr": 0.01}}, {"checkpoints": {**cell["checkpoints"], "bert": "b"}}):
         assert compute_cell_id({**cell, **change}) != compute_cell_id(cell), change

@@ -251,6 +251,13 @@ def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_pat
     assert straight == pytest.approx(recomputed) and set(straight) == {"exact", "sari"}
     summary = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert summary["test"] == straight and summary["steps"] == 8 and summary["best_step"] in (4, 8)
+    # the task metric's dev curve at each evaluation, from the latest dev predictions (kept to be read)
+    dev = [(step, m) for step, m in straight_logger.metrics if "dev_sari" in m]
+    assert [step for step, _ in dev] == sorted({step for step, m in straight_logger.metrics if "dev_loss" in m})
+    assert all(0.0 <= m["dev_sari"] <= 100.0 and "dev_exact" in m for _, m in dev)
+    dev_rows = (tmp_path / "straight" / "dev_predictions.jsonl").read_text().splitlines()
+    assert len(dev_rows) == min(cell["train"].get("dev_decode_examples", 64), len(Path(
+        assets["tasks"]["fusion"]["validation"]).read_text().splitlines()))
     losses = [m["loss"] for _, m in straight_logger.metrics if "loss" in m]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert {p.name for p in straight_logger.artifacts} == {"predictions.jsonl", "metrics.json"}
