@@ -87,12 +87,46 @@ DEFAULT_LOCAL = {"parallelism": 1, "timeout_min": 10080}
 # Slurm values end up in #SBATCH lines; anything that could start a new line or a shell construct is refused.
 _SLURM_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/\[\]|&!*-]+")
 _NAME_SAFE = re.compile(r"[A-Za-z0-9_.-]+")
+_ORIGIN = "_origin"  # internal cell key while expanding: (file, entry) that made the cell
+
+
+MAX_TIMEOUT_MIN = 366 * 24 * 60  # a year
+MAX_SEED = config.MAX_SEED
+MAX_CELLS = 100_000  # cells of one grid (the paper's is ~400); a sweep's product beyond this is a mistake
 
 
 def _slurm_text(nullable: bool = True) -> v.Check:
-    return v.text(nullable=nullable, pattern=_SLURM_SAFE,
+    return v.text(nullable=nullable, pattern=_SLURM_SAFE, max_len=256,
                   what="plain text for an #SBATCH line (letters, digits and _.,:+=@%/[]|&!*-; no spaces, newlines, "
                        "quotes, ;, $, backticks or backslashes)")
+
+
+def output_root_check(value: Any, path: str) -> str:
+    """A directory path without control characters (it is written into #SBATCH lines) that is, or can become, a
+    directory: an existing file (or /dev/null) is refused here, before anything tries to create folders in it."""
+    value = v.path_text(what="a directory path")(value, path)
+    if not config.check_paths.get():
+        return value
+    try:
+        where = Path(value).expanduser().resolve()
+    except (RuntimeError, OSError, ValueError) as err:  # ~nosuchuser, a symlink loop
+        raise v.Invalid(path, f"expected a directory path, got {v.short_repr(value)} ({err})") from None
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe.is_file() else "is not a directory"
+        raise v.Invalid(path, f"expected a directory, {v.short_repr(str(probe), 200)} {what}")
+    return value
+
+
+def _count_cells(path: str, *axes: int) -> None:
+    total = 1
+    for n in axes:
+        total *= max(n, 1)
+        if total > MAX_CELLS:
+            raise v.Invalid(path, f"expected at most {MAX_CELLS} cells from one matrix or include entry, this one "
+                                  f"makes {total} or more")
 
 
 def cell_schema() -> dict[str, Any]:
@@ -140,19 +174,20 @@ class Grid:
 def _top_schema(cell: dict) -> dict[str, Any]:
     any_value: v.Check = lambda value, path: value  # noqa: E731 - checked by the expansion code
     return {
-        "name": v.text(pattern=_NAME_SAFE, what="a name of letters, digits, _ . -"),
-        "description": v.text(),
+        "name": v.text(pattern=_NAME_SAFE, what="a name of letters, digits, _ . -", max_len=100),
+        "description": v.text(max_len=20_000),
         "include_grids": any_value,
-        "output_root": v.text(what="a directory path"),
-        "mlflow": {"tracking_uri": v.text(nullable=True, what="a tracking URI"),
-                   "experiment": v.text(what="an experiment name")},
+        "output_root": output_root_check,
+        "mlflow": {"tracking_uri": v.path_text(nullable=True, what="a tracking URI"),
+                   "experiment": v.text(what="an experiment name", max_len=250)},
         "executor": {
             "default": v.choice(EXECUTORS, nullable=True, what="executor"),
-            "slurm": {"partition": _slurm_text(), "gpus_per_node": v.integer(0), "cpus_per_task": v.integer(1),
-                      "mem_gb": v.number(0.0, lo_open=True), "timeout_min": v.integer(1), "array_parallelism": v.integer(1),
+            "slurm": {"partition": _slurm_text(), "gpus_per_node": v.integer(0, hi=64),
+                      "cpus_per_task": v.integer(1, hi=4096), "mem_gb": v.number(0.0, 1e6, lo_open=True),
+                      "timeout_min": v.integer(1, hi=MAX_TIMEOUT_MIN), "array_parallelism": v.integer(1, hi=100_000),
                       "account": _slurm_text(), "qos": _slurm_text(), "constraint": _slurm_text(),
-                      "nodes": v.integer(1), "tasks_per_node": v.integer(1)},
-            "local": {"parallelism": v.integer(1), "timeout_min": v.integer(1)},
+                      "nodes": v.integer(1, hi=100_000), "tasks_per_node": v.integer(1, hi=4096)},
+            "local": {"parallelism": v.integer(1, hi=4096), "timeout_min": v.integer(1, hi=MAX_TIMEOUT_MIN)},
         },
         "checkpoints": cell["checkpoints"],
         "smoke_assets": v.boolean(),
@@ -178,7 +213,7 @@ class _FileExpander:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise v.Invalid(path, f"expected 'all' or a non-empty list of {what} names, got {value!r}")
+            raise v.Invalid(path, f"expected 'all' or a non-empty list of {what} names, got {v.short_repr(value)}")
         for i, name in enumerate(value):
             if name not in table:
                 raise v.unknown(v.join(path, i), name, table, what)
@@ -188,19 +223,21 @@ class _FileExpander:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise v.Invalid(path, f"expected a non-empty list of integer seeds, got {value!r}")
+            raise v.Invalid(path, f"expected a non-empty list of integer seeds, got {v.short_repr(value)}")
         for i, seed in enumerate(value):
-            v.integer(0)(seed, v.join(path, i))
+            v.integer(0, hi=MAX_SEED)(seed, v.join(path, i))
         if len(set(value)) != len(value):
-            raise v.Invalid(path, f"expected distinct seeds, got {value}")
+            raise v.Invalid(path, f"expected distinct seeds, got {v.short_repr(value)}")
         return list(value)
 
     def _match(self, value: Any, path: str) -> dict:
         if not isinstance(value, dict) or not value:
-            raise v.Invalid(path, f"expected a non-empty mapping of cell field -> value(s), got {value!r}")
+            raise v.Invalid(path, f"expected a non-empty mapping of cell field -> value(s), got {v.short_repr(value)}")
         tables = {"task": TASKS, "scheme": SCHEMES}
         for key, wanted in value.items():
             where = v.join(path, key)
+            if not isinstance(key, str):
+                raise v.unknown(where, key, ["task", "scheme", "seed", *_dotted_fields(self.schema)], "cell field")
             if key in tables:
                 for name in (wanted if isinstance(wanted, list) else [wanted]):
                     if not (isinstance(name, str) and (_GLOB_CHARS & set(name) or name in tables[key])):
@@ -255,6 +292,8 @@ class _FileExpander:
             tasks = self._names(doc["tasks"], "tasks", tasks_table, "task")
             schemes = self._names(doc["schemes"], "schemes", schemes_table, "scheme")
             axes = self._sweep(doc.get("sweep"), "sweep")
+            _count_cells("sweep" if axes else "tasks", len(tasks), len(schemes), len(seeds),
+                         *[len(values) for _, values in axes])
             for task, scheme, seed in itertools.product(tasks, schemes, seeds):
                 for patch in self._combos(axes):
                     variants.append((task, scheme, seed, patch, "tasks"))
@@ -273,6 +312,7 @@ class _FileExpander:
             _merge(self.schema, cell, base_patch)
             _merge(self.schema, cell, file_defaults)
             _merge(self.schema, cell, patch)
+            cell[_ORIGIN] = (where, origin)  # which entry made it: two entries of one file must not make one cell
             own.append(cell)
         cells.extend(own)
         for match, setting in overrides:
@@ -297,8 +337,10 @@ class _FileExpander:
             raise v.Invalid("include_grids", f"expected a list of grid files, got {v.type_name(value)}")
         out = []
         for i, name in enumerate(value):
-            if not isinstance(name, str) or not (path.parent / name).is_file():
-                raise v.Invalid(v.join("include_grids", i), f"expected a grid file next to {path.name}, got {name!r}")
+            if (not isinstance(name, str) or "\0" in name or len(name) > v.MAX_TEXT
+                    or not (path.parent / name).is_file()):
+                raise v.Invalid(v.join("include_grids", i), f"expected a grid file next to {path.name}, got "
+                                                            f"{v.short_repr(name)}")
             out.append((path.parent / name).resolve())
         return out
 
@@ -306,13 +348,13 @@ class _FileExpander:
         if value is None:
             return []
         if not isinstance(value, dict) or not value:
-            raise v.Invalid(path, f"expected a mapping of cell field -> list of values, got {value!r}")
+            raise v.Invalid(path, f"expected a mapping of cell field -> list of values, got {v.short_repr(value)}")
         axes = []
         for dotted, values in value.items():
             where = v.join(path, dotted)
             validator = _lookup(self.schema, str(dotted), where)
             if not isinstance(values, list) or not values:
-                raise v.Invalid(where, f"expected a non-empty list of values, got {values!r}")
+                raise v.Invalid(where, f"expected a non-empty list of values, got {v.short_repr(values)}")
             axes.append((str(dotted), [v.section(validator, item, v.join(where, i)) for i, item in enumerate(values)]))
         return axes
 
@@ -321,7 +363,8 @@ class _FileExpander:
         for i, entry in enumerate(self._list({"overrides": value}, "overrides")):
             where = v.join("overrides", i)
             if not isinstance(entry, dict) or set(entry) != {"match", "set"}:
-                raise v.Invalid(where, f"expected a mapping with exactly 'match' and 'set', got {entry!r}")
+                raise v.Invalid(where, f"expected a mapping with exactly 'match' and 'set', got "
+                                       f"{v.short_repr(entry)}")
             out.append((self._match(entry["match"], v.join(where, "match")),
                         v.section(self.schema, entry["set"], v.join(where, "set"))))
         return out
@@ -330,11 +373,12 @@ class _FileExpander:
         """An extra block of cells: task(s) x scheme(s) x seeds (default: the grid's) x its own sweep, with fields."""
         if not isinstance(entry, dict) or "task" not in entry or "scheme" not in entry:
             raise v.Invalid(where, f"expected a mapping with task, scheme and optional seeds, sweep and cell fields, "
-                                  f"got {entry!r}")
+                                  f"got {v.short_repr(entry)}")
         tasks = self._names(entry["task"], v.join(where, "task"), tasks_table, "task")
         schemes = self._names(entry["scheme"], v.join(where, "scheme"), schemes_table, "scheme")
         own_seeds = self._seeds(entry["seeds"], v.join(where, "seeds")) if "seeds" in entry else seeds
         axes = self._sweep(entry.get("sweep"), v.join(where, "sweep"))
+        _count_cells(where, len(tasks), len(schemes), len(own_seeds), *[len(values) for _, values in axes])
         rest = {k: value for k, value in entry.items() if k not in ("task", "scheme", "seeds", "sweep")}
         patch = v.section(self.schema, rest, where)
         return [(task, scheme, seed, _merge(self.schema, copy.deepcopy(patch), combo), where)
@@ -353,7 +397,8 @@ class _FileExpander:
 
     def _apply_smoke_data(self, cell: dict, task: str, origin: str) -> None:
         if task not in SMOKE_TASKS:
-            raise v.Invalid(origin, f"smoke_assets provides data for {sorted(SMOKE_TASKS)} only, not {task!r}")
+            raise v.Invalid(origin, f"smoke_assets provides data for {sorted(SMOKE_TASKS)} only, not "
+                                    f"{v.short_repr(task)}")
         files = smoke_asset_paths(self.output_root / SMOKE_DIR)["tasks"][SMOKE_TASKS[task]]
         columns = {"input": "source", "target": "target", "id": "id"}
         cell["data"] = {split: {"path": files[split], "columns": dict(columns)} for split in SPLITS}
@@ -397,10 +442,13 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
 
     name = doc.get("name", path.stem)
     if "name" not in doc and not _NAME_SAFE.fullmatch(name):
-        raise GridError(where, "name", f"expected a name of letters, digits, _ . - (the file name {path.stem!r} is "
+        raise GridError(where, "name", f"expected a name of letters, digits, _ . - (the file name "
+                                       f"{v.short_repr(path.stem)} is "
                                        f"not one; set name: in the grid)")
-    output_root_value = doc.get("output_root", "outputs")
-    output_root = Path(output_root_value).expanduser().resolve() if isinstance(output_root_value, str) else Path()
+    try:  # checked first: the cells' paths are made from it
+        output_root = Path(output_root_check(doc.get("output_root", "outputs"), "output_root")).expanduser().resolve()
+    except v.Invalid as err:
+        raise fail(GridError(where, err.path, err.message)) from None
     expander = _FileExpander(schema, output_root, str(name))
     try:
         cells, top = expander.expand(path.resolve(), doc, (), where)
@@ -429,7 +477,9 @@ def _finish(cells: list[dict], where: str) -> list[dict]:
     each whole cell against experiments.config.CellConfig, give ids, dedupe. The cells stay in their JSON form (what
     a job receives)."""
     out: dict[str, dict] = {}
+    origins: dict[str, tuple[str, str] | None] = {}
     for cell in cells:
+        origin = cell.pop(_ORIGIN, None)
         scheme = SCHEMES[cell["scheme"]]
         if scheme.encoder is None or scheme.decoder not in FAMILIES:
             # No warm decoder with cross-attention (random decoder, decoder-only gpt): the init has nothing to copy,
@@ -457,5 +507,12 @@ def _finish(cells: list[dict], where: str) -> list[dict]:
             config.check_paths.reset(token)
         cell = config.to_dict(typed)
         cell["cell_id"] = compute_cell_id(typed)
+        first = origins.get(cell["cell_id"])
+        if cell["cell_id"] in out and origin and first and origin != first and origin[0] == first[0]:
+            # the same cell from two entries of one file (a copied include line, a matrix cell listed again): a
+            # mistake the dedupe below would hide. Across included grids, sharing a cell is normal (paper.yaml).
+            raise GridError(origin[0], origin[1], f"expected distinct cells, {label} (id {cell['cell_id']}) is "
+                                                  f"already made by {first[1]}")
+        origins.setdefault(cell["cell_id"], origin)
         out.setdefault(cell["cell_id"], cell)
     return list(out.values())

@@ -17,12 +17,109 @@ from . import validate as v
 _GLOB_CHARS = set("*?[")
 
 
+# What a grid file may hold (grids/paper.yaml, the largest shipped one, is a few KB and ~100 values): bounds far above
+# any real grid that stop a hostile one before it costs memory or time (a 1.4 KB "billion laughs" of nested aliases
+# expands to 10**9 values; 200k nested brackets overflow the composer's recursion).
+MAX_GRID_BYTES = 1 << 20  # a grid file, and each --set value
+MAX_DEPTH = 50  # nesting levels of mappings and lists
+MAX_NODES = 200_000  # values after alias expansion (the 13-file paper grid has under 2,000)
+MAX_MESSAGE = 1000  # characters of one error line (values in it are already cut by validate.short_repr)
+
+
 class GridError(ValueError):
     """A grid that cannot run; ``str()`` is one line: ``<file>: <key path>: <expected>``."""
 
     def __init__(self, where: str, path: str, message: str):
         self.where, self.path, self.message = where, path, message
-        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        line = " ".join((f"{where}: {path}: {message}" if path else f"{where}: {message}").split())
+        super().__init__(line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "...")
+
+
+class YamlLimit(yaml.YAMLError):
+    """A grid document over one of the bounds above, or with a duplicate key (``problem`` says which)."""
+
+    def __init__(self, problem: str, mark: Any = None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build Python objects) that also refuses what safe_load accepts silently or
+    pays for without bound: a key twice in one mapping (safe_load keeps the last, so a typo'd override vanishes),
+    nesting deeper than MAX_DEPTH, more than MAX_NODES values once aliases are expanded, and recursive aliases.
+    Sizes are counted while composing (an alias adds the size of what it names, computed once), so the check costs
+    the size of the text, not of the expansion."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:
+                raise YamlLimit("expected no recursive alias (an alias inside the value it names)", mark)
+            return node
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlLimit(f"expected at most {MAX_DEPTH} levels of nesting", mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        sizes = [self._sizes[id(c)] for c in children]
+        count = 1 + sum(s[0] for s in sizes)
+        depth = 1 + max((s[1] for s in sizes), default=0)
+        if count > MAX_NODES:
+            raise YamlLimit(f"expected at most {MAX_NODES} values once aliases are expanded, this one holds "
+                            f"{count} or more", mark)
+        if depth > MAX_DEPTH:
+            raise YamlLimit(f"expected at most {MAX_DEPTH} levels of nesting once aliases are expanded", mark)
+        self._sizes[id(node)] = (count, depth)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults`: merged keys may be overridden, as YAML means
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise YamlLimit(f"expected each key once in a mapping, {_short(key)} is given twice "
+                                        f"(line {seen[key].line + 1} and here)", key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: safe_load's own error follows
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short(value: Any) -> str:
+    return v.short_repr(value, 60)
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_text(text: str) -> Any:
+    """The document in ``text`` read with :class:`BoundedLoader`; raises yaml.YAMLError (YamlLimit for a bound)."""
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _lookup(schema: dict, dotted: str, path: str) -> Any:
@@ -104,32 +201,65 @@ def _display(path: Path) -> Path:
 
 
 def read_yaml(path: Path) -> Any:
+    """A grid file's document: at most MAX_GRID_BYTES of strict UTF-8, read with :class:`BoundedLoader`. Every
+    problem is a one-line :class:`GridError` naming the file and the line."""
     where = str(_display(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise GridError(where, "", f"cannot read the grid file ({err.strerror})") from None
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_GRID_BYTES + 1)
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise GridError(where, "", f"cannot read the grid file ({getattr(err, 'strerror', None) or err}); "
+                                   "expected a readable YAML file") from None
+    if len(data) > MAX_GRID_BYTES:
+        raise GridError(where, "", f"the grid file is larger than {MAX_GRID_BYTES} bytes; expected a YAML grid "
+                                   "(the shipped ones are a few KB)")
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise GridError(where, f"line {line}", f"not valid UTF-8 (byte {err.start}); expected a UTF-8 text file")\
+            from None
+    return parse_yaml(text, where)
+
+
+def parse_yaml(text: str, where: str, path: str = "") -> Any:
+    """``text`` as a bounded YAML document; :class:`GridError` (``where``, ``path`` or the line) when it is not."""
+    try:
+        return load_text(text)
+    except YamlLimit as err:
+        mark = err.problem_mark
+        raise GridError(where, path or (f"line {mark.line + 1}" if mark is not None else ""), err.problem) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 1}" if mark is not None else "(yaml)"
+        line = path or (f"line {mark.line + 1}" if mark is not None else "(yaml)")
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise GridError(where, line, f"expected valid YAML ({problem})") from None
+        raise GridError(where, line, f"expected valid YAML ({_cut(problem)})") from None
+    except (ValueError, RecursionError, MemoryError) as err:  # e.g. an integer of more than 4300 digits
+        raise GridError(where, path or "(yaml)", f"expected valid YAML values ({type(err).__name__}: "
+                                                 f"{_cut(str(err))})") from None
 
 
 def parse_sets(sets: Iterable[str]) -> list[tuple[str, Any]]:
-    """``key=value`` pairs; the value is read as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``)."""
+    """``key=value`` pairs; the value is read as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``), with the
+    grid file's bounds."""
     parsed = []
     for item in sets:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise GridError("--set", item, "expected key=value with a dotted key, e.g. train.steps=100")
+        if (not sep or not key or any(not part for part in key.split(".")) or len(key) > 200
+                or not key.isprintable()):
+            raise GridError("--set", v.short_repr(item, 60), "expected key=value with a dotted key, e.g. "
+                                                               "train.steps=100")
+        if len(raw) > MAX_GRID_BYTES:
+            raise GridError("--set", key, f"expected a value of at most {MAX_GRID_BYTES} characters")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_text(raw) if raw.strip() else ""
+        except YamlLimit as err:
+            raise GridError("--set", key, err.problem) from None
+        except (yaml.YAMLError, ValueError):
             value = raw
+        except (RecursionError, MemoryError) as err:
+            raise GridError("--set", key, f"expected a YAML value ({type(err).__name__})") from None
         parsed.append((key, value))
     return parsed
 
