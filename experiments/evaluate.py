@@ -176,17 +176,13 @@ def build_config(checkpoint: str, task: str | None, sets: list[str], max_example
     """The evaluation of ``checkpoint``: defaults from the trained cell (its task, data, caps and decoding) or, for
     an HF-layout model, the paper's decoding for ``task`` on the task's hub data; then ``--set`` overrides."""
     if is_cell_dir(checkpoint):
-        cell = read_cell(Path(checkpoint).expanduser())
+        directory = Path(checkpoint).expanduser()
+        cell = read_cell(directory)
         if task is not None and task != cell.task:
             raise EvaluationError(f"--task {task}: {checkpoint} was trained on {cell.task}; a trained cell is "
                                   f"evaluated on its own task (pass --set data.test=FILE for other test data)")
-        doc = {"checkpoint": str(Path(checkpoint).expanduser().resolve()), "task": cell.task,
-               "decode": to_dict(cell.decode), "data": {"test": to_dict(cell.data).get("test")},
-               "max_examples": {"test": cell.max_examples.test},
-               "select": select or ("best" if cell.train.select == "best_dev" else "last")}
-        for split in get_task(cell.task).extra_test_splits:
-            if getattr(cell.data, split, None) is not None:
-                doc["data"][split] = getattr(cell.data, split)
+        doc = cell_evaluation_doc(cell, directory)
+        doc["select"] = select or doc["select"]
     else:
         if select is not None:
             raise EvaluationError(f"--select {select}: only a trained cell's directory has last/best checkpoints; "
@@ -477,16 +473,21 @@ def label_of(config: EvaluationConfig) -> str:
     return f"eval/{config.task}/{name}/beam{config.decode.num_beams}"
 
 
+def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:
+    """A trained cell's evaluation as it was tested: its decoding, its test sets and cap, the checkpoint its
+    ``train.select`` names."""
+    data = {split: spec for split, spec in cell.data.splits.items()
+            if split not in ("train", "validation") and spec is not None}
+    return {"checkpoint": str(Path(directory).resolve()), "task": cell.task, "decode": to_dict(cell.decode),
+            "data": data, "max_examples": {"test": cell.max_examples.test},
+            "select": "best" if cell.train.select == "best_dev" else "last"}
+
+
 def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
     """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
     launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
     typed = CellConfig.from_dict(cell, "cell")
-    data = {split: spec for split, spec in typed.data.splits.items()
-            if split not in ("train", "validation") and spec is not None}
-    return config_from_dict({
-        "checkpoint": str(Path(directory).resolve()), "task": typed.task, "decode": to_dict(typed.decode),
-        "data": data, "max_examples": {"test": typed.max_examples.test},
-        "select": "best" if typed.train.select == "best_dev" else "last"}, f"cell {typed.cell_id}")
+    return config_from_dict(cell_evaluation_doc(typed, directory), f"cell {typed.cell_id}")
 
 
 @dataclass
