@@ -21,7 +21,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import io
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from typing import Any
 
 import submitit
 
+from . import compute_plan, slurm_resources
 from .cell import CellJob, cell_dir, cell_label, decoding_view
 from .config import DECODING_SECTIONS
 from .evaluate import EvaluationError, EvaluationJob, EvaluationTracker, cell_evaluation, default_output_dir, \
@@ -394,8 +397,14 @@ def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: s
 
 
 def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: str, uri: str, grid: Grid) -> int:
-    with executor.batch():
-        submitted = [executor.submit(job) for _, job in jobs]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as said, executor.batch():  # submitit echoes sbatch's stderr
+            submitted = [executor.submit(job) for _, job in jobs]
+    except Exception as err:  # noqa: BLE001 - sbatch refused (FailedJobError) or could not run: one line, no runs
+        removed = _withdraw_runs(jobs, tracker, parent, slurm_resources.submission_error(err))
+        print(f"error: sbatch refused the job array: {slurm_resources.submission_error(err) or said.getvalue()}; "
+              f"nothing was submitted ({removed} MLflow runs of this launch removed)", file=sys.stderr)
+        return EXIT_REFUSED
     rows = []
     for (cell, job), sub in zip(jobs, submitted):
         if job.run_id:
@@ -411,6 +420,24 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     print(f"MLflow:  {ui}\nrelaunch the same command to resume interrupted cells (finished ones are skipped)")
     return EXIT_OK
+
+
+def _withdraw_runs(jobs: list[tuple[dict, CellJob]], tracker, parent: str, reason: str) -> int:
+    """After a refused submission: the cell runs this launch created and its own run are deleted (a relaunch starts
+    clean), runs it had reused (resume/retry) are KILLED again, so the next launch resumes them."""
+    removed = 0
+    for _, job in jobs:
+        if not job.run_id:
+            continue
+        run = tracker.get_run(job.run_id)
+        if run.data.tags.get("relaunch_reason"):
+            tracker.client.set_tag(job.run_id, "submission_error", reason[:480])
+            tracker.client.set_terminated(job.run_id, status="KILLED")
+        else:
+            tracker.client.delete_run(job.run_id)
+            removed += 1
+    tracker.client.delete_run(parent)
+    return removed + 1
 
 
 # -- command line ---------------------------------------------------------------------------------------------------
@@ -433,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a grid value (value read as YAML); cell fields (train.steps=10, "
                              "checkpoints.bert=DIR, data.train=FILE) apply to every cell last")
     parser.add_argument("--retry-failed", action="store_true", help="rerun cells whose MLflow run FAILED")
+    parser.add_argument("--gpu", choices=sorted(compute_plan.GPUS), default=compute_plan.DEFAULT_GPU,
+                        help="the GPU --dry-run's compute plan is estimated for (default: %(default)s)")
     return parser
 
 
@@ -456,8 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     executor = pick_executor(args.executor, grid)
+    if executor == "slurm" and not slurm_resources.launch_check(grid, args.dry_run):
+        return EXIT_REFUSED  # the cluster cannot give what executor.slurm asks for (one line printed)
     if args.dry_run:
         print(dry_run_table(cells, executor, grid))
+        print(f"\n{compute_plan.plan_cells(cells, grid, args.gpu).report()}")  # per cell and a total line
         print(f"\n{len(cells)} of {len(grid.cells)} cells; outputs under {grid.output_root}/cells/<task>/<scheme>/<id>")
         return EXIT_OK
     return launch(grid, cells, executor, args.retry_failed, ["python", "-m", "experiments.launch",

@@ -20,8 +20,10 @@ is refused at launch (one line, exit status 2, no MLflow run, no output director
 - paths that reach the job script: the output root may hold no control characters (it is written into ``#SBATCH``
   lines, where a newline would start a shell command), and the grid name must not be only dots (it names folders).
 
-Hub ids and hub datasets are not looked at (no network at launch; the cell reports those), nor are the project's own
-smoke assets when the launcher has yet to build them.
+Hub checkpoints are resolved (:func:`experiments.prefetch.check_hub`): found in the local HF cache, or, online, on
+the hub; with ``HF_HUB_OFFLINE=1`` one that is not cached is refused (``python -m experiments.prefetch GRID`` fetches
+them). Hub datasets are not looked at, nor are the project's own smoke assets when the launcher has yet to build
+them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .config import SPLITS, CellConfig
 from .config import check_paths as config_check_paths
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
+from .prefetch import check_hub
 from .tasks import get_task
 
 FULL_READ_BYTES = 64 * 2**20
@@ -266,7 +269,9 @@ def check_cells(grid: Grid, cells: list[dict]) -> list[str]:
     """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem,
     returns notes on examples that will be truncated."""
     with _quiet_datasets():
-        return Preflight(grid).run(cells)
+        notes = Preflight(grid).run(cells)
+    check_hub(grid, cells)  # hub checkpoints resolve: offline (HF_HUB_OFFLINE=1) against the local cache
+    return notes
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Fetch every hub checkpoint and dataset a grid names, for compute nodes without internet.
+
+    python -m experiments.prefetch GRID [--cache-dir DIR] [--only PATTERN] [--set key=value ...]
+
+Run it where there is network (a login node); it downloads what the selected cells would fetch themselves:
+checkpoints (``huggingface_hub.snapshot_download`` with the files ``bertgen.checkpoint`` reads) and hub data
+(``datasets.load_dataset`` with the cell's exact call, ``experiments.data_sources.hub_request``; Gigaword's archive
+with ``hf_hub_download``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts them under
+``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
+HF_DATASETS_CACHE=DIR/datasets`` (printed). With ``HF_HUB_OFFLINE=1`` set for the jobs, the launch pre-flight
+(:func:`check_hub`) resolves every hub checkpoint against the local cache and refuses in one line, exit status 2,
+before anything is written, when one is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from bertgen.checkpoint import HUB_FILES, is_local_reference
+from bertgen.families import FAMILIES
+
+from .grid import GridError
+
+OFFLINE_VALUES = ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in OFFLINE_VALUES
+
+
+# -- what a grid names ------------------------------------------------------------------------------------------------
+def hub_checkpoints(cells: list[dict]) -> dict[str, list[str]]:
+    """hub id -> the ``checkpoints.<family>`` fields naming it (local directories and pkg: references left out)."""
+    found: dict[str, list[str]] = {}
+    for cell in cells:
+        for family in FAMILIES:
+            ref = cell["checkpoints"].get(family)
+            if ref and not is_local_reference(str(ref)) and not Path(str(ref)).expanduser().is_dir():
+                fields = found.setdefault(str(ref), [])
+                if f"checkpoints.{family}" not in fields:
+                    fields.append(f"checkpoints.{family}")
+    return found
+
+
+def hub_data(cells: list[dict]) -> dict[str, Any]:
+    """key -> ``HubRequest`` of every split the cells read from the hub (their ``data.<split>`` is null)."""
+    from .data_sources import hub_request
+    from .tasks import get_task
+
+    found: dict[str, Any] = {}
+    for cell in cells:
+        task = get_task(cell["task"])
+        if getattr(task, "synthetic", False):
+            continue
+        for split in task.splits:
+            own = split if split in ("train", "validation", "test") else "test"  # extra test sets go with test
+            if cell["data"].get(own) is not None:
+                continue
+            request = hub_request(task, split)
+            found.setdefault(json.dumps([request.loader, request.kwargs], sort_keys=True), request)
+    return found
+
+
+# -- fetching ---------------------------------------------------------------------------------------------------------
+def _size(path: Path) -> int:
+    """Bytes under ``path``, each file once (the hub cache's snapshots link to blobs)."""
+    if not path.exists():
+        return 0
+    seen, total = set(), 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            real = Path(root, name).resolve()
+            if real not in seen and real.is_file():
+                seen.add(real)
+                total += real.stat().st_size
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _roots(cache_dir: Path | None) -> tuple[Path, Path]:
+    from datasets import config as ds_config
+    from huggingface_hub import constants
+
+    if cache_dir is not None:
+        return cache_dir / "hub", cache_dir / "datasets"
+    return Path(constants.HF_HUB_CACHE), Path(ds_config.HF_DATASETS_CACHE)
+
+
+def fetch_checkpoint(repo_id: str, hub_cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, cache_dir=str(hub_cache)))
+
+
+def fetch_data(request: Any, hub_cache: Path, datasets_cache: Path) -> None:
+    if request.loader == "datasets.load_dataset":
+        import datasets
+
+        datasets.load_dataset(**request.kwargs, cache_dir=str(datasets_cache))
+    else:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(**request.kwargs, cache_dir=str(hub_cache))
+
+
+def prefetch(cells: list[dict], cache_dir: Path | None = None, out: Callable[[str], None] = print) -> int:
+    """Fetch what ``cells`` read from the hub; returns the bytes the caches grew by."""
+    hub_cache, datasets_cache = _roots(cache_dir)
+    checkpoints, data = hub_checkpoints(cells), hub_data(cells)
+    if not checkpoints and not data:
+        out("nothing to fetch: every checkpoint and data file of these cells is local")
+        return 0
+    before_all = _size(hub_cache) + _size(datasets_cache)
+    for repo_id, fields in checkpoints.items():
+        before = _size(hub_cache)
+        path = fetch_checkpoint(repo_id, hub_cache)
+        grew = _size(hub_cache) - before
+        out(f"checkpoint {repo_id} ({', '.join(fields)}): {_mb(_size(path))} at {path}"
+            + (f", fetched {_mb(grew)}" if grew else ", already cached"))
+    for request in data.values():
+        before = _size(hub_cache) + _size(datasets_cache)
+        fetch_data(request, hub_cache, datasets_cache)
+        grew = _size(hub_cache) + _size(datasets_cache) - before
+        what = " ".join(f"{k}={v}" for k, v in request.kwargs.items())
+        out(f"data {what}: " + (f"fetched {_mb(grew)}" if grew else "already cached"))
+    total = _size(hub_cache) + _size(datasets_cache) - before_all
+    out(f"fetched {_mb(total)} in all ({len(checkpoints)} checkpoints, {len(data)} data splits) into {hub_cache}"
+        f" and {datasets_cache}")
+    env = f"HF_HUB_CACHE={hub_cache} HF_DATASETS_CACHE={datasets_cache} " if cache_dir is not None else ""
+    out(f"compute nodes without internet: launch with {env}HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 in the environment")
+    return total
+
+
+# -- the launch pre-flight ----------------------------------------------------------------------------------------------
+def resolve_hub_id(repo_id: str) -> str | None:
+    """None when ``repo_id`` is usable by a cell, else why not: in the local cache (offline: only there), or, online,
+    on the hub. A hub that does not answer is not a refusal online (the cell fetches it; a note is returned)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)
+        return None
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or an invalid id: see below
+        pass
+    from huggingface_hub import constants
+
+    if offline():
+        return (f"hub id {repo_id!r} is not in the local HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1; "
+                f"expected it prefetched (python -m experiments.prefetch GRID on a machine with internet) or a "
+                "checkpoint directory")
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return f"hub id {repo_id!r} is gated: log in (hf auth login) and accept its terms, or pass a directory"
+    except (RepositoryNotFoundError, HFValidationError):
+        return f"hub id {repo_id!r} does not exist on the hub; expected a hub model id or a checkpoint directory"
+    except Exception:  # noqa: BLE001 - no network here: the cell fetches it (or fails there, naming it)
+        return None
+    return None
+
+
+def check_hub(grid: Any, cells: list[dict]) -> None:
+    """Every hub checkpoint of ``cells`` resolves (module docstring); :class:`GridError` (one line) on the first
+    that does not."""
+    from .preflight import _where
+
+    for repo_id, fields in hub_checkpoints(cells).items():
+        problem = resolve_hub_id(repo_id)
+        if problem is not None:
+            users = [c for c in cells if repo_id in c["checkpoints"].values()]
+            raise GridError(_where(grid), fields[0], problem + (f" (cells: {len(users)}, e.g. {users[0]['task']}/"
+                                                                f"{users[0]['scheme']})" if users else ""))
+
+
+# -- command line -----------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.prefetch",
+                                     description="Download every hub checkpoint and dataset a grid names.")
+    parser.add_argument("grid", type=Path)
+    parser.add_argument("--cache-dir", type=Path, help="fetch into DIR/hub and DIR/datasets (default: the HF caches)")
+    parser.add_argument("--only", metavar="PATTERN", help="only these cells (as experiments.launch --only)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets")
+    args = parser.parse_args(argv)
+    from .grid import load_grid
+    from .launch import select
+
+    try:
+        grid = load_grid(args.grid, args.sets)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cells = select(grid.cells, args.only)
+    if offline():
+        print("error: HF_HUB_OFFLINE is set: prefetch needs the hub (unset it here)", file=sys.stderr)
+        return 2
+    try:
+        prefetch(cells, args.cache_dir.resolve() if args.cache_dir else None)
+    except Exception as err:  # noqa: BLE001 - a failed download: one line naming it
+        print(f"error: {type(err).__name__}: {' '.join(str(err).split())[:400]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
