@@ -41,6 +41,7 @@ from .cell import CellJob, cell_dir, cell_label, decoding_view
 from .config import DECODING_SECTIONS
 from .evaluate import EvaluationError, EvaluationJob, EvaluationTracker, cell_evaluation, default_output_dir, \
     evaluation_id
+from . import launch_guard
 from .grid import Grid, GridError, load_grid, smoke_asset_paths
 from .preflight import check_cells
 from .pretrain_tiny import ensure_smoke_assets
@@ -289,6 +290,12 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     except TrackingUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    try:  # every check before the first byte is written: the folders it writes, the files it will upload
+        launch_guard.check_writable(grid)
+        launch_guard.check_pending(grid, cells)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
     grid.output_root.mkdir(parents=True, exist_ok=True)
     if grid.smoke_root is not None:
         prepare_smoke_assets(grid)
@@ -307,40 +314,43 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     parent = tracker.start_parent(f"launch {grid.name} {stamp}", {
         "grid": grid.name, "git_commit": commit, "host": host, "executor": executor_kind,
         "command": " ".join(argv)[:5000], "cells": str(len(cells)), "submitted": str(len(plan.submitted()))})
-    manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2) + "\n")
-    tracker.client.log_artifact(parent, str(manifest))
-    if grid.path.is_file():
-        tracker.client.log_artifact(parent, str(grid.path))
-
-    jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
-    evaluations = None
-    for cell in cells:
-        cid = cell["cell_id"]
-        action = plan.action[cid]
-        if action == "redecode":
-            evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
-            job, done = redecoding_job(cell, evaluations, uri, grid, executor_kind)
-            if job is None:
-                plan.action[cid] = "redecoded"
-                plan.runs[cid] = done  # its scores are the ones the results table shows
-            else:
-                jobs.append((cell, job))
-            continue
-        if action == "new":
-            run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
-                                                                                "launch_host": host})
-        elif action in ("resume", "retry"):
-            run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": commit})
-        else:
-            continue
-        jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
-                                   num_threads=cpu_threads(executor_kind, grid))))
-
-    folder = grid.output_root / "submitit" / grid.name
+    started: list[str] = []  # cell runs this launch created or reused: none may stay RUNNING if it dies
     outcomes: dict[str, Outcome] = {}
     try:
+        manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2)
+                            + "\n")
+        tracker.client.log_artifact(parent, str(manifest))
+        if grid.path.is_file():
+            tracker.client.log_artifact(parent, str(grid.path))
+
+        jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
+        evaluations = None
+        for cell in cells:
+            cid = cell["cell_id"]
+            action = plan.action[cid]
+            if action == "redecode":
+                evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
+                job, done = redecoding_job(cell, evaluations, uri, grid, executor_kind)
+                if job is None:
+                    plan.action[cid] = "redecoded"
+                    plan.runs[cid] = done  # its scores are the ones the results table shows
+                else:
+                    jobs.append((cell, job))
+                continue
+            if action == "new":
+                run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
+                                                                                    "launch_host": host})
+            elif action in ("resume", "retry"):
+                run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": commit})
+            else:
+                continue
+            started.append(run_id)
+            jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
+                                       num_threads=cpu_threads(executor_kind, grid))))
+
+        folder = grid.output_root / "submitit" / grid.name
         if jobs:
             executor = make_executor(executor_kind, grid, folder / ("%j" if executor_kind == "slurm" else ""))
             if executor_kind == "slurm":
@@ -349,10 +359,17 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
                 outcomes = run_local(executor, jobs, grid.executor["local"]["parallelism"], tracker)
             else:
                 outcomes = run_debug(executor, jobs)
-    except KeyboardInterrupt:
-        tracker.finish_parent(parent, "KILLED", {"interrupted": "KeyboardInterrupt"})
-        print("interrupted; relaunch the same command to resume", file=sys.stderr)
-        return 130
+    except BaseException as err:  # noqa: BLE001 - Ctrl-C (a second one too), a full disk, a server gone
+        _abandon(tracker, parent, started, err, uri, grid.output_root)
+        if isinstance(err, KeyboardInterrupt):
+            print("interrupted; every run of this launch is marked KILLED; relaunch the same command to resume",
+                  file=sys.stderr)
+            return 130
+        if isinstance(err, OSError):
+            print(f"error: {grid.output_root}: {type(err).__name__}: {' '.join(str(err).split())[:200]}; runs of "
+                  "this launch marked FAILED", file=sys.stderr)
+            return EXIT_REFUSED
+        raise
     failed = [c for c in cells if (outcomes[c["cell_id"]].status if c["cell_id"] in outcomes
                                    else plan.action[c["cell_id"]]) in ("FAILED", "failed")]
     close_parent(tracker, parent, "FAILED" if failed else "FINISHED", {"failed_cells": str(len(failed))}, uri,
@@ -361,6 +378,36 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     print(results_table(cells, plan, outcomes))
     print(f"\nMLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"\nMLflow: {uri}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: str, output_root: Path) -> None:
+    """End every run this launch started that is still RUNNING/SCHEDULED, and its own run: KILLED after an
+    interrupt, FAILED after an error. Idempotent (a run a cell already closed is left as it is) and deaf to further
+    Ctrl-C while it works; what the tracking server does not take is parked in ``<output_root>/launches``."""
+    import signal
+    import threading
+
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    reason = f"launch ended by {type(err).__name__}: {' '.join(str(err).split())[:200]}".rstrip(": ")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for run_id in [*started, parent]:
+            try:
+                run = tracker.get_run(run_id)
+                if run.info.status not in ("RUNNING", "SCHEDULED"):
+                    continue
+                tracker.client.set_tag(run_id, "failure_reason" if status == "FAILED" else "interrupted", reason)
+                tracker.client.set_terminated(run_id, status=status)
+            except Exception:  # noqa: BLE001 - the server is gone too: park the closing for experiments.sync
+                try:
+                    append_pending(output_root / "launches", uri, run_id,
+                                   [{"op": "status", "status": status, "end_time": now_ms()}])
+                except OSError:
+                    pass
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: Grid,
@@ -465,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@launch_guard.one_line_failures  # whatever nothing below foresaw: one line, exit status 2, never a traceback
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -478,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_REFUSED
     try:  # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
+        launch_guard.check_json_files(grid, cells)
         notes = check_cells(grid, cells)
+        launch_guard.check_decoding(grid, cells)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED

@@ -6,7 +6,11 @@ DIR is a cell directory or any folder above (e.g. ``outputs``); every ``pending_
 Each line is one operation (metrics, tags, artifact, status) with the run id and tracking URI it was meant for
 (``--tracking-uri`` sends them elsewhere, e.g. after the server moved). Operations are applied in file order, in
 chunks; after each chunk the file is rewritten with only what is left, so an interrupted sync resumes where it
-stopped and never uploads a chunk twice. A file that is fully sent is removed. Exit status 1 when anything is left.
+stopped and never uploads a chunk twice. A file that is fully sent is removed. A record that cannot be sent (not
+JSON, a mapping as run_id, a metric that is not a number ...) is reported in one line and set aside in
+``pending_metrics.jsonl.rejected``; the good ones go through. An artifact outside the cell directory means the file
+was not written by its cell: that file is refused whole and left as it is. Exit status: 0 all sent, 1 something is
+left for later (the server is down), 2 something was set aside or refused.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,26 +33,124 @@ def pending_files(root: Path) -> list[Path]:
     return sorted(root.rglob(PENDING_FILE))
 
 
-def read_pending(path: Path) -> list[dict]:
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+REJECTED_SUFFIX = ".rejected"
+OPS = ("metrics", "tags", "artifact", "status")
+STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = " ".join(repr(value)[: limit + 20].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        not isinstance(value, int) or abs(value) <= 2**63)
+
+
+def record_problem(record: object) -> str | None:
+    """Why a pending record cannot be sent (expected ...), or None. Checks types only; where an artifact lives is
+    :func:`read_pending`'s."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    run_id, op = record.get("run_id"), record.get("op")
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        return f"expected run_id to be an MLflow run id, got {_short(run_id)}"
+    if "tracking_uri" in record and not (isinstance(record["tracking_uri"], str) and len(record["tracking_uri"]) <= 4096
+                                          and "\0" not in record["tracking_uri"]):
+        return f"expected tracking_uri to be a URI, got {_short(record['tracking_uri'])}"
+    if op not in OPS:
+        return f"expected op to be one of {list(OPS)}, got {_short(op)}"
+    if op == "metrics":
+        rows = record.get("rows")
+        if not isinstance(rows, list):
+            return f"expected rows to be a list of [key, value, timestamp, step], got {_short(rows)}"
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str) and 0 < len(row[0]) <= 250
+                    and _number(row[1]) and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) <= 2**63
+                                                for x in row[2:])):
+                return f"expected each metric row to be [key, number, timestamp, step], got {_short(row)}"
+    elif op == "tags":
+        tags = record.get("tags")
+        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in tags.items()):
+            return f"expected tags to be a mapping of text to text, got {_short(tags)}"
+    elif op == "artifact":
+        target = record.get("artifact_path")
+        if not isinstance(record.get("path"), str) or not record["path"] or "\0" in record["path"]:
+            return f"expected path to be a file path, got {_short(record.get('path'))}"
+        if target is not None and (not isinstance(target, str) or ".." in Path(target).parts
+                                   or Path(target).is_absolute()):
+            return f"expected artifact_path to be null or a relative folder without '..', got {_short(target)}"
+    elif op == "status":
+        if record.get("status") not in STATUSES:
+            return f"expected status to be one of {list(STATUSES)}, got {_short(record.get('status'))}"
+        end = record.get("end_time")
+        if end is not None and (not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= 2**63):
+            return f"expected end_time to be null or milliseconds, got {_short(end)}"
+    return None
+
+
+def scan_pending(path: Path) -> tuple[list[dict], list[tuple[int, str, bytes]]]:
+    """(records that can be sent, (line number, why, raw line) of those that cannot). Reads, never writes.
+
+    A bad line (not UTF-8, not JSON, a record of the wrong shape: a mapping as run_id, a metric that is not a
+    number, an unknown op) is one rejected entry; the others are kept. A line cut short at the very end (a crash
+    while appending) is dropped silently: nothing of it was sent either way. An artifact outside the cell directory
+    means the file was not written by the cell: ValueError, and the whole file is left alone."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    records: list[dict] = []
+    rejected: list[tuple[int, str, bytes]] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue  # a line cut short by a crash while appending: nothing of it was sent either way
-            raise ValueError(f"{path}:{number}: expected one JSON object per line") from None
-        if not isinstance(record, dict) or not {"run_id", "op"} <= record.keys():
-            raise ValueError(f"{path}:{number}: expected an object with run_id and op")
-        if record["op"] == "artifact" and not _inside(record.get("path"), path.parent):
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            rejected.append((number, "expected UTF-8 text", raw))
+            continue
+        except (ValueError, RecursionError):
+            if number == len(lines) and not data.endswith(b"\n"):
+                continue  # cut short by a crash while appending
+            rejected.append((number, "expected one JSON object per line", raw))
+            continue
+        problem = record_problem(record)
+        if problem is not None:
+            rejected.append((number, problem, raw))
+            continue
+        if record["op"] == "artifact" and not _inside(record["path"], path.parent):
             # a cell only parks files of its own directory; anything else in this file was not written by it
-            raise ValueError(f"{path}:{number}: artifact {record.get('path')!r} is outside {path.parent}; expected "
-                             "a file of the cell directory (nothing was uploaded)")
+            raise ValueError(f"{path}:{number}: artifact {_short(record['path'], 120)} is outside {path.parent}; "
+                             "expected a file of the cell directory (nothing was uploaded)")
         records.append(record)
+    return records, rejected
+
+
+def read_pending(path: Path) -> list[dict]:
+    """The records of a pending file that can be sent (see :func:`scan_pending`); ValueError on the first bad
+    one (the launcher's pre-flight: nothing is written while a cell folder holds one)."""
+    records, rejected = scan_pending(path)
+    if rejected:
+        number, why, _ = rejected[0]
+        raise ValueError(f"{path}:{number}: {why}; run python -m experiments.sync {path.parent} to set "
+                         f"{len(rejected)} bad record(s) aside")
     return records
+
+
+def set_aside(path: Path, rejected: list[tuple[int, str, bytes]], records: list[dict]) -> Path:
+    """Append the rejected lines to ``<file>.rejected`` (kept for a person to look at) and leave only the good
+    records in the pending file, so a bad record never blocks the rest again."""
+    aside = path.with_name(path.name + REJECTED_SUFFIX)
+    with open(aside, "ab") as fh:
+        for _, _, raw in rejected:
+            fh.write(raw.rstrip(b"\r") + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _rewrite(path, records)
+    return aside
 
 
 def _inside(file: object, directory: Path) -> bool:
@@ -80,8 +183,22 @@ def _groups(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 
 def sync_file(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
-    """Send one pending file; returns (operations sent, operations left)."""
-    records = read_pending(path)
+    """Send one pending file; returns (operations sent, operations left). Bad records are set aside first."""
+    return sync_file_report(path, tracking_uri)[:2]
+
+
+def sync_file_report(path: Path, tracking_uri: str | None = None) -> tuple[int, int, int]:
+    """(operations sent, operations left, records set aside) of one pending file."""
+    records, rejected = scan_pending(path)
+    if rejected:
+        aside = set_aside(path, rejected, records)
+        for number, why, _ in rejected:
+            print(f"{path}:{number}: {why}; set aside in {aside.name}", file=sys.stderr)
+    sent, left = _send_file(path, records, tracking_uri)
+    return sent, left, len(rejected)
+
+
+def _send_file(path: Path, records: list[dict], tracking_uri: str | None) -> tuple[int, int]:
     sent = 0
     clients: dict[str, object] = {}
     for uri, run_id, chunk in _groups(records):
@@ -109,37 +226,63 @@ def sync_file(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
     return sent, 0
 
 
-def sync_tree(root: Path, tracking_uri: str | None = None) -> tuple[int, int]:
-    total_sent = total_left = 0
+def sync_tree(root: Path, tracking_uri: str | None = None) -> tuple[int, int, int]:
+    """(sent, left, set aside) over every pending file under ``root``; a file that was not written by its cell
+    (ValueError) is reported and left alone, counted as set aside."""
+    total_sent = total_left = total_rejected = 0
     for path in pending_files(root):
-        sent, left = sync_file(path, tracking_uri)
-        print(f"{path}: {sent} operations sent" + (f", {left} left" if left else ""))
+        try:
+            sent, left, rejected = sync_file_report(path, tracking_uri)
+        except (ValueError, OSError) as err:
+            print(_one_line(err), file=sys.stderr)
+            total_rejected += 1
+            continue
+        print(f"{path}: {sent} operations sent" + (f", {left} left" if left else "")
+              + (f", {rejected} set aside" if rejected else ""))
         total_sent += sent
         total_left += left
-    return total_sent, total_left
+        total_rejected += rejected
+    return total_sent, total_left, total_rejected
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 everything sent; 1 some operations could not be sent now (the server is down: run it again);
+    2 some records were bad and set aside (``<file>.rejected``) or a file was refused: a person should look."""
     parser = argparse.ArgumentParser(prog="python -m experiments.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="a cell directory or a folder above (e.g. outputs)")
     parser.add_argument("--tracking-uri", help="send to this URI instead of the one each record names")
-    parser.add_argument("--dry-run", action="store_true", help="only count what is pending")
+    parser.add_argument("--dry-run", action="store_true", help="only count what is pending (writes nothing)")
     args = parser.parse_args(argv)
     if not args.directory.exists():
         print(f"{args.directory}: no such file or directory", file=sys.stderr)
         return 2
     quiet_http_retries()
     if args.dry_run:
+        bad = 0
         for path in pending_files(args.directory):
-            print(f"{path}: {len(read_pending(path))} operations pending")
-        return 0
+            try:
+                records, rejected = scan_pending(path)
+            except (ValueError, OSError) as err:
+                print(_one_line(err), file=sys.stderr)
+                bad += 1
+                continue
+            for number, why, _ in rejected:
+                print(f"{path}:{number}: {why}; would be set aside", file=sys.stderr)
+            bad += len(rejected)
+            print(f"{path}: {len(records)} operations pending" + (f", {len(rejected)} bad" if rejected else ""))
+        return 2 if bad else 0
     try:
-        sent, left = sync_tree(args.directory, args.tracking_uri)
-    except ValueError as err:
-        print(err, file=sys.stderr)
+        sent, left, rejected = sync_tree(args.directory, args.tracking_uri)
+    except (ValueError, OSError) as err:
+        print(_one_line(err), file=sys.stderr)
         return 2
-    print(f"{sent} operations sent, {left} left")
-    return 1 if left else 0
+    print(f"{sent} operations sent, {left} left" + (f", {rejected} set aside" if rejected else ""))
+    return 2 if rejected else 1 if left else 0
 
 
 if __name__ == "__main__":

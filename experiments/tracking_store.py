@@ -43,35 +43,149 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent / "mlartifacts").resolve().as_uri()
 
 
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise :class:`TrackingUnavailable` with a one-line reason unless ``uri`` can take runs now."""
+PROBE_TIMEOUT_ENV = "BERTGEN_TRACKING_TIMEOUT_S"  # seconds one probe request may take (default 5)
+PROBE_ATTEMPTS = 2  # tries of the API round trip when the server answers 5xx/429 or times out
+SEARCH_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+MLFLOW_TABLES = ("experiments", "runs", "alembic_version")
+
+
+def _probe_timeout(timeout_s: float | None) -> float:
+    if timeout_s is not None:
+        return timeout_s
+    try:
+        value = float(os.environ.get(PROBE_TIMEOUT_ENV, "5"))
+    except ValueError:
+        value = 5.0
+    return value if 0.1 <= value <= 120 else 5.0
+
+
+def _cut(text: object, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_tracking(uri: str, timeout_s: float | None = None) -> None:
+    """Raise :class:`TrackingUnavailable` with a one-line reason unless ``uri`` can take runs now.
+
+    Writes nothing. A server must answer ``/health`` and then one real API round trip (a search for experiments, with
+    MLflow's own credentials from the environment), each request bounded by ``timeout_s`` (``$BERTGEN_TRACKING_
+    TIMEOUT_S``, default 5 s) and retried at most PROBE_ATTEMPTS times in all: a server whose API answers 500, one
+    that accepts connections and never answers, or one that is not MLflow is refused within about
+    2 x timeout_s + 1 s. A sqlite store must be a writable place, and an existing database file must be an MLflow
+    store (opened read-only: a file that is not a database, or another program's database, is refused, never
+    migrated)."""
+    timeout = _probe_timeout(timeout_s)
+    if not isinstance(uri, str) or not uri.strip() or "\0" in uri or len(uri) > 4096:
+        raise TrackingUnavailable(f"MLflow tracking URI {_cut(repr(uri))}: expected a tracking URI")
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - the user's own server
-                if response.status != 200:
-                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered {response.status} on /health")
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingUnavailable(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass "
-                f"--set mlflow.tracking_uri=<uri> (nothing was submitted)") from None
+        _check_server(uri, timeout)
         return
     db = sqlite_path(uri)
     if db is not None:
-        parent = db.parent
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-            raise TrackingUnavailable(f"MLflow store {uri}: {db} is not writable (nothing was submitted)")
+        _check_sqlite(uri, db, timeout)
         return
     if uri.startswith("sqlite:"):
         raise TrackingUnavailable(f"MLflow tracking URI {uri!r}: expected sqlite:///<absolute path>")
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
-        raise TrackingUnavailable(f"MLflow tracking URI {uri} does not answer ({type(err).__name__}: {err})") from None
+        raise TrackingUnavailable(f"MLflow tracking URI {uri} does not answer ({type(err).__name__}: "
+                                  f"{_cut(err)})") from None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the user's own server
+            if response.status != 200:
+                raise TrackingUnavailable(f"MLflow tracking server {uri} answered {response.status} on /health")
+    except urllib.error.HTTPError as err:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {err.code} on /health; expected an "
+                                  "MLflow tracking server (nothing was submitted)") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({_cut(reason, 80)}); start it or pass "
+            f"--set mlflow.tracking_uri=<uri> (nothing was submitted)") from None
+    _api_round_trip(uri, timeout)
+
+
+def _api_round_trip(uri: str, timeout: float) -> None:
+    """POST experiments/search once (twice on a 5xx, 429 or timeout), with MLflow's credentials and no retries of
+    its own; the answer must be MLflow's JSON."""
+    import time
+
+    from mlflow.utils.credentials import get_default_host_creds  # lazy: import cost
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    problem = ""
+    for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(0.5)
+        try:
+            response = http_request(creds, SEARCH_ENDPOINT, "POST", max_retries=0, backoff_factor=0,
+                                    timeout=timeout, raise_on_status=False, json={"max_results": 1})
+        except Exception as err:  # noqa: BLE001 - timeouts, refused or reset connections
+            problem = f"no answer within {timeout:g} s" if "timed out" in str(err).lower() or "timeout" in \
+                type(err).__name__.lower() else f"{type(err).__name__}: {_cut(err, 80)}"
+            continue
+        status = response.status_code
+        if status == 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and (not body or "experiments" in body or "next_page_token" in body):
+                return
+            raise TrackingUnavailable(f"MLflow tracking server {uri}: {SEARCH_ENDPOINT} answered 200 with "
+                                      f"{_cut(repr(response.text[:200]), 60)}; expected MLflow's JSON (is it an "
+                                      "MLflow server?) (nothing was submitted)")
+        problem = f"HTTP {status}"
+        if status in (401, 403):
+            raise TrackingUnavailable(f"MLflow tracking server {uri}: {SEARCH_ENDPOINT} answered {problem}; "
+                                      "expected credentials in MLFLOW_TRACKING_USERNAME/PASSWORD or "
+                                      "MLFLOW_TRACKING_TOKEN (nothing was submitted)")
+        if status < 500 and status != 429:
+            raise TrackingUnavailable(f"MLflow tracking server {uri}: {SEARCH_ENDPOINT} answered {problem}; "
+                                      "expected an MLflow tracking server (nothing was submitted)")
+    raise TrackingUnavailable(f"MLflow tracking server {uri} answers /health but not its API ({problem}, "
+                              f"{PROBE_ATTEMPTS} tries); expected a working MLflow server (nothing was submitted)")
+
+
+def _check_sqlite(uri: str, db: Path, timeout: float) -> None:
+    import sqlite3
+
+    probe = db.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TrackingUnavailable(f"MLflow store {uri}: {probe} is not a directory; expected a writable directory "
+                                  "for the database (nothing was submitted)")
+    if not os.access(probe, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingUnavailable(f"MLflow store {uri}: {db} is not writable (nothing was submitted)")
+    if not db.exists():
+        return
+    if not db.is_file():
+        raise TrackingUnavailable(f"MLflow store {uri}: {db} is not a file; expected an MLflow sqlite database "
+                                  "(nothing was submitted)")
+    if db.stat().st_size == 0:
+        return  # an empty file is an empty database: MLflow creates its tables
+    try:
+        connection = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=timeout)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if set(MLFLOW_TABLES) <= tables:
+                connection.execute("SELECT experiment_id FROM experiments LIMIT 1").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise TrackingUnavailable(f"MLflow store {uri}: {db} is not a usable sqlite database ({_cut(err, 80)}); "
+                                  "expected an MLflow store or no file (nothing was submitted)") from None
+    if not set(MLFLOW_TABLES) <= tables:
+        raise TrackingUnavailable(f"MLflow store {uri}: {db} is a sqlite database without MLflow's tables "
+                                  f"({', '.join(sorted(tables)[:5]) or 'none'}); expected an MLflow store (it is "
+                                  "not migrated: nothing was written)")
 
 
 def _client(uri: str):

@@ -1,0 +1,162 @@
+"""What the launcher checks besides the grid and the pre-flight (issue 13), and how it fails.
+
+- :func:`check_json_files`: the JSON files of local checkpoints (``config.json``, the tokenizer's) are bounded in size
+  and nesting before anything parses them for real (a ``config.json`` 200k levels deep is a RecursionError in any
+  recursive reader).
+- :func:`check_decoding`: what the cells decode with, against the checkpoints they read: beam search keeps
+  ``2 * num_beams`` candidates, so the output vocabulary must have that many tokens (else the cell fails after its
+  training).
+- :func:`check_writable`: the output root (and the folders the launch writes under it) can be written, checked
+  before the first byte is.
+- :func:`check_pending`: every selected cell's ``pending_metrics.jsonl`` is readable and holds only good records,
+  checked before the experiment or any run exists (experiments.sync sets bad records aside).
+- :func:`one_line_failures`: the last resort: an exception nothing above foresaw still ends in one line on stderr and
+  exit status 2, not a traceback (``BERTGEN_TRACEBACK=1`` shows it).
+
+Every refusal is a :class:`experiments.grid.GridError`: one line, ``<file>: <key>: <what was expected>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from bertgen.checkpoint import is_local_reference
+from bertgen.schemes import SCHEMES
+
+from .cell import cell_dir, cell_label
+from .grid import Grid, GridError
+from .sync import scan_pending
+from .tracking import PENDING_FILE
+
+JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+              "generation_config.json", "model.safetensors.index.json")
+MAX_JSON_BYTES = 256 * 2**20  # the largest real tokenizer.json files are tens of MB
+EXIT_REFUSED = 2
+
+
+def _where(grid: Grid) -> str:
+    try:
+        return str(grid.path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(grid.path)
+
+
+def _local_dirs(cell: dict) -> dict[str, Path]:
+    out = {}
+    for family, ref in cell["checkpoints"].items():
+        if ref and is_local_reference(ref) and Path(ref).expanduser().is_dir():
+            out[family] = Path(ref).expanduser()
+    return out
+
+
+def check_json_files(grid: Grid, cells: list[dict]) -> None:
+    seen: set[Path] = set()
+    for cell in cells:
+        for family, directory in _local_dirs(cell).items():
+            for name in JSON_FILES:
+                file = directory / name
+                if file in seen or not file.is_file():
+                    continue
+                seen.add(file)
+                field = f"checkpoints.{family}"
+                if file.stat().st_size > MAX_JSON_BYTES:
+                    raise GridError(_where(grid), field, f"{file}: larger than {MAX_JSON_BYTES} bytes; expected a "
+                                                         f"checkpoint's {name}")
+                try:
+                    json.loads(file.read_bytes())
+                except RecursionError:
+                    raise GridError(_where(grid), field, f"{file}: nested too deeply to read; expected a "
+                                                         f"checkpoint's {name}") from None
+                except (ValueError, OSError) as err:
+                    raise GridError(_where(grid), field, f"{file}: not readable JSON ({_cut(err)}); expected a "
+                                                         f"checkpoint's {name}") from None
+
+
+def _vocab_size(directory: Path) -> int | None:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None  # the pre-flight names it
+    size = config.get("vocab_size") if isinstance(config, dict) else None
+    if not isinstance(size, int) and isinstance(config, dict) and isinstance(config.get("decoder"), dict):
+        size = config["decoder"].get("vocab_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def check_decoding(grid: Grid, cells: list[dict]) -> None:
+    for cell in cells:
+        beams = cell["decode"]["num_beams"]
+        if beams <= 1:
+            continue
+        family = SCHEMES[cell["scheme"]].output_vocab
+        directory = _local_dirs(cell).get(family)
+        size = _vocab_size(directory) if directory is not None else None
+        if size is not None and 2 * beams > size:
+            raise GridError(_where(grid), "decode.num_beams",
+                            f"expected at most {size // 2} beams for the {size}-token output vocabulary of "
+                            f"{directory} (beam search keeps 2 x num_beams candidates), got {beams} "
+                            f"(cell {cell_label(cell)})")
+
+
+def check_writable(grid: Grid, names: tuple[str, ...] = ("launches", "submitit", "cells")) -> None:
+    """The output root, or the nearest folder above it that exists, is a directory this user can write; so is each
+    of the folders the launch writes into that already exists."""
+    root = grid.output_root
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    targets = [probe] + [root / name for name in names if (root / name).exists()]
+    for target in targets:
+        if not target.is_dir():
+            raise GridError(_where(grid), "output_root", f"expected a directory, {target} is not one")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise GridError(_where(grid), "output_root", f"expected a writable directory, {target} is not "
+                                                         "writable by this user (nothing was written)")
+
+
+def check_pending(grid: Grid, cells: list[dict]) -> None:
+    for cell in cells:
+        pending = cell_dir(cell) / PENDING_FILE
+        if not pending.is_file():
+            continue
+        try:
+            _, rejected = scan_pending(pending)
+        except (ValueError, OSError) as err:
+            raise GridError(_where(grid), "pending metrics", f"{_cut(err, 220)}") from None
+        if rejected:
+            number, why, _ = rejected[0]
+            raise GridError(_where(grid), "pending metrics",
+                            f"{pending}:{number}: {why} ({len(rejected)} bad); expected only records the cell "
+                            "wrote (experiments.sync sets bad ones aside)")
+
+
+def _cut(err: Any, limit: int = 120) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line_failures(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's main: an exception it did not foresee is one line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except GridError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_REFUSED
+        except Exception as err:  # noqa: BLE001 - the point: never a traceback for the user
+            if os.environ.get("BERTGEN_TRACEBACK"):
+                traceback.print_exc()
+            print(f"error: unexpected {type(err).__name__}: {_cut(err, 200)}; expected none (a bug; "
+                  "BERTGEN_TRACEBACK=1 shows where)", file=sys.stderr)
+            return EXIT_REFUSED
+    return wrapped
