@@ -307,6 +307,12 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     sync_pending(cells, uri)
     plan = plan_cells(cells, tracker.cell_runs(), retry_failed)
     print(f"grid {grid.name}: {len(cells)} cells: {plan.summary()}  (MLflow: {uri}, experiment {grid.experiment})")
+    redecodings = resolve_redecodings(cells, plan, uri, grid, executor_kind)
+    if not redecodings and not any(plan.action[c["cell_id"]] in ("new", "resume", "retry") for c in cells):
+        # nothing to run: report what is there, leave no empty launch run behind
+        print()
+        print(results_table(cells, plan, {}))
+        return EXIT_FAILED if any(a == "failed" for a in plan.action.values()) else EXIT_OK
 
     commit = git_commit()
     host = socket.gethostname()
@@ -326,18 +332,11 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
             tracker.client.log_artifact(parent, str(grid.path))
 
         jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
-        evaluations = None
         for cell in cells:
             cid = cell["cell_id"]
             action = plan.action[cid]
             if action == "redecode":
-                evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
-                job, done = redecoding_job(cell, evaluations, uri, grid, executor_kind)
-                if job is None:
-                    plan.action[cid] = "redecoded"
-                    plan.runs[cid] = done  # its scores are the ones the results table shows
-                else:
-                    jobs.append((cell, job))
+                jobs.append((cell, redecodings[cid]))
                 continue
             if action == "new":
                 run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
@@ -408,6 +407,26 @@ def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: 
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+
+
+def resolve_redecodings(cells: list[dict], plan: Plan, uri: str, grid: Grid,
+                        executor_kind: str) -> dict[str, EvaluationJob]:
+    """The evaluation job of each ``redecode`` cell; one whose evaluation finished before becomes ``redecoded``
+    (with that run, whose scores the results table shows)."""
+    jobs: dict[str, EvaluationJob] = {}
+    evaluations = None
+    for cell in cells:
+        cid = cell["cell_id"]
+        if plan.action[cid] != "redecode":
+            continue
+        evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
+        job, done = redecoding_job(cell, evaluations, uri, grid, executor_kind)
+        if job is None:  # done before, or its folder is gone (said so): left as it is
+            plan.action[cid] = "redecoded" if done is not None else "finished"
+            plan.runs[cid] = done or plan.runs[cid]
+        else:
+            jobs[cid] = job
+    return jobs
 
 
 def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: Grid,
