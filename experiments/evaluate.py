@@ -54,7 +54,7 @@ from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_b
 from .grid_doc import GridError, parse_sets
 from .tasks import TASKS, Task, get_task
 from .tracking import ROLE_TAG, flatten, git_commit
-from .tracking_store import TrackingUnavailable, artifact_location, check_tracking, resolve_tracking_uri
+from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 EVALUATION_FILE = "evaluation.json"
@@ -416,12 +416,7 @@ class EvaluationTracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None and found.lifecycle_stage == "deleted":
-            raise TrackingUnavailable(f"MLflow experiment {experiment!r} is deleted; restore it or pass "
-                                      "--experiment <name>")
-        self.experiment_id = (found.experiment_id if found is not None else
-                              self.client.create_experiment(experiment, artifact_location=artifact_location(uri)))
+        self.experiment_id = experiment_id_for(self.client, uri, experiment)
 
     def finished(self, eid: str) -> Any:
         runs = self.client.search_runs([self.experiment_id], f"tags.{ROLE_TAG} = 'evaluation' and "

@@ -40,6 +40,7 @@ from .tracking_store import (  # noqa: F401
     _client,
     artifact_location,
     check_tracking,
+    experiment_id_for,
     quiet_http_retries,
     resolve_tracking_uri,
     sqlite_path,
@@ -126,14 +127,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
         self.client = _client(uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
-        else:
-            if found.lifecycle_stage == "deleted":
-                raise TrackingUnavailable(f"MLflow experiment {experiment!r} is deleted; restore it or pick another "
-                                          f"name with --set mlflow.experiment=<name>")
-            self.experiment_id = found.experiment_id
+        self.experiment_id = experiment_id_for(self.client, uri, experiment)
 
     def start_parent(self, name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, tags={ROLE_TAG: "launch", **tags}, run_name=name)

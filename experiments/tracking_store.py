@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
@@ -41,6 +43,66 @@ def artifact_location(uri: str) -> str | None:
     if db is None:
         return None
     return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+def experiment_id_for(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store, created (artifacts beside a sqlite store) if missing.
+
+    Refused with :class:`TrackingUnavailable` (one line): a deleted experiment, and a sqlite store whose experiment
+    keeps its artifacts outside the store's folder: MLflow stores that location as an absolute path, so an
+    ``outputs/`` copied elsewhere would go on writing artifacts into the original folder."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    if found.lifecycle_stage == "deleted":
+        raise TrackingUnavailable(f"MLflow experiment {name!r} is deleted; restore it or pick another name with "
+                                  f"--set mlflow.experiment=<name>")
+    db = sqlite_path(uri)
+    location = found.artifact_location or ""
+    if db is not None and location.startswith("file:"):
+        where = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path)).resolve()
+        home = db.parent.resolve()
+        if where != home and home not in where.parents:
+            raise TrackingUnavailable(
+                f"{db}: experiment {name!r} keeps its artifacts in {where}, outside this store's folder {home} (the "
+                f"store was copied or moved?); run python -m experiments.relocate {home} to give the copy its own "
+                f"artifacts, or use a new experiment (--set mlflow.experiment=<name>)")
+    return found.experiment_id
+
+
+ARTIFACTS_DIR = "mlartifacts"  # beside an embedded sqlite store (artifact_location)
+
+
+def relocate_store(db: Path, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Point a copied (or moved) sqlite store's experiments and runs at the artifacts beside it.
+
+    MLflow records ``file://<folder>/mlartifacts...`` locations as absolute paths; after ``cp -r outputs/ elsewhere``
+    the copy's experiments and runs still name the original folder. Every location of the form
+    ``file://<other folder>/mlartifacts/...`` is rewritten to ``file://<this folder>/mlartifacts/...`` (the
+    experiments' ``artifact_location`` and the runs' ``artifact_uri``); nothing else is touched. Returns the
+    (old, new) folder prefixes rewritten."""
+    import sqlite3
+
+    home = (db.parent.resolve() / ARTIFACTS_DIR).as_uri()
+    con = sqlite3.connect(str(db))
+    try:
+        locations = [row[0] for row in con.execute("SELECT artifact_location FROM experiments")]
+        locations += [row[0] for row in con.execute("SELECT artifact_uri FROM runs")]
+        prefixes = set()
+        for location in locations:
+            if location and location.startswith("file:") and f"/{ARTIFACTS_DIR}" in location:
+                prefix = location[:location.index(f"/{ARTIFACTS_DIR}") + len(ARTIFACTS_DIR) + 1]
+                if prefix != home:
+                    prefixes.add(prefix)
+        if not dry_run:
+            with con:
+                for prefix in sorted(prefixes):
+                    for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                        con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608
+                                    f"WHERE substr({column}, 1, ?) = ?", (home, len(prefix) + 1, len(prefix), prefix))
+    finally:
+        con.close()
+    return [(prefix, home) for prefix in sorted(prefixes)]
 
 
 PROBE_TIMEOUT_ENV = "BERTGEN_TRACKING_TIMEOUT_S"  # seconds one probe request may take (default 5)

@@ -503,3 +503,32 @@ def test_discofuse_without_the_papers_balanced_files_is_refused_unless_the_hub_s
     cells = load_grid(study.grid, ["data.variant=full"]).cells
     assert {c["data"]["variant"] for c in cells} == {"full"}
     assert "variant" not in load_grid(study.grid, ["data.variant=paper"]).cells[0]["data"]  # the default: no id change
+
+
+def test_a_copied_output_folder_does_not_write_into_the_original(study, tmp_path, capsys):
+    """MLflow keeps a sqlite store's artifact location as an absolute path: a launch on a copy of outputs/ would
+    write artifacts into the original folder, so it is refused in one line, naming both folders."""
+    study.write(mlflow={"tracking_uri": None, "experiment": "copied"}, output_root=str(tmp_path / "out"))
+    assert study.launch() == 0
+    shutil.copytree(tmp_path / "out", tmp_path / "copy")
+    study.write(mlflow={"tracking_uri": None, "experiment": "copied"}, output_root=str(tmp_path / "copy"))
+    before = sorted(p.name for p in (tmp_path / "out" / "mlartifacts").rglob("*"))
+    capsys.readouterr()
+    assert study.launch("--set", "train.steps=4") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "keeps its artifacts in" in err and str(tmp_path / "out") in err
+    assert "python -m experiments.relocate" in err
+    assert sorted(p.name for p in (tmp_path / "out" / "mlartifacts").rglob("*")) == before
+    # relocated, the copy writes into its own folder and reads its own artifacts; the original is untouched
+    from experiments import relocate
+
+    assert relocate.main([str(tmp_path / "copy")]) == 0
+    assert study.launch("--set", "train.steps=4") == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "mlartifacts").rglob("*")) == before
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("copied").experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith((tmp_path / "copy").as_uri()) for r in runs)
+    assert all({a.path for a in client.list_artifacts(r.info.run_id)} for r in runs
+               if r.data.tags.get("role") == "cell")
