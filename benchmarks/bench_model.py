@@ -4,7 +4,7 @@ MiniLM-size encoder-decoder (6 layers, 384 hidden, 12 heads, 1536 FFN, vocab 30,
 target tokens), dropout 0.1 in training. Prints a markdown table of absolute numbers and ratios (ours / transformers).
 
     .venv/bin/python benchmarks/bench_model.py [--rounds 3] [--steps 3] [--beam-batches 2] [--threads N]
-                                               [--skip-bf16] [--skip-generate]
+                                               [--skip-bf16] [--skip-generate] [--device cpu|cuda]
 
 One transformers model is built from a seed and saved; each library loads that checkpoint with its own
 ``from_pretrained``. Training runs in fresh child processes that import only their library, alternating between
@@ -12,6 +12,13 @@ the libraries (transformers, ours, ours, transformers, ...) so that load changes
 alike; each child trains one warm-up step and ``--steps`` timed steps (Adam, fused, on both sides) and reports its
 step times and its peak RSS (``VmHWM``, Linux). The table gives the median step time as tokens/s and the median peak.
 Beam search runs in this process on both models, batches alternating, and checks that the outputs are identical.
+
+It first prints the machine (CPU model, bf16 instructions, threads; the GPU with ``--device cuda``) and the GEMM
+peak measured here for fp32 and bf16 (a 2048³ matmul), and gives each training row's share of that peak (MFU: the
+FLOPs of one training step, counted by ``torch.utils.flop_counter`` on our model, over the step time). bf16 rows
+run only where the hardware computes bf16 natively (a CPU with AMX or AVX512-BF16, a CUDA GPU with bf16); elsewhere
+it says so, since emulated bf16 is many times slower than fp32 and would measure nothing of interest. On CUDA the
+peak memory is ``torch.cuda.max_memory_allocated``, on a CPU the process' peak RSS.
 """
 
 from __future__ import annotations
@@ -66,13 +73,59 @@ def make_batch(seed: int):
     return ids, torch.ones_like(ids), labels
 
 
-def train_step_fn(model, which: str, bf16: bool):
+def machine(device: str) -> str:
+    """One line: the CPU (model, bf16 instructions, threads) or the GPU, and torch."""
+    from experiments.evaluation import native_bf16
+
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        return (f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA "
+                f"{torch.version.cuda}, bf16 {'native' if native_bf16(torch.device('cuda')) else 'no'}")
+    text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f" {flag}" in text]
+    return (f"CPU {model}, flags {' '.join(flags) or 'none of amx_bf16/avx512_bf16/avx512f/avx2'}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+
+def gemm_peak(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``³ matmul in ``dtype`` on ``device`` (best of ``repeats``): the ceiling MFU is read against."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_flops(directory: str, device: str) -> float:
+    """FLOPs of one training step (forward and backward) of our model on one batch, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = load("ours", directory).to(device).train()
+    ids, mask, labels = (t.to(device) for t in make_batch(0))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, attention_mask=mask, labels=labels, return_logits=False).loss.backward()
+    return float(counter.get_total_flops())
+
+
+def train_step_fn(model, which: str, bf16: bool, device: str = "cpu"):
     # The same optimizer on both sides: fused Adam, transformers' Trainer default (adamw_torch_fused) and bertgen's.
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     model.train()
 
     def step(ids, mask, labels):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             if which == "ours":
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels, return_logits=False).loss
             else:
@@ -85,24 +138,30 @@ def train_step_fn(model, which: str, bf16: bool):
     return step
 
 
-def train_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
-    """In a fresh process: load the checkpoint, one warm-up step, ``steps`` timed steps; step times and peak RSS."""
-    model = load(which, directory)
-    step = train_step_fn(model, which, bf16)
+def train_child(which: str, directory: str, bf16: bool, steps: int, device: str = "cpu") -> dict:
+    """In a fresh process: load the checkpoint, one warm-up step, ``steps`` timed steps; step times and peak memory
+    (RSS on a CPU, allocated GPU memory on CUDA)."""
+    model = load(which, directory).to(device)
+    step = train_step_fn(model, which, bf16, device)
     step(*make_batch(0))
     seconds = []
     for i in range(steps):
         batch = make_batch(1 + i)
+        _sync(device)
         start = time.perf_counter()
         step(*batch)
+        _sync(device)
         seconds.append(time.perf_counter() - start)
+    if device == "cuda":
+        return {"seconds": seconds, "peak_rss_mb": torch.cuda.max_memory_allocated() / 2**20}
     # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
 
 
-def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: int) -> dict[str, dict[str, float]]:
+def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: int,
+                  device: str = "cpu") -> dict[str, dict[str, float]]:
     """Alternating fresh child processes (transformers, ours, ours, transformers, ...), ``rounds`` per library.
 
     Returns per library tokens/s (median step time over all timed steps) and peak RSS (median over children).
@@ -111,24 +170,25 @@ def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: 
     for r in range(rounds):
         for which in (LIBRARIES if r % 2 == 0 else LIBRARIES[::-1]):
             cmd = [sys.executable, __file__, "--train-child", which, "--checkpoint", directory,
-                   "--steps", str(steps), "--threads", str(threads)] + (["--bf16"] if bf16 else [])
+                   "--steps", str(steps), "--threads", str(threads), "--device", device] + (["--bf16"] if bf16 else [])
             res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
             runs[which].append(json.loads(res.stdout.strip().splitlines()[-1]))
     tokens = BATCH * (SRC_LEN + TGT_LEN)
     return {
         which: {"tok_s": tokens / statistics.median(t for run in r for t in run["seconds"]),
+                "step_s": statistics.median(t for run in r for t in run["seconds"]),
                 "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in r)}
         for which, r in runs.items()
     }
 
 
-def measure_generate(directory: str, batches: int, max_new_tokens: int) -> dict:
+def measure_generate(directory: str, batches: int, max_new_tokens: int, device: str = "cpu") -> dict:
     """Beam-4 generation of exactly ``max_new_tokens`` tokens (min = max) on both models; checks identical outputs."""
     import bertgen.generation as G
 
-    hf, ours = load("transformers", directory), load("ours", directory)
+    hf, ours = load("transformers", directory).to(device), load("ours", directory).to(device)
     hf.eval(), ours.eval()
-    inputs = [make_batch(100 + i)[:2] for i in range(batches)]
+    inputs = [tuple(t.to(device) for t in make_batch(100 + i)[:2]) for i in range(batches)]
     kwargs = dict(num_beams=4, length_penalty=1.0, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                   early_stopping=True)
     generate = {
@@ -142,8 +202,10 @@ def measure_generate(directory: str, batches: int, max_new_tokens: int) -> dict:
             generate[which](*inputs[0])
         for i, (ids, mask) in enumerate(inputs):
             for which in (LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]):
+                _sync(device)
                 start = time.perf_counter()
                 results[which].append(generate[which](ids, mask))
+                _sync(device)
                 seconds[which] += time.perf_counter() - start
     identical = all(torch.equal(a, b) for a, b in zip(results["transformers"], results["ours"]))
     return {"seq_s": {which: batches * BATCH / seconds[which] for which in LIBRARIES}, "identical": identical}
@@ -158,6 +220,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-bf16", action="store_true", help="fp32 training only")
     p.add_argument("--skip-generate", action="store_true")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--train-child", choices=LIBRARIES, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -165,27 +228,45 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_child:
-        print(json.dumps(train_child(args.train_child, args.checkpoint, args.bf16, args.steps)))
+        print(json.dumps(train_child(args.train_child, args.checkpoint, args.bf16, args.steps, args.device)))
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device on this machine")
 
+    from experiments.evaluation import native_bf16
+
+    device = args.device
+    bf16_native = native_bf16(torch.device(device))
+    peaks = {"fp32": gemm_peak(device, torch.float32)}
+    if bf16_native:
+        peaks["bf16"] = gemm_peak(device, torch.bfloat16)
+    print(machine(device))
+    print("GEMM peak measured here: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
+          + ("" if bf16_native else " (bf16 not measured: no native bf16 on this hardware)"))
     rows = []
     identical = None
     with tempfile.TemporaryDirectory() as directory:
         save_reference_checkpoint(directory)
-        for bf16 in (False,) if args.skip_bf16 else (False, True):
+        flops = step_flops(directory, device)
+        print(f"one training step: {flops / 1e9:,.1f} GFLOP (torch.utils.flop_counter)")
+        for bf16 in (False,) if args.skip_bf16 or not bf16_native else (False, True):
             name = "bf16 autocast" if bf16 else "fp32"
-            r = measure_train(directory, bf16, args.rounds, args.steps, args.threads)
+            peak = peaks["bf16" if bf16 else "fp32"]
+            r = measure_train(directory, bf16, args.rounds, args.steps, args.threads, device)
             timed = args.rounds * args.steps
             rows.append((f"train tokens/s, {name} (median of {timed} steps)",
                          r["transformers"]["tok_s"], r["ours"]["tok_s"]))
-            rows.append((f"peak RSS MB, load + {args.steps + 1} train steps, {name}",
+            rows.append((f"MFU %, {name} (of the {name.split()[0]} GEMM peak)",
+                         100 * flops / r["transformers"]["step_s"] / peak, 100 * flops / r["ours"]["step_s"] / peak))
+            memory = "peak GPU MB allocated" if device == "cuda" else "peak RSS MB"
+            rows.append((f"{memory}, load + {args.steps + 1} train steps, {name}",
                          r["transformers"]["peak_rss_mb"], r["ours"]["peak_rss_mb"]))
         if not args.skip_generate:
-            g = measure_generate(directory, args.beam_batches, args.max_new_tokens)
+            g = measure_generate(directory, args.beam_batches, args.max_new_tokens, device)
             rows.append((f"beam-4 generation seq/s, fp32, {args.max_new_tokens} tokens",
                          g["seq_s"]["transformers"], g["seq_s"]["ours"]))
             identical = g["identical"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} x ({SRC_LEN}+{TGT_LEN})")
+    print(f"{device}, batch {BATCH} x ({SRC_LEN}+{TGT_LEN})")
     print("| measure | transformers | bertgen | ratio |")
     print("|---|---:|---:|---:|")
     for name, theirs, ours in rows:

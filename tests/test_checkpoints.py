@@ -318,3 +318,21 @@ def test_loading_report_of_a_decoder_from_an_encoder_checkpoint(tiny, tmp_path):
 def test_save_is_atomic_and_leaves_no_temporary_files(tiny, tmp_path):
     BertGenerationEncoder(BertGenerationConfig(**tiny)).save_pretrained(tmp_path)
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_an_rng_state_saved_on_a_gpu_machine_restores_on_a_cpu_one(tmp_path):
+    """A checkpoint written by a CUDA job carries the CUDA generators' states too; resuming where there is no GPU
+    restores the CPU, numpy and Python generators and skips those (simulated: the entry a GPU job adds)."""
+    import random
+
+    import numpy as np
+
+    from experiments import checkpointing
+
+    state = checkpointing.capture_rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # what torch.cuda.get_rng_state_all() returns, per device
+    torch.save([state], tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", map_location="cpu", weights_only=True)[0]
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpointing.restore_rng_state(loaded)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
