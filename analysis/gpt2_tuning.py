@@ -28,7 +28,8 @@ from experiments.config import TrainConfig
 from experiments.optim import OPTIMIZERS
 
 from . import paper, schema, stats
-from .tables import CELL_COLUMNS, Column, Row, TableResult, TableSpec, _compute_cell, _mark_significance, _record
+from .tables import (CELL_COLUMNS, Column, Row, TableResult, TableSpec, _compute_cell, _mark_significance, _record,
+                     closing_notes)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore
@@ -127,12 +128,6 @@ def build_gpt2_tuning_table(store: RunStore | None = None, *, n_boot: int = stat
                     if data is not None and variant != "best_on_dev":
                         cells.append(data)
                 _mark_significance(cells, col, alpha, n_boot)  # among the scheme's settings (records updated in place)
-    notes += sorted({str(w.message) for w in caught})
-    if store is None:
-        notes.append("No tracking store: only the paper's numbers are shown.")
-    elif store.skipped:
-        notes.append(f"{len(store.skipped)} unfinished run(s) left out (e.g. {store.skipped[0]}).")
-    notes.append(f"Ours: mean ± sd over seeds (n), [95% bootstrap CI over test examples, {n_boot} resamples]; "
-                 f"bold: the scheme's best setting; †: below it with paired-bootstrap p < {alpha:g}.")
+    notes += closing_notes(store, caught, n_boot, alpha, "the scheme's best setting")
     cells = pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS))
     return TableResult(spec, cells, list(dict.fromkeys(notes)), n_boot, alpha)

@@ -540,6 +540,19 @@ GPT2_TUNING = "gpt2"  # Section 5's GPT-2 tuning (analysis.gpt2_tuning): stated 
 ALL_TABLES = (*sorted(TABLES), GPT2_TUNING)  # what --table all (and the default) builds
 
 
+def closing_notes(store: RunStore | None, caught: Iterable, n_boot: int, alpha: float, best: str) -> list[str]:
+    """The notes under every table: warnings raised while building it, what was left out, how to read ours
+    (``best``: what the bold marks)."""
+    notes = sorted({str(w.message) for w in caught})
+    if store is None:
+        notes.append("No tracking store: only the paper's numbers are shown.")
+    elif store.skipped:
+        notes.append(f"{len(store.skipped)} unfinished run(s) left out (e.g. {store.skipped[0]}).")
+    notes.append(f"Ours: mean ± sd over seeds (n), [95% bootstrap CI over test examples, {n_boot} resamples]; "
+                 f"bold: {best}; {SIG_MARK}: below it with paired-bootstrap p < {alpha:g}.")
+    return notes
+
+
 def build_table(number: int, store: RunStore | None = None, *, n_boot: int = stats.DEFAULT_N_BOOT,
                 alpha: float = stats.DEFAULT_ALPHA) -> TableResult:
     """Build Table ``number`` (1–7, or ``"gpt2"``) from ``store`` (``None``: only the paper's column is filled, except
@@ -567,13 +580,7 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
                 else:
                     by_column.setdefault(col.key, []).append(_compute_cell(spec, store, row, col, notes, n_boot, alpha))
             _mark_significance(by_column[col.key], col, alpha, n_boot)
-    notes += sorted({str(w.message) for w in caught})
-    if store is None:
-        notes.append("No tracking store: only the paper's numbers are shown.")
-    elif store.skipped:
-        notes.append(f"{len(store.skipped)} unfinished run(s) left out (e.g. {store.skipped[0]}).")
-    notes.append(f"Ours: mean ± sd over seeds (n), [95% bootstrap CI over test examples, {n_boot} resamples]; "
-                 f"bold: column's best; {SIG_MARK}: below it with paired-bootstrap p < {alpha:g}.")
+    notes += closing_notes(store, caught, n_boot, alpha, "column's best")
     records = [c.record for col in spec.columns for c in by_column[col.key]]
     return TableResult(spec, pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS)), notes, n_boot, alpha)
 
