@@ -66,6 +66,12 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}: expected an integer, got {value!r}") from None
 
 
+# TF32 policy: fp32 matmuls of training and decoding jobs on Ampere or newer GPUs use TF32 (10-bit mantissa products,
+# fp32 accumulation; several times faster), as the paper's TPU runs used bf16 matmuls. The parity tests switch it off
+# (tests/test_cuda.py); runs record it as the tag tf32 (experiments.tracking.environment_tags).
+USE_TF32 = True
+
+
 def init_distributed(device: str | None = None, timeout_s: int = 1800) -> DistributedContext:
     """Join (or reuse) the process group this job's tasks form; a single-process context when there is none.
 
@@ -81,11 +87,8 @@ def init_distributed(device: str | None = None, timeout_s: int = 1800) -> Distri
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         torch_device = torch.device("cuda", torch.cuda.current_device())
-        # TF32 policy: fp32 matmuls of training and decoding jobs on Ampere or newer GPUs use TF32 (10-bit mantissa
-        # products, fp32 accumulation; several times faster), as the paper's TPU runs used bf16 matmuls. The parity
-        # tests switch it off (tests/test_cuda.py); runs record it as the tag tf32.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = USE_TF32
+        torch.backends.cudnn.allow_tf32 = USE_TF32
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -111,7 +111,9 @@ def environment_tags() -> dict[str, str]:
     tags["version_cudnn"] = str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none"
     tags["gpu"] = (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}" if torch.cuda.is_available()
                    else "cpu")
-    tags["tf32"] = str(torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32).lower()
+    from .distributed import USE_TF32
+
+    tags["tf32"] = str(torch.cuda.is_available() and USE_TF32).lower()  # what init_distributed sets on a GPU
     commit = git_commit()
     tags["git_dirty"] = "unknown" if commit == "unknown" else str(commit.endswith("-dirty")).lower()
     return tags
