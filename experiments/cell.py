@@ -164,14 +164,29 @@ def link_job_logs(out_dir: Path) -> dict[str, str]:
     return tags
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted (submitit redirects it per job)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_job_logging() -> None:
-    """INFO lines of the harness (``experiments.*``, ``bertgen``) to stderr with a time stamp, once per process: a
-    job's log then carries the training progress lines even without a terminal (Slurm)."""
+    """INFO lines of the harness (``experiments.*``, ``bertgen``) to stderr with a time stamp, once per job process:
+    a job's log then carries the training progress lines even without a terminal (Slurm). Only in a process of its
+    own (a local or Slurm job: ``SUBMITIT_FOLDER`` is set): the debug executor runs cells in the caller's process,
+    whose logging is the caller's."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return
     root = logging.getLogger()
-    if not any(getattr(h, "_bertgen", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._bertgen = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for name in ("experiments", "bertgen"):
         logging.getLogger(name).setLevel(logging.INFO)
