@@ -131,9 +131,10 @@ def check_pending(grid: Grid, cells: list[dict]) -> None:
             raise GridError(_where(grid), "pending metrics", f"{_cut(err, 220)}") from None
         if rejected:
             number, why, _ = rejected[0]
+            shown = pending.relative_to(grid.output_root) if pending.is_relative_to(grid.output_root) else pending
             raise GridError(_where(grid), "pending metrics",
-                            f"{pending}:{number}: {why} ({len(rejected)} bad); expected only records the cell "
-                            "wrote (experiments.sync sets bad ones aside)")
+                            f"<output_root>/{shown}:{number}: {why} ({len(rejected)} bad); expected only records "
+                            "the cell wrote (experiments.sync sets bad ones aside)")
 
 
 def _cut(err: Any, limit: int = 120) -> str:

@@ -242,10 +242,10 @@ def _check_sqlite(uri: str, db: Path, timeout: float) -> None:
         finally:
             connection.close()
     except sqlite3.Error as err:
-        raise TrackingUnavailable(f"MLflow store {uri}: {db} is not a usable sqlite database ({_cut(err, 80)}); "
-                                  "expected an MLflow store or no file (nothing was submitted)") from None
+        raise TrackingUnavailable(f"MLflow store {db}: not a usable sqlite database ({_cut(err, 80)}); expected "
+                                  "an MLflow store or no file (nothing was submitted)") from None
     if not set(MLFLOW_TABLES) <= tables:
-        raise TrackingUnavailable(f"MLflow store {uri}: {db} is a sqlite database without MLflow's tables "
+        raise TrackingUnavailable(f"MLflow store {db}: a sqlite database without MLflow's tables "
                                   f"({', '.join(sorted(tables)[:5]) or 'none'}); expected an MLflow store (it is "
                                   "not migrated: nothing was written)")
 
