@@ -53,7 +53,7 @@ from .distributed import DistributedContext
 from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
 from .grid_doc import GridError, parse_sets
 from .tasks import TASKS, Task, get_task
-from .tracking import ROLE_TAG, flatten, git_commit
+from .tracking import ROLE_TAG, flatten, git_commit, now_ms
 from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -450,7 +450,7 @@ class EvaluationTracker:
     def finish(self, run_id: str, summary: dict[str, Any], out_dir: Path) -> None:
         from mlflow.entities import Metric, RunTag
 
-        stamp = int(__import__("time").time() * 1000)
+        stamp = now_ms()
         metrics = [Metric(k, val, stamp, 0) for k, val in sorted(run_metrics(summary).items())]
         tags = [RunTag(k, str(summary[k])) for k in ("parameters", "bf16", "lowercased_data") if k in summary]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
