@@ -551,3 +551,91 @@ def test_fuzzed_shipped_grids_end_in_exit_0_or_one_line_exit_2_in_bounded_time(t
         signal.signal(signal.SIGALRM, previous)
     assert slowest < FUZZ_BOUND_S
     assert codes[2] > 0  # the mutations do break grids
+
+
+# -- fuzz: a tiny checkpoint's safetensors header and config.json ------------------------------------------------------
+CHECKPOINT_FUZZ_CASES = 40
+_DTYPES = ("F32", "F16", "BF16", "F64", "I32", "I64", "I8", "U8", "BOOL")
+
+
+def _mutate_checkpoint(weights: bytes, config: dict, rng: random.Random) -> tuple[bytes, dict, str]:
+    """One seeded corruption of (model.safetensors, config.json) and what it was."""
+    size = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + size])
+    # the tensors bert2bert loads (the MLM head and pooler are set aside unread: changing them changes nothing)
+    names = sorted(k for k in header if k != "__metadata__" and not k.startswith(("cls.", "bert.pooler.", "pooler.")))
+    kind = rng.choice(["dtype", "shape", "offsets", "header_byte", "truncate", "header_length", "config_value",
+                       "config_drop", "config_type"])
+    if kind in ("dtype", "shape", "offsets"):
+        entry = header[rng.choice(names)]
+        if kind == "dtype":
+            entry["dtype"] = rng.choice([d for d in _DTYPES if d != entry["dtype"]])
+        elif kind == "shape":
+            entry["shape"] = list(reversed(entry["shape"])) if len(set(entry["shape"])) > 1 else entry["shape"] + [1]
+        else:
+            entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][1] + rng.choice([-4, 4, 10**9])]
+        body = json.dumps(header).encode()
+        body += b" " * (-len(body) % 8)
+        return len(body).to_bytes(8, "little") + body + weights[8 + size:], config, kind
+    if kind == "header_byte":
+        at = rng.randrange(8, 8 + size)
+        return weights[:at] + bytes([rng.randrange(256)]) + weights[at + 1:], config, kind
+    if kind == "truncate":
+        return weights[:rng.randrange(0, len(weights))], config, kind
+    if kind == "header_length":
+        return rng.choice([0, size + 1, 2**63]).to_bytes(8, "little") + weights[8:], config, kind
+    config = dict(config)
+    key = rng.choice(sorted(config))
+    if kind == "config_drop":
+        config.pop(key)
+    elif kind == "config_type":
+        config[key] = rng.choice(["x" * 5000, [1, 2], {"a": None}, None, -1, 1e308])
+    else:
+        config[key] = rng.choice([0, -7, 10**12, 0.5, True])
+    return weights, config, f"{kind}:{key}"
+
+
+def test_fuzzed_checkpoint_header_and_config_never_pass_as_corrupt_weights(workspace, capsys):
+    """CHECKPOINT_FUZZ_CASES seeded corruptions of the BERT checkpoint a grid names (header dtype/shape/offsets,
+    random header bytes, truncation, header length, config.json values, keys and types), each launched with
+    --dry-run under an alarm: exit 0 only where the checkpoint still loads as the same model (a config key the
+    family ignores), otherwise one line, exit 2; never a traceback, a hang, or anything written."""
+    bert = workspace.checkpoint_copy("bert")
+    workspace.doc["checkpoints"]["bert"] = str(bert)
+    workspace.write()
+    weights_file, config_file = bert / "model.safetensors", bert / "config.json"
+    weights, config = weights_file.read_bytes(), json.loads(config_file.read_text())
+    rng = random.Random(FUZZ_SEED + 1)
+
+    def alarm(signum, frame):
+        raise _Hang()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    refused = {}
+    try:
+        for n in range(CHECKPOINT_FUZZ_CASES):
+            broken, broken_config, kind = _mutate_checkpoint(weights, config, rng)
+            weights_file.write_bytes(broken)
+            config_file.write_text(json.dumps(broken_config))
+            signal.alarm(int(FUZZ_BOUND_S) + 1)
+            try:
+                code = launch.main([workspace.grid.name, "--dry-run"])
+            except _Hang:
+                pytest.fail(f"case {n} ({kind}) did not end within {FUZZ_BOUND_S} s")
+            finally:
+                signal.alarm(0)
+            out, err = capsys.readouterr()
+            assert code in (0, 2), (n, kind, err[-2000:])
+            assert "Traceback" not in err and "unexpected" not in err, (n, kind, err[-3000:])
+            if code == 2:
+                assert len(err.strip().splitlines()) == 1 and len(err) <= 1100, (n, kind, err[:2000])
+                assert "checkpoints" in err or "config.json" in err or "safetensors" in err, (n, kind, err)
+            elif not kind.startswith(("config_value", "config_drop", "config_type")):
+                pytest.fail(f"case {n}: a corrupt weights file ({kind}) passed the pre-flight")
+            refused[kind.split(":")[0]] = refused.get(kind.split(":")[0], 0) + (code == 2)
+            assert not (workspace.root / "out").exists()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        weights_file.write_bytes(weights)
+        config_file.write_text(json.dumps(config))
+    assert refused.get("dtype", 0) > 0 and refused.get("truncate", 0) > 0, refused
