@@ -59,14 +59,20 @@ def task_summary(store: RunStore, task: str, n_boot: int = stats.DEFAULT_N_BOOT)
     keys = sorted({(s, v, f) for s, v, f in runs[["scheme", "variant", "data_fraction"]].itertuples(index=False)},
                   key=lambda k: (scheme_order(k[0]), k[1], -k[2]))
     for scheme, variant, fraction in keys:
-        group = runs[(runs.scheme == scheme) & (runs.variant == variant) & (runs.data_fraction == fraction)]
-        run_ids = list(group.sort_values("start_time").run_id)
+        same = runs[(runs.scheme == scheme) & (runs.variant == variant) & (runs.data_fraction == fraction)]
         label = scheme + (f" ({paper.variant_label(variant)})" if variant != schema.DEFAULT_VARIANT else "")
         label += f" [{fraction:.0%} data]" if fraction != 1.0 else ""
-        record = {"system": label, "seeds": len(run_ids)}
-        record.update({metric: _score(store, run_ids, metric, n_boot) for metric in metrics})
-        record["dev source gap"] = _source_gap(store, run_ids)
-        records.append(record)
+        # Runs of other settings (train.steps ...) are rows of their own, never seeds of one row.
+        settings = {g: schema.group_params(g) for g in sorted(same.group.unique())}
+        differing = sorted(k for k in set().union(*settings.values())
+                           if len({p.get(k) for p in settings.values()}) > 1)
+        for group, params in sorted(settings.items(), key=lambda item: [item[1].get(k, "") for k in differing]):
+            run_ids = list(same[same.group == group].sort_values("start_time").run_id)
+            shown = ", ".join(f"{k}={params.get(k, '-')}" for k in differing[:3])
+            record = {"system": label + (f" [{shown}]" if shown else ""), "seeds": len(run_ids)}
+            record.update({metric: _score(store, run_ids, metric, n_boot) for metric in metrics})
+            record["dev source gap"] = _source_gap(store, run_ids)
+            records.append(record)
     baseline = harness_task.baseline if harness_task else None
     if baseline is not None and len(runs):
         latest = runs.sort_values("start_time").run_id.iloc[-1]

@@ -675,3 +675,25 @@ def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seed
     assert cell(table2, "robertaShare (24L large)", "exact_100")["paper"] == pytest.approx(66.6)  # Table 2
     assert cell(table2, "bertShare", "exact_100")["mean"] == pytest.approx(40.0)  # the re-decoding's 99 is not in it
     assert any("hub's full data (data.variant: full)" in note and "balanced 4.5M" in note for note in table2.notes)
+
+
+def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
+    """Two runs of one scheme that differ in a setting (300 and 1,000 updates) are two rows, not two seeds."""
+    import mlflow
+
+    from analysis.runs import RunStore
+    from analysis.summary import render_summary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("steps", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = tmp_path / "files"
+    files.mkdir()
+    for steps, n_correct in (("300", 40), ("1000", 70)):
+        preds = _fusion_examples(n_correct, 3)
+        _log_run(client, experiment_id, parent, task="synthetic_fusion", scheme="bert2bert", seed=1,
+                 params={"data_fraction": "1.0", "init_layers": "null", "train.steps": steps},
+                 metrics=_scores(preds, ["exact", "sari"]), predictions=preds, tmp=files)
+    text = render_summary(RunStore(uri), n_boot=N_BOOT)
+    assert "| bert2bert [train.steps=1000] | 1 | 70.0 [" in text and "| bert2bert [train.steps=300] | 1 | 40.0 [" in text
