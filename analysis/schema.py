@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
-from experiments.evaluate import RELEASED_VARIANT
+from experiments.evaluation_config import RELEASED_VARIANT
 from experiments.tasks import TASKS as HARNESS_TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ TAG_GRID = "grid"
 DATA_VARIANT_PARAM = "data.variant"
 TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
 TAG_VARIANT = "variant"
-# RELEASED_VARIANT (imported from experiments.evaluate): a released checkpoint evaluated without training
+# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training
 
 # Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
 # second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a

@@ -25,8 +25,6 @@ evaluation is skipped and a new decoding setting is a new run beside the old one
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import os
 import socket
@@ -38,199 +36,30 @@ from typing import Any
 import torch
 import yaml
 
-from bertgen.checkpoint import CheckpointError, is_local_reference, read_config_dict, resolve_checkpoint_dir
+from bertgen.checkpoint import CheckpointError, read_config_dict, resolve_checkpoint_dir
 from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
 from . import validate as v
-from .cell import CELL_CONFIG_FILE, TEST_PREFIX, one_line
+from .cell import TEST_PREFIX, one_line
 from .cell_inputs import build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair, uncased
-from .config import (CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting, from_dict, setting,
-                     to_dict)
+from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
 from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
-from .grid_doc import GridError, parse_sets
-from .tasks import TASKS, Task, get_task
+from .grid_doc import GridError
+from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
 from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri
 
+from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
+    DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
+    SELECTIONS, SETTABLE, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation, config_from_dict,
+    evaluation_id, is_cell_dir, read_cell, released_entry,
+)
+
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
-EVALUATION_FILE = "evaluation.json"
-METRICS_FILE = "metrics.json"
-SELECTIONS = ("last", "best")  # a trained cell's checkpoints/<name> (experiments.train LAST / BEST)
-DEFAULT_EXPERIMENT = "bertgen-evaluate"
-DEFAULT_OUTPUT_ROOT = "outputs"
-
-# How a source becomes encoder input ids: "tokenizer" (the tokenizer's own special tokens), "bare" (none) or
-# "bos_eos" (<s> text </s>).
-INPUT_FORMATS = ("tokenizer", "bare", "bos_eos")
-
-
-@dataclass(frozen=True)
-class Released:
-    """One of Google's released warm-started models (hub ids: ../shared/notes/hub-ids.md)."""
-
-    task: str  # the task it was fine-tuned on
-    scheme: str  # the paper's row it reproduces: the 24-layer robertaShare of Tables 2, 3, 5; bert2bert of Table 4
-    # Its model card's input convention. The roberta2roberta repos ship a SentencePiece spiece.model with
-    # bert-generation stacks, whose tokenizer adds no special tokens; the WikiSplit card wraps the input in <s> … </s>
-    # (transformers issue 7898: without them the model repeats words); the WMT cards pass add_special_tokens=False.
-    input_format: str = "tokenizer"
-    size: str = "large"  # 24 layers
-
-
-RELEASED: dict[str, Released] = {
-    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare"),
-    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare", "bos_eos"),
-    "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare"),
-    "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare"),
-    "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare"),
-    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare"),
-    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare"),
-}
-RELEASED_VARIANT = "released"  # the analysis' variant tag for released models' rows (analysis.schema)
-
-
-def released_entry(checkpoint: str) -> Released | None:
-    """The released model a hub id or a local copy (a directory named like the hub repo) is."""
-    if checkpoint in RELEASED:
-        return RELEASED[checkpoint]
-    name = checkpoint.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    return next((entry for hub_id, entry in RELEASED.items() if hub_id.rsplit("/", 1)[-1] == name), None)
-
-
-class EvaluationError(ValueError):
-    """A checkpoint, task or setting that cannot be evaluated as asked (one line, names what is wrong)."""
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """One evaluation: what is decoded, on what, how. Its JSON form is ``evaluation.json`` and the run's params."""
-
-    checkpoint: str = setting()  # an HF-layout encoder-decoder (directory or hub id) or a trained cell's directory
-    task: str = setting()
-    decode: DecodeConfig = setting()
-    data: DataSources = setting(DataSources())
-    max_examples: ExampleCaps = setting(ExampleCaps())
-    select: str | None = setting(None)  # trained cells: which checkpoint ("last" / "best"); None for HF-layout models
-    revision: str | None = setting(None)  # hub revision of an HF-layout checkpoint
-    input_format: str = setting("tokenizer")  # INPUT_FORMATS; a released model's card's (RELEASED) by default
-    # fp32 by default: bf16 decoding is faster where the hardware has it but can change tokens ("auto": where native)
-    bf16: bool | str = setting(False, check=bf16_setting)
-
-    @property
-    def is_cell(self) -> bool:
-        return self.select is not None
-
-
-def is_cell_dir(checkpoint: str | os.PathLike) -> bool:
-    return is_local_reference(checkpoint) and (Path(checkpoint).expanduser() / CELL_CONFIG_FILE).is_file()
-
-
-def read_cell(directory: Path) -> CellConfig:
-    path = directory / CELL_CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise EvaluationError(f"{path}: not a readable cell config ({one_line(err)})") from None
-    try:
-        return CellConfig.from_dict(raw, str(path))
-    except v.Invalid as err:
-        raise EvaluationError(str(err)) from None
-
-
-def evaluation_id(config: EvaluationConfig) -> str:
-    """12 hex digits over what the evaluation decodes: the checkpoint (a cell by its id, so moving the output root
-    keeps it), the task, the decoding settings, the test data and caps, the selected checkpoint."""
-    view = to_dict(config)
-    if config.is_cell:
-        view["checkpoint"] = "cell:" + (read_cell(Path(config.checkpoint).expanduser()).cell_id or "")
-    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-
-
-def paper_decode(task: Task) -> dict[str, Any]:
-    """The paper's decoding for ``task`` (§4: beam 4, α = 0.6, the task's maximum target length)."""
-    return {"num_beams": task.beam_size, "length_penalty": float(task.length_penalty_alpha),
-            "max_new_tokens": task.max_target_length}
-
-
-def _apply(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = doc
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise EvaluationError(f"--set {dotted}: {part} is not a section")
-    node[leaf] = value
-
-
-SETTABLE = ("decode", "data", "max_examples", "input_format", "bf16")
-TOP_LEVEL = ("input_format", "bf16")
-
-
-def build_config(checkpoint: str, task: str | None, sets: list[str], max_examples: int | None = None,
-                 select: str | None = None, revision: str | None = None) -> EvaluationConfig:
-    """The evaluation of ``checkpoint``: defaults from the trained cell (its task, data, caps and decoding) or, for
-    an HF-layout model, the paper's decoding for ``task`` on the task's hub data; then ``--set`` overrides."""
-    if is_cell_dir(checkpoint):
-        directory = Path(checkpoint).expanduser()
-        cell = read_cell(directory)
-        if task is not None and task != cell.task:
-            raise EvaluationError(f"--task {task}: {checkpoint} was trained on {cell.task}; a trained cell is "
-                                  f"evaluated on its own task (pass --set data.test=FILE for other test data)")
-        doc = cell_evaluation_doc(cell, directory)
-        doc["select"] = select or doc["select"]
-    else:
-        if select is not None:
-            raise EvaluationError(f"--select {select}: only a trained cell's directory has last/best checkpoints; "
-                                  f"{checkpoint} has no {CELL_CONFIG_FILE}")
-        released = released_entry(checkpoint)
-        if task is None:
-            if released is None:
-                raise EvaluationError(f"--task: required for {checkpoint} (one of {sorted(TASKS)})")
-            task = released.task
-        if task not in TASKS:
-            raise EvaluationError(str(v.unknown("--task", task, TASKS)))
-        doc = {"checkpoint": checkpoint, "task": task, "decode": paper_decode(get_task(task)), "revision": revision,
-               "input_format": released.input_format if released is not None else "tokenizer"}
-    if max_examples is not None:
-        doc.setdefault("max_examples", {})["test"] = max_examples
-    for key, value in parse_sets(sets):
-        if key.split(".", 1)[0] not in SETTABLE or ("." not in key) != (key in TOP_LEVEL):
-            raise EvaluationError(f"--set {key}: expected a key under {', '.join(SETTABLE)} "
-                                  f"(e.g. decode.num_beams=4, data.test=FILE, max_examples.test=500)")
-        _apply(doc, key, value)
-    return config_from_dict(doc, "evaluation")
-
-
-def config_from_dict(doc: dict[str, Any], where: str) -> EvaluationConfig:
-    known = {f.name for f in dataclasses.fields(EvaluationConfig)}
-    for key in doc:
-        if key not in known:
-            raise v.unknown(v.join(where, key), key, known)
-    try:
-        task = v.choice(tuple(TASKS), what="task")(doc.get("task"), v.join(where, "task"))
-        checkpoint = v.text(what="a checkpoint directory or hub id")(doc.get("checkpoint"), v.join(where, "checkpoint"))
-        select = doc.get("select")
-        if select is not None:
-            select = v.choice(SELECTIONS, what="checkpoint selection")(select, v.join(where, "select"))
-        data = from_dict(DataSources, doc.get("data") or {}, v.join(where, "data"))
-        for split in ("train", "validation"):
-            if getattr(data, split) is not None:
-                raise v.Invalid(v.join(where, "data", split), "an evaluation reads test sets only")
-        decode = from_dict(DecodeConfig, doc.get("decode") or {}, v.join(where, "decode"))
-        caps = from_dict(ExampleCaps, doc.get("max_examples") or {}, v.join(where, "max_examples"))
-        revision = v.text(nullable=True)(doc.get("revision"), v.join(where, "revision"))
-        input_format = v.choice(INPUT_FORMATS, what="input format")(doc.get("input_format", "tokenizer"),
-                                                                    v.join(where, "input_format"))
-        bf16 = bf16_setting(doc.get("bf16", False), v.join(where, "bf16"))
-    except v.Invalid as err:
-        raise EvaluationError(str(err)) from None
-    return EvaluationConfig(checkpoint=checkpoint, task=task, decode=decode, data=data, max_examples=caps,
-                            select=select, revision=revision, input_format=input_format, bf16=bf16)
 
 
 # -- the model ------------------------------------------------------------------------------------------------------
@@ -466,23 +295,6 @@ class EvaluationTracker:
 def label_of(config: EvaluationConfig) -> str:
     name = Path(config.checkpoint).name if config.is_cell else config.checkpoint.rsplit("/", 1)[-1]
     return f"eval/{config.task}/{name}/beam{config.decode.num_beams}"
-
-
-def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:
-    """A trained cell's evaluation as it was tested: its decoding, its test sets and cap, the checkpoint its
-    ``train.select`` names."""
-    data = {split: spec for split, spec in cell.data.splits.items()
-            if split not in ("train", "validation") and spec is not None}
-    return {"checkpoint": str(Path(directory).resolve()), "task": cell.task, "decode": to_dict(cell.decode),
-            "data": data, "max_examples": {"test": cell.max_examples.test},
-            "select": "best" if cell.train.select == "best_dev" else "last"}
-
-
-def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
-    """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
-    launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
-    typed = CellConfig.from_dict(cell, "cell")
-    return config_from_dict(cell_evaluation_doc(typed, directory), f"cell {typed.cell_id}")
 
 
 @dataclass
