@@ -215,6 +215,19 @@ def test_init_layers_map_to_warm_start():
         warm_start_from({"layers": [0]})
 
 
+def assert_resumed_equals_straight(assets, tmp_path, straight, resumed, resumed_logger) -> None:
+    """The resumed cell continued at step 5 (it did not start over) and ended bit-identical to the uninterrupted
+    one: metrics, weights, predictions; and it really trained (the weights moved away from the warm start)."""
+    assert resumed_logger.train_steps() == [5, 6, 7, 8]
+    assert resumed == straight
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "predictions.jsonl").read_text() == \
+        (tmp_path / "resumed" / "predictions.jsonl").read_text()
+    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
+    assert not torch.equal(a["encoder.embeddings.LayerNorm.weight"], start["bert.embeddings.LayerNorm.weight"])
+
+
 # -- whole cells ------------------------------------------------------------------------------------------------------
 def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_path):
     """8 steps over 5 batches per epoch with dropout on; the crash comes after the step-4 checkpoint, so the resumed
@@ -230,15 +243,7 @@ def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_pat
     resumed_logger = RecordingLogger()
     resumed = train_cell(cell, tmp_path / "resumed", resumed_logger)
 
-    assert resumed_logger.train_steps() == [5, 6, 7, 8]  # it continued, it did not start over
-    assert resumed == straight
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "straight" / "predictions.jsonl").read_text() == \
-        (tmp_path / "resumed" / "predictions.jsonl").read_text()
-    # And it really trained: the straight run's weights moved away from the warm start.
-    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
-    assert not torch.equal(a["encoder.embeddings.LayerNorm.weight"], start["bert.embeddings.LayerNorm.weight"])
+    assert_resumed_equals_straight(assets, tmp_path, straight, resumed, resumed_logger)
 
     # What the cell writes: predictions in test-file order, metrics that the predictions reproduce.
     rows = [json.loads(line) for line in (tmp_path / "straight" / "predictions.jsonl").read_text().splitlines()]
@@ -276,14 +281,7 @@ def test_resumed_adafactor_cell_ends_bit_identical_to_an_uninterrupted_one(asset
     assert all(float(state["step"]) == 4 for state in saved["state"].values())
     resumed_logger = RecordingLogger()
     resumed = train_cell(cell, tmp_path / "resumed", resumed_logger)
-    assert resumed_logger.train_steps() == [5, 6, 7, 8]
-    assert resumed == straight
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "straight" / "predictions.jsonl").read_text() == \
-        (tmp_path / "resumed" / "predictions.jsonl").read_text()
-    start = load_file(Path(assets["checkpoints"]["bert"]) / "model.safetensors")
-    assert not torch.equal(a["encoder.embeddings.LayerNorm.weight"], start["bert.embeddings.LayerNorm.weight"])
+    assert_resumed_equals_straight(assets, tmp_path, straight, resumed, resumed_logger)
 
 
 def test_preemption_save_resumes_from_the_start_of_the_interrupted_step(assets, tmp_path):
