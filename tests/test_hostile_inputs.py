@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import random
 import re
 import signal
@@ -34,7 +33,7 @@ from experiments import launch, sync
 from experiments.grid import load_grid
 from experiments.cell import cell_dir
 from experiments.tracking import PENDING_FILE
-from integration_helpers import data_spec, quick_assets
+from integration_helpers import quick_assets
 from test_bad_grid_inputs import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
