@@ -14,7 +14,8 @@ step times and its peak RSS (``VmHWM``, Linux). The table gives the median step 
 Beam search runs in this process on both models, batches alternating, and checks that the outputs are identical.
 
 It first prints the machine (CPU model, bf16 instructions, threads; the GPU with ``--device cuda``) and the GEMM
-peak measured here for fp32 and bf16 (a 2048³ matmul), and gives each training row's share of that peak (MFU: the
+peak measured here for fp32 and bf16 (a 2048³ matmul; fp32 on a CPU through both libraries PyTorch ships, its BLAS
+and oneDNN, since bertgen.linear may use either), and gives each training row's share of the higher peak (MFU: the
 FLOPs of one training step, counted by ``torch.utils.flop_counter`` on our model, over the step time). bf16 rows
 run only where the hardware computes bf16 natively (a CPU with AMX or AVX512-BF16, a CUDA GPU with bf16); elsewhere
 it says so, since emulated bf16 is many times slower than fp32 and would measure nothing of interest. On CUDA the
@@ -88,17 +89,24 @@ def machine(device: str) -> str:
             f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
-def gemm_peak(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``³ matmul in ``dtype`` on ``device`` (best of ``repeats``): the ceiling MFU is read against."""
+def gemm_peak(device: str, dtype: torch.dtype, backend: str | None = None, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``³ matmul in ``dtype`` on ``device`` (best of ``repeats``): the ceiling MFU is read against.
+
+    On a CPU in fp32, ``backend`` picks the library (``bertgen.linear``): "blas" is ``torch.mm`` (MKL in the x86
+    wheels), "onednn" the oneDNN product bertgen uses where MKL is slow.
+    """
+    from bertgen.linear import matmul_nt, use_cpu_backend
+
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
+    with use_cpu_backend(backend or "blas"):
+        for _ in range(repeats + 1):
+            _sync(device)
+            start = time.perf_counter()
+            matmul_nt(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
@@ -111,9 +119,12 @@ def step_flops(directory: str, device: str) -> float:
     """FLOPs of one training step (forward and backward) of our model on one batch, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bertgen.linear import use_cpu_backend
+
     model = load("ours", directory).to(device).train()
     ids, mask, labels = (t.to(device) for t in make_batch(0))
-    with FlopCounterMode(display=False) as counter:
+    # The counter knows PyTorch's own products only, not the oneDNN op bertgen.linear may call: count on BLAS.
+    with use_cpu_backend("blas"), FlopCounterMode(display=False) as counter:
         model(input_ids=ids, attention_mask=mask, labels=labels, return_logits=False).loss.backward()
     return float(counter.get_total_flops())
 
@@ -236,13 +247,23 @@ def main() -> None:
     from experiments.evaluation import native_bf16
 
     device = args.device
+    from bertgen.linear import cpu_backend, has_onednn
+
     bf16_native = native_bf16(torch.device(device))
-    peaks = {"fp32": gemm_peak(device, torch.float32)}
+    fp32_peaks = {"BLAS": gemm_peak(device, torch.float32, "blas")}
+    if device == "cpu" and has_onednn():
+        fp32_peaks["oneDNN"] = gemm_peak(device, torch.float32, "onednn")
+    peaks = {"fp32": max(fp32_peaks.values())}
     if bf16_native:
         peaks["bf16"] = gemm_peak(device, torch.bfloat16)
     print(machine(device))
-    print("GEMM peak measured here: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
-          + ("" if bf16_native else " (bf16 not measured: no native bf16 on this hardware)"))
+    if device == "cpu":
+        print(f"bertgen's CPU fp32 products: {cpu_backend()} (bertgen.linear; BERTGEN_CPU_MATMUL overrides); "
+              "transformers': BLAS (torch.mm/addmm)")
+    print("GEMM peak measured here: fp32 " + " / ".join(f"{k} {v / 1e9:,.0f}" for k, v in fp32_peaks.items())
+          + " GFLOP/s (MFU is read against the higher)"
+          + (f", bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s" if bf16_native
+             else " (bf16 not measured: no native bf16 on this hardware)"))
     rows = []
     identical = None
     with tempfile.TemporaryDirectory() as directory:

@@ -8,7 +8,6 @@ the checkpoint keys. The layer is post-LN BERT; the decoder adds cross-attention
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import (
@@ -23,6 +22,7 @@ from .attention import (
 )
 from .configuration import BertGenerationConfig
 from .dropout import Dropout
+from .linear import Linear, linear
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape
 from .outputs import BaseModelOutput
 from .recompute import activation_then_linear
@@ -64,9 +64,9 @@ class BertGenerationSelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         kv_width = (config.cross_attention_hidden_size or config.hidden_size) if is_cross_attention else config.hidden_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(kv_width, config.hidden_size)
-        self.value = nn.Linear(kv_width, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(kv_width, config.hidden_size)
+        self.value = Linear(kv_width, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.is_cross_attention = is_cross_attention
         self.position_embedding_type = "absolute" if is_cross_attention else config.position_embedding_type
@@ -119,7 +119,7 @@ class BertGenerationSelfAttention(nn.Module):
 class BertGenerationSelfOutput(nn.Module):
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -145,14 +145,14 @@ class BertGenerationIntermediate(nn.Module):
 
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT_FNS[config.hidden_act]
 
 
 class BertGenerationOutput(BertGenerationSelfOutput):
     def __init__(self, config: BertGenerationConfig):
         super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, pre_activation, input_tensor, act):
         """``LayerNorm(dropout(dense(act(pre_activation))) + input_tensor)``; the activation is fused with ``dense``
@@ -324,11 +324,11 @@ class BertGenerationOnlyLMHead(nn.Module):
 
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states):
-        return F.linear(hidden_states, self.decoder.weight, self.bias)
+        return linear(hidden_states, self.decoder.weight, self.bias)
 
 
 class BertGenerationDecoder(CausalLMHeadMixin, PreTrainedModel):

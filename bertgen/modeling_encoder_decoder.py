@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from . import generation
 from .configuration import BertGenerationConfig, EncoderDecoderConfig, GPT2Config, PretrainedConfig
+from .linear import Linear
 from .vocab_projection import linear_cross_entropy
 from .modeling_bert_generation import BertGenerationDecoder, BertGenerationEncoder
 from .modeling_gpt2 import GPT2LMHeadModel
@@ -97,7 +98,7 @@ class EncoderDecoderModel(PreTrainedModel):
         self.decoder = decoder if decoder is not None else model_class_for(config.decoder, "decoder")(config.decoder)
         enc_width, dec_width = config.encoder.hidden_size, dec_config.hidden_size
         if enc_width != dec_width and getattr(dec_config, "cross_attention_hidden_size", None) is None:
-            self.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
+            self.enc_to_dec_proj = Linear(enc_width, dec_width)
             init_weights(self.enc_to_dec_proj, getattr(dec_config, "initializer_range", 0.02))
         self.tie_weights()
 

@@ -46,6 +46,7 @@ from .configuration import GPT2Config
 from .families import gpt2_state_to_hf
 from . import generation, vocab_projection
 from .dropout import Dropout
+from .linear import Linear
 from .modeling_bert_generation import _expand_head_mask
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, shift_tokens_right
 from .outputs import BaseModelOutput, Seq2SeqLMOutput
@@ -63,11 +64,11 @@ class GPT2Attention(nn.Module):
         self.width = width
         self.is_cross_attention = is_cross_attention
         if is_cross_attention:
-            self.c_attn = nn.Linear(width, 2 * width)
-            self.q_attn = nn.Linear(width, width)
+            self.c_attn = Linear(width, 2 * width)
+            self.q_attn = Linear(width, width)
         else:
-            self.c_attn = nn.Linear(width, 3 * width)
-        self.c_proj = nn.Linear(width, width)
+            self.c_attn = Linear(width, 3 * width)
+        self.c_proj = Linear(width, width)
         self.dropout_p = config.attn_pdrop
         self.resid_dropout = Dropout(config.resid_pdrop)
         self.scale = config.head_dim ** -0.5 if config.scale_attn_weights else 1.0
@@ -103,8 +104,8 @@ class GPT2Attention(nn.Module):
 class GPT2MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.intermediate_size)
-        self.c_proj = nn.Linear(config.intermediate_size, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.intermediate_size)
+        self.c_proj = Linear(config.intermediate_size, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
         self.dropout = Dropout(config.resid_pdrop)
 
@@ -323,7 +324,7 @@ class GPT2LMHeadModel(CausalLMHeadMixin, GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config):
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
         self.tie_weights()
 

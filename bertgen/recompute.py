@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .dropout import LANES, dropout, dropout_threshold, keep_mask, keep_scale, masked_scale
+from .linear import linear, matmul_nt
 
 
 def _plain(tensor: torch.Tensor, *more: torch.Tensor | None) -> bool:
@@ -34,7 +34,7 @@ class _ActivationThenLinear(torch.autograd.Function):
     def forward(ctx, pre, act, weight, bias):
         ctx.save_for_backward(pre, weight)
         ctx.act, ctx.has_bias = act, bias is not None
-        return F.linear(act(pre), weight, bias)
+        return matmul_nt(act(pre).reshape(-1, pre.size(-1)), weight, bias).view(*pre.shape[:-1], weight.size(0))
 
     @staticmethod
     def backward(ctx, grad):
@@ -46,11 +46,12 @@ class _ActivationThenLinear(torch.autograd.Function):
         grad_2d = grad.reshape(-1, grad.size(-1))
         grad_pre = grad_weight = grad_bias = None
         if needs_weight:
-            grad_weight = grad_2d.t() @ activated.detach().reshape(-1, activated.size(-1))
+            grad_weight = matmul_nt(grad_2d.t(), activated.detach().reshape(-1, activated.size(-1)).t())
         if needs_bias and ctx.has_bias:
             grad_bias = grad_2d.sum(0)
         if needs_pre:
-            (grad_pre,) = torch.autograd.grad(activated, x, grad @ weight)
+            grad_activated = matmul_nt(grad_2d, weight.t()).view(activated.shape)
+            (grad_pre,) = torch.autograd.grad(activated, x, grad_activated)
         return grad_pre, None, grad_weight, grad_bias
 
 
@@ -58,7 +59,7 @@ def activation_then_linear(pre: torch.Tensor, act: Callable[[torch.Tensor], torc
                            bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(act(pre), weight, bias)``, keeping only ``pre`` for backward."""
     if _plain(pre, weight, bias):
-        return F.linear(act(pre), weight, bias)
+        return linear(act(pre), weight, bias)
     return _ActivationThenLinear.apply(pre, act, weight, bias)
 
 

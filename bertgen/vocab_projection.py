@@ -21,7 +21,8 @@ vocabulary), and its output the largest tensor. Two things make it cheaper here 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .linear import cpu_backend, matmul_nt
 
 # Output columns per matrix product (a 1,024 × 384 fp32 weight block is 1.5 MB).
 VOCAB_BLOCK = 1024
@@ -39,7 +40,7 @@ def project_blocks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     Inputs in another dtype (bf16 under autocast) are multiplied in that dtype and each block widened to fp32.
     """
-    return [(cols, F.linear(hidden, weight[cols], None if bias is None else bias[cols]).float())
+    return [(cols, matmul_nt(hidden, weight[cols], None if bias is None else bias[cols]).float())
             for cols in _blocks(weight.size(0))]
 
 
@@ -57,9 +58,10 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """
     out = torch.empty(hidden.size(0), weight.size(0), dtype=torch.float32, device=hidden.device)
     fp32 = hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    in_place = fp32 and not (hidden.device.type == "cpu" and cpu_backend() == "onednn")
     for cols in _blocks(weight.size(0)):
-        if not fp32:
-            out[:, cols] = F.linear(hidden, weight[cols], None if bias is None else bias[cols])
+        if not in_place:
+            out[:, cols] = matmul_nt(hidden, weight[cols], None if bias is None else bias[cols])
         elif bias is None:
             torch.mm(hidden, weight[cols].t(), out=out[:, cols])
         else:
@@ -68,9 +70,10 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
-    """out = a @ b, or out += a @ b; out is fp32, a and b fp32 (written in place) or bf16 (product widened)."""
-    if a.dtype != out.dtype:
-        product = (a @ b).to(out.dtype)
+    """out = a @ b, or out += a @ b; out is fp32, a and b fp32 (written in place through BLAS) or bf16 (product
+    widened); products on oneDNN (bertgen.linear) are written, then added."""
+    if a.dtype != out.dtype or (a.device.type == "cpu" and cpu_backend() == "onednn"):
+        product = matmul_nt(a, b.t()).to(out.dtype)
         out.add_(product) if accumulate else out.copy_(product)
     elif accumulate:
         out.addmm_(a, b)
