@@ -150,7 +150,9 @@ def dropout_attention(
         # to -inf (for float16), which would turn a fully masked row into NaN.
         bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
         scores = scores.add_(bias.masked_fill_(~mask, torch.finfo(scores.dtype).min / 2))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # bf16 scores: the kernel sums in fp32 and rounds once, as the fp32 softmax cast to bf16 would, without the copy.
+    probs = (torch.softmax(scores, dim=-1) if scores.dtype != torch.float16
+             else torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype))
     return dropout_matmul(probs, value, dropout_p)
 
 

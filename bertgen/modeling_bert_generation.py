@@ -23,7 +23,7 @@ from .attention import (
 from .configuration import BertGenerationConfig
 from .dropout import Dropout
 from .linear import Linear, linear
-from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape
+from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape, residual_dtype
 from .outputs import BaseModelOutput
 from .recompute import activation_then_linear
 
@@ -52,7 +52,7 @@ class BertGenerationEmbeddings(nn.Module):
             inputs_embeds = self.word_embeddings(input_ids)
         if position_ids is None:
             position_ids = self.position_ids_for(input_ids, inputs_embeds.size(1), past_len, inputs_embeds.device)
-        embeddings = inputs_embeds + self.position_embeddings(position_ids)
+        embeddings = residual_dtype(inputs_embeds + self.position_embeddings(position_ids))
         return self.dropout(self.LayerNorm(embeddings))
 
 

@@ -48,7 +48,7 @@ from . import generation, vocab_projection
 from .dropout import Dropout
 from .linear import Linear
 from .modeling_bert_generation import _expand_head_mask
-from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, shift_tokens_right
+from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, residual_dtype, shift_tokens_right
 from .outputs import BaseModelOutput, Seq2SeqLMOutput
 from .recompute import activation_then_linear
 
@@ -285,7 +285,7 @@ class GPT2Model(GPT2PreTrainedModel):
             position_ids = torch.arange(past_len, past_len + length, device=inputs_embeds.device)[None]
         use_cache = config.use_cache if use_cache is None else use_cache
 
-        hidden = self.drop(inputs_embeds + self.wpe(position_ids))
+        hidden = self.drop(residual_dtype(inputs_embeds + self.wpe(position_ids)))
         self_mask, is_causal = self_attention_mask(attention_mask, length, past_len, True, hidden.device)
         cross_mask = padding_mask(encoder_attention_mask)
         head_masks = _expand_head_mask(head_mask, config.n_layer, hidden.dtype)

@@ -86,19 +86,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
     (scaled in place by the incoming gradient, so no vocabulary-sized copy is made)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_rows):
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows, dtype):
         n = hidden.size(0)
         want_grad = any(ctx.needs_input_grad[:3])
+        # The products' operands; the gradients are accumulated in fp32 and returned in the inputs' own dtypes.
+        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if want_grad:
             grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
             grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
             grad_bias = torch.empty(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
         for start in range(0, n, chunk_rows):
-            h = hidden[start:start + chunk_rows]
+            h = hidden[start:start + chunk_rows].to(dtype)
             y = labels[start:start + chunk_rows]
-            blocks = project_blocks(h, weight, bias)
-            target = (h.float() * weight[y].float()).sum(dim=1) + (bias[y].float() if bias is not None else 0.0)
+            blocks = project_blocks(h, w, b)
+            target = (h.float() * w[y].float()).sum(dim=1) + (b[y].float() if b is not None else 0.0)
             top = _row_max(blocks)
             # Each block now holds exp(logit - row max): the unnormalised softmax, in place.
             sums = torch.stack([logits.sub_(top).exp_().sum(dim=1) for _, logits in blocks], dim=1)
@@ -106,24 +108,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (top.squeeze(1) + sums.squeeze(1).log() - target).sum()
             if not want_grad:
                 continue
-            # d(mean loss)/d(logits) = (softmax - onehot) / n. The softmax part is built in each block's buffer;
-            # the one-hot part is applied to the gradients directly (rows of the weight, entries of the bias).
+            # d(mean loss)/d(logits) = (softmax - onehot) / n, built in each block's fp32 buffer (the one-hot part
+            # before any rounding to bf16, which would cancel p - 1 where p is close to 1), then multiplied out.
             # The first chunk writes the weight and bias gradients, later chunks add to them.
             scale = sums.reciprocal_().mul_(1.0 / n)
             accumulate = start > 0
             grad_h = grad_hidden[start:start + chunk_rows]
-            grad_h.copy_(weight[y].float()).mul_(-1.0 / n)
-            for cols, unnormalised in blocks:
-                probs = unnormalised.mul_(scale)
+            rows = torch.arange(y.numel(), device=y.device)
+            for i, (cols, unnormalised) in enumerate(blocks):
+                d_logits = unnormalised.mul_(scale)
+                here = (y >= cols.start) & (y < cols.stop)
+                d_logits[rows[here], y[here] - cols.start] -= 1.0 / n
                 if grad_bias is not None:
-                    column_sums = probs.sum(dim=0)
+                    column_sums = d_logits.sum(dim=0)
                     grad_bias[cols].add_(column_sums) if accumulate else grad_bias[cols].copy_(column_sums)
-                probs = probs.to(h.dtype)
-                _product_into(grad_h, probs, weight[cols].to(h.dtype), accumulate=True)
-                _product_into(grad_weight[cols], probs.t(), h, accumulate)
-            grad_weight.index_add_(0, y, h.float(), alpha=-1.0 / n)
-            if grad_bias is not None:
-                grad_bias.index_add_(0, y, torch.full((y.numel(),), -1.0 / n, device=y.device))
+                d_logits = d_logits.to(dtype)
+                _product_into(grad_h, d_logits, w[cols], accumulate=i > 0)
+                _product_into(grad_weight[cols], d_logits.t(), h, accumulate)
         if want_grad:
             ctx.grads = (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
                          grad_bias.to(bias.dtype) if grad_bias is not None else None)
@@ -141,7 +142,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight.mul_(grad_output.to(grad_weight.dtype))
             if grad_bias is not None:
                 grad_bias.mul_(grad_output.to(grad_bias.dtype))
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -158,9 +159,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
         raise ValueError("linear_cross_entropy: no labelled positions (every label is -100)")
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // weight.size(0))
+    dtype = hidden.dtype
     if torch.is_autocast_enabled(hidden.device.type):
+        # Cast inside the function: the fp32 weight's gradient is then accumulated in fp32 and handed back as is,
+        # not rounded to bf16 and widened again by the cast's backward (the weight is the vocabulary matrix).
         dtype = torch.get_autocast_dtype(hidden.device.type)
         with torch.autocast(hidden.device.type, enabled=False):
-            return _LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype),
-                                             bias.to(dtype) if bias is not None else None, labels, chunk_rows)
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows)
+            return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, dtype)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, dtype)

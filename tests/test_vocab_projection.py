@@ -92,6 +92,24 @@ def test_fused_loss_under_bf16_autocast_is_close_and_differentiable():
     assert torch.allclose(g_ours, weight.grad, atol=5e-3, rtol=5e-2)
 
 
+def test_fused_loss_under_bf16_autocast_keeps_small_gradients_of_confident_predictions():
+    """Where the model is confident (p of the label near 1) the gradient softmax - one-hot is small; it must be formed
+    before rounding to bf16, not as bf16(sum_v p_v W_v) - W_y, which cancels to a few bf16 steps of W_y. What is left
+    is the bf16 rounding of the logits themselves (~1%; autocast's, transformers' too); the cancellation doubled it."""
+    torch.manual_seed(5)
+    weight = torch.randn(211, 32, requires_grad=True)
+    labels = torch.randint(0, 211, (64,))
+    hidden = (0.5 * weight.detach()[labels]).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear_cross_entropy(hidden, weight, None, labels, 16).backward()
+    # The same loss on the bf16-rounded operands in float64: what a bf16 product with exact accumulation gives.
+    h64, w64 = (t.detach().bfloat16().double().requires_grad_() for t in (hidden, weight))
+    F.cross_entropy(F.linear(h64, w64), labels).backward()
+    assert F.softmax(F.linear(h64, w64), -1).gather(1, labels[:, None]).mean() > 0.95  # confident, as meant
+    for ours, ref in ((hidden.grad, h64.grad), (weight.grad, w64.grad)):
+        assert ((ours.double() - ref).norm() / ref.norm()).item() < 1.2e-2
+
+
 def test_fused_loss_rejects_empty_and_misshaped():
     w = torch.randn(5, 3)
     with pytest.raises(ValueError, match="no labelled positions"):
