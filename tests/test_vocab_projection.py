@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bertgen import vocab_projection
+from bertgen.linear import has_onednn, use_cpu_backend
 from bertgen.vocab_projection import linear_cross_entropy, log_probs
 
 
@@ -18,6 +19,15 @@ def vocab_block(request, monkeypatch):
     """The default block (one block for these vocabularies) and small ones (many blocks, a ragged last block)."""
     monkeypatch.setattr(vocab_projection, "VOCAB_BLOCK", request.param)
     return request.param
+
+
+@pytest.fixture(autouse=True, params=["blas", "onednn"])
+def product_backend(request):
+    """Every test on both CPU product libraries (bertgen.linear): their code paths differ here."""
+    if request.param == "onednn" and not has_onednn():
+        pytest.skip("this PyTorch build has no oneDNN")
+    with use_cpu_backend(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, None])
