@@ -697,3 +697,42 @@ def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
                  metrics=_scores(preds, ["exact", "sari"]), predictions=preds, tmp=files)
     text = render_summary(RunStore(uri), n_boot=N_BOOT)
     assert "| bert2bert [train.steps=1000] | 1 | 70.0 [" in text and "| bert2bert [train.steps=300] | 1 | 40.0 [" in text
+
+
+def test_precision_comparison_pairs_fp32_and_bf16_runs_with_the_seed_spread(tmp_path):
+    """analysis.precision: per scheme and measure, the fp32 and bf16 means, their difference and the fp32 seed
+    spread (the noise it is read against), and one curve per run in the figure."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from analysis.precision import comparison, curves_figure, main, precision_runs
+    from analysis.runs import RunStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("bf16", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = tmp_path / "files"
+    files.mkdir()
+    final_loss = {("False", 1): 1.0, ("False", 2): 1.2, ("True", 1): 1.05, ("True", 2): 1.25}
+    for (bf16, seed), loss in final_loss.items():
+        preds = _fusion_examples(40 + 10 * seed, seed)
+        run_id = _log_run(client, experiment_id, parent, task="synthetic_fusion", scheme="bert2bert", seed=seed,
+                          params={"data_fraction": "1.0", "init_layers": "null", "train.bf16": bf16},
+                          metrics=_scores(preds, ["exact", "sari"]), predictions=preds, dev=[(100, loss - 0.1)],
+                          tmp=files)
+        client.log_batch(run_id, metrics=[Metric("loss", loss + 1.0, 0, 10), Metric("loss", loss, 0, 100)])
+    store = RunStore(uri, experiment="bf16")
+    runs = precision_runs(store)
+    assert sorted(runs.precision) == ["bf16", "bf16", "fp32", "fp32"]
+    table = comparison(store, runs).set_index("measure")
+    train = table.loc["train_loss"]
+    assert train.fp32 == pytest.approx(1.1) and train.bf16 == pytest.approx(1.15)
+    assert train.difference == pytest.approx(0.05) and train.fp32_seed_spread == pytest.approx(0.2)
+    assert table.loc["dev_loss"].fp32 == pytest.approx(1.0) and table.loc["sari"].seeds == 2
+    fig = curves_figure(store, runs)
+    assert len(fig.axes[0].lines) == 4
+    main(["--tracking-uri", uri, "--experiment", "bf16", "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="needs finished runs in both fp32 and bf16"):
+        main(["--tracking-uri", uri, "--experiment", "Default"])
