@@ -244,11 +244,10 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device on this machine")
 
+    from bertgen.linear import cpu_backend, has_onednn
     from experiments.evaluation import native_bf16
 
     device = args.device
-    from bertgen.linear import cpu_backend, has_onednn
-
     bf16_native = native_bf16(torch.device(device))
     fp32_peaks = {"BLAS": gemm_peak(device, torch.float32, "blas")}
     if device == "cpu" and has_onednn():

@@ -82,6 +82,20 @@ def _log_run(client, experiment_id, parent_id, *, task, scheme, seed, params, me
     return run_id
 
 
+def _new_store(root: Path, experiment: str):
+    """An empty sqlite MLflow store under ``root`` with one experiment and a launch run: (uri, client,
+    experiment_id, launch run id, a folder for artifact files)."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
+    files = root / "files"
+    files.mkdir()
+    return uri, client, experiment_id, parent, files
+
+
 def _scores(predictions: list[dict], names: list[str]) -> dict[str, float]:
     from experiments import metrics as m
 
@@ -520,18 +534,11 @@ def test_copy_source_row_scores_the_sources_of_a_run_with_a_ci_and_is_never_the_
 
 
 def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of_the_paper_tables(tmp_path):
-    import mlflow
-
     from analysis.runs import RunStore
     from analysis.summary import render_summary
     from analysis.tables import build_table
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("mini", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
-    files = tmp_path / "files"
-    files.mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "mini")
     base = {"data_fraction": "1.0", "init_layers": "null"}
     for task, scheme, params, n_correct in (
             ("discofuse", "bert2bert", base, 40),
@@ -570,17 +577,10 @@ def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_de
     """Section 5's GPT-2 tuning (analysis.gpt2_tuning, ``--table gpt2``): one row per setting the runs hold, the
     default first with the paper's default SARI, and a "best on dev" row (chosen on dev, not test) with its tuned SARI;
     other schemes, data fractions and the paper-only schemes behave as in the numbered tables."""
-    import mlflow
-
     from analysis.runs import RunStore
     from analysis.tables import build_table, main, parse_tables, render, wide
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("tuning", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
-    files = tmp_path / "files"
-    files.mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "tuning")
     default = {"data_fraction": "1.0", "init_layers": "null", "train.lr": "0.05", "train.warmup_steps": "40000"}
     adafactor = {**default, "train.optimizer": "adafactor", "train.lr": "5.0", "train.warmup_steps": "10000"}
     hot_adam = {**default, "train.lr": "0.25", "train.warmup_steps": "10000"}
@@ -642,17 +642,10 @@ def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seed
     """experiments.evaluate's runs: a released model (variant "released", size large) is a row of its own beside the
     paper's 24-layer robertaShare; a trained cell decoded again (role evaluation of a cell) is no extra seed of its
     cell; a cell trained on the hub's full DiscoFuse (data.variant: full) is footnoted."""
-    import mlflow
-
     from analysis.runs import RunStore
     from analysis.tables import build_table
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("evals", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
-    files = tmp_path / "files"
-    files.mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "evals")
     base = {"data_fraction": "1.0", "init_layers": "null"}
     trained = _log_run(client, experiment_id, parent, task="discofuse", scheme="bertShare", seed=1,
                        params={**base, "data.variant": "full"}, metrics=_scores(_fusion_examples(40, 1), ["exact"]),
@@ -679,17 +672,10 @@ def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seed
 
 def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
     """Two runs of one scheme that differ in a setting (300 and 1,000 updates) are two rows, not two seeds."""
-    import mlflow
-
     from analysis.runs import RunStore
     from analysis.summary import render_summary
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("steps", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
-    files = tmp_path / "files"
-    files.mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "steps")
     for steps, n_correct in (("300", 40), ("1000", 70)):
         preds = _fusion_examples(n_correct, 3)
         _log_run(client, experiment_id, parent, task="synthetic_fusion", scheme="bert2bert", seed=1,
@@ -702,18 +688,12 @@ def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
 def test_precision_comparison_pairs_fp32_and_bf16_runs_with_the_seed_spread(tmp_path):
     """analysis.precision: per scheme and measure, the fp32 and bf16 means, their difference and the fp32 seed
     spread (the noise it is read against), and one curve per run in the figure."""
-    import mlflow
     from mlflow.entities import Metric
 
     from analysis.precision import comparison, curves_figure, main, precision_runs
     from analysis.runs import RunStore
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("bf16", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, tags={"role": "launch"}).info.run_id
-    files = tmp_path / "files"
-    files.mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "bf16")
     final_loss = {("False", 1): 1.0, ("False", 2): 1.2, ("True", 1): 1.05, ("True", 2): 1.25}
     for (bf16, seed), loss in final_loss.items():
         preds = _fusion_examples(40 + 10 * seed, seed)
