@@ -89,3 +89,15 @@ def test_a_checkpoint_written_on_cuda_resumes_on_cpu_and_back(pair, tiny, tmp_pa
             assert torch.equal(a.cpu(), b.cpu()), name
         moment = next(iter(moved.state.values()))["exp_avg"]
         assert moment.device.type == device
+
+
+def test_products_on_cuda_are_pytorchs_own_whatever_the_cpu_backend():
+    """bertgen.linear sends CPU fp32 products to oneDNN; CUDA tensors must take F.linear (cuBLAS) unchanged."""
+    from bertgen.linear import linear, use_cpu_backend
+
+    x = torch.randn(6, 16, device=CUDA, requires_grad=True)
+    weight = torch.randn(8, 16, device=CUDA, requires_grad=True)
+    with use_cpu_backend("onednn" if torch.backends.mkldnn.is_available() else "blas"):
+        out = linear(x, weight)
+    assert out.device.type == "cuda" and "OneDNN" not in type(out.grad_fn).__name__
+    assert torch.equal(out, torch.nn.functional.linear(x, weight))
