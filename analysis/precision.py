@@ -26,7 +26,7 @@ def precision_runs(store: RunStore) -> pd.DataFrame:
     """The store's cell runs with their precision ("fp32" or "bf16") and final train/dev loss."""
     rows = []
     for run in store.runs.itertuples():
-        data = store._client.get_run(run.run_id).data
+        data = store.run_data(run.run_id)
         setting = data.params.get(PRECISION_PARAM)
         if setting is None:
             continue

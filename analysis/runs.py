@@ -215,6 +215,10 @@ class RunStore:
         copied = [{**p, "prediction": text} for p, text in zip(preds, baseline_predictions(baseline, sources))]
         return example_statistics(copied, metrics)
 
+    def run_data(self, run_id: str):
+        """The run's MLflow data: ``params``, ``tags`` and final ``metrics`` dicts."""
+        return self._client.get_run(run_id).data
+
     def dev_history(self, run_id: str, key: str) -> pd.DataFrame:
         """``step, value`` of one dev metric over training."""
         history = self._client.get_metric_history(run_id, key)
