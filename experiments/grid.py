@@ -59,7 +59,7 @@ from .config import FAMILIES, SPLITS, CellConfig
 from .grid_doc import (  # GridError, read_yaml and parse_sets re-exported: public here
     _GLOB_CHARS,
     GridError,
-    _display,
+    display_path,
     _dotted_fields,
     _lookup,
     _matches,
@@ -170,6 +170,11 @@ class Grid:
     def cell(self, cell_id: str) -> dict:
         return next(c for c in self.cells if c["cell_id"] == cell_id)
 
+    @property
+    def where(self) -> str:
+        """The grid file as refusals name it (``display_path``)."""
+        return str(display_path(self.path))
+
 
 def _top_schema(cell: dict) -> dict[str, Any]:
     any_value: v.Check = lambda value, path: value  # noqa: E731 - checked by the expansion code
@@ -268,7 +273,7 @@ class _FileExpander:
             if sub_path in stack + (path,):
                 raise v.Invalid(v.join("include_grids", i), f"expected no cycle, {sub_path.name} includes itself")
             sub_doc = read_yaml(sub_path)
-            sub_cells, _ = self.expand(sub_path, sub_doc, stack + (path,), str(_display(sub_path)))
+            sub_cells, _ = self.expand(sub_path, sub_doc, stack + (path,), str(display_path(sub_path)))
             cells.extend(sub_cells)
 
         tasks_table, schemes_table = TASKS, SCHEMES
@@ -407,7 +412,7 @@ class _FileExpander:
 def load_grid(path: str | os.PathLike, sets: Iterable[str] = (), check_paths: bool = True) -> Grid:
     """Read, validate and resolve a grid file into cells with ids; raises :class:`GridError` (one line)."""
     path = Path(path)
-    where = str(_display(path))
+    where = str(display_path(path))
     doc = read_yaml(path)
     if not isinstance(doc, dict):
         raise GridError(where, "", f"expected a mapping of grid keys, got {v.type_name(doc)}")

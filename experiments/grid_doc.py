@@ -193,7 +193,8 @@ def _equal(actual: Any, wanted: Any) -> bool:
     return actual == wanted
 
 
-def _display(path: Path) -> Path:
+def display_path(path: Path) -> Path:
+    """A file as refusals name it: relative to the working directory where it is below it, else as given."""
     try:
         return path.resolve().relative_to(Path.cwd())
     except ValueError:
@@ -203,7 +204,7 @@ def _display(path: Path) -> Path:
 def read_yaml(path: Path) -> Any:
     """A grid file's document: at most MAX_GRID_BYTES of strict UTF-8, read with :class:`BoundedLoader`. Every
     problem is a one-line :class:`GridError` naming the file and the line."""
-    where = str(_display(path))
+    where = str(display_path(path))
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_GRID_BYTES + 1)

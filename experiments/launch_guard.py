@@ -40,13 +40,6 @@ MAX_JSON_BYTES = 256 * 2**20  # the largest real tokenizer.json files are tens o
 EXIT_REFUSED = 2
 
 
-def _where(grid: Grid) -> str:
-    try:
-        return str(grid.path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(grid.path)
-
-
 def _local_dirs(cell: dict) -> dict[str, Path]:
     out = {}
     for family, ref in cell["checkpoints"].items():
@@ -66,15 +59,15 @@ def check_json_files(grid: Grid, cells: list[dict]) -> None:
                 seen.add(file)
                 field = f"checkpoints.{family}"
                 if file.stat().st_size > MAX_JSON_BYTES:
-                    raise GridError(_where(grid), field, f"{file}: larger than {MAX_JSON_BYTES} bytes; expected a "
+                    raise GridError(grid.where, field, f"{file}: larger than {MAX_JSON_BYTES} bytes; expected a "
                                                          f"checkpoint's {name}")
                 try:
                     json.loads(file.read_bytes())
                 except RecursionError:
-                    raise GridError(_where(grid), field, f"{file}: nested too deeply to read; expected a "
+                    raise GridError(grid.where, field, f"{file}: nested too deeply to read; expected a "
                                                          f"checkpoint's {name}") from None
                 except (ValueError, OSError) as err:
-                    raise GridError(_where(grid), field, f"{file}: not readable JSON ({_cut(err)}); expected a "
+                    raise GridError(grid.where, field, f"{file}: not readable JSON ({_cut(err)}); expected a "
                                                          f"checkpoint's {name}") from None
 
 
@@ -98,7 +91,7 @@ def check_decoding(grid: Grid, cells: list[dict]) -> None:
         directory = _local_dirs(cell).get(family)
         size = _vocab_size(directory) if directory is not None else None
         if size is not None and 2 * beams > size:
-            raise GridError(_where(grid), "decode.num_beams",
+            raise GridError(grid.where, "decode.num_beams",
                             f"expected at most {size // 2} beams for the {size}-token output vocabulary of "
                             f"{directory} (beam search keeps 2 x num_beams candidates), got {beams} "
                             f"(cell {cell_label(cell)})")
@@ -114,9 +107,9 @@ def check_writable(grid: Grid, names: tuple[str, ...] = ("launches", "submitit",
     targets = [probe] + [root / name for name in names if (root / name).exists()]
     for target in targets:
         if not target.is_dir():
-            raise GridError(_where(grid), "output_root", f"expected a directory, {target} is not one")
+            raise GridError(grid.where, "output_root", f"expected a directory, {target} is not one")
         if not os.access(target, os.W_OK | os.X_OK):
-            raise GridError(_where(grid), "output_root", f"expected a writable directory, {target} is not "
+            raise GridError(grid.where, "output_root", f"expected a writable directory, {target} is not "
                                                          "writable by this user (nothing was written)")
 
 
@@ -128,11 +121,11 @@ def check_pending(grid: Grid, cells: list[dict]) -> None:
         try:
             _, rejected = scan_pending(pending)
         except (ValueError, OSError) as err:
-            raise GridError(_where(grid), "pending metrics", f"{_cut(err, 220)}") from None
+            raise GridError(grid.where, "pending metrics", f"{_cut(err, 220)}") from None
         if rejected:
             number, why, _ = rejected[0]
             shown = pending.relative_to(grid.output_root) if pending.is_relative_to(grid.output_root) else pending
-            raise GridError(_where(grid), "pending metrics",
+            raise GridError(grid.where, "pending metrics",
                             f"<output_root>/{shown}:{number}: {why} ({len(rejected)} bad); expected only records "
                             "the cell wrote (experiments.sync sets bad ones aside)")
 

@@ -173,14 +173,12 @@ def resolve_hub_id(repo_id: str) -> str | None:
 def check_hub(grid: Any, cells: list[dict]) -> None:
     """Every hub checkpoint of ``cells`` resolves (module docstring); :class:`GridError` (one line) on the first
     that does not."""
-    from .preflight import _where
-
     for repo_id, fields in hub_checkpoints(cells).items():
         problem = resolve_hub_id(repo_id)
         if problem is not None:
             users = [c for c in cells if repo_id in c["checkpoints"].values()]
-            raise GridError(_where(grid), fields[0], problem + (f" (cells: {len(users)}, e.g. {users[0]['task']}/"
-                                                                f"{users[0]['scheme']})" if users else ""))
+            raise GridError(grid.where, fields[0], problem + (f" (cells: {len(users)}, e.g. {users[0]['task']}/"
+                                                              f"{users[0]['scheme']})" if users else ""))
 
 
 # -- command line -----------------------------------------------------------------------------------------------------

@@ -57,13 +57,6 @@ HEAD_LINES = 2000
 COUNT_EXAMPLES = 20_000
 
 
-def _where(grid: Grid) -> str:
-    try:
-        return str(grid.path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(grid.path)
-
-
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
@@ -78,7 +71,7 @@ class Preflight:
 
     def __init__(self, grid: Grid):
         self.grid = grid
-        self.where = _where(grid)
+        self.where = grid.where
         self.smoke_root = grid.smoke_root.resolve() if grid.smoke_root is not None else None
         # (family, directory) -> its checkpoint, read once: one tokenizer object per vocabulary, so lengths are
         # counted once whatever the cells that share it

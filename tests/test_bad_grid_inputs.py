@@ -106,9 +106,10 @@ def _args(*args: str):
     return breaks
 
 
-def _text(text: str):
+def _text(text: str | Callable[[Workspace], str]):
+    """The grid file's whole text: given, or made from the workspace (its valid document, its paths)."""
     def breaks(ws: Workspace) -> None:
-        ws.text = text
+        ws.text = text(ws) if callable(text) else text
     return breaks
 
 

@@ -34,7 +34,7 @@ from experiments.grid import load_grid
 from experiments.cell import cell_dir
 from experiments.tracking import PENDING_FILE
 from integration_helpers import quick_assets
-from test_bad_grid_inputs import Workspace
+from test_bad_grid_inputs import Workspace, _set, _text
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_BOUND_S = 30.0  # no case may take longer (the tracking probes: 2 tries x 1 s here)
@@ -124,34 +124,15 @@ class Case:
     names_file: bool = True  # the tracking cases name the server instead
 
 
-def _set(*path_and_value):
-    *path, value = path_and_value
-
-    def breaks(ws: Workspace) -> None:
-        node = ws.doc
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value(ws) if callable(value) else value
-    return breaks
-
-
 def _args(*args):
     def breaks(ws: Workspace) -> None:
         ws.args += [a(ws) if callable(a) else a for a in args]
     return breaks
 
 
-def _text(make: Callable[[Workspace], str]):
-    def breaks(ws: Workspace) -> None:
-        ws.text = make(ws)
-    return breaks
-
-
 def _append(extra: str):
     """The valid grid's YAML with more text after it (duplicate keys, aliases ...)."""
-    def breaks(ws: Workspace) -> None:
-        ws.text = yaml.safe_dump(ws.doc) + extra
-    return breaks
+    return _text(lambda ws: yaml.safe_dump(ws.doc) + extra)
 
 
 def _raw_grid(content: bytes):

@@ -112,6 +112,19 @@ def compare_gradients(ours: torch.nn.Module, theirs: torch.nn.Module) -> int:
     return compared
 
 
+def loss_logits_and_gradients_match(ours, theirs, ids, mask, labels, what: str, **our_kwargs):
+    """Both models on one batch, each loss backpropagated: the losses, the logits (where ours returns them) and every
+    parameter's gradient agree. Returns (our output, their output, how many gradients were compared)."""
+    expected = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+    got = ours(input_ids=ids, attention_mask=mask, labels=labels, **our_kwargs)
+    assert_close(got.loss, expected.loss, f"{what} loss")
+    if got.logits is not None:
+        assert_close(got.logits, expected.logits, f"{what} logits")
+    expected.loss.backward()
+    got.loss.backward()
+    return got, expected, compare_gradients(ours, theirs)
+
+
 # -- single stacks ---------------------------------------------------------------------------------------------
 def test_encoder_hidden_states_with_padding_match_hf(tiny, tmp_path):
     theirs = hf.BertGenerationEncoder(hf_config(tiny)).eval()
@@ -151,18 +164,10 @@ def test_encoder_decoder_loss_logits_and_every_gradient_match_hf(tiny, tmp_path,
     theirs = hf_encoder_decoder(tiny)
     ours = through_disk(theirs, EncoderDecoderModel, tmp_path)
     ids, mask = source_batch(tiny["vocab_size"])
-    labels = target_labels(tiny["vocab_size"])
-    expected = theirs(input_ids=ids, attention_mask=mask, labels=labels)
-    got = ours(input_ids=ids, attention_mask=mask, labels=labels, return_logits=return_logits)
-    assert_close(got.loss, expected.loss, "encoder-decoder loss")
-    if return_logits:
-        assert_close(got.logits, expected.logits, "encoder-decoder logits")
-    else:
-        assert got.logits is None
+    got, expected, compared = loss_logits_and_gradients_match(
+        ours, theirs, ids, mask, target_labels(tiny["vocab_size"]), "encoder-decoder", return_logits=return_logits)
+    assert (got.logits is not None) == return_logits
     assert_close(got.encoder_last_hidden_state, expected.encoder_last_hidden_state, "encoder states")
-    expected.loss.backward()
-    got.loss.backward()
-    compared = compare_gradients(ours, theirs)
     assert compared == len(list(ours.parameters()))
     # Sanity: gradients reach both the encoder and the cross-attention.
     assert ours.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
@@ -179,13 +184,8 @@ def test_encoder_decoder_of_different_widths_matches_hf(tiny, tmp_path):
     assert ours.enc_to_dec_proj.weight.shape == (tiny["hidden_size"], 48)
     assert ours.loading_report.newly_initialized == []
     ids, mask = source_batch(tiny["vocab_size"])
-    labels = target_labels(tiny["vocab_size"])
-    expected = theirs(input_ids=ids, attention_mask=mask, labels=labels)
-    got = ours(input_ids=ids, attention_mask=mask, labels=labels)
-    assert_close(got.logits, expected.logits, "logits through enc_to_dec_proj")
-    expected.loss.backward()
-    got.loss.backward()
-    compare_gradients(ours, theirs)
+    loss_logits_and_gradients_match(ours, theirs, ids, mask, target_labels(tiny["vocab_size"]),
+                                    "through enc_to_dec_proj")
     # A fresh projection gets BERT's initialisation, not PyTorch's default (uniform with a much larger range).
     fresh = EncoderDecoderModel(EncoderDecoderConfig(encoder=BertGenerationConfig(**{**tiny, "hidden_size": 48}),
                                                      decoder=BertGenerationConfig(**tiny, is_decoder=True,
@@ -224,14 +224,7 @@ def test_shared_encoder_decoder_matches_hand_tied_hf(tiny):
     assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
 
     ids, mask = source_batch(tiny["vocab_size"])
-    labels = target_labels(tiny["vocab_size"])
-    expected = theirs(input_ids=ids, attention_mask=mask, labels=labels)
-    got = ours(input_ids=ids, attention_mask=mask, labels=labels)
-    assert_close(got.logits, expected.logits, "shared logits")
-    assert_close(got.loss, expected.loss, "shared loss")
-    expected.loss.backward()
-    got.loss.backward()
-    compare_gradients(ours, theirs)
+    loss_logits_and_gradients_match(ours, theirs, ids, mask, target_labels(tiny["vocab_size"]), "shared")
 
 
 # -- incremental decoding --------------------------------------------------------------------------------------
