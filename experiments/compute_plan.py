@@ -164,17 +164,23 @@ _SHAPES: dict[str, Shape | str] = {}
 
 def cell_shape(cell: dict) -> Shape | str:
     """The cell's model shape, or why it cannot be known without its checkpoints (a string)."""
-    from bertgen import schemes
     from bertgen.families import FAMILIES
-
-    from .cell_inputs import length_limits
-    from .tasks import get_task
 
     refs = {f: cell["checkpoints"].get(f) for f in FAMILIES if cell["checkpoints"].get(f)}
     configs = {f: _config_of(str(r)) for f, r in refs.items()}
     missing = [str(refs[f]) for f, c in configs.items() if c is None]
     if missing:
         return f"config of {', '.join(missing)} unknown (not a known hub id, local directory or cached)"
+    return shape_from_configs(cell, configs)
+
+
+def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape | str:
+    """The shape of the cell's scheme built from these checkpoint configs (family -> config.json values)."""
+    from bertgen import schemes
+
+    from .cell_inputs import length_limits
+    from .tasks import get_task
+
     key = json.dumps([cell["scheme"], cell["task"], configs, cell.get("model") or {}], sort_keys=True, default=str)
     if key not in _SHAPES:
         try:
@@ -277,8 +283,8 @@ def cell_cost(cell: dict, gpu: str, ranks: int) -> CellCost:
     elif peak_bytes(shape, 1, s, t, dtype, optimizer) > usable:
         fit = "does not fit one GPU even at micro-batch 1"
     else:
-        need = next(k for k in range(accum, batch + 1) if batch % k == 0 or k == batch
-                    if peak_bytes(shape, _micro(batch, k, ranks), s, t, dtype, optimizer) <= usable)
+        need = next(k for k in range(accum, batch + 1) if batch % k == 0
+                    and peak_bytes(shape, _micro(batch, k, ranks), s, t, dtype, optimizer) <= usable)
         fit = (f"needs train.grad_accum>={need} (micro-batch {_micro(batch, need, ranks)}) or "
                f"{math.ceil(need / accum) * ranks} GPUs")
     return CellCost(cell["cell_id"], shape, tokens=tokens, gpu_hours=tokens / rate / 3600.0, peak_gib=peak / GIB,
@@ -298,7 +304,6 @@ class GridCosts:
 
     gpu: str
     costs: dict[str, CellCost]
-
     labels: dict[str, str]  # cell id -> task/scheme/seedN[/variant]
 
     headers = ["compute plan (estimate)", "model", "S+T", "tokens", "GPU-h", "peak GiB", "batch"]
@@ -350,7 +355,6 @@ def plan_cells(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCost
 # -- the table ------------------------------------------------------------------------------------------------------
 def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
     """tokens/s per GPU for the paper's model sizes × the paper's task lengths × dtype (estimates unless measured)."""
-    from bertgen import schemes
     from bertgen.schemes import SCHEMES
 
     from .tasks import TASKS
@@ -363,33 +367,15 @@ def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
             if scheme not in SCHEMES:
                 continue
             for s, t in lengths:
-                cell = {"cell_id": "table", "scheme": scheme, "task": next(
-                    k for k, v in TASKS.items() if (v.max_source_length, v.max_target_length) == (s, t)),
-                    "checkpoints": {f: PAPER_CHECKPOINT_CONFIGS[size][f] for f in schemes.SCHEMES[scheme].checkpoints},
-                    "model": {}}
-                shape = _shape_from_configs(cell)
+                task = next(k for k, v in TASKS.items() if (v.max_source_length, v.max_target_length) == (s, t))
+                shape = shape_from_configs({"scheme": scheme, "task": task}, {
+                    f: PAPER_CHECKPOINT_CONFIGS[size][f] for f in SCHEMES[scheme].checkpoints})
+                assert not isinstance(shape, str), shape
                 for dtype in ("bf16", "fp32"):
                     rate, source = tokens_per_second(shape, shape.max_source, shape.max_target, dtype, gpu)
                     rows.append([size, shape.label, f"{shape.max_source}+{shape.max_target}", dtype,
                                  f"{rate:,.0f}", source])
     return rows
-
-
-def _shape_from_configs(cell: dict) -> Shape:
-    """cell_shape for a cell whose checkpoints are config dicts (the table)."""
-    saved = dict(KNOWN_CONFIGS)
-    try:
-        refs = {}
-        for family, config in cell["checkpoints"].items():
-            ref = f"<{family} {config.get('hidden_size') or config.get('n_embd')}>"
-            KNOWN_CONFIGS[ref] = config
-            refs[family] = ref
-        shape = cell_shape({**cell, "checkpoints": refs})
-    finally:
-        KNOWN_CONFIGS.clear()
-        KNOWN_CONFIGS.update(saved)
-    assert not isinstance(shape, str), shape
-    return shape
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,21 +96,12 @@ class BoundedLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 try:
                     if key in seen:
-                        raise YamlLimit(f"expected each key once in a mapping, {_short(key)} is given twice "
+                        raise YamlLimit(f"expected each key once in a mapping, {v.short_repr(key, 60)} is given twice "
                                         f"(line {seen[key].line + 1} and here)", key_node.start_mark)
                 except TypeError:
                     continue  # an unhashable key: safe_load's own error follows
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
-
-
-def _short(value: Any) -> str:
-    return v.short_repr(value, 60)
-
-
-def _cut(text: str, limit: int = 120) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_text(text: str) -> Any:
@@ -234,10 +225,10 @@ def parse_yaml(text: str, where: str, path: str = "") -> Any:
         mark = getattr(err, "problem_mark", None)
         line = path or (f"line {mark.line + 1}" if mark is not None else "(yaml)")
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise GridError(where, line, f"expected valid YAML ({_cut(problem)})") from None
+        raise GridError(where, line, f"expected valid YAML ({v.short_text(problem)})") from None
     except (ValueError, RecursionError, MemoryError) as err:  # e.g. an integer of more than 4300 digits
         raise GridError(where, path or "(yaml)", f"expected valid YAML values ({type(err).__name__}: "
-                                                 f"{_cut(str(err))})") from None
+                                                 f"{v.short_text(err)})") from None
 
 
 def parse_sets(sets: Iterable[str]) -> list[tuple[str, Any]]:

@@ -33,6 +33,7 @@ from .cell import cell_dir, cell_label
 from .grid import Grid, GridError
 from .sync import scan_pending
 from .tracking import PENDING_FILE
+from .validate import short_text
 
 JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
               "generation_config.json", "model.safetensors.index.json")
@@ -67,7 +68,7 @@ def check_json_files(grid: Grid, cells: list[dict]) -> None:
                     raise GridError(grid.where, field, f"{file}: nested too deeply to read; expected a "
                                                          f"checkpoint's {name}") from None
                 except (ValueError, OSError) as err:
-                    raise GridError(grid.where, field, f"{file}: not readable JSON ({_cut(err)}); expected a "
+                    raise GridError(grid.where, field, f"{file}: not readable JSON ({short_text(err)}); expected a "
                                                          f"checkpoint's {name}") from None
 
 
@@ -121,18 +122,13 @@ def check_pending(grid: Grid, cells: list[dict]) -> None:
         try:
             _, rejected = scan_pending(pending)
         except (ValueError, OSError) as err:
-            raise GridError(grid.where, "pending metrics", f"{_cut(err, 220)}") from None
+            raise GridError(grid.where, "pending metrics", f"{short_text(err, 220)}") from None
         if rejected:
             number, why, _ = rejected[0]
             shown = pending.relative_to(grid.output_root) if pending.is_relative_to(grid.output_root) else pending
             raise GridError(grid.where, "pending metrics",
                             f"<output_root>/{shown}:{number}: {why} ({len(rejected)} bad); expected only records "
                             "the cell wrote (experiments.sync sets bad ones aside)")
-
-
-def _cut(err: Any, limit: int = 120) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def one_line_failures(main: Callable[..., int]) -> Callable[..., int]:
@@ -150,7 +146,7 @@ def one_line_failures(main: Callable[..., int]) -> Callable[..., int]:
         except Exception as err:  # noqa: BLE001 - the point: never a traceback for the user
             if os.environ.get("BERTGEN_TRACEBACK"):
                 traceback.print_exc()
-            print(f"error: unexpected {type(err).__name__}: {_cut(err, 200)}; expected none (a bug; "
+            print(f"error: unexpected {type(err).__name__}: {short_text(err, 200)}; expected none (a bug; "
                   "BERTGEN_TRACEBACK=1 shows where)", file=sys.stderr)
             return EXIT_REFUSED
     return wrapped

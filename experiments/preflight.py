@@ -51,14 +51,11 @@ from .data import load_split, tokenize_split
 from .grid import Grid, GridError
 from .prefetch import check_hub
 from .tasks import get_task
+from .validate import short_text
 
 FULL_READ_BYTES = 64 * 2**20
 HEAD_LINES = 2000
 COUNT_EXAMPLES = 20_000
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def _expecting(message: str, what: str) -> str:
@@ -121,7 +118,7 @@ class Preflight:
                 raise self.fail(field, f"{err.where} has model_type {err.model_type!r}; expected {wanted} for "
                                        f"scheme {cell['scheme']}", cell) from None
             except (ValueError, OSError) as err:
-                raise self.fail(field, _expecting(_one_line(err), wanted + " with its tokenizer files"), cell) \
+                raise self.fail(field, _expecting(short_text(err, None), wanted + " with its tokenizer files"), cell) \
                     from None
             if checkpoint.tokens.tokenizer is None:
                 raise self.fail(field, f"{directory}: no tokenizer files; expected the tokenizer files beside the "
@@ -142,13 +139,13 @@ class Preflight:
                 files = [directory / name for name in sorted(set(index["weight_map"].values()))]
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise self.fail(field, f"{directory / SAFE_INDEX}: expected a safetensors index with a weight_map "
-                                       f"({type(err).__name__}: {_one_line(err)})", cell) from None
+                                       f"({type(err).__name__}: {short_text(err, None)})", cell) from None
         elif (directory / TORCH_WEIGHTS).is_file():
             try:  # weights_only=True: tensors and plain containers only; a pickle that runs code is refused
                 read_state_dict(directory)
             except ValueError as err:
-                raise self.fail(field, f"{_one_line(err)}; expected tensors only (or convert it to model.safetensors)",
-                                cell) from None
+                raise self.fail(field, f"{short_text(err, None)}; expected tensors only (or convert it to "
+                                       "model.safetensors)", cell) from None
             files = []
         else:
             raise self.fail(field, f"{directory}: no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}; expected the "
@@ -164,7 +161,7 @@ class Preflight:
             with safe_open(str(file), framework="pt") as handle:
                 handle.keys()
         except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: the same to the user
-            raise self.fail(field, f"{file}: truncated or corrupt ({_one_line(err)}); expected a complete "
+            raise self.fail(field, f"{file}: truncated or corrupt ({short_text(err, None)}); expected a complete "
                                    "safetensors file", cell) from None
 
     # -- the model a cell builds ----------------------------------------------------------------------------------
@@ -185,7 +182,7 @@ class Preflight:
                                 **cell["model"])
             model = schemes.build(plan, device="meta").model
         except (ValueError, TypeError, OSError) as err:
-            raise self.fail(field, _expecting(_one_line(err), f"a cell {cell['scheme']} can build from its "
+            raise self.fail(field, _expecting(short_text(err, None), f"a cell {cell['scheme']} can build from its "
                                                               "checkpoints"), cell) from None
         self.built[key] = (plan.inputs.tokenizer, plan.outputs.tokenizer,
                            length_limits(model, get_task(cell["task"])))
@@ -213,8 +210,8 @@ class Preflight:
                     self.data[key] = load_split(cell["task"], split, readable, seed=0, data_fraction=fraction,
                                                 max_examples=limit)
             except (ValueError, OSError) as err:
-                raise self.fail(field, _expecting(_one_line(err), f"{split} examples of task {cell['task']} with "
-                                                                  "the columns the data spec names"), cell) from None
+                raise self.fail(field, _expecting(short_text(err, None), f"{split} examples of task {cell['task']} "
+                                                         "with the columns the data spec names"), cell) from None
         return key, self.data[key]
 
     def count_truncation(self, cell: dict, split: str, key: str, raw: Any, built: tuple) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -271,9 +272,8 @@ def check_grid(grid: Any, sinfo: str | None = None, runner: Runner = subprocess.
     sinfo = sinfo or sinfo_beside_sbatch()
     if sinfo is None:
         return ["no sinfo beside sbatch: the Slurm request was not checked against the cluster"]
-    nodes = query_nodes(sinfo, runner)
-    partition = check_request(grid.executor["slurm"], nodes)
     s = grid.executor["slurm"]
+    partition = check_request(s, query_nodes(sinfo, runner))
     return [f"Slurm: partition {partition} can give {s['nodes']}x({s['tasks_per_node']} tasks x "
             f"{s['cpus_per_task']} CPUs, {s['gpus_per_node']} GPUs, {s['mem_gb']:g} GB) for {s['timeout_min']} min"]
 
@@ -288,8 +288,6 @@ def submission_error(err: BaseException) -> str:
 def launch_check(grid: Any, dry_run: bool, sinfo: str | None = None) -> bool:
     """What ``experiments.launch`` runs for ``--executor slurm`` before it writes anything: prints the notes, or
     the refusal as one ``error:`` line on stderr and returns False (a dry run prints it as a warning and goes on)."""
-    import sys
-
     try:
         notes = check_grid(grid, sinfo)
     except (ResourceError, SlurmQueryError) as err:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .tracking import PENDING_FILE, _client, quiet_http_retries, send_operations
+from .validate import short_repr, short_text
 
 CHUNK_OPS = 200
 
@@ -39,11 +40,6 @@ STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
-def _short(value: object, limit: int = 60) -> str:
-    text = " ".join(repr(value)[: limit + 20].split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and (
         not isinstance(value, int) or abs(value) <= 2**63)
@@ -56,38 +52,39 @@ def record_problem(record: object) -> str | None:
         return f"expected a JSON object, got {type(record).__name__}"
     run_id, op = record.get("run_id"), record.get("op")
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        return f"expected run_id to be an MLflow run id, got {_short(run_id)}"
+        return f"expected run_id to be an MLflow run id, got {short_repr(run_id, 60)}"
     if "tracking_uri" in record and not (isinstance(record["tracking_uri"], str) and len(record["tracking_uri"]) <= 4096
                                           and "\0" not in record["tracking_uri"]):
-        return f"expected tracking_uri to be a URI, got {_short(record['tracking_uri'])}"
+        return f"expected tracking_uri to be a URI, got {short_repr(record['tracking_uri'], 60)}"
     if op not in OPS:
-        return f"expected op to be one of {list(OPS)}, got {_short(op)}"
+        return f"expected op to be one of {list(OPS)}, got {short_repr(op, 60)}"
     if op == "metrics":
         rows = record.get("rows")
         if not isinstance(rows, list):
-            return f"expected rows to be a list of [key, value, timestamp, step], got {_short(rows)}"
+            return f"expected rows to be a list of [key, value, timestamp, step], got {short_repr(rows, 60)}"
         for row in rows:
             if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str) and 0 < len(row[0]) <= 250
                     and _number(row[1]) and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) <= 2**63
                                                 for x in row[2:])):
-                return f"expected each metric row to be [key, number, timestamp, step], got {_short(row)}"
+                return f"expected each metric row to be [key, number, timestamp, step], got {short_repr(row, 60)}"
     elif op == "tags":
         tags = record.get("tags")
         if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in tags.items()):
-            return f"expected tags to be a mapping of text to text, got {_short(tags)}"
+            return f"expected tags to be a mapping of text to text, got {short_repr(tags, 60)}"
     elif op == "artifact":
         target = record.get("artifact_path")
         if not isinstance(record.get("path"), str) or not record["path"] or "\0" in record["path"]:
-            return f"expected path to be a file path, got {_short(record.get('path'))}"
+            return f"expected path to be a file path, got {short_repr(record.get('path'), 60)}"
         if target is not None and (not isinstance(target, str) or ".." in Path(target).parts
                                    or Path(target).is_absolute()):
-            return f"expected artifact_path to be null or a relative folder without '..', got {_short(target)}"
+            return ("expected artifact_path to be null or a relative folder without '..', got "
+                    f"{short_repr(target, 60)}")
     elif op == "status":
         if record.get("status") not in STATUSES:
-            return f"expected status to be one of {list(STATUSES)}, got {_short(record.get('status'))}"
+            return f"expected status to be one of {list(STATUSES)}, got {short_repr(record.get('status'), 60)}"
         end = record.get("end_time")
         if end is not None and (not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= 2**63):
-            return f"expected end_time to be null or milliseconds, got {_short(end)}"
+            return f"expected end_time to be null or milliseconds, got {short_repr(end, 60)}"
     return None
 
 
@@ -123,7 +120,7 @@ def scan_pending(path: Path) -> tuple[list[dict], list[tuple[int, str, bytes]]]:
             continue
         if record["op"] == "artifact" and not _inside(record["path"], path.parent):
             # a cell only parks files of its own directory; anything else in this file was not written by it
-            raise ValueError(f"{path}:{number}: artifact {_short(record['path'], 120)} is outside {path.parent}; "
+            raise ValueError(f"{path}:{number}: artifact {short_repr(record['path'], 120)} is outside {path.parent}; "
                              "expected a file of the cell directory (nothing was uploaded)")
         records.append(record)
     return records, rejected
@@ -234,7 +231,7 @@ def sync_tree(root: Path, tracking_uri: str | None = None) -> tuple[int, int, in
         try:
             sent, left, rejected = sync_file_report(path, tracking_uri)
         except (ValueError, OSError) as err:
-            print(_one_line(err), file=sys.stderr)
+            print(short_text(err, 500), file=sys.stderr)
             total_rejected += 1
             continue
         print(f"{path}: {sent} operations sent" + (f", {left} left" if left else "")
@@ -243,11 +240,6 @@ def sync_tree(root: Path, tracking_uri: str | None = None) -> tuple[int, int, in
         total_left += left
         total_rejected += rejected
     return total_sent, total_left, total_rejected
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 records, rejected = scan_pending(path)
             except (ValueError, OSError) as err:
-                print(_one_line(err), file=sys.stderr)
+                print(short_text(err, 500), file=sys.stderr)
                 bad += 1
                 continue
             for number, why, _ in rejected:
@@ -279,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sent, left, rejected = sync_tree(args.directory, args.tracking_uri)
     except (ValueError, OSError) as err:
-        print(_one_line(err), file=sys.stderr)
+        print(short_text(err, 500), file=sys.stderr)
         return 2
     print(f"{sent} operations sent, {left} left" + (f", {rejected} set aside" if rejected else ""))
     return 2 if rejected else 1 if left else 0

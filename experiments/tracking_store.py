@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .validate import short_text
+
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
 
@@ -121,11 +123,6 @@ def _probe_timeout(timeout_s: float | None) -> float:
     return value if 0.1 <= value <= 120 else 5.0
 
 
-def _cut(text: object, limit: int = 120) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def check_tracking(uri: str, timeout_s: float | None = None) -> None:
     """Raise :class:`TrackingUnavailable` with a one-line reason unless ``uri`` can take runs now.
 
@@ -138,7 +135,7 @@ def check_tracking(uri: str, timeout_s: float | None = None) -> None:
     migrated)."""
     timeout = _probe_timeout(timeout_s)
     if not isinstance(uri, str) or not uri.strip() or "\0" in uri or len(uri) > 4096:
-        raise TrackingUnavailable(f"MLflow tracking URI {_cut(repr(uri))}: expected a tracking URI")
+        raise TrackingUnavailable(f"MLflow tracking URI {short_text(repr(uri))}: expected a tracking URI")
     if uri.startswith(("http://", "https://")):
         _check_server(uri, timeout)
         return
@@ -152,7 +149,7 @@ def check_tracking(uri: str, timeout_s: float | None = None) -> None:
         _client(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
         raise TrackingUnavailable(f"MLflow tracking URI {uri} does not answer ({type(err).__name__}: "
-                                  f"{_cut(err)})") from None
+                                  f"{short_text(err)})") from None
 
 
 def _check_server(uri: str, timeout: float) -> None:
@@ -167,7 +164,7 @@ def _check_server(uri: str, timeout: float) -> None:
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({_cut(reason, 80)}); start it or pass "
+            f"MLflow tracking server {uri} is unreachable ({short_text(reason, 80)}); start it or pass "
             f"--set mlflow.tracking_uri=<uri> (nothing was submitted)") from None
     _api_round_trip(uri, timeout)
 
@@ -190,7 +187,7 @@ def _api_round_trip(uri: str, timeout: float) -> None:
                                     timeout=timeout, raise_on_status=False, json={"max_results": 1})
         except Exception as err:  # noqa: BLE001 - timeouts, refused or reset connections
             problem = f"no answer within {timeout:g} s" if "timed out" in str(err).lower() or "timeout" in \
-                type(err).__name__.lower() else f"{type(err).__name__}: {_cut(err, 80)}"
+                type(err).__name__.lower() else f"{type(err).__name__}: {short_text(err, 80)}"
             continue
         status = response.status_code
         if status == 200:
@@ -201,7 +198,7 @@ def _api_round_trip(uri: str, timeout: float) -> None:
             if isinstance(body, dict) and (not body or "experiments" in body or "next_page_token" in body):
                 return
             raise TrackingUnavailable(f"MLflow tracking server {uri}: {SEARCH_ENDPOINT} answered 200 with "
-                                      f"{_cut(repr(response.text[:200]), 60)}; expected MLflow's JSON (is it an "
+                                      f"{short_text(repr(response.text[:200]), 60)}; expected MLflow's JSON (is it an "
                                       "MLflow server?) (nothing was submitted)")
         problem = f"HTTP {status}"
         if status in (401, 403):
@@ -242,7 +239,7 @@ def _check_sqlite(uri: str, db: Path, timeout: float) -> None:
         finally:
             connection.close()
     except sqlite3.Error as err:
-        raise TrackingUnavailable(f"MLflow store {db}: not a usable sqlite database ({_cut(err, 80)}); expected "
+        raise TrackingUnavailable(f"MLflow store {db}: not a usable sqlite database ({short_text(err, 80)}); expected "
                                   "an MLflow store or no file (nothing was submitted)") from None
     if not set(MLFLOW_TABLES) <= tables:
         raise TrackingUnavailable(f"MLflow store {db}: a sqlite database without MLflow's tables "

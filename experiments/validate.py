@@ -33,8 +33,14 @@ def short_repr(value: Any, limit: int = REPR_CHARS) -> str:
         text = _repr.repr(value)
     except Exception:  # noqa: BLE001 - a value whose repr fails is still reported
         text = f"<{type(value).__name__}>"
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_text(text, limit)
+
+
+def short_text(text: object, limit: int | None = 120) -> str:
+    """``str(text)`` (an exception, a message) on one line, whitespace runs collapsed, cut to ``limit`` (None: not
+    cut) with ``...``: how a refusal quotes what another library said."""
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Invalid(ValueError):
