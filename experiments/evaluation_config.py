@@ -18,7 +18,7 @@ from . import validate as v
 from .cell import CELL_CONFIG_FILE, one_line
 from .config import (CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting, from_dict, setting,
                      to_dict)
-from .grid_doc import parse_sets
+from .grid_doc import parse_sets, set_dotted
 from .tasks import TASKS, Task, get_task
 
 EVALUATION_FILE = "evaluation.json"
@@ -121,16 +121,6 @@ def paper_decode(task: Task) -> dict[str, Any]:
             "max_new_tokens": task.max_target_length}
 
 
-def _apply(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = doc
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise EvaluationError(f"--set {dotted}: {part} is not a section")
-    node[leaf] = value
-
-
 SETTABLE = ("decode", "data", "max_examples", "input_format", "bf16")
 TOP_LEVEL = ("input_format", "bf16")
 
@@ -166,7 +156,7 @@ def build_config(checkpoint: str, task: str | None, sets: list[str], max_example
         if key.split(".", 1)[0] not in SETTABLE or ("." not in key) != (key in TOP_LEVEL):
             raise EvaluationError(f"--set {key}: expected a key under {', '.join(SETTABLE)} "
                                   f"(e.g. decode.num_beams=4, data.test=FILE, max_examples.test=500)")
-        _apply(doc, key, value)
+        set_dotted(doc, key, value)
     return config_from_dict(doc, "evaluation")
 
 

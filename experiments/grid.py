@@ -65,7 +65,7 @@ from .grid_doc import (  # GridError, read_yaml and parse_sets re-exported: publ
     _matches,
     _merge,
     _patch_from_dotted,
-    _set_dotted,
+    set_dotted,
     parse_sets,
     read_yaml,
 )
@@ -111,9 +111,7 @@ def output_root_check(value: Any, path: str) -> str:
         where = Path(value).expanduser().resolve()
     except (RuntimeError, OSError, ValueError) as err:  # ~nosuchuser, a symlink loop
         raise v.Invalid(path, f"expected a directory path, got {v.short_repr(value)} ({err})") from None
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = v.nearest_existing(where)
     if not probe.is_dir():
         what = "is a file" if probe.is_file() else "is not a directory"
         raise v.Invalid(path, f"expected a directory, {v.short_repr(str(probe), 200)} {what}")
@@ -436,7 +434,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
                 raise GridError(where, err.path, err.message) from None
             cell_sets.append((key, value))
         else:
-            _set_dotted(doc, key, value)
+            set_dotted(doc, key, value)
             doc_set_keys.append(key)
 
     def fail(err: GridError) -> GridError:

@@ -31,8 +31,7 @@ class GridError(ValueError):
 
     def __init__(self, where: str, path: str, message: str):
         self.where, self.path, self.message = where, path, message
-        line = " ".join((f"{where}: {path}: {message}" if path else f"{where}: {message}").split())
-        super().__init__(line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "...")
+        super().__init__(v.short_text(f"{where}: {path}: {message}" if path else f"{where}: {message}", MAX_MESSAGE))
 
 
 class YamlLimit(yaml.YAMLError):
@@ -256,7 +255,8 @@ def parse_sets(sets: Iterable[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _set_dotted(doc: dict, dotted: str, value: Any) -> None:
+def set_dotted(doc: dict, dotted: str, value: Any) -> None:
+    """``doc[a][b][c] = value`` for ``a.b.c``, making (or replacing with) mappings on the way."""
     node = doc
     *parents, leaf = dotted.split(".")
     for part in parents:

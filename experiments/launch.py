@@ -36,12 +36,11 @@ from typing import Any
 
 import submitit
 
-from . import compute_plan, slurm_resources
+from . import compute_plan, launch_guard, slurm_resources
 from .cell import CellJob, cell_dir, cell_label, decoding_view
 from .config import DECODING_SECTIONS
 from .evaluate import EvaluationError, EvaluationJob, EvaluationTracker, cell_evaluation, default_output_dir, \
     evaluation_id
-from . import launch_guard
 from .grid import Grid, GridError, load_grid, smoke_asset_paths
 from .preflight import check_cells
 from .pretrain_tiny import ensure_smoke_assets
@@ -49,6 +48,7 @@ from .sync import sync_file
 from .tasks import TASKS
 from .tracking import (PENDING_FILE, Tracker, TrackingUnavailable, append_pending, cell_is_alive, check_tracking,
                        git_commit, now_ms, resolve_tracking_uri)
+from .validate import short_text
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 DECODING_PREFIXES = tuple(f"{section}." for section in DECODING_SECTIONS)
@@ -365,7 +365,7 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
                   file=sys.stderr)
             return 130
         if isinstance(err, OSError):
-            print(f"error: {grid.output_root}: {type(err).__name__}: {' '.join(str(err).split())[:200]}; runs of "
+            print(f"error: {grid.output_root}: {type(err).__name__}: {short_text(err, 200)}; runs of "
                   "this launch marked FAILED", file=sys.stderr)
             return EXIT_REFUSED
         raise
@@ -387,7 +387,7 @@ def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: 
     import threading
 
     status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-    reason = f"launch ended by {type(err).__name__}: {' '.join(str(err).split())[:200]}".rstrip(": ")
+    reason = f"launch ended by {type(err).__name__}: {short_text(err, 200)}".rstrip(": ")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
@@ -455,7 +455,7 @@ def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: s
         tracker.finish_parent(parent, status, tags)
         return
     except Exception as err:  # noqa: BLE001 - unreachable now, or failed half-way: park it either way
-        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        reason = f"{type(err).__name__}: {short_text(err, 200)}"
     append_pending(output_root / "launches", uri, parent,
                    [{"op": "tags", "tags": tags}, {"op": "status", "status": status, "end_time": now_ms()}])
     print(f"warning: the tracking server did not answer at the end ({reason}); what it missed is on disk: run "

@@ -33,7 +33,7 @@ from .cell import cell_dir, cell_label
 from .grid import Grid, GridError
 from .sync import scan_pending
 from .tracking import PENDING_FILE
-from .validate import short_text
+from .validate import nearest_existing, short_text
 
 JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
               "generation_config.json", "model.safetensors.index.json")
@@ -102,10 +102,7 @@ def check_writable(grid: Grid, names: tuple[str, ...] = ("launches", "submitit",
     """The output root, or the nearest folder above it that exists, is a directory this user can write; so is each
     of the folders the launch writes into that already exists."""
     root = grid.output_root
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    targets = [probe] + [root / name for name in names if (root / name).exists()]
+    targets = [nearest_existing(root)] + [root / name for name in names if (root / name).exists()]
     for target in targets:
         if not target.is_dir():
             raise GridError(grid.where, "output_root", f"expected a directory, {target} is not one")

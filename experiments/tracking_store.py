@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .validate import short_text
+from .validate import nearest_existing, short_text
 
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
@@ -215,9 +215,7 @@ def _api_round_trip(uri: str, timeout: float) -> None:
 def _check_sqlite(uri: str, db: Path, timeout: float) -> None:
     import sqlite3
 
-    probe = db.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(db.parent)
     if not probe.is_dir():
         raise TrackingUnavailable(f"MLflow store {uri}: {probe} is not a directory; expected a writable directory "
                                   "for the database (nothing was submitted)")

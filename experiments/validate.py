@@ -10,6 +10,7 @@ import difflib
 import math
 import re
 import reprlib
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 Check = Callable[[Any, str], Any]
@@ -41,6 +42,13 @@ def short_text(text: object, limit: int | None = 120) -> str:
     cut) with ``...``: how a refusal quotes what another library said."""
     text = " ".join(str(text).split())
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: what decides whether a folder can still be created there."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 class Invalid(ValueError):
