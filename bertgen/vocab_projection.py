@@ -12,8 +12,9 @@ vocabulary), and its output the largest tensor. Two things make it cheaper here 
 * **Fewer trips through memory.** The fused loss keeps neither the logits, nor their softmax, nor their gradient
   for the backward pass: each chunk of positions is projected, its loss and all its gradients (hidden states,
   weight, bias) are computed at once, and the chunk's logits are dropped, so peak memory grows with the chunk, not
-  the batch. The softmax and the gradient softmax − one-hot are formed in place in each block (the one-hot part
-  before any rounding to bf16 under autocast).
+  the batch. The logits stay in the products' dtype (bf16 under autocast), are exponentiated in place and are
+  never rescaled: the per-row softmax normaliser is applied to the small operands of the gradient products
+  instead (see ``_LinearCrossEntropy``). The chunk's buffer is kept between calls on a CPU (``_workspace``).
 
 ``log_probs(h, W, b)`` equals ``F.log_softmax(F.linear(h, W, b).float(), -1)`` and ``linear_cross_entropy`` equals
 ``F.cross_entropy(F.linear(h, W, b), y)``, both up to summation order (fp32 differences ~1e-7).
@@ -27,26 +28,12 @@ from .linear import cpu_backend, matmul_nt
 
 # Output columns per matrix product (a 1,024 × 384 fp32 weight block is 1.5 MB).
 VOCAB_BLOCK = 1024
-# Rows per loss chunk are chosen so that one chunk's fp32 logits stay near this many elements (64 MB).
-CHUNK_ELEMENTS = 1 << 24
+# Rows per loss chunk are chosen so that one chunk's logits (in the products' dtype) stay within this many bytes.
+CHUNK_BYTES = 1 << 26
 
 
 def _blocks(vocab: int) -> list[slice]:
     return [slice(start, min(start + VOCAB_BLOCK, vocab)) for start in range(0, vocab, VOCAB_BLOCK)]
-
-
-def project_blocks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   ) -> list[tuple[slice, torch.Tensor]]:
-    """fp32 logits of 2-D ``hidden`` as (vocabulary slice, contiguous [rows, block] logits) pairs.
-
-    Inputs in another dtype (bf16 under autocast) are multiplied in that dtype and each block widened to fp32.
-    """
-    return [(cols, matmul_nt(hidden, weight[cols], None if bias is None else bias[cols]).float())
-            for cols in _blocks(weight.size(0))]
-
-
-def _row_max(blocks: list[tuple[slice, torch.Tensor]]) -> torch.Tensor:
-    return torch.stack([logits.amax(dim=1) for _, logits in blocks], dim=1).amax(dim=1, keepdim=True)
 
 
 def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -75,25 +62,76 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.log_softmax(out, dim=-1, out=out)
 
 
-def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
-    """out = a @ b, or out += a @ b; out is fp32, a and b fp32 (written in place through BLAS) or bf16 (product
-    widened); products on oneDNN (bertgen.linear) are written, then added."""
-    if a.dtype != out.dtype or (a.device.type == "cpu" and cpu_backend() == "onednn"):
-        product = matmul_nt(a, b.t()).to(out.dtype)
-        out.add_(product) if accumulate else out.copy_(product)
-    elif accumulate:
-        out.addmm_(a, b)
+_workspaces: dict[torch.device, torch.Tensor] = {}
+
+
+def _workspace(device: torch.device, *shapes_and_dtypes: tuple[tuple[int, ...], torch.dtype]) -> list[torch.Tensor]:
+    """Tensors of these shapes and dtypes, carved from one buffer kept between calls on a CPU.
+
+    A step's logits chunk is tens of MB; an allocation that size comes from a fresh ``mmap`` every time on glibc
+    (its threshold stops growing at 32 MB), and touching fresh pages costs ~15 ms per 64 MB: more than the loss's
+    elementwise work. The fused loss uses the buffer only inside one call (it returns new tensors), so it is reused
+    by the next; it grows to the largest request and lives as long as the process (``release_workspace`` frees
+    it). On other devices, whose allocators cache already, every call allocates.
+    """
+    sizes = [torch.Size(shape).numel() * dtype.itemsize for shape, dtype in shapes_and_dtypes]
+    offsets = [sum(-(-size // 64) * 64 for size in sizes[:i]) for i in range(len(sizes) + 1)]
+    if device.type == "cpu":
+        buffer = _workspaces.get(device)
+        if buffer is None or buffer.numel() < offsets[-1]:
+            _workspaces.pop(device, None)
+            buffer = _workspaces[device] = torch.empty(offsets[-1], dtype=torch.uint8, device=device)
     else:
-        torch.mm(a, b, out=out)
+        buffer = torch.empty(offsets[-1], dtype=torch.uint8, device=device)
+    return [buffer[offsets[i]:offsets[i] + sizes[i]].view(dtype).view(shape)
+            for i, (shape, dtype) in enumerate(shapes_and_dtypes)]
+
+
+def release_workspace() -> None:
+    """Free the loss's CPU buffer (it is allocated again by the next training step)."""
+    _workspaces.clear()
+
+
+def _project_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """out = hidden @ weight.T + bias, written into ``out`` (a strided block of the logits buffer)."""
+    if hidden.device.type == "cpu" and cpu_backend() == "onednn" and hidden.dtype == torch.float32:
+        out.copy_(matmul_nt(hidden, weight, bias))
+    elif bias is None:
+        torch.mm(hidden, weight.t(), out=out)
+    else:
+        torch.addmm(bias, hidden, weight.t(), out=out)
+
+
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
+    """out = a @ b, or out += a @ b, for 2-D ``a`` [m, k] and ``b`` [k, n] of one dtype; ``out`` may be wider (fp32
+    for bf16 products: the product is rounded once to its own dtype, then widened) and strided. fp32 products on
+    oneDNN (bertgen.linear) are written to a new tensor first: oneDNN has no ``out=``."""
+    if a.dtype == out.dtype and not (a.device.type == "cpu" and cpu_backend() == "onednn" and a.dtype == torch.float32):
+        out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
+        return
+    product = matmul_nt(a, b.t()).to(out.dtype)
+    out.add_(product) if accumulate else out.copy_(product)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Loss in forward; every gradient is computed there too, kept on ``ctx`` and handed over once in backward
-    (scaled in place by the incoming gradient, so no vocabulary-sized copy is made)."""
+    (scaled in place by the incoming gradient, so no vocabulary-sized copy is made).
+
+    Per chunk of rows the logits are computed block by block, each block contiguous in one buffer and in the
+    products' dtype, with its row maxima taken while it is in cache. With the row maximum ``M`` over all blocks,
+    a pass widens each block to fp32 in a block-sized scratch, leaves ``E = exp(logit - M)`` in the buffer and
+    sums it: ``lse = M + log(sum E)``. The gradient of the mean loss with respect to the logits is then
+    ``s * E`` with one factor per row, ``s = exp(M - lse) / n``, except at the labels, where ``E`` is overwritten
+    by ``(p - 1) / (n s)`` computed from the label's logit in fp32 (``expm1``): never a difference of rounded
+    numbers, which would cancel where p is close to 1. ``s`` is applied where it is cheap, never to the buffer:
+    to the rows of the hidden-state gradient ``(E @ W) * s``, to the hidden states in the weight gradient
+    ``E.T @ (s * h)`` and the bias gradient ``E.T @ s``. Because ``M <= lse <= M + log(vocabulary)``, ``E`` and the
+    label entries stay within [-vocabulary, 1] and ``s`` within [1 / (n vocabulary), 1 / n]: nothing overflows.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_rows, dtype):
-        n = hidden.size(0)
+        n, vocab = hidden.size(0), weight.size(0)
         want_grad = any(ctx.needs_input_grad[:3])
         # The products' operands; the gradients are accumulated in fp32 and returned in the inputs' own dtypes.
         w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
@@ -101,36 +139,56 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if want_grad:
             grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
             grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
-            grad_bias = torch.empty(weight.size(0), dtype=torch.float32, device=weight.device) if bias is not None else None
+            grad_bias = torch.empty(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
+        blocks = _blocks(vocab)
+        widen = dtype != torch.float32
+        chunk_rows = min(chunk_rows, n)
+        buffer, scratch_buffer = _workspace(hidden.device, ((chunk_rows * vocab,), dtype),
+                                            ((chunk_rows * VOCAB_BLOCK if widen else 0,), torch.float32))
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows].to(dtype)
             y = labels[start:start + chunk_rows]
-            blocks = project_blocks(h, w, b)
-            target = (h.float() * w[y].float()).sum(dim=1) + (b[y].float() if b is not None else 0.0)
-            top = _row_max(blocks)
-            # Each block now holds exp(logit - row max): the unnormalised softmax, in place.
-            sums = torch.stack([logits.sub_(top).exp_().sum(dim=1) for _, logits in blocks], dim=1)
-            sums = sums.sum(dim=1, keepdim=True)
-            total += (top.squeeze(1) + sums.squeeze(1).log() - target).sum()
+            r = h.size(0)
+            # Block i of this chunk: buffer[r * cols.start : r * cols.stop] as a contiguous [r, width] tensor.
+            logits = [buffer[r * cols.start:r * cols.stop].view(r, cols.stop - cols.start) for cols in blocks]
+            maxes = torch.empty(r, len(blocks), dtype=dtype, device=h.device)
+            for i, cols in enumerate(blocks):
+                _project_into(logits[i], h, w[cols], None if b is None else b[cols])
+                torch.amax(logits[i], dim=1, out=maxes[:, i])
+            # Label logits (before the buffer is overwritten): flat positions of (row, label) in the block layout.
+            label_block = torch.div(y, VOCAB_BLOCK, rounding_mode="floor")
+            rows = torch.arange(r, device=y.device)
+            width = (torch.clamp((label_block + 1) * VOCAB_BLOCK, max=vocab) - label_block * VOCAB_BLOCK)
+            flat_label = r * label_block * VOCAB_BLOCK + rows * width + (y - label_block * VOCAB_BLOCK)
+            label_logits = buffer[:r * vocab].take(flat_label).float()
+            top = maxes.amax(dim=1, keepdim=True).float()
+            sums = torch.empty(r, len(blocks), dtype=torch.float32, device=h.device)
+            for i, block in enumerate(logits):
+                work = scratch_buffer[:block.numel()].view(block.shape).copy_(block) if widen else block
+                torch.sum(work.sub_(top).exp_(), dim=1, out=sums[:, i])
+                if widen:
+                    block.copy_(work)
+            # lse = M + log(sum E), kept apart: adding a small log-sum to a large M would round it away.
+            sum_e = sums.sum(dim=1)
+            log_sum = sum_e.log()
+            label_shift = label_logits - top.squeeze(1)  # label logit - M
+            total += (log_sum - label_shift).sum()
             if not want_grad:
                 continue
-            # d(mean loss)/d(logits) = (softmax - onehot) / n, built in each block's fp32 buffer (the one-hot part
-            # before any rounding to bf16, which would cancel p - 1 where p is close to 1), then multiplied out.
-            # The first chunk writes the weight and bias gradients, later chunks add to them.
-            scale = sums.reciprocal_().mul_(1.0 / n)
+            scale = sum_e.reciprocal().mul_(1.0 / n)  # s = exp(M - lse) / n, one per row
+            # E at the labels becomes (p - 1) / (n s) = expm1(label logit - lse) * exp(lse - M).
+            buffer[:r * vocab][flat_label] = (torch.expm1(label_shift - log_sum) * sum_e).to(dtype)
+            scaled_h = (h.float() * scale[:, None]).to(dtype)
+            scale_vector = scale.to(dtype)
             accumulate = start > 0
-            grad_h = grad_hidden[start:start + chunk_rows]
-            rows = torch.arange(y.numel(), device=y.device)
-            for i, (cols, unnormalised) in enumerate(blocks):
-                d_logits = unnormalised.mul_(scale)
-                here = (y >= cols.start) & (y < cols.stop)
-                d_logits[rows[here], y[here] - cols.start] -= 1.0 / n
+            unscaled_grad_h = torch.empty(r, h.size(1), dtype=torch.float32, device=h.device)
+            for i, (cols, block) in enumerate(zip(blocks, logits)):
+                _product_into(unscaled_grad_h, block, w[cols], accumulate=i > 0)
+                _product_into(grad_weight[cols], block.t(), scaled_h, accumulate)
                 if grad_bias is not None:
-                    column_sums = d_logits.sum(dim=0)
+                    column_sums = torch.mv(block.t(), scale_vector).to(torch.float32)
                     grad_bias[cols].add_(column_sums) if accumulate else grad_bias[cols].copy_(column_sums)
-                d_logits = d_logits.to(dtype)
-                _product_into(grad_h, d_logits, w[cols], accumulate=i > 0)
-                _product_into(grad_weight[cols], d_logits.t(), h, accumulate)
+            torch.mul(unscaled_grad_h, scale[:, None], out=grad_hidden[start:start + r])
         if want_grad:
             ctx.grads = (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
                          grad_bias.to(bias.dtype) if grad_bias is not None else None)
@@ -155,21 +213,27 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
                          labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` (all positions count).
 
-    ``hidden`` is [positions, hidden]; select the labelled positions before calling. Under autocast the projection
-    runs in the autocast dtype, the softmax in fp32, as ``F.cross_entropy`` on autocast logits would.
+    ``hidden`` is [positions, hidden]; select the labelled positions before calling. Under bf16 autocast the
+    projection runs in bf16, the softmax in fp32, as ``F.cross_entropy`` on autocast logits would; under fp16
+    autocast it runs in fp32.
     """
     if hidden.dim() != 2 or labels.dim() != 1 or hidden.size(0) != labels.size(0):
         raise ValueError(f"linear_cross_entropy: expected hidden [N, H] and labels [N], got "
                          f"{tuple(hidden.shape)} and {tuple(labels.shape)}")
     if hidden.size(0) == 0:
         raise ValueError("linear_cross_entropy: no labelled positions (every label is -100)")
+    autocast = torch.is_autocast_enabled(hidden.device.type)
+    dtype = torch.get_autocast_dtype(hidden.device.type) if autocast else hidden.dtype
+    if dtype == torch.float16:
+        # The gradients are computed in forward, before a loss scale could apply, and the gradient of a mean over
+        # many positions and a large vocabulary (~1 / (positions * vocabulary) at initialisation) is below fp16's
+        # range: fp16 products would return zeros. fp32 products return the gradient.
+        dtype = torch.float32
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // weight.size(0))
-    dtype = hidden.dtype
-    if torch.is_autocast_enabled(hidden.device.type):
+        chunk_rows = max(1, CHUNK_BYTES // (weight.size(0) * dtype.itemsize))
+    if autocast:
         # Cast inside the function: the fp32 weight's gradient is then accumulated in fp32 and handed back as is,
         # not rounded to bf16 and widened again by the cast's backward (the weight is the vocabulary matrix).
-        dtype = torch.get_autocast_dtype(hidden.device.type)
         with torch.autocast(hidden.device.type, enabled=False):
             return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, dtype)
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows, dtype)

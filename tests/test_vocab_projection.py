@@ -135,3 +135,65 @@ def test_fused_loss_refuses_a_second_backward_through_the_same_graph():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+def test_fused_loss_with_labels_far_below_the_row_maximum(vocab_block):
+    """Large logits: most labels sit tens of nats below their row's maximum (p ~ 1e-30 and less), so the label
+    entries of the gradient are ~-1/n while the softmax elsewhere is concentrated: nothing may overflow or cancel.
+    Logits of ~±300 carry fp32 rounding of ~1e-5 themselves, so the measure is fp32 F.cross_entropy's own error
+    against float64: ours may not be more than twice as far off."""
+    torch.manual_seed(6)
+    hidden = (8 * torch.randn(29, 16)).requires_grad_()
+    weight = (8 * torch.randn(101, 16)).requires_grad_()
+    bias = torch.randn(101, requires_grad=True)
+    labels = torch.randint(0, 101, (29,))
+    ours = linear_cross_entropy(hidden, weight, bias, labels, 10)
+    grads_ours = torch.autograd.grad(ours, [hidden, weight, bias])
+    fp32 = _reference(hidden, weight, bias, labels)
+    grads_fp32 = torch.autograd.grad(fp32, [hidden, weight, bias])
+    h64, w64, b64 = (t.detach().double().requires_grad_() for t in (hidden, weight, bias))
+    ref = F.cross_entropy(F.linear(h64, w64, b64), labels)
+    grads_ref = torch.autograd.grad(ref, [h64, w64, b64])
+    assert ref.item() > 100  # far from the maximum, as meant
+    assert abs(ours.item() - ref.item()) <= 2 * abs(fp32.item() - ref.item()) + 1e-6 * ref.item()
+    for a, a32, b in zip(grads_ours, grads_fp32, grads_ref):
+        assert torch.isfinite(a).all()
+        assert (a.double() - b).norm() <= 2 * (a32.double() - b).norm() + 1e-7 * b.norm()
+
+
+def test_fused_loss_reuses_its_cpu_buffer_across_calls_of_any_size():
+    """Calls of different sizes in a row (the buffer grows, then serves smaller calls) each equal the reference;
+    release_workspace frees it."""
+    torch.manual_seed(7)
+    pointers = []
+    for rows, vocab in ((30, 50), (10, 20), (40, 70), (40, 70)):
+        hidden = torch.randn(rows, 8, requires_grad=True)
+        weight = torch.randn(vocab, 8, requires_grad=True)
+        labels = torch.randint(0, vocab, (rows,))
+        ours = linear_cross_entropy(hidden, weight, None, labels)
+        torch.testing.assert_close(ours, _reference(hidden, weight, None, labels), atol=1e-6, rtol=1e-6)
+        grads = torch.autograd.grad(ours, [hidden, weight])
+        refs = torch.autograd.grad(_reference(hidden, weight, None, labels), [hidden, weight])
+        for a, b in zip(grads, refs):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        pointers.append(vocab_projection._workspaces[torch.device("cpu")].data_ptr())
+    assert pointers[0] == pointers[1] and pointers[2] == pointers[3]
+    vocab_projection.release_workspace()
+    assert not vocab_projection._workspaces
+
+
+def test_fused_loss_of_fp16_inputs_computes_in_fp32():
+    """fp16 gradients of a mean over many positions and a large vocabulary underflow; the products run in fp32 and
+    the gradients come back in fp16."""
+    torch.manual_seed(8)
+    hidden = (0.01 * torch.randn(300, 16)).half().requires_grad_()
+    weight = (0.01 * torch.randn(5000, 16)).half().requires_grad_()
+    labels = torch.randint(0, 5000, (300,))
+    ours = linear_cross_entropy(hidden, weight, None, labels)
+    grad_hidden, grad_weight = torch.autograd.grad(ours, [hidden, weight])
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float16
+    h32, w32 = (t.detach().float().requires_grad_() for t in (hidden, weight))
+    ref_h, ref_w = torch.autograd.grad(_reference(h32, w32, None, labels), [h32, w32])
+    torch.testing.assert_close(ours.float(), _reference(h32, w32, None, labels), atol=1e-5, rtol=1e-5)
+    assert (grad_weight != 0).float().mean() > 0.5  # not flushed to zero
+    torch.testing.assert_close(grad_hidden.float(), ref_h, atol=1e-6, rtol=2e-3)
