@@ -133,8 +133,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, chunk_rows, dtype):
         n, vocab = hidden.size(0), weight.size(0)
         want_grad = any(ctx.needs_input_grad[:3])
-        # The products' operands; the gradients are accumulated in fp32 and returned in the inputs' own dtypes.
-        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if want_grad:
             grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
@@ -143,8 +141,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         blocks = _blocks(vocab)
         widen = dtype != torch.float32
         chunk_rows = min(chunk_rows, n)
-        buffer, scratch_buffer = _workspace(hidden.device, ((chunk_rows * vocab,), dtype),
-                                            ((chunk_rows * VOCAB_BLOCK if widen else 0,), torch.float32))
+        cast_weight = weight.dtype != dtype
+        buffer, scratch_buffer, weight_buffer = _workspace(
+            hidden.device, ((chunk_rows * vocab,), dtype), ((chunk_rows * VOCAB_BLOCK if widen else 0,), torch.float32),
+            (weight.shape if cast_weight else (0,), dtype))
+        # The products' operands (the weight cast into the kept buffer, not into fresh pages); the gradients are
+        # accumulated in fp32 and returned in the inputs' own dtypes.
+        w = weight_buffer.copy_(weight) if cast_weight else weight
+        b = bias.to(dtype) if bias is not None else None
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows].to(dtype)
             y = labels[start:start + chunk_rows]
