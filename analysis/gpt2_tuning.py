@@ -28,8 +28,8 @@ from experiments.config import TrainConfig
 from experiments.optim import OPTIMIZERS
 
 from . import paper, schema, stats
-from .tables import (CELL_COLUMNS, Column, Row, TableResult, TableSpec, _compute_cell, _mark_significance, _record,
-                     closing_notes)
+from .table_specs import Column, Row, TableSpec
+from .tables import CELL_COLUMNS, TableResult, _compute_cell, _mark_significance, _record, closing_notes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore

@@ -30,7 +30,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import schema, stats
-from .tables import Column, Row, TableResult, _select_runs, build_table
+from .table_specs import Column, Row
+from .tables import TableResult, _select_runs, build_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore

@@ -22,7 +22,8 @@ from experiments.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .runs import RunStore, align, metric_score
-from .tables import BASELINE_ROWS, scheme_order
+from .table_specs import BASELINE_ROWS
+from .tables import scheme_order
 
 SOURCE_GAP = "source_gap"  # experiments.diagnostics: logged as dev_source_gap at each evaluation
 

@@ -50,6 +50,8 @@ from typing import Any
 
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
+from .validate import short_text
+
 ASSUMED_MFU = 0.35  # model-FLOPs utilisation assumed for every GPU and dtype (an assumption, not a measurement)
 MEMORY_HEADROOM = 0.90  # usable fraction of a GPU's memory
 CONTEXT_BYTES = 2 * 2**30  # CUDA context, cuBLAS workspaces, allocator fragmentation
@@ -186,7 +188,7 @@ def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape 
         try:
             model = schemes.build(cell["scheme"], **configs, **(cell.get("model") or {}), device="meta").model
         except (ValueError, TypeError, OSError) as err:
-            _SHAPES[key] = f"cannot build {cell['scheme']} from its configs ({' '.join(str(err).split())[:120]})"
+            _SHAPES[key] = f"cannot build {cell['scheme']} from its configs ({short_text(err, 120)})"
             return _SHAPES[key]
         max_source, max_target = length_limits(model, get_task(cell["task"]))
         total = model.num_parameters()

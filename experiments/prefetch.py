@@ -25,6 +25,7 @@ from bertgen.checkpoint import HUB_FILES, is_local_reference
 from bertgen.families import FAMILIES
 
 from .grid import GridError
+from .validate import short_text
 
 OFFLINE_VALUES = ("1", "true", "yes", "on")
 
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prefetch(cells, args.cache_dir.resolve() if args.cache_dir else None)
     except Exception as err:  # noqa: BLE001 - a failed download: one line naming it
-        print(f"error: {type(err).__name__}: {' '.join(str(err).split())[:400]}", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {short_text(err, 400)}", file=sys.stderr)
         return 1
     return 0
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .validate import short_text
+
 SINFO_FORMAT = "%N|%P|%c|%m|%G|%l|%a|%t|%f"
 SINFO_TIMEOUT_S = 20.0
 MB_PER_GB = 1024  # Slurm's --mem=<n>G/GB
@@ -170,7 +172,7 @@ def query_nodes(sinfo: str = "sinfo", runner: Runner = subprocess.run, timeout_s
     try:
         proc = runner([sinfo, "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError) as err:
-        raise SlurmQueryError(f"{sinfo} failed ({type(err).__name__}: {' '.join(str(err).split())})") from None
+        raise SlurmQueryError(f"{sinfo} failed ({type(err).__name__}: {short_text(err, None)})") from None
     if proc.returncode != 0:
         said = " ".join((proc.stderr or proc.stdout or "").split())[:200]
         raise SlurmQueryError(f"{sinfo} exited with {proc.returncode}: {said or 'no output'}")
@@ -280,7 +282,7 @@ def check_grid(grid: Any, sinfo: str | None = None, runner: Runner = subprocess.
 
 def submission_error(err: BaseException) -> str:
     """One line from what sbatch (through submitit) said when it refused a submission."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = short_text(err, None) or type(err).__name__
     match = re.search(r"sbatch: error: (.*?)(?= sbatch: error:|$)", text)
     return (match.group(1) if match else text)[:400]
 
