@@ -36,6 +36,35 @@ def _blocks(vocab: int) -> list[slice]:
     return [slice(start, min(start + VOCAB_BLOCK, vocab)) for start in range(0, vocab, VOCAB_BLOCK)]
 
 
+def _fp32_on_onednn(tensor: torch.Tensor) -> bool:
+    """Whether an fp32 product of ``tensor`` runs on oneDNN (bertgen.linear), which has no ``out=``."""
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and cpu_backend() == "onednn"
+
+
+def _write(out: torch.Tensor, value: torch.Tensor, accumulate: bool) -> None:
+    """out += value, or out = value (widened to ``out``'s dtype in the same pass)."""
+    out.add_(value) if accumulate else out.copy_(value)
+
+
+def _project_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """out = hidden @ weight.T + bias, written into ``out`` (a strided block of a logits buffer, same dtype)."""
+    if _fp32_on_onednn(hidden):
+        out.copy_(matmul_nt(hidden, weight, bias))
+    elif bias is None:
+        torch.mm(hidden, weight.t(), out=out)
+    else:
+        torch.addmm(bias, hidden, weight.t(), out=out)
+
+
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
+    """out = a @ b, or out += a @ b, for 2-D ``a`` [m, k] and ``b`` [k, n] of one dtype; ``out`` may be wider (fp32
+    for bf16 products: the product is rounded once to its own dtype, then widened) and strided."""
+    if a.dtype == out.dtype and not _fp32_on_onednn(a):
+        out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
+    else:
+        _write(out, matmul_nt(a, b.t()), accumulate)
+
+
 def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """fp32 log-softmax of the projection of ``hidden`` [rows, hidden]: one decoding step's next-token scores.
 
@@ -45,20 +74,18 @@ def log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     differentiable (decoding runs under no_grad).
     """
     fp32 = hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-    on_onednn = hidden.device.type == "cpu" and cpu_backend() == "onednn"
-    if fp32 and on_onednn:
+    if fp32 and _fp32_on_onednn(hidden):
         # oneDNN blocks the product itself: one call over the whole vocabulary is ~20% faster than column blocks
         # (each of which would be written to its own tensor and copied into place).
         out = matmul_nt(hidden, weight, bias)
         return torch.log_softmax(out, dim=-1, out=out)
     out = torch.empty(hidden.size(0), weight.size(0), dtype=torch.float32, device=hidden.device)
     for cols in _blocks(weight.size(0)):
-        if not fp32:
-            out[:, cols] = matmul_nt(hidden, weight[cols], None if bias is None else bias[cols])
-        elif bias is None:
-            torch.mm(hidden, weight[cols].t(), out=out[:, cols])
+        block_bias = None if bias is None else bias[cols]
+        if fp32:
+            _project_into(out[:, cols], hidden, weight[cols], block_bias)
         else:
-            torch.addmm(bias[cols], hidden, weight[cols].t(), out=out[:, cols])
+            out[:, cols] = matmul_nt(hidden, weight[cols], block_bias)
     return torch.log_softmax(out, dim=-1, out=out)
 
 
@@ -90,27 +117,6 @@ def _workspace(device: torch.device, *shapes_and_dtypes: tuple[tuple[int, ...], 
 def release_workspace() -> None:
     """Free the loss's CPU buffer (it is allocated again by the next training step)."""
     _workspaces.clear()
-
-
-def _project_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """out = hidden @ weight.T + bias, written into ``out`` (a strided block of the logits buffer)."""
-    if hidden.device.type == "cpu" and cpu_backend() == "onednn" and hidden.dtype == torch.float32:
-        out.copy_(matmul_nt(hidden, weight, bias))
-    elif bias is None:
-        torch.mm(hidden, weight.t(), out=out)
-    else:
-        torch.addmm(bias, hidden, weight.t(), out=out)
-
-
-def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
-    """out = a @ b, or out += a @ b, for 2-D ``a`` [m, k] and ``b`` [k, n] of one dtype; ``out`` may be wider (fp32
-    for bf16 products: the product is rounded once to its own dtype, then widened) and strided. fp32 products on
-    oneDNN (bertgen.linear) are written to a new tensor first: oneDNN has no ``out=``."""
-    if a.dtype == out.dtype and not (a.device.type == "cpu" and cpu_backend() == "onednn" and a.dtype == torch.float32):
-        out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
-        return
-    product = matmul_nt(a, b.t()).to(out.dtype)
-    out.add_(product) if accumulate else out.copy_(product)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -160,11 +166,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _project_into(logits[i], h, w[cols], None if b is None else b[cols])
                 torch.amax(logits[i], dim=1, out=maxes[:, i])
             # Label logits (before the buffer is overwritten): flat positions of (row, label) in the block layout.
-            label_block = torch.div(y, VOCAB_BLOCK, rounding_mode="floor")
-            rows = torch.arange(r, device=y.device)
-            width = (torch.clamp((label_block + 1) * VOCAB_BLOCK, max=vocab) - label_block * VOCAB_BLOCK)
-            flat_label = r * label_block * VOCAB_BLOCK + rows * width + (y - label_block * VOCAB_BLOCK)
-            label_logits = buffer[:r * vocab].take(flat_label).float()
+            flat = buffer[:r * vocab]
+            block_start = torch.div(y, VOCAB_BLOCK, rounding_mode="floor") * VOCAB_BLOCK
+            block_width = (vocab - block_start).clamp(max=VOCAB_BLOCK)
+            flat_label = r * block_start + torch.arange(r, device=y.device) * block_width + (y - block_start)
+            label_logits = flat.take(flat_label).float()
             top = maxes.amax(dim=1, keepdim=True).float()
             sums = torch.empty(r, len(blocks), dtype=torch.float32, device=h.device)
             for i, block in enumerate(logits):
@@ -181,7 +187,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             scale = sum_e.reciprocal().mul_(1.0 / n)  # s = exp(M - lse) / n, one per row
             # E at the labels becomes (p - 1) / (n s) = expm1(label logit - lse) * exp(lse - M).
-            buffer[:r * vocab][flat_label] = (torch.expm1(label_shift - log_sum) * sum_e).to(dtype)
+            flat[flat_label] = (torch.expm1(label_shift - log_sum) * sum_e).to(dtype)
             scaled_h = (h.float() * scale[:, None]).to(dtype)
             scale_vector = scale.to(dtype)
             accumulate = start > 0
@@ -190,8 +196,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _product_into(unscaled_grad_h, block, w[cols], accumulate=i > 0)
                 _product_into(grad_weight[cols], block.t(), scaled_h, accumulate)
                 if grad_bias is not None:
-                    column_sums = torch.mv(block.t(), scale_vector).to(torch.float32)
-                    grad_bias[cols].add_(column_sums) if accumulate else grad_bias[cols].copy_(column_sums)
+                    _write(grad_bias[cols], torch.mv(block.t(), scale_vector), accumulate)
             torch.mul(unscaled_grad_h, scale[:, None], out=grad_hidden[start:start + r])
         if want_grad:
             ctx.grads = (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype),
