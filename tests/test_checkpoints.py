@@ -24,14 +24,8 @@ from bertgen import (
     EncoderDecoderConfig,
     EncoderDecoderModel,
 )
+from tolerances import assert_fp32_close
 
-ATOL = 1e-5
-
-
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    diff = (ours.detach() - theirs.detach()).abs().max().item()
-    assert diff <= ATOL, f"{what}: max abs difference {diff:.3g} > {ATOL}"
 
 
 def assert_clean_hf_load(info: dict, what: str) -> None:
@@ -90,7 +84,7 @@ def test_our_encoder_save_loads_in_transformers(tiny, tmp_path):
     theirs, info = hf.BertGenerationEncoder.from_pretrained(tmp_path, output_loading_info=True)
     assert_clean_hf_load(info, "encoder")
     x = inputs(tiny)
-    assert_close(run_encoder(ours, x), run_encoder(theirs.eval(), x), "encoder saved by bertgen")
+    assert_fp32_close(run_encoder(ours, x), run_encoder(theirs.eval(), x), "encoder saved by bertgen")
 
 
 def test_our_decoder_save_loads_in_transformers(tiny, tmp_path):
@@ -101,7 +95,7 @@ def test_our_decoder_save_loads_in_transformers(tiny, tmp_path):
     assert_clean_hf_load(info, "decoder")
     assert theirs.lm_head.decoder.weight is theirs.bert.embeddings.word_embeddings.weight
     x = inputs(tiny)
-    assert_close(run_decoder(ours, x), run_decoder(theirs.eval(), x), "decoder saved by bertgen")
+    assert_fp32_close(run_decoder(ours, x), run_decoder(theirs.eval(), x), "decoder saved by bertgen")
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["plain", "tie_encoder_decoder"])
@@ -115,7 +109,7 @@ def test_our_encoder_decoder_save_loads_in_transformers(tiny, tmp_path, tie):
     # transformers 5.24 does not tie encoder and decoder, so the shared stack must be in the file for each side.
     assert_clean_hf_load(info, f"encoder-decoder (tie={tie})")
     x = inputs(tiny)
-    assert_close(run_seq2seq(ours, x), run_seq2seq(theirs.eval(), x), f"encoder-decoder (tie={tie}) saved by bertgen")
+    assert_fp32_close(run_seq2seq(ours, x), run_seq2seq(theirs.eval(), x), f"encoder-decoder (tie={tie}) saved by bertgen")
 
     # ... and reading our own file back restores the sharing, with nothing reported missing or unused.
     again = EncoderDecoderModel.from_pretrained(tmp_path).eval()
@@ -123,7 +117,7 @@ def test_our_encoder_decoder_save_loads_in_transformers(tiny, tmp_path, tie):
     shared = again.decoder.bert.embeddings.word_embeddings.weight is again.encoder.embeddings.word_embeddings.weight
     assert shared is tie
     assert again.num_parameters() == ours.num_parameters()
-    assert_close(run_seq2seq(again, x), run_seq2seq(ours, x), f"encoder-decoder (tie={tie}) round trip")
+    assert_fp32_close(run_seq2seq(again, x), run_seq2seq(ours, x), f"encoder-decoder (tie={tie}) round trip")
 
 
 # -- transformers → bertgen ------------------------------------------------------------------------------------
@@ -133,14 +127,14 @@ def test_transformers_encoder_and_decoder_saves_load_in_bertgen(tiny, tmp_path):
     encoder.save_pretrained(tmp_path / "enc")
     ours = BertGenerationEncoder.from_pretrained(tmp_path / "enc").eval()
     assert ours.loading_report.newly_initialized == [] and ours.loading_report.unused == []
-    assert_close(run_encoder(ours, x), run_encoder(encoder, x), "encoder saved by transformers")
+    assert_fp32_close(run_encoder(ours, x), run_encoder(encoder, x), "encoder saved by transformers")
 
     decoder = hf.BertGenerationDecoder(hf_decoder_config(tiny)).eval()
     randomise_lm_bias(decoder)
     decoder.save_pretrained(tmp_path / "dec")
     ours = BertGenerationDecoder.from_pretrained(tmp_path / "dec").eval()
     assert ours.loading_report.newly_initialized == [] and ours.loading_report.unused == []
-    assert_close(run_decoder(ours, x), run_decoder(decoder, x), "decoder saved by transformers")
+    assert_fp32_close(run_decoder(ours, x), run_decoder(decoder, x), "decoder saved by transformers")
 
 
 def test_untied_transformers_decoder_uses_the_bias_its_forward_used(tiny, tmp_path):
@@ -153,7 +147,7 @@ def test_untied_transformers_decoder_uses_the_bias_its_forward_used(tiny, tmp_pa
         decoder.lm_head.decoder.bias.normal_()
     decoder.save_pretrained(tmp_path / "dec")
     ours = BertGenerationDecoder.from_pretrained(tmp_path / "dec").eval()
-    assert_close(run_decoder(ours, x), run_decoder(decoder, x), "untied decoder saved by transformers")
+    assert_fp32_close(run_decoder(ours, x), run_decoder(decoder, x), "untied decoder saved by transformers")
 
 
 def hf_seq2seq(tiny: dict) -> hf.EncoderDecoderModel:
@@ -171,7 +165,7 @@ def test_transformers_encoder_decoder_save_loads_in_bertgen(tiny, tmp_path):
     assert ours.loading_report.newly_initialized == [] and ours.loading_report.unused == []
     assert ours.config.decoder_start_token_id == 2 and ours.config.pad_token_id == 0
     x = inputs(tiny)
-    assert_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "encoder-decoder saved by transformers")
+    assert_fp32_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "encoder-decoder saved by transformers")
 
 
 def test_transformers_save_of_a_shared_model_loads_tied_in_bertgen(tiny, tmp_path):
@@ -188,7 +182,7 @@ def test_transformers_save_of_a_shared_model_loads_tied_in_bertgen(tiny, tmp_pat
     assert ours.decoder.bert.encoder.layer[1].crossattention.self.key.weight.shape == (tiny["hidden_size"],) * 2
     assert ours.loading_report.newly_initialized == []
     x = inputs(tiny)
-    assert_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "shared encoder-decoder saved by transformers")
+    assert_fp32_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "shared encoder-decoder saved by transformers")
 
 
 def test_tying_a_checkpoint_with_different_stacks_keeps_the_encoder(tiny, tmp_path):
@@ -198,9 +192,9 @@ def test_tying_a_checkpoint_with_different_stacks_keeps_the_encoder(tiny, tmp_pa
     theirs.save_pretrained(tmp_path)
     ours = EncoderDecoderModel.from_pretrained(tmp_path, tie_encoder_decoder=True).eval()
     x = inputs(tiny)
-    assert_close(run_encoder(ours.encoder, x), run_encoder(theirs.encoder, x), "encoder of the tied model")
+    assert_fp32_close(run_encoder(ours.encoder, x), run_encoder(theirs.encoder, x), "encoder of the tied model")
     own = ours.decoder.bert.encoder.layer[0].crossattention.self.query.weight
-    assert_close(own, theirs.decoder.bert.encoder.layer[0].crossattention.self.query.weight, "cross-attention")
+    assert_fp32_close(own, theirs.decoder.bert.encoder.layer[0].crossattention.self.query.weight, "cross-attention")
 
 
 def test_sharded_transformers_save_loads_in_bertgen(tiny, tmp_path):
@@ -211,7 +205,7 @@ def test_sharded_transformers_save_loads_in_bertgen(tiny, tmp_path):
     ours = EncoderDecoderModel.from_pretrained(tmp_path).eval()
     assert ours.loading_report.newly_initialized == []
     x = inputs(tiny)
-    assert_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "sharded checkpoint")
+    assert_fp32_close(run_seq2seq(ours, x), run_seq2seq(theirs, x), "sharded checkpoint")
 
 
 # -- pytorch_model.bin -----------------------------------------------------------------------------------------
@@ -224,7 +218,7 @@ def test_pytorch_model_bin_loads(tiny, tmp_path):
     ours = BertGenerationDecoder.from_pretrained(tmp_path).eval()
     assert ours.loading_report.newly_initialized == []
     x = inputs(tiny)
-    assert_close(run_decoder(ours, x), run_decoder(theirs, x), "decoder from pytorch_model.bin")
+    assert_fp32_close(run_decoder(ours, x), run_decoder(theirs, x), "decoder from pytorch_model.bin")
 
 
 class _RunsCodeWhenUnpickled:

@@ -20,6 +20,7 @@ from bertgen.generation import (  # noqa: E402
     length_penalty_denominator,
     measure_generation,
 )
+from tolerances import assert_fp32_close  # noqa: E402
 
 PAD, EOS, START = 3, 2, 4  # PAD is not 0: transformers' beam search fills with EOS when the pad id is 0
 MAX_NEW = 12
@@ -130,7 +131,7 @@ def test_beam_search_matches_transformers(models, options):
         got, scores = generate(ours, ids, mask, max_new_tokens=MAX_NEW, length_penalty_style="hf",
                                return_scores=True, **options)
         assert torch.equal(got, expected.sequences), f"seed {seed}:\n{got}\n{expected.sequences}"
-        torch.testing.assert_close(scores, expected.sequences_scores, atol=1e-5, rtol=0)
+        assert_fp32_close(scores, expected.sequences_scores)
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -198,7 +199,7 @@ def test_cached_decoding_equals_uncached(models, num_beams):
     cached, cached_scores = generate(ours, ids, mask, use_cache=True, **kwargs)
     uncached, uncached_scores = generate(ours, ids, mask, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
-    torch.testing.assert_close(cached_scores, uncached_scores, atol=1e-5, rtol=0)
+    assert_fp32_close(cached_scores, uncached_scores)
 
 
 class DecoderCalls:

@@ -18,8 +18,8 @@ from bertgen import (
     GPT2PrefixLM,
 )
 from bertgen.configuration import BertGenerationConfig
+from tolerances import assert_fp32_close
 
-ATOL = 1e-5
 GPT2_TINY = dict(vocab_size=140, n_positions=80, n_embd=32, n_layer=2, n_head=4, n_inner=None,
                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=139, eos_token_id=139)
 ROBERTA_TINY = dict(vocab_size=130, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -82,11 +82,11 @@ def test_gpt2_cross_attention_decoder_matches_transformers(hf_gpt2_cross):
     with torch.no_grad():
         expected = hf(**kwargs, output_hidden_states=True)
         got = ours(**kwargs, output_hidden_states=True)
-    torch.testing.assert_close(got.logits, expected.logits, atol=ATOL, rtol=0)
-    torch.testing.assert_close(got.loss, expected.loss, atol=ATOL, rtol=0)
+    assert_fp32_close(got.logits, expected.logits)
+    assert_fp32_close(got.loss, expected.loss)
     assert len(got.hidden_states) == len(expected.hidden_states) == 3
     for ours_h, hf_h in zip(got.hidden_states, expected.hidden_states):
-        torch.testing.assert_close(ours_h, hf_h, atol=ATOL, rtol=0)
+        assert_fp32_close(ours_h, hf_h)
 
 
 def test_gpt2_cached_incremental_decoding_matches_full_forward(hf_gpt2_cross):
@@ -103,7 +103,7 @@ def test_gpt2_cached_incremental_decoding_matches_full_forward(hf_gpt2_cross):
                        encoder_attention_mask=enc_mask, past_key_values=past, use_cache=True)
             past = out.past_key_values
             steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
+    assert_fp32_close(torch.cat(steps, dim=1), full)
     # The cache layout EncoderDecoderModel and generation rely on: (self_k, self_v, cross_k, cross_v) per layer.
     assert len(past) == 2 and all(len(layer) == 4 for layer in past)
     assert past[0][0].shape == (2, 4, 6, 8) and past[0][2].shape == (2, 4, 4, 8)
@@ -153,8 +153,8 @@ def test_gpt2_plain_lm_matches_transformers_with_padding(hf_gpt2_plain):
         expected = hf(input_ids=ids, attention_mask=mask, labels=ids)
         got = ours(input_ids=ids, attention_mask=mask, labels=ids)
     keep = mask.bool()
-    torch.testing.assert_close(got.logits[keep], expected.logits[keep], atol=ATOL, rtol=0)
-    torch.testing.assert_close(got.loss, expected.loss, atol=ATOL, rtol=0)
+    assert_fp32_close(got.logits[keep], expected.logits[keep])
+    assert_fp32_close(got.loss, expected.loss)
 
 
 def test_gpt2_decoder_in_encoder_decoder_round_trips_through_transformers(tmp_path):
@@ -173,13 +173,13 @@ def test_gpt2_decoder_in_encoder_decoder_round_trips_through_transformers(tmp_pa
     tgt = torch.randint(0, 139, (2, 4))
     with torch.no_grad():
         expected = hf(input_ids=src, decoder_input_ids=tgt).logits
-        torch.testing.assert_close(model(input_ids=src, decoder_input_ids=tgt).logits, expected, atol=ATOL, rtol=0)
-        torch.testing.assert_close(ours(input_ids=src, decoder_input_ids=tgt).logits, expected, atol=ATOL, rtol=0)
+        assert_fp32_close(model(input_ids=src, decoder_input_ids=tgt).logits, expected)
+        assert_fp32_close(ours(input_ids=src, decoder_input_ids=tgt).logits, expected)
         # The training fast path (LM head only where a label counts) gives the full path's loss.
         labels = tgt.masked_fill(torch.tensor([[False] * 4, [False, False, True, True]]), -100)
         full = model(input_ids=src, labels=labels).loss
         fast = model(input_ids=src, labels=labels, return_logits=False).loss
-    torch.testing.assert_close(fast, full, atol=ATOL, rtol=0)
+    assert_fp32_close(fast, full)
 
 
 def test_bare_gpt2model_checkpoint_loads_and_shape_errors_name_the_tensor(tmp_path):
@@ -218,7 +218,7 @@ def test_roberta_encoder_matches_transformers(hf_roberta):
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         got = ours(input_ids=ids, attention_mask=mask).last_hidden_state
     keep = mask.bool()
-    torch.testing.assert_close(got[keep], expected[keep], atol=ATOL, rtol=0)
+    assert_fp32_close(got[keep], expected[keep])
 
 
 def test_roberta_mlm_checkpoint_head_is_reported_unused(tmp_path):
@@ -260,7 +260,7 @@ def test_prefix_lm_loss_counts_only_target_tokens(hf_gpt2_plain):
         out = model(input_ids=src, attention_mask=src_mask, labels=labels)
         fast = model(input_ids=src, attention_mask=src_mask, labels=labels, return_logits=False)
     assert out.logits.shape == (2, 4, 140)
-    torch.testing.assert_close(fast.loss, out.loss, atol=ATOL, rtol=0)
+    assert_fp32_close(fast.loss, out.loss)
 
     # transformers, one unpadded row at a time: [source, sep, target]; labels -100 over source and separator.
     losses, counts = [], []
@@ -271,11 +271,10 @@ def test_prefix_lm_loss_counts_only_target_tokens(hf_gpt2_plain):
         hf_labels = torch.cat([torch.full((s.numel() + 1,), -100), t])[None]
         with torch.no_grad():
             ref = hf(input_ids=full, labels=hf_labels)
-        torch.testing.assert_close(out.logits[row, : t.numel()], ref.logits[0, s.numel(): s.numel() + t.numel()],
-                                   atol=ATOL, rtol=0)
+        assert_fp32_close(out.logits[row, : t.numel()], ref.logits[0, s.numel(): s.numel() + t.numel()])
         losses.append(ref.loss * t.numel())
         counts.append(t.numel())
-    torch.testing.assert_close(out.loss, sum(losses) / sum(counts), atol=ATOL, rtol=0)
+    assert_fp32_close(out.loss, sum(losses) / sum(counts))
 
     # The source is context only: changing a source token changes the loss, but no source position is a target.
     other = src.clone()
@@ -315,7 +314,7 @@ def test_prefix_lm_beam_search_with_and_without_cache_agree(hf_gpt2_plain):
     plain, plain_scores = model.generate(src, src_mask, num_beams=3, max_new_tokens=5, return_scores=True,
                                          use_cache=False)
     assert torch.equal(cached, plain)
-    torch.testing.assert_close(cached_scores, plain_scores, atol=1e-5, rtol=0)
+    assert_fp32_close(cached_scores, plain_scores)
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------

@@ -25,18 +25,12 @@ from bertgen import (
     EncoderDecoderConfig,
     EncoderDecoderModel,
 )
+from tolerances import assert_fp32_close
 
 # transformers' EncoderDecoderModel warns on every loss it computes; the warning is about pre-4.12 checkpoints.
 pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0 introduces:FutureWarning")
 
-ATOL = 1e-5
 BATCH, SRC_LEN, TGT_LEN = 3, 9, 7
-
-
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
-    diff = (ours.detach().float() - theirs.detach().float()).abs().max().item() if ours.numel() else 0.0
-    assert diff <= ATOL, f"{what}: max abs difference {diff:.3g} > {ATOL}"
 
 
 def source_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +101,7 @@ def compare_gradients(ours: torch.nn.Module, theirs: torch.nn.Module) -> int:
         assert name in their_params, f"{name} has no counterpart in transformers"
         assert param.grad is not None, f"{name}: no gradient"
         assert their_params[name].grad is not None, f"{name}: transformers has no gradient"
-        assert_close(param.grad, their_params[name].grad, f"grad of {name}")
+        assert_fp32_close(param.grad, their_params[name].grad, f"grad of {name}")
         compared += 1
     return compared
 
@@ -117,9 +111,9 @@ def loss_logits_and_gradients_match(ours, theirs, ids, mask, labels, what: str, 
     parameter's gradient agree. Returns (our output, their output, how many gradients were compared)."""
     expected = theirs(input_ids=ids, attention_mask=mask, labels=labels)
     got = ours(input_ids=ids, attention_mask=mask, labels=labels, **our_kwargs)
-    assert_close(got.loss, expected.loss, f"{what} loss")
+    assert_fp32_close(got.loss, expected.loss, f"{what} loss")
     if got.logits is not None:
-        assert_close(got.logits, expected.logits, f"{what} logits")
+        assert_fp32_close(got.logits, expected.logits, f"{what} logits")
     expected.loss.backward()
     got.loss.backward()
     return got, expected, compare_gradients(ours, theirs)
@@ -133,7 +127,7 @@ def test_encoder_hidden_states_with_padding_match_hf(tiny, tmp_path):
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
         got = ours(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert_close(got, expected, "encoder last_hidden_state")
+    assert_fp32_close(got, expected, "encoder last_hidden_state")
     # The padding mask matters: without it the short rows change.
     with torch.no_grad():
         unmasked = ours(input_ids=ids).last_hidden_state
@@ -154,8 +148,8 @@ def test_decoder_logits_and_loss_with_cross_attention_match_hf(tiny, tmp_path):
                   encoder_attention_mask=enc_mask, labels=labels)
     with torch.no_grad():
         expected, got = theirs(**kwargs), ours(**kwargs)
-    assert_close(got.logits, expected.logits, "decoder logits")
-    assert_close(got.loss, expected.loss, "decoder next-token loss")
+    assert_fp32_close(got.logits, expected.logits, "decoder logits")
+    assert_fp32_close(got.loss, expected.loss, "decoder next-token loss")
 
 
 # -- encoder-decoder -------------------------------------------------------------------------------------------
@@ -167,7 +161,7 @@ def test_encoder_decoder_loss_logits_and_every_gradient_match_hf(tiny, tmp_path,
     got, expected, compared = loss_logits_and_gradients_match(
         ours, theirs, ids, mask, target_labels(tiny["vocab_size"]), "encoder-decoder", return_logits=return_logits)
     assert (got.logits is not None) == return_logits
-    assert_close(got.encoder_last_hidden_state, expected.encoder_last_hidden_state, "encoder states")
+    assert_fp32_close(got.encoder_last_hidden_state, expected.encoder_last_hidden_state, "encoder states")
     assert compared == len(list(ours.parameters()))
     # Sanity: gradients reach both the encoder and the cross-attention.
     assert ours.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
@@ -245,8 +239,8 @@ def test_cached_incremental_decoding_matches_full_forward_and_hf_cache(tiny, tmp
             hf_step = theirs(attention_mask=mask, decoder_input_ids=dec_ids[:, t:t + 1],
                              encoder_outputs=hf_encoder_outputs, cache=hf_cache, use_cache=True)
             hf_cache = hf_step.cache
-            assert_close(step.logits[:, 0], full[:, t], f"cached step {t} vs full forward")
-            assert_close(step.logits, hf_step.logits, f"cached step {t} vs transformers' cache")
+            assert_fp32_close(step.logits[:, 0], full[:, t], f"cached step {t} vs full forward")
+            assert_fp32_close(step.logits, hf_step.logits, f"cached step {t} vs transformers' cache")
     assert len(past) == tiny["num_hidden_layers"]
     self_k, self_v, cross_k, cross_v = past[0]
     head_dim = tiny["hidden_size"] // tiny["num_attention_heads"]
@@ -274,12 +268,12 @@ def test_beam_queries_against_unexpanded_encoder_cache_match_hf_with_expanded_en
         past = first.past_key_values
         hf_full = theirs.decoder(input_ids=dec_ids, encoder_hidden_states=hf_states,
                                  encoder_attention_mask=hf_mask).logits
-        assert_close(first.logits[:, 0], hf_full[:, 0], "beam step 0")
+        assert_fp32_close(first.logits[:, 0], hf_full[:, 0], "beam step 0")
         for t in range(1, dec_ids.size(1)):
             step = ours.decoder(input_ids=dec_ids[:, t:t + 1], encoder_attention_mask=mask, past_key_values=past,
                                 use_cache=True)
             past = step.past_key_values
-            assert_close(step.logits[:, 0], hf_full[:, t], f"beam step {t}")
+            assert_fp32_close(step.logits[:, 0], hf_full[:, t], f"beam step {t}")
 
 
 # -- attention paths and returned internals --------------------------------------------------------------------
@@ -294,19 +288,19 @@ def test_sdpa_path_equals_eager_path(tiny):
     with torch.no_grad():
         sdpa, eager = (encoder(input_ids=ids, attention_mask=mask, output_attentions=flag) for flag in (False, True))
         assert sdpa.attentions is None and len(eager.attentions) == tiny["num_hidden_layers"]
-        assert_close(sdpa.last_hidden_state, eager.last_hidden_state, "encoder sdpa vs eager")
+        assert_fp32_close(sdpa.last_hidden_state, eager.last_hidden_state, "encoder sdpa vs eager")
         states = sdpa.last_hidden_state
         # Causal without padding (the kernel's is_causal flag), then causal with decoder padding (explicit mask).
         for dec_attention_mask in (None, dec_mask):
             kw = dict(input_ids=dec_ids, attention_mask=dec_attention_mask, encoder_hidden_states=states,
                       encoder_attention_mask=mask)
-            assert_close(decoder(**kw).logits, decoder(**kw, output_attentions=True).logits,
+            assert_fp32_close(decoder(**kw).logits, decoder(**kw, output_attentions=True).logits,
                          f"decoder sdpa vs eager (decoder mask: {dec_attention_mask is not None})")
         # With a cache: one query row against past keys.
         prefix = decoder(input_ids=dec_ids[:, :4], encoder_hidden_states=states, encoder_attention_mask=mask,
                          use_cache=True)
         kw = dict(input_ids=dec_ids[:, 4:5], encoder_attention_mask=mask, past_key_values=prefix.past_key_values)
-        assert_close(decoder(**kw).logits, decoder(**kw, output_attentions=True).logits, "cached sdpa vs eager")
+        assert_fp32_close(decoder(**kw).logits, decoder(**kw, output_attentions=True).logits, "cached sdpa vs eager")
 
 
 def test_hidden_states_and_attentions_match_hf_eager(tiny, tmp_path):
@@ -331,7 +325,7 @@ def test_hidden_states_and_attentions_match_hf_eager(tiny, tmp_path):
         assert len(ours_t) == len(theirs_t) == count, f"{field}: {len(ours_t)} vs {len(theirs_t)} entries"
         for i, (a, b) in enumerate(zip(ours_t, theirs_t)):
             assert tuple(a.shape) == shape, f"{field}[{i}]: shape {tuple(a.shape)}"
-            assert_close(a, b, f"{field}[{i}]")
+            assert_fp32_close(a, b, f"{field}[{i}]")
     # Masked source positions get no attention; decoder self-attention is causal.
     assert got.encoder_attentions[0][2, :, :, 4:].abs().max() == 0
     assert torch.triu(got.decoder_attentions[0], diagonal=1).abs().max() == 0
@@ -428,14 +422,14 @@ def test_relative_positions_match_independent_reference(tiny, relative_type):
     with torch.no_grad():
         got = encoder(input_ids=ids, attention_mask=mask, output_attentions=True)
         expected, expected_probs = reference_stack(encoder, ids, mask)
-        assert_close(got.last_hidden_state, expected, f"{relative_type} encoder")
+        assert_fp32_close(got.last_hidden_state, expected, f"{relative_type} encoder")
         for i, (a, b) in enumerate(zip(got.attentions, expected_probs)):
-            assert_close(a, b, f"{relative_type} encoder attention probabilities, layer {i}")
+            assert_fp32_close(a, b, f"{relative_type} encoder attention probabilities, layer {i}")
 
         states = got.last_hidden_state
         full = decoder.bert(input_ids=dec_ids, encoder_hidden_states=states, encoder_attention_mask=mask)
         expected, _ = reference_stack(decoder.bert, dec_ids, torch.ones_like(dec_ids), states, mask)
-        assert_close(full.last_hidden_state, expected, f"{relative_type} decoder")
+        assert_fp32_close(full.last_hidden_state, expected, f"{relative_type} decoder")
 
         # Incremental decoding: the query of step t sits at distance t − j from key j, not 0 − j.
         past = None
@@ -443,7 +437,7 @@ def test_relative_positions_match_independent_reference(tiny, relative_type):
             step = decoder.bert(input_ids=dec_ids[:, t:t + 1], encoder_hidden_states=states,
                                 encoder_attention_mask=mask, past_key_values=past, use_cache=True)
             past = step.past_key_values
-            assert_close(step.last_hidden_state[:, 0], expected[:, t], f"{relative_type} cached step {t}")
+            assert_fp32_close(step.last_hidden_state[:, 0], expected[:, t], f"{relative_type} cached step {t}")
 
     # Without the relative scores the result differs, so the comparison above checks them.
     absolute = BertGenerationEncoder(BertGenerationConfig(**tiny))
@@ -475,7 +469,7 @@ def test_bert_checkpoint_with_relative_positions_adds_no_absolute_positions(tiny
     with torch.no_grad():
         got = ours(input_ids=ids, attention_mask=mask).last_hidden_state
         expected, _ = reference_stack(source.eval(), ids, mask, embedding_offset=token_types[0])
-    assert_close(got, expected, "BERT relative_key_query checkpoint")
+    assert_fp32_close(got, expected, "BERT relative_key_query checkpoint")
 
 
 def test_transformers_has_no_relative_positions_any_more():
@@ -508,7 +502,7 @@ def test_minilm_encoder_matches_bert_model_with_token_types_folded(minilm_dir, m
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
         got = ours(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert_close(got, expected, "MiniLM last_hidden_state")
+    assert_fp32_close(got, expected, "MiniLM last_hidden_state")
 
 
 def test_minilm_bert2bert_reports_new_cross_attention_and_trains(minilm_dir, minilm_inputs):
