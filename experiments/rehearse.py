@@ -69,6 +69,7 @@ class Lengths:
 
     source: int
     target: int
+    micro_batch: int = 1  # examples per step: --micro-batch, else the plan's largest of these cells (GPU) or 1 (CPU)
     shape_labels: set[str] = field(default_factory=set)  # compute_plan Shape labels (scheme + parameters)
     cells: list[str] = field(default_factory=list)  # cell labels
     shape: compute_plan.Shape | None = None
@@ -87,8 +88,16 @@ class Architecture:
     lengths: dict[tuple[int, int], Lengths] = field(default_factory=dict)
 
 
-def group_shapes(cells: list[dict], device: str) -> tuple[list[Architecture], list[str]]:
-    """The grid's cells grouped by architecture and then lengths; cells without a known shape as lines."""
+def plan_micro_batch(cell: dict, ranks: int) -> int:
+    """The micro-batch a cell's step runs on one GPU: batch_size / (grad_accum x ranks), as the plan counts it."""
+    train = cell["train"]
+    return max(1, math.ceil(int(train["batch_size"]) / (int(train.get("grad_accum") or 1) * ranks)))
+
+
+def group_shapes(cells: list[dict], device: str, micro_batch: int | None = None,
+                 ranks: int = 1) -> tuple[list[Architecture], list[str]]:
+    """The grid's cells grouped by architecture and then lengths; cells without a known shape as lines.
+    ``micro_batch``: examples per step for every shape (None: 1 on a CPU, the plan's on a GPU)."""
     native = machine.native_bf16(torch.device(device))
     groups: dict[tuple, Architecture] = {}
     unknown = []
@@ -107,6 +116,8 @@ def group_shapes(cells: list[dict], device: str) -> tuple[list[Architecture], li
             cell["scheme"], configs, dict(cell.get("model") or {}), optimizer, dtype, beams))
         at = group.lengths.setdefault((shape.max_source, shape.max_target), Lengths(shape.max_source,
                                                                                     shape.max_target, shape=shape))
+        wanted = micro_batch or (plan_micro_batch(cell, ranks) if device == "cuda" else 1)
+        at.micro_batch = max(at.micro_batch, wanted) if at.cells else wanted
         at.shape_labels.add(shape.label)
         at.cells.append(cell_label(cell))
     return list(groups.values()), unknown
@@ -152,7 +163,6 @@ def run_worker(spec: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = spec["dtype"] == "bf16"
     vocab = min(int(c.get("vocab_size") or 0) for c in spec["configs"].values()) if spec["configs"] else 1000
-    batch = spec["micro_batch"]
     generator = torch.Generator().manual_seed(0)
 
     def step(ids, mask, labels) -> None:
@@ -163,8 +173,8 @@ def run_worker(spec: dict[str, Any]) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for source, target in spec["lengths"]:
-        result: dict[str, Any] = {"source": source, "target": target}
+    for source, target, batch in spec["lengths"]:
+        result: dict[str, Any] = {"source": source, "target": target, "micro_batch": batch}
         try:
             ids = torch.randint(TOKEN_ID_FLOOR, vocab, (batch, source), generator=generator).to(device)
             mask = torch.ones_like(ids)
@@ -216,8 +226,8 @@ def run_architecture(architecture: Architecture, args: argparse.Namespace) -> li
         out = str(Path(tmp) / "results.json")
         spec = {"scheme": architecture.scheme, "configs": architecture.configs, "model": architecture.model,
                 "optimizer": architecture.optimizer, "dtype": architecture.dtype, "num_beams": architecture.num_beams,
-                "device": args.device, "micro_batch": args.micro_batch, "steps": args.steps,
-                "decode_examples": args.decode_examples, "lengths": [[at.source, at.target] for at in ordered],
+                "device": args.device, "steps": args.steps, "decode_examples": args.decode_examples,
+                "lengths": [[at.source, at.target, at.micro_batch] for at in ordered],
                 "out": out}
         try:
             proc = subprocess.run([sys.executable, "-m", "experiments.rehearse", "--worker"], input=json.dumps(spec),
@@ -235,7 +245,8 @@ def run_architecture(architecture: Architecture, args: argparse.Namespace) -> li
                      or {"error": "the worker died", "message": ended}) for at in ordered]
 
 
-def advice(kind: str, measured: Measured, micro_batch: int) -> str:
+def advice(kind: str, measured: Measured) -> str:
+    micro_batch = measured.at.micro_batch
     if kind == "out of memory":
         return ("lower the micro-batch: --set train.grad_accum=K makes it batch_size/K (or more GPUs: "
                 f"executor.slurm.tasks_per_node); it did not fit at micro-batch {micro_batch}")
@@ -244,12 +255,12 @@ def advice(kind: str, measured: Measured, micro_batch: int) -> str:
     return f"reproduce with: python -m experiments.rehearse GRID --only '{measured.at.cells[0]}' --steps 1"
 
 
-def failure_line(measured: Measured, micro_batch: int) -> str:
+def failure_line(measured: Measured) -> str:
     at, r = measured.at, measured.result
     more = f" (+{len(at.cells) - 1} cells)" if len(at.cells) > 1 else ""
     return (f"error: rehearse: {at.cells[0]}{more} [{', '.join(sorted(at.shape_labels))}, S+T {at.source}+{at.target}, "
-            f"{measured.architecture.dtype}, micro-batch {micro_batch}]: {r['error']}: {r.get('message', '')}; "
-            f"{advice(r['error'], measured, micro_batch)}")
+            f"{measured.architecture.dtype}, micro-batch {at.micro_batch}]: {r['error']}: {r.get('message', '')}; "
+            f"{advice(r['error'], measured)}")
 
 
 def _ratio(measured: float, estimated: float) -> str:
@@ -259,20 +270,21 @@ def _ratio(measured: float, estimated: float) -> str:
     return f"{x:.2f}x" + (" !" if x > SCORE_LIMIT or x < 1 / SCORE_LIMIT else "")
 
 
-def compare(done: list[Measured], device: str, peaks: dict[str, float], micro_batch: int) -> tuple[list[list[str]],
-                                                                                                       list[dict]]:
+def compare(done: list[Measured], device: str, peaks: dict[str, float]) -> tuple[list[list[str]], list[dict]]:
     """The measured-versus-planned rows and the rate records of the shapes that ran."""
     rows, records = [], []
     key, described = machine.device_key(device), machine.describe(device)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for m in done:
         r, at, dtype = m.result, m.at, m.architecture.dtype
+        micro_batch = at.micro_batch
         flops = compute_plan.train_flops_per_example(at.shape, at.source, at.target) * micro_batch
         step_est = flops / (peaks[dtype] * compute_plan.ASSUMED_MFU)
         memory_est = compute_plan.peak_bytes(at.shape, micro_batch, at.source, at.target, dtype,
                                              m.architecture.optimizer) - compute_plan.CONTEXT_BYTES
         tokens_per_s = micro_batch * (at.source + at.target) / r["step_s"]
         rows.append([", ".join(sorted(at.shape_labels)), str(len(at.cells)), f"{at.source}+{at.target}", dtype,
+                     str(micro_batch),
                      f"{r['step_s']:.2f}", f"{step_est:.2f}", _ratio(r["step_s"], step_est), f"{tokens_per_s:,.0f}",
                      f"{100 * flops / r['step_s'] / peaks[dtype]:.1f}", f"{r['peak_bytes'] / 2**30:.2f}",
                      f"{memory_est / 2**30:.2f}", _ratio(r["peak_bytes"], memory_est),
@@ -283,7 +295,7 @@ def compare(done: list[Measured], device: str, peaks: dict[str, float], micro_ba
     return rows, records
 
 
-HEADERS = ["shape", "cells", "S+T", "dtype", "step s", "plan s", "x plan", "tok/s", "MFU %", "peak GiB", "plan GiB",
+HEADERS = ["shape", "cells", "S+T", "dtype", "batch", "step s", "plan s", "x plan", "tok/s", "MFU %", "peak GiB", "plan GiB",
            "x plan", "decode s"]
 
 
@@ -304,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a grid setting, as for experiments.launch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed training steps per shape (after a warm-up)")
-    p.add_argument("--micro-batch", type=int, default=1, help="examples per step (the plan's micro-batch on a GPU)")
+    p.add_argument("--micro-batch", type=int, help="examples per step (default: 1 on a CPU; on a GPU the plan's "
+                   "micro-batch, batch_size / (grad_accum x ranks), the largest of a shape's cells)")
     p.add_argument("--decode-examples", type=int, default=1, help="sources beam-decoded per shape")
     p.add_argument("--timeout-s", type=float, default=1800, help="limit for one architecture's worker process")
     p.add_argument("--no-record", action="store_true", help="do not write measured rates for the compute plan")
@@ -320,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device on this machine", file=sys.stderr)
         return EXIT_REFUSED
-    if args.steps < 1 or args.micro_batch < 1 or args.decode_examples < 1:
+    if args.steps < 1 or (args.micro_batch is not None and args.micro_batch < 1) or args.decode_examples < 1:
         print("error: --steps, --micro-batch and --decode-examples must be at least 1", file=sys.stderr)
         return EXIT_REFUSED
     try:
@@ -333,13 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.grid}: --only {args.only!r}: no cell matches (the grid has {len(grid.cells)})",
               file=sys.stderr)
         return EXIT_REFUSED
-    architectures, unknown = group_shapes(cells, args.device)
+    s = grid.executor["slurm"]
+    ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
+    architectures, unknown = group_shapes(cells, args.device, args.micro_batch, ranks)
     for line in unknown:
         print(f"note: not rehearsed: {line}")
     shapes = sum(len(a.lengths) for a in architectures)
     print(machine.describe(args.device))
+    batches = sorted({at.micro_batch for a in architectures for at in a.lengths.values()})
     print(f"{len(cells)} cells, {shapes} distinct shapes in {len(architectures)} architectures; micro-batch "
-          f"{args.micro_batch}, {args.steps} timed steps + 1 warm-up, beam decode of {args.decode_examples} "
+          f"{'/'.join(map(str, batches)) or '-'}, {args.steps} timed steps + 1 warm-up, beam decode of {args.decode_examples} "
           "source(s) to the maximum target length", flush=True)
     started = time.perf_counter()
     measured: list[Measured] = []
@@ -352,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     done = [m for m in measured if "error" not in m.result]
     if done:
         peaks = device_peaks(args.device, {m.architecture.dtype for m in done})
-        rows, records = compare(done, args.device, peaks, args.micro_batch)
+        rows, records = compare(done, args.device, peaks)
         print(format_table(HEADERS, rows))
         print(f"plan: experiments.compute_plan at its assumed {compute_plan.ASSUMED_MFU:.0%} MFU of "
               + ", ".join(f"{d} {p / 1e12:,.2f} TFLOP/s" for d, p in sorted(peaks.items()))
@@ -364,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{machine.device_key(args.device)!r} in {path}")
     print(f"rehearsed {len(measured)} shapes in {time.perf_counter() - started:,.0f} s; {len(failed)} failed")
     for m in failed:
-        print(failure_line(m, args.micro_batch), file=sys.stderr)
+        print(failure_line(m), file=sys.stderr)
     return EXIT_REFUSED if failed else EXIT_OK
 
 
