@@ -167,7 +167,7 @@ def _check_piece_ids(sp_model: spm.SentencePieceProcessor, model_file: str | os.
     for index, back in enumerate(sp_model.piece_to_id(pieces)):
         if back != index:
             raise TokenizerError(f"{model_file}: piece {shown(pieces[index])} at id {max(index, back)} repeats id "
-                                 f"{min(index, back)}; each piece must appear once")
+                                 f"{min(index, back)}; expected each piece once")
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -216,5 +216,6 @@ def _repeated_piece(model_file: Path) -> str | None:
             return f"{model_file}: piece {index} is empty; expected a non-empty piece at each id"
         first = seen.setdefault(piece, index)
         if first != index:
-            return f"{model_file}: piece {shown(piece)} at id {index} repeats id {first}; each piece must appear once"
+            return f"{model_file}: piece {shown(piece)} at id {index} repeats id {first}; expected each piece " \
+                   "once"
     return None

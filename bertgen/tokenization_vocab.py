@@ -84,8 +84,8 @@ def read_wordpiece_vocab(path: str | os.PathLike) -> dict[str, int]:
                                  "later id)")
         first = vocab.setdefault(token, index)
         if first != index:
-            raise TokenizerError(f"{path}: token {shown(token)} on line {index + 1} repeats line {first + 1}; each "
-                                 "token must appear once")
+            raise TokenizerError(f"{path}: token {shown(token)} on line {index + 1} repeats line {first + 1}; "
+                                 "expected each token once")
     return vocab
 
 
@@ -125,12 +125,12 @@ def check_token_ids(pairs: Iterable[tuple[str, Any]], where: str, specials: Iter
             raise TokenizerError(f"{where}: token {shown(token)} has id {json.dumps(index)[:40]}; expected a "
                                  "non-negative integer id")
         if token in vocab:
-            raise TokenizerError(f"{where}: token {shown(token)} appears twice (ids {vocab[token]} and {index}); each "
-                                 "token must appear once")
+            raise TokenizerError(f"{where}: token {shown(token)} appears twice (ids {vocab[token]} and {index}); "
+                                 "expected each token once")
         other = by_id.get(index)
         if other is not None and other != token:
-            raise TokenizerError(f"{where}: tokens {shown(other)} and {shown(token)} both have id {index}; each id "
-                                 "must name one token")
+            raise TokenizerError(f"{where}: tokens {shown(other)} and {shown(token)} both have id {index}; "
+                                 "expected each id to name one token")
         vocab[token] = index
         by_id[index] = token
     if not vocab:
@@ -179,8 +179,8 @@ def read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
         pair = (parts[0], parts[1])
         first = seen.setdefault(pair, number)
         if first != number:
-            raise TokenizerError(f"{path}: merge {shown(line)} on line {number} repeats line {first}; each merge "
-                                 "must appear once")
+            raise TokenizerError(f"{path}: merge {shown(line)} on line {number} repeats line {first}; "
+                                 "expected each merge once")
         merges.append(pair)
     return merges
 
@@ -209,10 +209,10 @@ def check_tokenizer_json(path: str | os.PathLike) -> None:
                                  f"integer \"id\", got {json.dumps(_as_dict(entry))[:80]}")
         if added.get(index, token) != token:
             raise TokenizerError(f"{path}: added tokens {shown(added[index])} and {shown(token)} both have id "
-                                 f"{index}; each id must name one token")
+                                 f"{index}; expected each id to name one token")
         if added_ids.get(token, index) != index:
             raise TokenizerError(f"{path}: added token {shown(token)} appears twice (ids {added_ids[token]} and "
-                                 f"{index}); each token must appear once")
+                                 f"{index}); expected each token once")
         added[index], added_ids[token] = token, index
     vocab = dict(model).get("vocab")
     if isinstance(vocab, _Pairs):
@@ -230,10 +230,10 @@ def check_tokenizer_json(path: str | os.PathLike) -> None:
     for token, index in pairs:  # an added token is usually also in the model's vocabulary, with the same id
         if token in added_ids and index != added_ids[token] and type(index) is int:
             raise TokenizerError(f"{path}: added token {shown(token)} has id {added_ids[token]}, but the model's "
-                                 f"vocabulary gives it id {index}; each token must have one id")
+                                 f"vocabulary gives it id {index}; expected one id per token")
         other = added.get(index) if type(index) is int else None
         if other is not None and other != token:
             raise TokenizerError(f"{path}: added token {shown(other)} has id {index}, which the model's vocabulary "
-                                 f"gives to {shown(token)}; each id must name one token")
+                                 f"gives to {shown(token)}; expected each id to name one token")
     in_model = {token for token, _ in pairs}
     check_token_ids(pairs, where, specials=added_ids, taken={i: t for i, t in added.items() if t not in in_model})

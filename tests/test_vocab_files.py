@@ -116,7 +116,7 @@ class Case:
 CASES = [
     # vocab.txt: ids are line numbers
     Case("vocab-txt-repeated-token", _wordpiece("\n".join(WORDPIECE + ["hello"]) + "\n"), "vocab.txt",
-         ('token "hello" on line 9 repeats line 6; each token must appear once',)),
+         ('token "hello" on line 9 repeats line 6; expected each token once',)),
     Case("vocab-txt-repeated-after-trailing-space", _wordpiece("\n".join(WORDPIECE + ["world \r"]) + "\n"),
          "vocab.txt", ('token "world" on line 9 repeats line 7',)),
     Case("vocab-txt-repeated-special", _wordpiece("\n".join(WORDPIECE + ["[SEP]"]) + "\n"), "vocab.txt",
@@ -128,9 +128,9 @@ CASES = [
          ("line 9 is not UTF-8", "caf\\xe9")),
     # vocab.json: a JSON object token -> id
     Case("vocab-json-repeated-token", _bpe(_pairs(GOOD_BPE + [("ll", 13)])), "vocab.json",
-         ('token "ll" appears twice (ids 9 and 13); each token must appear once',)),
+         ('token "ll" appears twice (ids 9 and 13); expected each token once',)),
     Case("vocab-json-two-tokens-one-id", _bpe(_pairs(GOOD_BPE[:12] + [("<mask>", 9)])), "vocab.json",
-         ('tokens "ll" and "<mask>" both have id 9; each id must name one token',)),
+         ('tokens "ll" and "<mask>" both have id 9; expected each id to name one token',)),
     Case("vocab-json-skipped-id", _bpe(_pairs(GOOD_BPE[:6] + [(t, i + 1) for t, i in GOOD_BPE[6:]])),
          "vocab.json", ('no token has id 6, yet "l" has id 7', "without gaps")),
     Case("vocab-json-id-past-its-size", _bpe(_pairs(GOOD_BPE[:11] + [("hello", 40)])), "vocab.json",
@@ -147,7 +147,7 @@ CASES = [
     Case("vocab-json-not-utf8", _bpe(b'{"<s>": 0, "caf\xe9": 1}'), "vocab.json", ("line 1 is not UTF-8",)),
     # merges.txt
     Case("merges-repeated", _bpe(_pairs(GOOD_BPE), MERGES + "l l\n"), "merges.txt",
-         ('merge "l l" on line 6 repeats line 3; each merge must appear once',)),
+         ('merge "l l" on line 6 repeats line 3; expected each merge once',)),
     Case("merges-three-tokens", _bpe(_pairs(GOOD_BPE), MERGES + "h e l\n"), "merges.txt",
          ('line 6 is "h e l"', "two tokens a line")),
     Case("merges-unknown-token", _bpe(_pairs(GOOD_BPE), MERGES + "x y\n"), "merges.txt",
@@ -173,7 +173,7 @@ CASES = [
          ('token "llo" appears twice (ids 2 and 4)',)),
     # SentencePiece: pieces by position
     Case("spiece-repeated-piece", _sentencepiece(_set_piece(10, lambda pieces: pieces[7].piece)), "spiece.model",
-         ('piece "▁the" at id 10 repeats id 7; each piece must appear once',)),
+         ('piece "▁the" at id 10 repeats id 7; expected each piece once',)),
     Case("spiece-piece-repeats-a-control-piece", _sentencepiece(_set_piece(10, lambda pieces: "<s>")),
          "spiece.model", ('piece "<s>" at id 10 repeats id 1',)),
     Case("spiece-empty-piece", _sentencepiece(_set_piece(10, lambda pieces: "")), "spiece.model",
