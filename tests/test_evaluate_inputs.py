@@ -51,8 +51,9 @@ def originals(tmp_path_factory, shared_dir) -> dict[str, Path]:
 class Workspace:
     """One case's folder: private copies of what it breaks, the arguments it adds."""
 
-    def __init__(self, root: Path, originals: dict[str, Path]):
+    def __init__(self, root: Path, originals: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
         self.root = root
+        self.monkeypatch = monkeypatch
         self.originals = originals
         self.out = root / "out"
         self.store = root / "store"
@@ -121,10 +122,11 @@ def _repeated_piece(directory: Path, ws: Workspace) -> None:
 
 
 def _not_writable(ws: Workspace) -> list[str]:
-    if os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
     locked = ws.root / "locked"
     locked.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root may write anywhere: the permission check is told what a user would be told
+        real_access = os.access
+        ws.monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
     return [*ws.released_args(), "--output-dir", str(locked / "eval")]
 
 
@@ -177,6 +179,8 @@ CASES = [
          ("has shape (64,) in the checkpoint but (48,) in the model",)),
     Case("released-config-not-json", _released_with(lambda d, ws: (d / "config.json").write_text("{oops")),
          ("config.json: not valid JSON",)),
+    Case("released-config-200k-deep", _released_with(lambda d, ws: (d / "config.json").write_text(
+        "[" * 200_000 + "]" * 200_000)), ("config.json: nested too deeply to read",)),
     Case("released-vocabulary-repeats-a-piece", _released_with(_repeated_piece),
          ("spiece.model: piece", "repeats id 7", "expected each piece once")),
     Case("released-tokenizer-of-another-model", _released_with(lambda d, ws: shutil.copy(
@@ -212,7 +216,7 @@ def test_a_bad_evaluation_is_refused_in_one_line_before_anything_is_written(case
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("BERTGEN_TRACKING_TIMEOUT_S", "1")
-    ws = Workspace(tmp_path, originals)
+    ws = Workspace(tmp_path, originals, monkeypatch)
     argv = case.breaks(ws)
     before = ws.snapshot()
     options = ["--device", "cpu", "--tracking-uri", case.uri or ws.uri]
@@ -234,7 +238,7 @@ def test_a_relative_sqlite_uri_works_as_for_the_launch(originals, tmp_path, caps
     died with "relative path can't be expressed as a file URI"."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    ws = Workspace(tmp_path, originals)
+    ws = Workspace(tmp_path, originals, monkeypatch)
     argv = [*ws.released_args(), "--set", "decode.max_new_tokens=4", "--max-examples", "2",
             "--tracking-uri", "sqlite:///outputs/mlflow.db", "--output-root", "outputs", "--device", "cpu"]
     assert ev.main(argv) == 0, capsys.readouterr().err
