@@ -48,7 +48,8 @@ from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
 from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
-from .evaluation_preflight import check_checkpoint, check_writable, released_config, selected_checkpoint
+from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
+                                   selected_checkpoint)
 from .grid_doc import GridError
 from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
@@ -456,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(output_root, "--output-root")
         for config, out_dir in zip(configs, out_dirs):
             check_writable(out_dir, "--output-dir")
+            check_test_data(config)
             check_checkpoint(config)
         output_root.mkdir(parents=True, exist_ok=True)
     except (EvaluationError, GridError, v.Invalid, TrackingUnavailable, CheckpointError, TokenizerError) as err:

@@ -3,6 +3,7 @@ refusal is one line and exit status 2, before any output folder, MLflow experime
 
 - the output folders (``--output-dir``, ``--output-root``): a directory, or a place where one can be created, that
   this user can write (:func:`check_writable`);
+- the local test files (:func:`check_test_data`), read as the evaluation reads them, as the launch checks a cell's;
 - the checkpoint (:func:`check_checkpoint`), read as the evaluation will read it but without tensor data:
 
   * a trained cell: ``checkpoints/<select>`` complete (``--select best`` of a cell without a best checkpoint is
@@ -28,8 +29,11 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
-from .cell_inputs import build_cell_model
+from .cell_inputs import build_cell_model, extra_test_splits
+from .config import to_dict
 from .evaluation_config import EvaluationConfig, EvaluationError, read_cell
+from .preflight import load_local_split
+from .tasks import get_task
 from .validate import nearest_existing, short_text
 
 
@@ -115,6 +119,22 @@ def check_released(checkpoint: str, revision: str | None) -> None:
                                   f"of {directory / 'config.json'} has vocab_size={rows}; expected the tokenizer the "
                                   "model was trained with")
     set_generation_ids(model, directory, raw, tokenizer)
+
+
+def check_test_data(config: EvaluationConfig) -> None:
+    """The local test files the evaluation decodes, read as it will read them (the launch's data check)."""
+    task = get_task(config.task)
+    for split in ("test", *extra_test_splits({"data": to_dict(config.data)}, task)[0]):
+        spec = getattr(config.data, split, None)
+        if spec is None:
+            continue  # the task's hub dataset
+        try:
+            load_local_split(task.name, split, spec, max_examples=getattr(config.max_examples, split, None)
+                             or config.max_examples.test)
+        except (ValueError, OSError) as err:
+            message = short_text(err, 300)
+            raise EvaluationError(f"data.{split}: {message}" + ("" if "expected" in message else
+                                  f"; expected {split} examples of task {task.name}")) from None
 
 
 def check_checkpoint(config: EvaluationConfig) -> None:

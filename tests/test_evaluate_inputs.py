@@ -136,6 +136,12 @@ def _a_file(ws: Workspace) -> Path:
     return path
 
 
+def _test_data(ws: Workspace, content: bytes) -> list[str]:
+    path = ws.root / "bad-test.jsonl"
+    path.write_bytes(content)
+    return [*ws.released_args(), "--set", f"data.test={json.dumps(data_spec(str(path)))}"]
+
+
 def _store_garbage(ws: Workspace) -> list[str]:
     (ws.store / "mlflow.db").write_bytes(b"this is not sqlite" * 64)
     return ws.released_args()
@@ -188,6 +194,11 @@ CASES = [
          ("the tokenizer has 8002 tokens", "vocab_size=1002")),
     Case("released-without-tokenizer-files", _released_with(lambda d, ws: (d / "spiece.model").unlink()),
          ("no tokenizer files",)),
+    # the test data
+    Case("test-data-not-utf8", lambda ws: _test_data(ws, b'{"source": "caf\xe9", "target": "x"}\n'),
+         ("data.test:", "not valid UTF-8", "expected UTF-8 text")),
+    Case("test-data-without-its-columns", lambda ws: _test_data(ws, b'{"text": "a", "summary": "b"}\n'),
+         ("data.test:", "source")),
     # where it would write
     Case("output-dir-is-a-file", lambda ws: [*ws.released_args(), "--output-dir", str(_a_file(ws))],
          ("--output-dir", "not a directory; expected a folder")),
