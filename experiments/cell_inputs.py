@@ -48,13 +48,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig):
+def build_cell_model(cell: CellConfig, device: str | None = None):
     """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
-    vocabulary)."""
+    vocabulary). ``device="meta"``: no weights read, for checks of shapes."""
     checkpoints = cell.checkpoints
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **cell.model)
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device,
+                  **cell.model)
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
