@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short GPU check (<= 8 minutes on one GPU), run on a machine with CUDA and the project installed with a CUDA
-# build of torch (README: "Running the paper's study on a GPU cluster"):
+# build of torch (docs/cluster.md):
 #   bash benchmarks/device_check.sh [OUT_DIR]
 # 1. the CUDA tests (tests/test_cuda.py: parity with transformers at fp32 without TF32, bf16 autocast, beam search
 #    tokens, checkpoints moving between GPU and CPU);

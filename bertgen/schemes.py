@@ -148,7 +148,7 @@ class WarmStart:
     layers: str | int | tuple[int, ...] = "all"
     # "random" (the paper: cross-attention is always new) or "self_attention": each warm decoder layer's
     # cross-attention starts as a copy of its own self-attention, so it attends by content from the first update
-    # instead of uniformly (see the README's "Why the decoder ignored the encoder").
+    # instead of uniformly (see docs/investigations.md, "Why the decoder ignored the encoder").
     cross_attention: str = "random"
 
     def __post_init__(self) -> None:

@@ -310,7 +310,7 @@ class CellConfig:
     # 1-based as in the paper); null: all
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
-    # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").
+    # "self_attention" (a copy of the layer's own self-attention; docs/investigations.md: "Why the decoder ignored the encoder").
     cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
                                         omit_default=True)
     cell_id: str | None = setting(None, cosmetic=True, grid=False)  # filled by the grid: experiments.cell
