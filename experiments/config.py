@@ -38,6 +38,7 @@ from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
+from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
 
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
@@ -196,6 +197,13 @@ def _model_override_checks() -> dict[str, v.Check]:
     return checks
 
 
+def model_size_text(value: Any, path: str) -> str | None:
+    if value is None or (isinstance(value, str) and SIZE_PATTERN.fullmatch(value)):
+        return value
+    raise v.Invalid(path, "expected null or a model size L<layers>-H<hidden> (encoder+decoder: "
+                          f"L<l>-H<h>+L<l>-H<h>), got {v.short_repr(value)}")
+
+
 def bf16_setting(value: Any, path: str) -> bool | str:
     if value is True or value is False or value == "auto":
         return value
@@ -313,6 +321,9 @@ class CellConfig:
     # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").
     cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
                                         omit_default=True)
+    # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
+    # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
+    size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)
     cell_id: str | None = setting(None, cosmetic=True, grid=False)  # filled by the grid: experiments.cell
     grid: str = setting("", cosmetic=True, grid=False)  # the grid that produced it
     output_root: str = setting("", cosmetic=True, grid=False)  # the cell writes under experiments.cell.cell_dir
