@@ -39,7 +39,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        text = self.system + (" (24L large)" if self.size == "large" else "")
+        text = self.system + schema.size_label(self.size)
         return text + (f": {paper.variant_label(self.variant)}" if self.variant != schema.DEFAULT_VARIANT else "")
 
     @property

@@ -136,8 +136,9 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     if store is not None and not store.runs.empty:
         runs = _table_runs(spec, store)
         found = {Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)}
-        if spec.ablation:  # each ablated scheme also needs its full reference row
-            found |= {Row(r.system, r.size) for r in found}
+        if spec.ablation:  # each ablated scheme also needs its full reference row (a layer selection's is the
+            # paper's base row: its own size is the selection's, experiments.model_size)
+            found |= {Row(r.system, r.size) for r in found if not r.variant.startswith(("first_", "layers_"))}
         ours = sorted(found, key=_row_order)
     baseline = _baseline_row(spec)
     if baseline is not None and any(r.is_scheme for r in ours):

@@ -19,7 +19,7 @@ from .config import CellConfig, to_dict
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
-from .model_size import cell_model_size
+from .model_size import built_size
 from .tasks import STANDARD_SPLITS
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -54,13 +54,12 @@ def build_cell_model(cell: CellConfig):
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
     vocabulary). A cell whose checkpoints no longer have the size its grid recorded is refused."""
     checkpoints = cell.checkpoints
-    if cell.size is not None:
-        now = cell_model_size(to_dict(cell))
-        if now is not None and now != cell.size:
-            raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints "
-                             f"now build {now}; a checkpoint directory changed since launch: launch the grid again")
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
                   warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **cell.model)
+    if cell.size is not None and built_size(built.model) != cell.size:
+        raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints now "
+                         f"build {built_size(built.model)}; a checkpoint directory changed since the grid was "
+                         "loaded: launch the grid again")
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "

@@ -9,7 +9,9 @@ its size's row (``analysis.schema``) — a 24-layer run never lands in a 12-laye
 The size is written ``L<layers>-H<hidden>``, or ``L<l>-H<h>+L<l>-H<h>`` (encoder + decoder) when the two stacks
 differ. A warm side has its checkpoint's size; a random side (``rnd``) the size ``bertgen.schemes.plan`` gives it,
 that of the checkpoint whose vocabulary it uses; the cell's ``model`` overrides (``num_hidden_layers``,
-``hidden_size``) change every stack. §5's layer subsets (``init_layers``) are variants of their checkpoint's size.
+``hidden_size``) change every stack, and so do §5's layer selections (``init_layers``: the first k layers, or a
+list of them, give every stack that many layers): bertShare from 10 of BERT-Large's layers is ``L10-H1024``, the
+size the paper's text reports it at (§5), not BERT-Large's.
 
 Configs come from where ``experiments.compute_plan`` finds them: the paper's hub checkpoints (``KNOWN_CONFIGS``, no
 download), local directories, the hub cache; ``known`` adds configs for paths that do not exist yet (the smoke
@@ -47,8 +49,15 @@ PAPER_SIZES: dict[str, str] = {
     size_name(*_size_of(configs["bert"])): name for name, configs in PAPER_CHECKPOINT_CONFIGS.items()}
 
 
+def selected_layers(init_layers: Mapping[str, Any] | None) -> int | None:
+    """How many layers a cell's ``init_layers`` gives every stack (None: the checkpoint's depth)."""
+    (kind, value), = (init_layers or {"all": None}).items()
+    return value if kind == "first_k" else len(value) if kind == "layers" else None
+
+
 def model_size(scheme: str, checkpoints: Mapping[str, Any], model: Mapping[str, Any] | None = None,
-               known: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+               known: Mapping[str, Mapping[str, Any]] | None = None,
+               init_layers: Mapping[str, Any] | None = None) -> str | None:
     """The size of the model scheme ``scheme`` builds from ``checkpoints`` (family → reference), or None when a
     checkpoint's config cannot be read. ``known``: reference → config for checkpoints not on disk yet."""
     spec = SCHEMES[scheme]
@@ -72,13 +81,15 @@ def model_size(scheme: str, checkpoints: Mapping[str, Any], model: Mapping[str, 
             return None
         layers, hidden = size
         overrides = model or {}
-        stacks.append(size_name(overrides.get("num_hidden_layers", layers), overrides.get("hidden_size", hidden)))
+        layers = selected_layers(init_layers) or overrides.get("num_hidden_layers", layers)
+        stacks.append(size_name(layers, overrides.get("hidden_size", hidden)))
     return stacks[0] if len(set(stacks)) == 1 else "+".join(stacks)
 
 
 def cell_model_size(cell: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
     """:func:`model_size` of a cell in its JSON form."""
-    return model_size(cell["scheme"], cell.get("checkpoints") or {}, cell.get("model") or {}, known)
+    return model_size(cell["scheme"], cell.get("checkpoints") or {}, cell.get("model") or {}, known,
+                      cell.get("init_layers"))
 
 
 def built_size(model: Any) -> str:
