@@ -35,7 +35,8 @@ def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "
     (kind, value), = init_layers.items()
     if kind == "embeddings_only":
         return WarmStart(embeddings=True, layers="none", cross_attention=cross_attention)
-    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, embeddings random
+    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, word embeddings
+        # random (positions and the embedding LayerNorm from the checkpoint: §5)
         return WarmStart(embeddings=False, layers="all", cross_attention=cross_attention)
     if kind == "first_k":
         return WarmStart(layers=value, cross_attention=cross_attention)

@@ -147,8 +147,8 @@ def data_spec(value: Any, path: str) -> Any:
 
 def init_layers(value: Any, path: str) -> Any:
     """null | {embeddings_only: true} | {without_embeddings: true} | {first_k: k} | {layers: [i, j, ...]} (1-based,
-    strictly increasing). ``without_embeddings``: every layer warm, the embeddings random (Table 6's "- embeddings
-    from checkpoint")."""
+    strictly increasing). ``without_embeddings``: every layer warm, the word-embedding matrix random (Table 6's "-
+    embeddings from checkpoint", §5; positions and the embedding LayerNorm come from the checkpoint)."""
     kinds = ("embeddings_only", "without_embeddings", "first_k", "layers")
     if value is None:
         return None
@@ -261,7 +261,7 @@ class TrainConfig:
     warmup_steps: int = setting(40_000, lo=0, hi=MAX_STEPS)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
-    # §4: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings, lr = relative step cap)
+    # the paper's setup: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings)
     optimizer: str = setting("adam", choices=("adam", "adafactor"), what="optimizer", omit_default=True)
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
@@ -291,8 +291,8 @@ class TrainConfig:
 class DecodeConfig:
     """Beam search on the test sets (bertgen.generation). Beam, penalty and length are the task table's."""
 
-    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (§4: 4, written in bertgen.generation.NUM_BEAMS)
-    length_penalty: float = setting(lo=0.0)  # the task table's (§4: α = 0.6, bertgen.generation.LENGTH_PENALTY)
+    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (4: the paper's for WMT, §4.3; ours elsewhere)
+    length_penalty: float = setting(lo=0.0)  # the task table's (α = 0.6: the paper's for WMT, §4.3; ours elsewhere)
     max_new_tokens: int = setting(lo=1, hi=MAX_MODEL_SIZE)  # the task table's max_target_length
     length_penalty_style: str = setting(LENGTH_PENALTY_STYLE, choices=LENGTH_PENALTY_STYLES,
                                         what="length penalty style")
