@@ -175,3 +175,21 @@ def test_24_layer_runs_fill_24_layer_rows_and_other_budgets_are_rows_of_their_ow
     ticks = {t.get_text() for ax in figure.axes for t in ax.get_xticklabels()}
     assert {"bertShare (24L large)", "bertShare (12L base, 3 steps: not the paper's budget)",
             "bert2bert: cross-attention init: self attention", "bert2bert"} <= ticks
+
+
+def test_every_paper_cell_has_its_size_and_24_layer_wikisplit_stops_at_100k(tmp_path, monkeypatch):
+    """paper.yaml: every cell is sized from the known configs (no download); the 24-layer WikiSplit cells stop where
+    the paper stopped them (§4.2: about 100k steps, experiments.tasks' large_train_steps), the 12-layer ones at 300k."""
+    from experiments.tasks import TASKS
+
+    monkeypatch.chdir(tmp_path)
+    cells = load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml").cells
+    assert all(c["size"] for c in cells)
+    wikisplit = {(c["scheme"], c["size"]): c["train"]["steps"] for c in cells if c["task"] == "wikisplit"}
+    large = {key: steps for key, steps in wikisplit.items() if key[1] == "L24-H1024"}
+    assert set(large) == {("bertShare", "L24-H1024"), ("robertaShare", "L24-H1024")}
+    assert set(large.values()) == {TASKS["wikisplit"].large_train_steps} == {100_000}
+    assert {steps for key, steps in wikisplit.items() if key[1] == "L12-H768"} == {TASKS["wikisplit"].train_steps}
+    ablation = {c["size"] for c in cells if c["task"] == "discofuse" and c.get("init_layers")
+                and set(c["init_layers"]) & {"first_k", "layers"}}
+    assert ablation == {"L10-H1024"}  # §5's 10 of BERT-Large's layers: the size the paper reports them at
