@@ -21,8 +21,8 @@ from experiments.model_size import PAPER_SIZES, model_size
 
 from integration_helpers import data_spec, quick_assets
 
-TINY_TRAIN = {"steps": 4, "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "warmup_steps": 2, "schedule": "linear",
-              "max_grad_norm": 1.0, "bf16": False, "eval_every": 4, "checkpoint_every": 4, "eval_examples": 8,
+TINY_TRAIN = {"steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 3e-3, "warmup_steps": 1, "schedule": "linear",
+              "max_grad_norm": 1.0, "bf16": False, "eval_every": 2, "checkpoint_every": 2, "eval_examples": 4,
               "num_workers": 0, "log_every": 1, "dev_decode_examples": 0}
 
 
@@ -63,7 +63,8 @@ def deeper_copy(source: Path, target: Path, layers: int) -> Path:
 def write_grid(root: Path, assets: dict, uri: str, checkpoints: list[str], name: str = "depths") -> Path:
     fusion = assets["tasks"]["fusion"]
     doc = {"name": "depths", "output_root": str(root / "out"), "mlflow": {"tracking_uri": uri, "experiment": "depths"},
-           "defaults": {"train": TINY_TRAIN, "decode": {"num_beams": 1, "max_new_tokens": 8},
+           "defaults": {"train": TINY_TRAIN, "decode": {"num_beams": 1, "max_new_tokens": 4},
+                        "max_examples": {"train": 16, "validation": 4, "test": 4},
                         "data": {split: data_spec(path) for split, path in fusion.items()}},
            "include": [{"task": "discofuse", "scheme": "bertShare", "checkpoints": {"bert": c}} for c in checkpoints]}
     path = root / f"{name}.yaml"
