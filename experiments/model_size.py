@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS, SCHEMES
 
-from .compute_plan import _config_of as checkpoint_config  # hub table, local config.json, hub cache
+from .compute_plan import checkpoint_config  # the hub table, a local config.json, the hub cache
 
 # "L12-H768" or "L12-H768+L6-H384" (encoder+decoder)
 SIZE_PATTERN = re.compile(r"L[1-9]\d*-H[1-9]\d*(\+L[1-9]\d*-H[1-9]\d*)?")
