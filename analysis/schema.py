@@ -16,7 +16,7 @@ Canonical names:
 * **sizes** — a run's row key for its model and budget (:func:`run_size`): ``base`` (12 layers, 768 wide) and
   ``large`` (24 layers, 1024 wide) at the paper's budget; any other size is its ``L<layers>-H<hidden>``
   (experiments.model_size: ``L6-H384`` for MiniLM, ``L10-H1024`` for 10 of BERT-Large's layers), and a run trained
-  for another number of updates or batch size than the paper's gets its budget appended (``base, 300 steps × 32``):
+  for another number of updates or batch size than the paper's gets it appended (``base, 300 steps, batch 16``):
   a row of its own that no paper number is set beside.
 """
 
@@ -266,7 +266,7 @@ def _json_param(value: Any) -> Any:
         return value
 
 
-def _derived_size(params: Mapping[str, Any], scheme: str) -> str | None:
+def _derived_size(params: Mapping[str, Any], scheme: str) -> str:
     """The size of a run that logged no ``size`` (runs from before cells had one), from its checkpoint, model and
     init_layers params (experiments.model_size); DEFAULT_SIZE when it logged no checkpoints at all."""
     checkpoints = {k[len(CHECKPOINT_PARAM_PREFIX):]: v for k, v in params.items()
@@ -308,7 +308,7 @@ def run_size(params: Mapping[str, Any], task: str, scheme: str) -> str:
 
 def size_label(size: str) -> str:
     """How a row's size reads after its system: nothing for the paper's 12-layer base, ``(24L large)``, else the
-    size itself (``(L6-H384)``, ``(base, 300 steps)``)."""
+    size itself (``(L6-H384)``, ``(12L base, 300 steps: not the paper's budget)``)."""
     if size == DEFAULT_SIZE:
         return ""
     head, _, budget = size.partition(", ")

@@ -194,3 +194,27 @@ def test_every_paper_cell_has_its_size_and_24_layer_wikisplit_stops_at_100k(tmp_
     ablation = {c["size"] for c in cells if c["task"] == "discofuse" and c.get("init_layers")
                 and set(c["init_layers"]) & {"first_k", "layers"}}
     assert ablation == {"L10-H1024"}  # §5's 10 of BERT-Large's layers: the size the paper reports them at
+
+
+def test_runs_without_a_logged_size_are_sized_from_their_checkpoint_params(tmp_path):
+    """Runs from before cells had a size (the CPU study's MiniLM, 300 updates): the analysis derives the size from the
+    checkpoint params and appends a budget that is not the paper's, so none of them meets a paper number."""
+    from analysis.schema import UNKNOWN_SIZE, run_fields
+
+    minilm = tmp_path / "minilm"
+    minilm.mkdir()
+    (minilm / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}))
+    tags = {"task": "wikisplit", "scheme": "bert2bert", "role": "cell"}
+
+    def size(**params):
+        return run_fields("r", tags, params).size
+
+    assert size(**{"checkpoints.bert": str(minilm), "train.steps": "300", "train.batch_size": "16"}) == "L6-H384"
+    assert size(**{"checkpoints.bert": "bert-base-cased", "train.steps": "300", "train.batch_size": "16"}) == \
+        "base, 300 steps, batch 16"
+    assert size(**{"checkpoints.bert": "bert-base-cased", "train.steps": "300000", "train.batch_size": "256"}) == "base"
+    assert size(**{"checkpoints.bert": "bert-large-cased", "train.steps": "100000"}) == "large"  # §4.2's 24L budget
+    assert size(**{"checkpoints.bert": "bert-large-cased", "train.steps": "300000"}) == "large, 300000 steps"
+    assert size(**{"checkpoints.bert": "nobody/not-cached-anywhere"}) == UNKNOWN_SIZE
+    assert size() == "base"  # nothing logged says otherwise
+    assert size(size="L24-H1024") == size(size="large") == "large"
