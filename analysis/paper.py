@@ -41,7 +41,7 @@ TEXT_ABLATION_ROWS = {
 # The size of those that are not 12 layers (experiments.model_size): 10 of BERT-Large's layers, 1024 wide.
 TEXT_ABLATION_SIZES = {model: "L10-H1024" for model in TEXT_ABLATION_ROWS if "BERT-large" in model}
 # Section 5's GPT-2 tuning (DiscoFuse SARI), laid out on its own by analysis.gpt2_tuning: model string → (scheme,
-# "default" = the paper's Adam settings, the same number as Table 2's | "tuned" = the best of a search; the transcription
+# "default" = the paper's Adam, the same number as Table 2's | "tuned" = the best of a search; the transcription
 # holds neither its values nor its winning setting).
 GPT2_TUNING_ROWS = {
     "gpt (12L, default)": ("gpt", "default"), "gpt (12L, tuned)": ("gpt", "tuned"),

@@ -72,8 +72,9 @@ def _scheme_cells(result: TableResult, column: str) -> pd.DataFrame:
     label, beside no paper bar unless the paper has that very row."""
     cells = result.cells
     paper_row = (cells["size"] == schema.DEFAULT_SIZE) & (cells.variant == schema.DEFAULT_VARIANT)
+    ran = np.isfinite(cells["mean"])
     sub = cells[(cells.column == column) & cells.system.isin(schema.SCHEMES)
-                & ((paper_row & (np.isfinite(cells["mean"]) | np.isfinite(cells["paper"]))) | np.isfinite(cells["mean"]))]
+                & ((paper_row & (ran | np.isfinite(cells["paper"]))) | ran)]
     return (sub.assign(order=sub.system.map(schema.SCHEMES.index), own=~paper_row.loc[sub.index])
             .sort_values(["order", "own", "row"], kind="stable"))
 

@@ -52,7 +52,8 @@ def _source_gap(store: RunStore, run_ids: Sequence[str]) -> str:
 
 
 def task_summary(store: RunStore, task: str, n_boot: int = stats.DEFAULT_N_BOOT) -> pd.DataFrame:
-    """One row per (scheme, size, variant) of ``task`` plus its baseline row: seeds, test metrics with CIs, source gap."""
+    """One row per (scheme, size, variant) of ``task`` plus its baseline row: seeds, test metrics with CIs, source
+    gap."""
     harness_task = HARNESS_TASKS.get(task)
     metrics = list(harness_task.metrics) if harness_task else sorted(store.scores.metric.unique())
     runs = store.runs[store.runs.task == task]
