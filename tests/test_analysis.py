@@ -205,7 +205,8 @@ def test_paper_numbers_map_every_row_to_canonical_keys():
     # 10 of BERT-Large's layers: a 10-layer, 1024-wide model, keyed by that size (experiments.model_size; issue 20)
     assert paper.paper_value(6, "bertShare", "L10-H1024", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
                              "sari") == 89.1
-    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0, "sari") is None
+    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
+                             "sari") is None
     assert paper.paper_value(7, "Gold", "base", "full", "xsum", "test", 1.0, "repetition") == 4.66
     assert paper.paper_value(3, "gpt", "base", "full", "wikisplit", "test", 1.0, "sari") == 61.1
     assert paper.paper_value(2, "gpt", "base", "full", "discofuse", "test", 0.5, "sari") is None

@@ -144,7 +144,8 @@ def test_24_layer_runs_fill_24_layer_rows_and_other_budgets_are_rows_of_their_ow
     monkeypatch.setattr(cell_module, "TRAIN_FN", train)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     paper_budget = {"steps": 300_000, "batch_size": 256}
-    doc = {"name": "sizes", "output_root": str(tmp_path / "out"), "mlflow": {"tracking_uri": uri, "experiment": "sizes"},
+    doc = {"name": "sizes", "output_root": str(tmp_path / "out"),
+           "mlflow": {"tracking_uri": uri, "experiment": "sizes"},
            "defaults": {"data": {"variant": "full"}},
            "include": [
                {"task": "discofuse", "scheme": "bertShare", "checkpoints": {"bert": "bert-large-cased"},

@@ -300,9 +300,8 @@ def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_word
         torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
     assert not torch.equal(model.encoder.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
     # positions (BERT's token-type row 0 folded in: bertgen.families) and the LayerNorm are the checkpoint's
-    torch.testing.assert_close(model.encoder.embeddings.position_embeddings.weight,
-                               bert.embeddings.position_embeddings.weight + bert.embeddings.token_type_embeddings.weight[0],
-                               atol=0, rtol=0)
+    positions = bert.embeddings.position_embeddings.weight + bert.embeddings.token_type_embeddings.weight[0]
+    torch.testing.assert_close(model.encoder.embeddings.position_embeddings.weight, positions, atol=0, rtol=0)
     for name in ("weight", "bias"):
         torch.testing.assert_close(getattr(model.encoder.embeddings.LayerNorm, name),
                                    getattr(bert.embeddings.LayerNorm, name), atol=0, rtol=0)
