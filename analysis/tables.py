@@ -170,7 +170,7 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
     # The full schemes, the same schemes trained with another cross-attention init, and the released checkpoints
     # evaluated without training (rows of their own, marked).
     setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
-    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | (runs.variant == schema.RELEASED_VARIANT)]
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | runs.variant.isin(schema.RELEASED_VARIANTS)]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:
@@ -415,6 +415,8 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
     spec = TABLES[number]
     notes: list[str] = list(spec.notes)
     rows = _rows(spec, store)
+    notes += [f"{row.label}: {schema.NO_PAPER_NUMBER[row.variant]}." for row in rows
+              if row.variant in schema.NO_PAPER_NUMBER]
     by_column: dict[str, list[_CellData]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

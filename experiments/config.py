@@ -108,7 +108,10 @@ def checkpoint_ref(value: Any, path: str) -> Any:
 def _data_file(value: Any, path: str) -> str:
     v.path_text(what="a file path")(value, path)
     if check_paths.get() and not Path(value).expanduser().is_file():
-        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist")
+        from .data_archive import archive_for  # a file on no hub: its authors' archive
+
+        fetch = "; python -m experiments.prefetch GRID fetches it" if archive_for(value) is not None else ""
+        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist{fetch}")
     return value
 
 
