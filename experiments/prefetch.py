@@ -26,6 +26,7 @@ from typing import Any, Callable
 from bertgen.checkpoint import HUB_FILES, is_local_reference
 from bertgen.families import FAMILIES
 
+from .data_archive import archive_for, fetch_archive
 from .grid import GridError
 from .validate import short_text
 
@@ -116,8 +117,6 @@ def fetch_data(request: Any, hub_cache: Path, datasets_cache: Path) -> None:
 
 def prefetch(cells: list[dict], cache_dir: Path | None = None, out: Callable[[str], None] = print) -> int:
     """Fetch what ``cells`` read from the hub; returns the bytes the caches grew by."""
-    from .data_archive import fetch_archive
-
     archives = archive_data(cells)
     for directory, archive in archives.items():  # data on no hub (DiscoFuse's balanced set): its authors' archive
         fetch_archive(archive, directory, out=out)
@@ -208,8 +207,6 @@ def check_hub(grid: Any, cells: list[dict], dry_run: bool = False) -> list[str]:
 def archive_data(cells: list[dict]) -> dict[Path, Any]:
     """directory -> the published archive (experiments.data_archive) of each missing local data file the cells name
     that such an archive holds (DiscoFuse's balanced files)."""
-    from .data_archive import archive_for
-
     found: dict[Path, Any] = {}
     for cell in cells:
         for spec in cell["data"].values():

@@ -51,6 +51,7 @@ from .cell import cell_label
 from .cell_inputs import length_limits, warm_start_from
 from .config import SPLITS, CellConfig
 from .config import check_paths as config_check_paths
+from .data_archive import archive_for
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
 from .prefetch import check_hub
@@ -112,7 +113,7 @@ class Preflight:
         if not ref or not is_local_reference(ref):
             return None
         directory = Path(ref).expanduser()
-        if self._pending_smoke(directory) or self._not_there_yet(f"checkpoints.{family}", directory, cell):
+        if self._pending_smoke(directory) or self._not_there_yet(f"checkpoints.{family}", directory):
             return None
         key = (family, str(directory.resolve()))
         if key not in self.checkpoints:
@@ -170,13 +171,11 @@ class Preflight:
             raise self.fail(field, f"{file}: truncated or corrupt ({short_text(err, None)}); expected a complete "
                                    "safetensors file", cell) from None
 
-    def _not_there_yet(self, field: str, path: Path, cell: dict) -> bool:
+    def _not_there_yet(self, field: str, path: Path) -> bool:
         """A dry run's warning for a local file or checkpoint directory that does not exist yet (True); a launch
         meets it in the checks below."""
         if not self.dry_run or path.exists():
             return False
-        from .data_archive import archive_for
-
         archive = archive_for(path)
         how = (f"fetch it with: python -m experiments.prefetch {self.where} ({archive.name}, "
                f"{archive.size / 1e9:.1f} GB, from its authors)" if archive is not None
@@ -219,7 +218,7 @@ class Preflight:
         files = [Path(spec).expanduser()] if isinstance(spec, str) else [
             Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
         if any(self._pending_smoke(f) for f in files) or any(
-                [self._not_there_yet(f"data.{split}", f, cell) for f in files]):
+                [self._not_there_yet(f"data.{split}", f) for f in files]):
             return None
         fraction = cell["data_fraction"] if split == "train" else None
         limit = cell["max_examples"].get(split)

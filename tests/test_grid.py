@@ -231,7 +231,8 @@ def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
                                          ("ablations", 9), ("paper", 106), ("smoke", 11)])
 def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loading writes nothing, wherever it runs
-    grid = load_grid(GRIDS / f"{name}.yaml")
+    # the DiscoFuse grids name data/discofuse/*_balanced.tsv, which python -m experiments.prefetch puts there
+    grid = load_grid(GRIDS / f"{name}.yaml", check_paths=name not in ("fusion", "ablations", "paper"))
     assert len(grid.cells) == count
     assert list(tmp_path.iterdir()) == []
     assert all(c["train"]["steps"] >= 1 for c in grid.cells)
