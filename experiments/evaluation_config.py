@@ -74,9 +74,11 @@ RELEASED: dict[str, Released] = {
     "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare"),
     "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare"),
     "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare"),
-    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare", tokenizer_args=dict(WMT_CARD_TOKENS),
+    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare",
+                                                tokenizer_args=dict(WMT_CARD_TOKENS),
                                                 no_paper_number=WMT_NO_PAPER_NUMBER),
-    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare", tokenizer_args=dict(WMT_CARD_TOKENS),
+    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare",
+                                                tokenizer_args=dict(WMT_CARD_TOKENS),
                                                 no_paper_number=WMT_NO_PAPER_NUMBER),
 }
 RELEASED_VARIANT = "released"  # the analysis' variant tag for released models' rows (analysis.schema)

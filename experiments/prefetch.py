@@ -7,8 +7,8 @@ checkpoints (``huggingface_hub.snapshot_download`` with the files ``bertgen.chec
 (``datasets.load_dataset`` with the cell's exact call, ``experiments.data_sources.hub_request``; Gigaword's archive
 with ``hf_hub_download``), and data that is on no hub from the archive its authors published, verified against the
 size and SHA-256 recorded in :mod:`experiments.data_archive` (DiscoFuse's balanced files, where the grids name them:
-``data/discofuse/*_balanced.tsv``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts them under
-``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
+``data/discofuse/*_balanced.tsv``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts
+them under ``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
 HF_DATASETS_CACHE=DIR/datasets`` (printed). With ``HF_HUB_OFFLINE=1`` set for the jobs, the launch pre-flight
 (:func:`check_hub`) resolves every hub checkpoint against the local cache and refuses in one line, exit status 2,
 before anything is written, when one is not there.

@@ -136,7 +136,7 @@ def test_offline_launch_accepts_a_prefetched_hub_id(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# -- data on no hub: the balanced DiscoFuse from its authors' archive, over a loopback HTTP server -------------------------
+# -- data on no hub: the balanced DiscoFuse from its authors' archive, over a loopback HTTP server --------------------
 DISCOFUSE_COLUMNS = ("coherent_first_sentence", "coherent_second_sentence", "incoherent_first_sentence",
                      "incoherent_second_sentence", "discourse_type", "connective_string", "has_coref_type_pronoun",
                      "has_coref_type_nominal")
