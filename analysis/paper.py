@@ -105,6 +105,8 @@ VARIANT_LABELS = {
     "custom_ende_vocab": "custom En+De BERT, 32k vocab",
     "embeddings_only": "embeddings only from checkpoint",
     "released": "Google's released checkpoint, evaluated here",
+    schema.RELEASED_UNREPORTED_VARIANT:
+        "Google's released checkpoint, evaluated here; no paper number is its (see notes)",
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
-from experiments.evaluation_config import RELEASED_VARIANT
+from experiments.evaluation_config import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
 from experiments.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
 from experiments.tasks import TASKS as HARNESS_TASKS
 
@@ -51,7 +51,12 @@ TAG_GRID = "grid"
 DATA_VARIANT_PARAM = "data.variant"
 TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
 TAG_VARIANT = "variant"
-# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training
+# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training;
+# RELEASED_UNREPORTED_VARIANT: one the paper reports no number for (the WMT bert2bert_L-24: a row of its own that says
+# why, never beside Table 4's 12-layer mBERT bert2bert).
+RELEASED_VARIANTS = (RELEASED_VARIANT, RELEASED_UNREPORTED_VARIANT)
+# Why no paper number is a released variant's (analysis.tables notes it under the table).
+NO_PAPER_NUMBER = {entry.variant: entry.no_paper_number for entry in RELEASED.values() if entry.no_paper_number}
 
 # Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
 # second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a
@@ -379,7 +384,7 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     task, scheme = tags.get(TAG_TASK), tags.get(TAG_SCHEME)
     if not task or not scheme:
         return None
-    if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) != RELEASED_VARIANT:
+    if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) not in RELEASED_VARIANTS:
         return None
     tagged_variant = _first(tags, VARIANT_TAGS)
     variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)

@@ -185,7 +185,7 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
     # The full schemes, the same schemes trained with another cross-attention init, and the released checkpoints
     # evaluated without training (rows of their own, marked).
     setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
-    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | (runs.variant == schema.RELEASED_VARIANT)]
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | runs.variant.isin(schema.RELEASED_VARIANTS)]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:
@@ -434,6 +434,8 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
         notes.append("A size (L<layers>-H<hidden>) or budget in a row's name marks runs of a model size or a number "
                      "of updates other than the paper's 12/24-layer runs: the paper's number is set beside none of "
                      "them, unless the paper reports that very size (Table 6's 10 layers of BERT-Large).")
+    notes += [f"{row.label}: {schema.NO_PAPER_NUMBER[row.variant]}." for row in rows
+              if row.variant in schema.NO_PAPER_NUMBER]
     by_column: dict[str, list[_CellData]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -371,16 +371,20 @@ def load_tokenizer(source: str | os.PathLike | Sequence[str | os.PathLike], *, k
     (SentencePiece, :class:`BertGenerationTokenizer`). ``kind`` restricts the choice to that kind's files. Options
     (``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars``, ``add_prefix_space``, ``trim_offsets``,
     ``sp_model_kwargs``, ``add_eos_token``) default to tokenizer_config.json's values, then to the kind's defaults;
-    special tokens named in tokenizer_config.json / special_tokens_map.json are used.
+    special tokens named in tokenizer_config.json / special_tokens_map.json are used, and ``<role>_token`` keywords
+    (``pad_token="<pad>"``, as transformers' ``from_pretrained`` takes them) override those: a model card's arguments
+    for a checkpoint whose only tokenizer file is its vocabulary (Google's bert2bert_L-24_wmt_* ship a bare vocab.txt).
     """
     if kind is not None and kind not in TOKENIZER_KINDS:
         raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
     where, config_dir, found = _find_files(source)
     tokenizer_config = _read_json_object(config_dir / "tokenizer_config.json")
     model_config = _read_json_object(config_dir / "config.json")
+    by_keyword = {key: options.pop(key) for key in [f"{role}_token" for role in SPECIAL_ROLES] if key in options}
     specials = {**_special_tokens_from(_read_json_object(config_dir / "special_tokens_map.json"),
                                        config_dir / "special_tokens_map.json"),
-                **_special_tokens_from(tokenizer_config, config_dir / "tokenizer_config.json")}
+                **_special_tokens_from(tokenizer_config, config_dir / "tokenizer_config.json"),
+                **_special_tokens_from(by_keyword, "load_tokenizer keywords")}
 
     def file(role: str) -> Path:
         chosen = found[role]

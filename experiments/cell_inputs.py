@@ -71,11 +71,28 @@ def build_cell_model(cell: CellConfig, device: str | None = None):
 
 
 def uncased(tokenizer: Any) -> bool:
-    """Whether a tokenizer lower-cases what it reads (an uncased BERT vocabulary), so its outputs have no case. Probed
-    by behaviour (capitalised and lower-case text encode alike), whatever file the tokenizer came from."""
+    """Whether a tokenizer's outputs have no case (an uncased BERT vocabulary), so references are lower-cased before
+    scoring. Probed by behaviour: it lower-cases what it reads (capitalised and lower-case text encode alike) and,
+    where it can list its vocabulary, no entry but a special token has a capital letter. A vocabulary that writes
+    case is cased even when its tokenizer lower-cases the input (the WMT bert2bert cards' BertTokenizer defaults)."""
     probe = ["The Cat", "the cat"]
     upper, lower = tokenizer(probe, max_length=None, padding=False, truncation=False, return_tensors=None)["input_ids"]
-    return list(upper) == list(lower)
+    return list(upper) == list(lower) and not writes_case(tokenizer)
+
+
+def writes_case(tokenizer: Any) -> bool:
+    """Whether some entry of the tokenizer's vocabulary, other than its special tokens and ``[...]`` / ``<...>``
+    placeholders, has a capital letter; False when the tokenizer cannot list its vocabulary."""
+    if not hasattr(tokenizer, "id_to_token") or not hasattr(tokenizer, "vocab_size"):
+        return False
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    for index in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_token(index)
+        if (index in special or not token or (token[0], token[-1]) in (("[", "]"), ("<", ">"))
+                or token == token.lower()):
+            continue
+        return True
+    return False
 
 
 def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:

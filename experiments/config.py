@@ -38,6 +38,7 @@ from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
+from .data_archive import archive_for  # data on no hub: the archive its authors published
 from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
 
@@ -109,7 +110,8 @@ def checkpoint_ref(value: Any, path: str) -> Any:
 def _data_file(value: Any, path: str) -> str:
     v.path_text(what="a file path")(value, path)
     if check_paths.get() and not Path(value).expanduser().is_file():
-        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist")
+        fetch = "; python -m experiments.prefetch GRID fetches it" if archive_for(value) is not None else ""
+        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist{fetch}")
     return value
 
 

@@ -57,8 +57,8 @@ from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_f
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
-    SELECTIONS, SETTABLE, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation, config_from_dict,
-    evaluation_id, is_cell_dir, read_cell, released_entry,
+    SELECTIONS, SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
+    config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -67,26 +67,38 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 # -- the model ------------------------------------------------------------------------------------------------------
 class FormattedInput:
     """An input tokenizer that writes a model card's input convention (``INPUT_FORMATS``) instead of its own special
-    tokens; everything else is the wrapped tokenizer's. Its fingerprint differs, so cached tokenisations do not mix."""
+    tokens, after the card's preprocessing (``replace_in_source``: text replaced in every source before encoding);
+    everything else is the wrapped tokenizer's. Its fingerprint differs, so cached tokenisations do not mix."""
 
-    def __init__(self, tokenizer: Any, input_format: str):
+    def __init__(self, tokenizer: Any, input_format: str, replace_in_source: list[list[str]] | None = None):
         if input_format == "bos_eos" and (tokenizer.bos_token_id is None or tokenizer.eos_token_id is None):
             raise EvaluationError(f"input_format bos_eos: the tokenizer has no bos/eos token "
                                   f"(bos {tokenizer.bos_token_id}, eos {tokenizer.eos_token_id})")
         self.tokenizer = tokenizer
         self.input_format = input_format
-        self.fingerprint = f"{tokenizer_fingerprint(tokenizer)}:{input_format}"
+        self.replace_in_source = [tuple(pair) for pair in replace_in_source or ()]
+        self.fingerprint = f"{tokenizer_fingerprint(tokenizer)}:{input_format}" + (
+            f":{json.dumps(self.replace_in_source)}" if self.replace_in_source else "")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tokenizer, name)
+
+    def prepare(self, text: str) -> str:
+        for old, new in self.replace_in_source:
+            text = text.replace(old, new)
+        return text
 
     def __call__(self, texts: Any, max_length: int | None = None, padding: Any = False, truncation: bool = True,
                  return_tensors: str | None = "pt", add_special_tokens: bool = True) -> dict[str, Any]:
         if return_tensors is not None or padding not in (False, "do_not_pad"):
             raise EvaluationError("FormattedInput encodes unpadded id lists only (return_tensors=None, padding=False)")
-        bare = self.tokenizer(texts, max_length=None, padding=False, truncation=False, return_tensors=None,
-                              add_special_tokens=False)["input_ids"]
         single = isinstance(texts, str)
+        prepared = self.prepare(texts) if single else [self.prepare(text) for text in texts]
+        if self.input_format == "tokenizer":
+            return self.tokenizer(prepared, max_length=max_length, padding=False, truncation=truncation,
+                                  return_tensors=None, add_special_tokens=add_special_tokens)
+        bare = self.tokenizer(prepared, max_length=None, padding=False, truncation=False, return_tensors=None,
+                              add_special_tokens=False)["input_ids"]
         rows = [bare] if single else bare
         out = []
         for ids in rows:
@@ -111,12 +123,17 @@ class LoadedModel:
     tags: dict[str, str]
 
 
-def load_released(checkpoint: str, revision: str | None = None) -> LoadedModel:
+def load_released(checkpoint: str, revision: str | None = None,
+                  tokenizer_args: dict[str, Any] | None = None) -> LoadedModel:
     """An HF-layout encoder-decoder and the tokenizer saved beside it (one vocabulary for both sides, as in every
-    released model of the paper)."""
+    released model of the paper), read with ``tokenizer_args`` (a model card's: its special tokens), so that
+    decoding drops every special token the card names."""
     directory, raw = released_config(checkpoint, revision)
     model = EncoderDecoderModel.from_pretrained(directory)
-    tokenizer = load_tokenizer(directory)
+    try:
+        tokenizer = load_tokenizer(directory, **(tokenizer_args or {}))
+    except TokenizerError as err:
+        raise EvaluationError(f"{directory}: tokenizer_args {tokenizer_args}: {one_line(err)}") from None
     set_generation_ids(model, directory, raw, tokenizer)
     pad = model.config.pad_token_id
     return LoadedModel(model, tokenizer, tokenizer, pad, {"evaluated": checkpoint, "scheme": "released",
@@ -163,9 +180,9 @@ def load_cell(directory: Path, select: str) -> LoadedModel:
 
 def load_model(config: EvaluationConfig) -> LoadedModel:
     loaded = (load_cell(Path(config.checkpoint), config.select) if config.is_cell
-              else load_released(config.checkpoint, config.revision))
-    if config.input_format != "tokenizer":
-        loaded.input_tokenizer = FormattedInput(loaded.input_tokenizer, config.input_format)
+              else load_released(config.checkpoint, config.revision, config.tokenizer_args))
+    if config.input_format != "tokenizer" or config.replace_in_source:
+        loaded.input_tokenizer = FormattedInput(loaded.input_tokenizer, config.input_format, config.replace_in_source)
     return loaded
 
 
@@ -256,8 +273,11 @@ class EvaluationTracker:
                          "select": config.select})
         else:
             entry = released_entry(config.checkpoint)
-            tags.update({"scheme": entry.scheme if entry is not None else "released", "variant": RELEASED_VARIANT,
+            tags.update({"scheme": entry.scheme if entry is not None else "released",
+                         "variant": entry.variant if entry is not None else RELEASED_VARIANT,
                          "released_model": config.checkpoint.rstrip("/").rsplit("/", 1)[-1]})
+            if entry is not None and entry.no_paper_number:
+                tags["no_paper_number"] = entry.no_paper_number
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=label)
         flat = flatten(to_dict(config))
         if not config.is_cell and (entry := released_entry(config.checkpoint)) is not None:
@@ -369,8 +389,10 @@ def load_evaluation_grid(path: Path, sets: list[str],
         extra = set(item) - {"checkpoint", "task", *SETTABLE}
         if extra:
             raise EvaluationError(f"{here}: unknown keys {sorted(extra)}")
-        item_sets = [f"{section}.{k}={json.dumps(val)}" for section in SETTABLE
-                     for k, val in {**(defaults.get(section) or {}), **(item.get(section) or {})}.items()]
+        item_sets = [f"{section}={json.dumps(item.get(section, defaults.get(section)))}" for section in TOP_LEVEL
+                     if section in item or section in defaults]
+        item_sets += [f"{section}.{k}={json.dumps(val)}" for section in SETTABLE if section not in TOP_LEVEL
+                      for k, val in {**(defaults.get(section) or {}), **(item.get(section) or {})}.items()]
         try:
             configs.append(build_config(str(item["checkpoint"]), item.get("task"), item_sets + list(sets)))
         except EvaluationError as err:

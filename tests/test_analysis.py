@@ -676,6 +676,32 @@ def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seed
     assert any("hub's full data (data.variant: full)" in note and "balanced 4.5M" in note for note in table2.notes)
 
 
+def test_released_wmt_models_are_no_row_of_the_papers_and_say_why(tmp_path):
+    """google/bert2bert_L-24_wmt_* (two untied 24-layer stacks, a WMT WordPiece vocabulary) are not Table 4's 12-layer
+    mBERT bert2bert nor any other row the paper reports: their row says no paper number is theirs and the notes say
+    why; the roberta2roberta releases stay rows of the paper's 24-layer robertaShare."""
+    from analysis.runs import RunStore
+    from analysis.tables import build_table
+    from experiments.evaluation_config import RELEASED
+
+    entry = RELEASED["google/bert2bert_L-24_wmt_de_en"]
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "wmt")
+    run_id = _log_run(client, experiment_id, parent, task="wmt14_de_en", scheme=entry.scheme, seed=1,
+                      params={"data_fraction": "1.0", "size": entry.size}, metrics={"bleu_uncased": 31.5}, tmp=files)
+    for key, value in {"role": "evaluation", "variant": entry.variant}.items():
+        client.set_tag(run_id, key, value)
+    table4 = build_table(4, RunStore(uri), n_boot=N_BOOT)
+    ours = table4.cells[table4.cells.run_ids == run_id]
+    assert set(ours.column) == {"deen_2014"} and ours["mean"].item() == pytest.approx(31.5)
+    label = ours.row.item()
+    assert "no paper number" in label and math.isnan(ours.paper.item()) and math.isnan(ours["diff"].item())
+    assert label != cell(table4, "bert2bert", "deen_2014").row  # the 12-layer mBERT row keeps its own number
+    assert cell(table4, "bert2bert", "deen_2014")["paper"] == pytest.approx(32.7)
+    (note,) = [n for n in table4.notes if n.startswith(label)]
+    assert "bert2rnd and bertShare only" in note and "not mBERT's" in note
+    assert RELEASED["google/roberta2roberta_L-24_discofuse"].variant == "released"
+
+
 def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
     """Two runs of one scheme that differ in a setting (300 and 1,000 updates) are two rows, not two seeds."""
     from analysis.runs import RunStore

@@ -327,6 +327,28 @@ def test_do_lower_case_from_tokenizer_config_and_override(tmp_path):
     assert load_tokenizer(tmp_path, do_lower_case=True).encode("Hello world") == [2, 5, 6, 3]
 
 
+def test_special_token_keywords_name_the_specials_of_a_bare_vocabulary_as_transformers_does(tmp_path):
+    """A bare vocab.txt (Google's bert2bert_L-24_wmt_* repos) read with its model card's pad_token / eos_token /
+    bos_token keywords: the same ids, encodings and decodings as transformers' BertTokenizer with those keywords, so
+    decoding skips every one of them; without them the card's tokens are plain words and stay in the text."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<pad>", "<s>", "</s>", "das", "Das", "haus", "Haus", "ist",
+             "##e", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    card = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"}
+    ours, theirs = load_tokenizer(tmp_path, **card), BertTokenizer(str(tmp_path / "vocab.txt"), **card)
+    assert (ours.pad_token_id, ours.eos_token_id, ours.bos_token_id) == (5, 7, 6) == (
+        theirs.pad_token_id, theirs.eos_token_id, theirs.bos_token_id)
+    for text in ("Das Haus ist.", "das Hause"):
+        assert ours.encode(text, add_special_tokens=False) == theirs(text, add_special_tokens=False).input_ids
+    generated = [6, 9, 11, 12, 14, 7, 5, 5]
+    assert ours.decode(generated) == theirs.decode(generated, skip_special_tokens=True) == "Das Haus ist."
+    assert load_tokenizer(tmp_path).decode(generated).endswith("</s> <pad> <pad>")
+    with pytest.raises(TokenizerError, match="pad_token must be a non-empty string"):
+        load_tokenizer(tmp_path, pad_token="")
+
+
 @pytest.mark.parametrize("configs, kind, expected", [
     ({}, None, "gpt2"),  # no hint: GPT-2's vocab has no <s>
     ({"tokenizer_config.json": {"tokenizer_class": "RobertaTokenizerFast"}}, None, "roberta"),
