@@ -20,6 +20,7 @@ from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
 from .tasks import STANDARD_SPLITS
+from .vocabulary import ensure_vocabulary, split_texts
 
 PREDICTIONS_FILE = "predictions.jsonl"
 
@@ -48,13 +49,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig):
+def build_cell_model(cell: CellConfig, vocabulary: Path | None = None):
     """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
-    vocabulary)."""
+    vocabulary). ``vocabulary``: the directory of the cell's trained vocabulary (:func:`cell_vocabulary`), which
+    a cell with ``vocab`` set must pass."""
     checkpoints = cell.checkpoints
+    if (cell.vocab is None) != (vocabulary is None):
+        raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
+                         "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
+    own = {"vocabulary": vocabulary} if vocabulary is not None else {}
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **cell.model)
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **own, **cell.model)
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
@@ -75,9 +81,21 @@ def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
     return model.fit_lengths(task.max_source_length, task.max_target_length)
 
 
-def cache_dir(cell: CellConfig, out_dir: Path) -> Path:
+def cache_dir(cell: CellConfig, out_dir: Path, kind: str = "tokenized") -> Path:
     root = cell.output_root
-    return (Path(root) / "cache" / "tokenized") if root else (out_dir / "cache")
+    return (Path(root) / "cache" / kind) if root else (out_dir / "cache" / kind if kind != "tokenized"
+                                                       else out_dir / "cache")
+
+
+def cell_vocabulary(cell: CellConfig, task, out_dir: Path) -> tuple[Path, bool]:
+    """(directory, trained now) of the vocabulary ``cell.vocab`` asks for, trained on the source and target texts of
+    the cell's training split as the cell loads it (data_fraction and max_examples applied), or reused from the cache
+    (``<output_root>/cache/vocab``; experiments.vocabulary) when one was trained on the same data with the same
+    settings."""
+    raw = load_split(task, "train", cell.data.train, seed=0, data_fraction=cell.data_fraction,
+                     max_examples=cell.max_examples.train)
+    identity = f"{task.name}:{raw._fingerprint}"
+    return ensure_vocabulary(split_texts(raw), identity, dict(cell.vocab), cache_dir(cell, out_dir, "vocab"))
 
 
 def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_target: int, cache_dir: Path):

@@ -163,7 +163,9 @@ def load_cell(directory: Path, select: str) -> LoadedModel:
         have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
         raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
                               f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
-    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell)
+    # a cell with a trained vocabulary (cell setting vocab) keeps a copy of it in its directory (experiments.train)
+    vocabulary = directory / "vocabulary" if cell.vocab is not None else None
+    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell, vocabulary)
     checkpointing.load_model_weights(found, model)
     return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,
                        {"evaluated": str(directory), "scheme": cell.scheme, "cell_id": cell.cell_id or "",
