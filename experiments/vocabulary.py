@@ -5,10 +5,12 @@ The paper builds two kinds of vocabulary of its own: Table 4's Transformer basel
 (BPE) one. A cell asks for one with ``vocab: {train: wordpiece | sentencepiece, size: N}``; the trainers are the
 well-kept libraries the project already reads vocabularies with:
 
-* ``wordpiece``: the ``tokenizers`` WordPieceTrainer behind BERT's normalisation and pre-tokenisation, **cased** and
-  with accents kept (German; the paper does not say, and a cased vocabulary can still be scored uncased), special
-  tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4); written as ``vocab.txt`` + ``tokenizer_config.json``, which
-  ``bertgen.tokenization.load_tokenizer`` reads as a BERT tokenizer;
+* ``wordpiece``: BERT's WordPiece format, **cased** and with accents kept (German; the paper does not say, and a cased
+  vocabulary can still be scored uncased), special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4), written as
+  ``vocab.txt`` + ``tokenizer_config.json``, which ``bertgen.tokenization.load_tokenizer`` reads as a BERT tokenizer.
+  Its pieces are SentencePiece BPE merges learnt on the text as BERT pre-tokenises it (``tokenizers``' normaliser
+  and pre-tokenizer); ``tokenizers``' own WordPieceTrainer is not used because it is not deterministic (ties between
+  equally frequent merges are broken in hash-map order: two runs on one text gave two vocabularies);
 * ``sentencepiece``: ``sentencepiece`` BPE ("16k BPE" in Table 6) with full character coverage and the specials of
   the paper's released SentencePiece checkpoints (``<pad> </s> <s> <unk>`` = 0-3, ``<::::>`` a user symbol), so the
   vocabulary has exactly ``size`` ids; written as ``spiece.model``, read as ``BertGenerationTokenizer``.
@@ -17,7 +19,7 @@ Both are trained on every source and target text of the cell's training split as
 ``data_fraction`` and ``max_examples.train`` applied: a vocabulary never sees text its cell does not train on).
 
 Cache: ``<cache root>/<train>-<size>-<key>/``, ``key`` a hash of the training data's identity (its datasets
-fingerprint: files, columns, subset), the trainer settings, the library version and :data:`FORMAT_VERSION`. A second
+fingerprint: files, columns, subset), the trainer settings, the library versions and :data:`FORMAT_VERSION`. A second
 cell with the same data and settings (another seed, Table 6's frozen-embedding row) reuses the directory without
 training; another data set or setting makes another one. A vocabulary is built in a temporary directory and renamed
 into place once complete (``vocabulary.json`` written last), so a killed run leaves no half-written vocabulary that
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertgen.tokenization import BaseTokenizer, load_tokenizer
+from bertgen.tokenization import SPIECE_UNDERLINE, BaseTokenizer, load_tokenizer
 
 FORMAT_VERSION = 1  # bump when a trainer's settings or files change, so cached vocabularies are not reused
 MANIFEST = "vocabulary.json"  # written last: a directory without it is incomplete
@@ -49,26 +51,58 @@ SENTENCEPIECE_SEPARATOR = "<::::>"  # the released BertGeneration vocabularies' 
 
 @dataclass(frozen=True)
 class Trainer:
-    """One way to train a vocabulary: its library, what it writes, and how."""
+    """One way to train a vocabulary: its libraries, what it writes, and how."""
 
     name: str
-    library: str  # the package whose version is part of the cache key
+    libraries: tuple[str, ...]  # the packages whose versions are part of the cache key
     description: str
     train: Callable[[Iterator[str], int, Path], None]
 
 
-def _train_wordpiece(texts: Iterator[str], size: int, directory: Path) -> None:
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import WordPiece
+def _bpe_pieces(texts: Iterable[str], size: int, **options: Any) -> bytes:
+    """A serialised SentencePiece BPE model of ``size`` pieces trained on ``texts``. One thread: SentencePiece's
+    pieces are then the same on every run (tokenizers' WordPieceTrainer breaks ties between equally frequent merges
+    in hash-map order, so two runs on the same text gave two vocabularies)."""
+    import io
 
-    backend = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
-                                                    lowercase=False)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=size, special_tokens=list(WORDPIECE_SPECIALS),
-                                        continuing_subword_prefix="##", show_progress=False)
-    backend.train_from_iterator(texts, trainer)
-    backend.model.save(str(directory))  # vocab.txt, one token a line in id order
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=(text for text in texts if text.strip()), model_writer=model,
+                                   vocab_size=size, model_type="bpe", character_coverage=1.0, minloglevel=2,
+                                   num_threads=1, **options)
+    return model.getvalue()
+
+
+def _train_wordpiece(texts: Iterator[str], size: int, directory: Path) -> None:
+    """BERT's WordPiece format from BPE pieces learnt on BERT's own pre-tokenisation (cased, accents kept): a
+    word-initial piece ``▁abc`` becomes ``abc``, any other ``abc`` becomes ``##abc``; every character is kept in both
+    forms (so no word falls back to [UNK] for want of a piece), the lowest-ranked merges giving way to them."""
+    import sentencepiece as spm
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                            lowercase=False)
+    splitter = pre_tokenizers.BertPreTokenizer()
+
+    def words() -> Iterator[str]:
+        for text in texts:
+            yield " ".join(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+
+    processor = spm.SentencePieceProcessor(model_proto=_bpe_pieces(words(), size - len(WORDPIECE_SPECIALS)))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())
+              if not (processor.is_control(i) or processor.is_unknown(i))]
+    merged, characters = [], []
+    for piece in pieces:
+        token = piece[1:] if piece.startswith(SPIECE_UNDERLINE) else "##" + piece
+        if token in ("", "##"):
+            continue
+        (characters if len(piece.lstrip(SPIECE_UNDERLINE)) == 1 else merged).append(token)
+    singles = {token.removeprefix("##") for token in characters}
+    characters = [form for char in sorted(singles) for form in (char, "##" + char)]
+    room = size - len(WORDPIECE_SPECIALS) - len(characters)
+    vocab = list(dict.fromkeys([*WORDPIECE_SPECIALS, *characters, *merged[:max(room, 0)]]))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": False,
               "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
               "mask_token": "[MASK]"}
@@ -76,20 +110,16 @@ def _train_wordpiece(texts: Iterator[str], size: int, directory: Path) -> None:
 
 
 def _train_sentencepiece(texts: Iterator[str], size: int, directory: Path) -> None:
-    import sentencepiece as spm
-
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=(text for text in texts if text), model_prefix=str(directory / "spiece"),
-        vocab_size=size, model_type="bpe", character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        user_defined_symbols=[SENTENCEPIECE_SEPARATOR], minloglevel=2, num_threads=os.cpu_count() or 1)
-    (directory / "spiece.vocab").unlink(missing_ok=True)  # a human-readable copy; the model holds the pieces
+    model = _bpe_pieces(texts, size, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                        user_defined_symbols=[SENTENCEPIECE_SEPARATOR])
+    (directory / "spiece.model").write_bytes(model)
 
 
 # The trainers a cell's vocab.train names (experiments.config reads the names from here).
 TRAINERS: dict[str, Trainer] = {t.name: t for t in (
-    Trainer("wordpiece", "tokenizers", "cased WordPiece (BERT pre-tokenisation), tokenizers' WordPieceTrainer",
+    Trainer("wordpiece", ("sentencepiece", "tokenizers"), "cased WordPiece (BERT pre-tokenisation), pieces by SentencePiece BPE",
             _train_wordpiece),
-    Trainer("sentencepiece", "sentencepiece", "SentencePiece BPE, full character coverage", _train_sentencepiece),
+    Trainer("sentencepiece", ("sentencepiece",), "SentencePiece BPE, full character coverage", _train_sentencepiece),
 )}
 
 
@@ -101,10 +131,10 @@ def _library_version(name: str) -> str:
 
 def vocabulary_key(data_identity: str, settings: dict[str, Any]) -> str:
     """16 hex digits of sha256 over what makes a vocabulary: the training data's identity, the trainer settings
-    (``{"train": ..., "size": ...}``), the trainer library's version and this module's format version."""
+    (``{"train": ..., "size": ...}``), the trainer libraries' versions and this module's format version."""
     trainer = TRAINERS[settings["train"]]
     payload = {"format": FORMAT_VERSION, "data": data_identity, "settings": dict(sorted(settings.items())),
-               "library": f"{trainer.library}=={_library_version(trainer.library)}"}
+               "libraries": [f"{name}=={_library_version(name)}" for name in trainer.libraries]}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
