@@ -61,10 +61,14 @@ KEY_COLUMNS = ("table", "system", "size", "variant", "task", "testset", "data_fr
 BASELINE_LABELS = {
     "Geva et al. (2019) [7-layer Transformer baseline]": "Geva et al. (2019)",
     "Botha et al. (2018) [BiLSTM+copy baseline]": "Botha et al. (2018)",
-    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": "paper's Transformer (6L, 32k WMT vocab)",
-    "Transformer (ours) [row in block: Initialized with public checkpoints (12 layers) and vocabulary]":
-        "paper's Transformer (12L, public vocab)",
     "Edunov et al. (2018)* [back-translation; 33.8 in parentheses]": "Edunov et al. (2018)*",
+}
+# Table 4's "Transformer (ours)" rows: our rnd2rnd cells of grids/translation.yaml (a random model with Transformer-base
+# widths) that name the variant (experiments.config.CellConfig.variant) → (scheme, variant).
+TRANSFORMER_ROWS = {
+    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": ("rnd2rnd", "transformer_wmt_vocab"),
+    "Transformer (ours) [row in block: Initialized with public checkpoints (12 layers) and vocabulary]":
+        ("rnd2rnd", "transformer_public_vocab"),
 }
 
 METRICS = {
@@ -103,6 +107,9 @@ VARIANT_LABELS = {
     "custom_ende_vocab": "custom En+De BERT, 32k vocab",
     "embeddings_only": "embeddings only from checkpoint",
     "released": "Google's released checkpoint, evaluated here",
+    "transformer_wmt_vocab": "Transformer baseline (6L, Transformer-base widths, 32k WordPiece trained on WMT)",
+    "transformer_public_vocab": "Transformer baseline (12L, Transformer-base widths, mBERT vocab)",
+    "task_wordpiece": "+ WordPiece vocabulary trained on the task",
 }
 
 
@@ -123,6 +130,9 @@ def variant_label(variant: str) -> str:
 
 def _system(model: str) -> tuple[str, str, str]:
     """``(system, size, variant)`` of a paper row's ``model`` string."""
+    if model in TRANSFORMER_ROWS:
+        scheme, variant = TRANSFORMER_ROWS[model]
+        return scheme, schema.DEFAULT_SIZE, variant
     match = _SCHEME_MODEL.match(model.strip())
     if match and schema.canonical_scheme(match["scheme"]) in schema.SCHEMES:
         inside = match["inside"]
