@@ -164,12 +164,13 @@ def _task(table: int, task: str, where: str) -> tuple[str, str, float, str | Non
     raise ValueError(f"{where}: task {task!r} is not one the analysis knows for Table {table}")
 
 
-@lru_cache(maxsize=1)
-def paper_numbers() -> pd.DataFrame:
-    """All of Tables 1–7 in canonical keys, plus the original ``model``/``task``/``metric`` strings."""
+@lru_cache(maxsize=2)
+def paper_numbers(directory: Path = PAPER_DIR) -> pd.DataFrame:
+    """All of Tables 1–7 in canonical keys, plus the original ``model``/``task``/``metric`` strings; ``directory``:
+    where the CSVs are (the repository's copies; the team's transcription in ../shared/paper is the same)."""
     frames = []
     for table, name in TABLE_FILES.items():
-        path = PAPER_DIR / name
+        path = Path(directory) / name
         raw = pd.read_csv(path)
         expected = ["model", "task", "metric", "value"]
         if list(raw.columns) != expected:
@@ -189,7 +190,7 @@ def paper_numbers() -> pd.DataFrame:
                 )
             )
         frames.append(pd.DataFrame.from_records(records))
-    frames.append(_text_ablations())
+    frames.append(_text_ablations(Path(directory)))
     numbers = pd.concat(frames, ignore_index=True)
     duplicated = numbers.duplicated(list(KEY_COLUMNS), keep=False)
     if duplicated.any():
@@ -197,8 +198,8 @@ def paper_numbers() -> pd.DataFrame:
     return numbers
 
 
-def _text_ablations() -> pd.DataFrame:
-    path = PAPER_DIR / TEXT_ABLATIONS_FILE
+def _text_ablations(directory: Path = PAPER_DIR) -> pd.DataFrame:
+    path = directory / TEXT_ABLATIONS_FILE
     raw = pd.read_csv(path)
     records = []
     for i, row in raw.iterrows():
