@@ -120,6 +120,12 @@ def cell_label(cell: dict) -> str:
         parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
     if (cell.get("train") or {}).get("optimizer", "adam") != "adam":  # Section 5's GPT-2 tuning (Adafactor)
         parts.append(f"opt={cell['train']['optimizer']}")
+    if cell.get("vocab"):  # a vocabulary the harness trains (Table 4's Transformer, Table 6's SentencePieces)
+        parts.append(f"vocab={cell['vocab']['train']}{cell['vocab']['size']}")
+    if (cell.get("train") or {}).get("freeze_warm_started_steps"):
+        parts.append(f"freeze={cell['train']['freeze_warm_started_steps']}")
+    if cell.get("variant"):
+        parts.append(f"variant={cell['variant']}")
     return "/".join(parts)
 
 

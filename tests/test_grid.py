@@ -256,6 +256,8 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
             ("bertShare", 300_000, None), ("bertShare", 400_000, 100_000), ("gpt", 300_000, None),
             ("gpt", 400_000, 100_000)]
         assert {json.dumps(c["vocab"], sort_keys=True) for c in spm} == {'{"size": 16000, "train": "sentencepiece"}'}
+        assert sorted(cell_label(c) for c in spm if c["scheme"] == "gpt") == [
+            "discofuse/gpt/seed1/vocab=sentencepiece16000", "discofuse/gpt/seed1/vocab=sentencepiece16000/freeze=100000"]
         emb10 = [c["scheme"] for c in grid.cells if c["init_layers"] == {"embeddings_only": True}
                  and c["data_fraction"] == 0.1]
         assert sorted(emb10) == ["bertShare", "gpt"]
@@ -268,6 +270,7 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
         assert six["model"] == {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8,
                                 "intermediate_size": 2048}
         assert "vocab" not in transformer["wmt14_en_de", "transformer_public_vocab"]
+        assert cell_label(six).endswith("num_hidden_layers=6/vocab=wordpiece32000/variant=transformer_wmt_vocab")
 
 
 def test_paper_grid_covers_every_cell_of_the_other_grids():
