@@ -82,9 +82,12 @@ def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
 
 
 def cache_dir(cell: CellConfig, out_dir: Path, kind: str = "tokenized") -> Path:
+    """Where the cell's ``kind`` of cache goes (tokenised splits, trained vocabularies): ``<output_root>/cache/<kind>``,
+    shared by every cell of the output root, else the cell's own folder."""
     root = cell.output_root
-    return (Path(root) / "cache" / kind) if root else (out_dir / "cache" / kind if kind != "tokenized"
-                                                       else out_dir / "cache")
+    if root:
+        return Path(root) / "cache" / kind
+    return out_dir / "cache" if kind == "tokenized" else out_dir / "cache" / kind
 
 
 def cell_vocabulary(cell: CellConfig, task, out_dir: Path) -> tuple[Path, bool]:
