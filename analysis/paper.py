@@ -38,8 +38,10 @@ TEXT_ABLATION_ROWS = {
     "bertShare init from first 10 layers of BERT-large": ("bertShare", "first_10"),
     "bertShare init from BERT-large layers 9,10,13-18,23,24 (CMA-ES search)": ("bertShare", "layers_9,10,13-18,23,24"),
 }
+# The size of those that are not 12 layers (experiments.model_size): 10 of BERT-Large's layers, 1024 wide.
+TEXT_ABLATION_SIZES = {model: "L10-H1024" for model in TEXT_ABLATION_ROWS if "BERT-large" in model}
 # Section 5's GPT-2 tuning (DiscoFuse SARI), laid out on its own by analysis.gpt2_tuning: model string → (scheme,
-# "default" = §4's Adam settings, the same number as Table 2's | "tuned" = the best of a search; the transcription
+# "default" = the paper's Adam, the same number as Table 2's | "tuned" = the best of a search; the transcription
 # holds neither its values nor its winning setting).
 GPT2_TUNING_ROWS = {
     "gpt (12L, default)": ("gpt", "default"), "gpt (12L, tuned)": ("gpt", "tuned"),
@@ -209,7 +211,8 @@ def _text_ablations(directory: Path = PAPER_DIR) -> pd.DataFrame:
         if model not in TEXT_ABLATION_ROWS or row["metric"] != "SARI":
             raise ValueError(f"{path} row {i + 2}: ablation {model!r} ({row['metric']}) is not one the analysis knows")
         scheme, variant = TEXT_ABLATION_ROWS[model]
-        records.append(dict(table=6, system=scheme, size=schema.DEFAULT_SIZE, variant=variant, task="discofuse",
+        size = TEXT_ABLATION_SIZES.get(model, schema.DEFAULT_SIZE)
+        records.append(dict(table=6, system=scheme, size=size, variant=variant, task="discofuse",
                             testset=schema.DEFAULT_TESTSET, data_fraction=1.0, metric="sari", value=float(row["value"]),
                             paper_model=model, paper_task=row["task"], paper_metric=row["metric"]))
     return pd.DataFrame.from_records(records)

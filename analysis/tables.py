@@ -136,8 +136,9 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     if store is not None and not store.runs.empty:
         runs = _table_runs(spec, store)
         found = {Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)}
-        if spec.ablation:  # each ablated scheme also needs its full reference row
-            found |= {Row(r.system, r.size) for r in found}
+        if spec.ablation:  # each ablated scheme also needs its full reference row (a layer selection's is the
+            # paper's base row: its own size is the selection's, experiments.model_size)
+            found |= {Row(r.system, r.size) for r in found if not r.variant.startswith(("first_", "layers_"))}
         ours = sorted(found, key=_row_order)
     baseline = _baseline_row(spec)
     if baseline is not None and any(r.is_scheme for r in ours):
@@ -146,6 +147,20 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     if spec.ablation:  # group each scheme's variants together (stable: the paper's order within a scheme)
         rows.sort(key=lambda r: _row_order(r)[:3])
     return rows
+
+
+def decoding_notes(spec: TableSpec) -> list[str]:
+    """Whose decoding settings the table's tasks use: the paper states beam 4 and α = 0.6 for WMT only (§4.3)."""
+    tasks = [HARNESS_TASKS[t] for t in spec.tasks if t in HARNESS_TASKS and not HARNESS_TASKS[t].synthetic]
+    if not tasks:
+        return []
+    settings = sorted({(t.beam_size, t.length_penalty_alpha) for t in tasks})
+    shown = "; ".join(f"beam {beam}, length penalty α = {alpha:g}" for beam, alpha in settings)
+    penalty = "GNMT's ((5+|Y|)/6)^α, our reading of the paper's α"
+    if all(t.name.startswith("wmt") for t in tasks):
+        return [f"Decoding: {shown} ({penalty}), as the paper states for WMT (§4.3)."]
+    return [f"Decoding: {shown} ({penalty}): the paper states these for WMT only (§4.3); for "
+            f"{', '.join(schema.TASKS[t.name].label for t in tasks)} they are our choice (docs/paper-settings.md)."]
 
 
 def _task_baseline(task: str) -> str | None:
@@ -417,8 +432,12 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
     if number == 1:
         return build_parameter_table()
     spec = TABLES[number]
-    notes: list[str] = list(spec.notes)
+    notes: list[str] = list(spec.notes) + decoding_notes(spec)
     rows = _rows(spec, store)
+    if any(r.is_scheme and r.size not in schema.PAPER_SIZES.values() for r in rows):
+        notes.append("A size (L<layers>-H<hidden>) or budget in a row's name marks runs of a model size or a number "
+                     "of updates other than the paper's 12/24-layer runs: the paper's number is set beside none of "
+                     "them, unless the paper reports that very size (Table 6's 10 layers of BERT-Large).")
     by_column: dict[str, list[_CellData]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

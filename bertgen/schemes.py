@@ -31,7 +31,7 @@ and decode with it, every stack's ``vocab_size`` is its size, and the tensors in
 
 §5's ablation knob is ``WarmStart``: warm-start only the embeddings, only the first k layers, or a listed subset
 of a checkpoint's layers (the model then has as many layers as were listed); ``WarmStart(embeddings=False)`` is
-Table 6's "- embeddings from checkpoint" (every layer warm, the embeddings random).
+Table 6's "- embeddings from checkpoint" (every layer warm, the word-embedding matrix random; §5).
 """
 
 from __future__ import annotations
@@ -141,10 +141,13 @@ CROSS_ATTENTION_INITS = ("random", "self_attention")
 class WarmStart:
     """Which parts of a checkpoint seed the warm-started sides (the paper's §5 ablations).
 
-    ``embeddings``: word and position embeddings with their LayerNorm (BERT, RoBERTa) or ``wte``/``wpe`` (GPT-2).
-    False (with ``layers="all"``: Table 6's "- embeddings from checkpoint") leaves them random, and with them every
-    matrix tied to the word embeddings: the decoder's output projection and, where the scheme shares one matrix,
-    the other side's word embeddings (a checkpoint's LM head is not loaded either: tied, it would bring them back).
+    ``embeddings``: whether the word-embedding matrix comes from the checkpoint. The position embeddings (with
+    BERT's token-type row folded in) and the embedding LayerNorm (BERT, RoBERTa; GPT-2's ``wpe``) belong to the
+    embeddings too: ``layers="none"`` keeps all of them warm and nothing else (§5's embeddings-only runs). False
+    (with ``layers="all"``: Table 6's "- embeddings from checkpoint", §5: only the word-embedding matrix is not
+    taken from the checkpoint) leaves the word embeddings random, and with them every matrix tied to them: the
+    decoder's output projection and, where the scheme shares one matrix, the other side's word embeddings (a
+    checkpoint's LM head is not loaded either: tied, it would bring them back); positions and LayerNorm stay warm.
     ``layers``: "all" (layer i from layer i), "none" (same depth, every layer random), an int k (the model has k
     layers, the checkpoint's first k) or a tuple of 0-based checkpoint layers (the model has that many, layer i
     from ``layers[i]``). GPT-2's final ``ln_f`` is warm when any layer is. Depth applies to every stack of the
@@ -155,7 +158,7 @@ class WarmStart:
     layers: str | int | tuple[int, ...] = "all"
     # "random" (the paper: cross-attention is always new) or "self_attention": each warm decoder layer's
     # cross-attention starts as a copy of its own self-attention, so it attends by content from the first update
-    # instead of uniformly (see the README's "Why the decoder ignored the encoder").
+    # instead of uniformly (see docs/investigations.md, "Why the decoder ignored the encoder").
     cross_attention: str = "random"
 
     def __post_init__(self) -> None:
@@ -482,7 +485,7 @@ def _warm_weights(source: Checkpoint, warm: WarmStart, depth: int, positions: in
                 selected[f"{family.layers}.{model_layer[layer]}.{match.group(2)}"] = tensor
                 continue
         elif key.startswith(family.embeddings):
-            if warm.embeddings:
+            if warm.embeddings or not key.startswith(family.word_embeddings):
                 selected[key] = tensor
                 continue
         elif key.startswith("ln_f.") and chosen:

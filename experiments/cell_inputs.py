@@ -19,6 +19,7 @@ from .config import CellConfig, to_dict
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
+from .model_size import built_size
 from .tasks import STANDARD_SPLITS
 from .vocabulary import ensure_vocabulary, split_texts
 
@@ -35,7 +36,8 @@ def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "
     (kind, value), = init_layers.items()
     if kind == "embeddings_only":
         return WarmStart(embeddings=True, layers="none", cross_attention=cross_attention)
-    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, embeddings random
+    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, word embeddings
+        # random (positions and the embedding LayerNorm from the checkpoint: §5)
         return WarmStart(embeddings=False, layers="all", cross_attention=cross_attention)
     if kind == "first_k":
         return WarmStart(layers=value, cross_attention=cross_attention)
@@ -49,18 +51,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig, vocabulary: Path | None = None):
+def build_cell_model(cell: CellConfig, device: str | None = None, vocabulary: Path | None = None):
     """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
-    vocabulary). ``vocabulary``: the directory of the cell's trained vocabulary (:func:`cell_vocabulary`), which
-    a cell with ``vocab`` set must pass."""
+    vocabulary). ``device="meta"``: no weights read, for checks of shapes. A cell whose checkpoints no longer have
+    the size its grid recorded is refused. ``vocabulary``: the directory of the cell's trained vocabulary
+    (:func:`cell_vocabulary`), which a cell with ``vocab`` set must pass."""
     checkpoints = cell.checkpoints
     if (cell.vocab is None) != (vocabulary is None):
         raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
                          "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
     own = {"vocabulary": vocabulary} if vocabulary is not None else {}
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **own, **cell.model)
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device, **own,
+                  **cell.model)
+    if cell.size is not None and built_size(built.model) != cell.size:
+        raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints now "
+                         f"build {built_size(built.model)}; a checkpoint directory changed since the grid was "
+                         "loaded: launch the grid again")
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "

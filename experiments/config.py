@@ -39,6 +39,7 @@ from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
+from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
 from .vocabulary import MAX_SIZE as MAX_VOCAB_SIZE, MIN_SIZE as MIN_VOCAB_SIZE, TRAINERS as VOCAB_TRAINERS
 
@@ -148,8 +149,8 @@ def data_spec(value: Any, path: str) -> Any:
 
 def init_layers(value: Any, path: str) -> Any:
     """null | {embeddings_only: true} | {without_embeddings: true} | {first_k: k} | {layers: [i, j, ...]} (1-based,
-    strictly increasing). ``without_embeddings``: every layer warm, the embeddings random (Table 6's "- embeddings
-    from checkpoint")."""
+    strictly increasing). ``without_embeddings``: every layer warm, the word-embedding matrix random (Table 6's "-
+    embeddings from checkpoint", §5; positions and the embedding LayerNorm come from the checkpoint)."""
     kinds = ("embeddings_only", "without_embeddings", "first_k", "layers")
     if value is None:
         return None
@@ -210,6 +211,13 @@ def _model_override_checks() -> dict[str, v.Check]:
     return checks
 
 
+def model_size_text(value: Any, path: str) -> str | None:
+    if value is None or (isinstance(value, str) and SIZE_PATTERN.fullmatch(value)):
+        return value
+    raise v.Invalid(path, "expected null or a model size L<layers>-H<hidden> (encoder+decoder: "
+                          f"L<l>-H<h>+L<l>-H<h>), got {v.short_repr(value)}")
+
+
 def bf16_setting(value: Any, path: str) -> bool | str:
     if value is True or value is False or value == "auto":
         return value
@@ -267,7 +275,7 @@ class TrainConfig:
     warmup_steps: int = setting(40_000, lo=0, hi=MAX_STEPS)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
-    # §4: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings, lr = relative step cap)
+    # the paper's setup: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings)
     optimizer: str = setting("adam", choices=("adam", "adafactor"), what="optimizer", omit_default=True)
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
@@ -303,8 +311,8 @@ class TrainConfig:
 class DecodeConfig:
     """Beam search on the test sets (bertgen.generation). Beam, penalty and length are the task table's."""
 
-    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (§4: 4, written in bertgen.generation.NUM_BEAMS)
-    length_penalty: float = setting(lo=0.0)  # the task table's (§4: α = 0.6, bertgen.generation.LENGTH_PENALTY)
+    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (4: the paper's for WMT, §4.3; ours elsewhere)
+    length_penalty: float = setting(lo=0.0)  # the task table's (α = 0.6: the paper's for WMT, §4.3; ours elsewhere)
     max_new_tokens: int = setting(lo=1, hi=MAX_MODEL_SIZE)  # the task table's max_target_length
     length_penalty_style: str = setting(LENGTH_PENALTY_STYLE, choices=LENGTH_PENALTY_STYLES,
                                         what="length penalty style")
@@ -330,9 +338,12 @@ class CellConfig:
     # 1-based as in the paper); null: all
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
-    # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").
+    # "self_attention" (a copy of the layer's own self-attention; docs/investigations.md: "Why the decoder ignored the encoder").
     cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
                                         omit_default=True)
+    # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
+    # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
+    size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)
     # A vocabulary the harness trains on the cell's training data for both sides, {train: wordpiece | sentencepiece,
     # size: N} (Table 4's 32k WMT wordpiece Transformer, Table 6's 16k SentencePieces; experiments.vocabulary); the
     # checkpoints' word embeddings are then not used. null: the checkpoints' vocabularies (the paper's schemes).

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 import yaml
 
-from bertgen.checkpoint import CheckpointError, read_config_dict, resolve_checkpoint_dir
+from bertgen.checkpoint import CheckpointError
 from bertgen.modeling_encoder_decoder import EncoderDecoderModel
-from bertgen.tokenization import load_tokenizer
+from bertgen.tokenization import TokenizerError, load_tokenizer
 
 from . import checkpointing
 from . import validate as v
@@ -48,10 +48,12 @@ from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
 from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
+from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
+                                   selected_checkpoint)
 from .grid_doc import GridError
 from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
-from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri
+from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri, sqlite_path
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
@@ -112,14 +114,7 @@ class LoadedModel:
 def load_released(checkpoint: str, revision: str | None = None) -> LoadedModel:
     """An HF-layout encoder-decoder and the tokenizer saved beside it (one vocabulary for both sides, as in every
     released model of the paper)."""
-    try:
-        directory = resolve_checkpoint_dir(checkpoint, revision=revision)
-        raw = read_config_dict(directory)
-    except (OSError, CheckpointError, ValueError) as err:
-        raise EvaluationError(str(err) if checkpoint in str(err) else f"{checkpoint}: {err}") from None
-    if raw.get("model_type") != "encoder-decoder":
-        raise EvaluationError(f"{directory / 'config.json'}: model_type {raw.get('model_type')!r}: expected an "
-                              "encoder-decoder checkpoint (or a trained cell's directory with cell.json)")
+    directory, raw = released_config(checkpoint, revision)
     model = EncoderDecoderModel.from_pretrained(directory)
     tokenizer = load_tokenizer(directory)
     set_generation_ids(model, directory, raw, tokenizer)
@@ -158,14 +153,10 @@ def set_generation_ids(model: Any, directory: Path, raw: dict[str, Any], tokeniz
 def load_cell(directory: Path, select: str) -> LoadedModel:
     """A trained cell's model (its scheme rebuilt, then ``checkpoints/<select>``'s weights) and tokenizers."""
     cell = read_cell(directory)
-    found = checkpointing.find_checkpoint(directory / "checkpoints" / select)
-    if found is None:
-        have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
-        raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
-                              f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
+    found = selected_checkpoint(directory, select)
     # a cell with a trained vocabulary (cell setting vocab) keeps a copy of it in its directory (experiments.train)
     vocabulary = directory / "vocabulary" if cell.vocab is not None else None
-    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell, vocabulary)
+    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell, vocabulary=vocabulary)
     checkpointing.load_model_weights(found, model)
     return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,
                        {"evaluated": str(directory), "scheme": cell.scheme, "cell_id": cell.cell_id or "",
@@ -459,14 +450,23 @@ def main(argv: list[str] | None = None) -> int:
             raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
         output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
         uri = args.tracking_uri or resolve_tracking_uri((doc.get("mlflow") or {}).get("tracking_uri"), output_root)
+        if (db := sqlite_path(uri)) is not None and not db.is_absolute():
+            uri = f"sqlite:///{db.absolute()}"  # as MLflow reads it here; jobs elsewhere read the same file
         experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
-        output_root.mkdir(parents=True, exist_ok=True)
+        # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
         check_tracking(uri)
-    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
+        out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
+        check_writable(output_root, "--output-root")
+        for config, out_dir in zip(configs, out_dirs):
+            check_writable(out_dir, "--output-dir")
+            check_test_data(config)
+            check_checkpoint(config)
+        output_root.mkdir(parents=True, exist_ok=True)
+    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable, CheckpointError, TokenizerError) as err:
+        print(f"error: {v.short_text(err, None)}", file=sys.stderr)
         return EXIT_REFUSED
-    jobs = [EvaluationJob(config, str(args.output_dir or default_output_dir(config, output_root)), uri, experiment,
-                          args.force, args.device) for config in configs]
+    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, args.device)
+            for config, out_dir in zip(configs, out_dirs)]
     if args.executor != "debug":
         executor = _executor(args.executor, doc, output_root / "submitit" / "evaluate")
         submitted = [executor.submit(job) for job in jobs]

@@ -194,9 +194,7 @@ class Preflight:
         spec = cell["data"].get(split)
         if spec is None:
             return None
-        files = [Path(spec).expanduser()] if isinstance(spec, str) else [
-            Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
-        if any(self._pending_smoke(f) for f in files):
+        if any(self._pending_smoke(f) for f in spec_files(spec)):
             return None
         fraction = cell["data_fraction"] if split == "train" else None
         limit = cell["max_examples"].get(split)
@@ -204,11 +202,7 @@ class Preflight:
         if key not in self.data:
             field = f"data.{split}"
             try:
-                for file in files:
-                    _check_utf8(file)
-                with _bounded(spec) as readable:
-                    self.data[key] = load_split(cell["task"], split, readable, seed=0, data_fraction=fraction,
-                                                max_examples=limit)
+                self.data[key] = load_local_split(cell["task"], split, spec, fraction, limit)
             except (ValueError, OSError) as err:
                 raise self.fail(field, _expecting(short_text(err, None), f"{split} examples of task {cell['task']} "
                                                          "with the columns the data spec names"), cell) from None
@@ -265,6 +259,23 @@ def check_cells(grid: Grid, cells: list[dict]) -> list[str]:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
+def spec_files(spec: Any) -> list[Path]:
+    """The local files a data spec names (a path, or a mapping with path / source_path / target_path)."""
+    return [Path(spec).expanduser()] if isinstance(spec, str) else [
+        Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
+
+
+def load_local_split(task: str, split: str, spec: Any, data_fraction: float | None = None,
+                     max_examples: int | None = None) -> Any:
+    """A split from local files, read as the cell will read it (``load_split``) after its files are checked for
+    UTF-8 over their whole length; a file over FULL_READ_BYTES is loaded on its first HEAD_LINES lines. Raises
+    ValueError or OSError (one line each)."""
+    for file in spec_files(spec):
+        _check_utf8(file)
+    with _bounded(spec) as readable, _quiet_datasets():
+        return load_split(task, split, readable, seed=0, data_fraction=data_fraction, max_examples=max_examples)
+
+
 def _check_utf8(path: Path) -> None:
     """The whole file decodes as UTF-8 (streamed: constant memory, any size); same message as experiments.data."""
     if not path.is_file():

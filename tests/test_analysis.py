@@ -109,7 +109,8 @@ def build_synthetic_store(root: Path) -> str:
     - discofuse bertShare 100 %: seeds 1-3, Exact 60/62/64 % (60/62/64 of 100 exact copies)
     - discofuse rnd2rnd 100 %: seeds 1-2, Exact 20/21 %; plus a second group (other lr) with worse dev scores
     - discofuse gpt 10 %: one seed, logged scores only (no predictions: no CI)
-    - discofuse bertShare first_10 (init_layers.first_k=10): one seed (Table 6)
+    - discofuse bertShare first_10 (init_layers.first_k=10 of bert-large-cased: a 10-layer, 1024-wide model): one seed
+      (Table 6)
     - discofuse bertShare and gpt without checkpoint embeddings (init_layers.without_embeddings=true): one seed each
       (Table 6's "- embeddings from checkpoint" row)
     - xsum bertShare: one seed, the four XSUM_PREDICTIONS
@@ -138,7 +139,8 @@ def build_synthetic_store(root: Path) -> str:
         fusion("rnd2rnd", seed, n_correct, dev=[(100, 3.0), (200, 2.5)])
     fusion("rnd2rnd", 1, 90, params={**base, "train.lr": "0.5"}, dev=[(100, 3.5), (200, 2.9)])  # worse on dev
     fusion("gpt", 1, 50, params={**base, "data_fraction": "0.1"}, with_predictions=False)
-    fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05"})
+    fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05",
+                                       "checkpoints.bert": "bert-large-cased"})
     for scheme, n_correct in (("bertShare", 45), ("gpt", 30)):
         fusion(scheme, 1, n_correct,
                params={"data_fraction": "1.0", "init_layers.without_embeddings": "true", "train.lr": "0.05"})
@@ -200,7 +202,11 @@ def test_paper_numbers_map_every_row_to_canonical_keys():
     assert paper.paper_value(4, "bert2rnd", "base", "custom_ende_vocab", "wmt14_de_en", "newstest2016", 1.0,
                              "bleu_uncased") == 40.2
     assert paper.paper_value(5, "robertaShare", "large", "full", "xsum", "test", 1.0, "rougeL") == 33.9
-    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0, "sari") == 89.1
+    # 10 of BERT-Large's layers: a 10-layer, 1024-wide model, keyed by that size (experiments.model_size; issue 20)
+    assert paper.paper_value(6, "bertShare", "L10-H1024", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
+                             "sari") == 89.1
+    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
+                             "sari") is None
     assert paper.paper_value(7, "Gold", "base", "full", "xsum", "test", 1.0, "repetition") == 4.66
     assert paper.paper_value(3, "gpt", "base", "full", "wikisplit", "test", 1.0, "sari") == 61.1
     assert paper.paper_value(2, "gpt", "base", "full", "discofuse", "test", 0.5, "sari") is None
@@ -396,7 +402,7 @@ def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
     nt2014 = cell(tables[4], "bertShare", "ende_2014")
     assert nt2014.paper == 29.6 and np.isfinite(nt2014["mean"])
     assert np.isnan(cell(tables[4], "bertShare", "deen_2014")["mean"])
-    first10 = cell(tables[6], "bertShare: first 10 layers", "sari")
+    first10 = cell(tables[6], "bertShare (L10-H1024): first 10 layers", "sari")  # its size (issue 20)
     assert first10.paper == 88.2 and first10["n"] == 1 and np.isfinite(first10["mean"])
     assert cell(tables[6], "bertShare", "sari")["n"] == 3
     for scheme, n_correct, paper_sari in (("bertShare", 45, 87.5), ("gpt", 30, 77.0)):  # "- embeddings" row

@@ -247,13 +247,15 @@ def test_bad_evaluation_requests_are_refused_in_one_line(argv, message, tmp_path
     assert message in err and err.count("\n") == 1
 
 
-def test_a_directory_that_is_not_an_encoder_decoder_fails_with_the_reason(tmp_path, capsys):
+def test_a_directory_that_is_not_an_encoder_decoder_is_refused_with_the_reason(tmp_path, capsys):
+    """Refused before anything is written (issue 24: it used to start a run that failed, exit 1)."""
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    code, out, _ = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
+    code, _, err = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
                         f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
-    assert code == ev.EXIT_FAILED
-    assert "model_type 'bert': expected an encoder-decoder checkpoint" in out
+    assert code == ev.EXIT_REFUSED
+    assert "model_type 'bert': expected an encoder-decoder checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "db.sqlite").exists()
 
 
 def test_a_grid_that_changes_only_decoding_re_decodes_its_finished_cell(tmp_path_factory, tmp_path, capsys,

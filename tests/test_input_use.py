@@ -1,7 +1,7 @@
 """Does a trained model read its input? The measurements of experiments.diagnostics, the trivial baselines scores are
 read against, and a real-data quality check: with the CPU study's settings (grids/mini_wikisplit.yaml) a model
 warm-started from the real MiniLM BERT must learn to copy real WikiSplit sentences within a bounded number of updates.
-That last test is what would have caught the decoder that ignored its encoder (README: "Why the decoder ignored the
+That last test is what would have caught the decoder that ignored its encoder (docs/investigations.md: "Why the decoder ignored the
 encoder"): with the paper's random cross-attention it fails."""
 
 from __future__ import annotations
