@@ -22,22 +22,15 @@ from .table_specs import NOT_RUN_METRICS, not_run_reason
 
 PAPER_GRID = Path(__file__).resolve().parents[1] / "grids" / "paper.yaml"
 TABLES = tuple(range(2, 8))
-# The paper's 24-layer checkpoints. A cell does not carry its model size yet (issue 20, part 1: derived from the
-# checkpoints' configs), so a cell that reads one of these at its full depth counts as a 24L cell here; one that keeps
-# only some of its layers (§5's first 10 / CMA-ES layers of BERT-large) is the 12L-row ablation the paper reports.
-LARGE_CHECKPOINTS = frozenset({"bert-large-cased", "roberta-large"})
 
 
 def cell_row_key(cell: dict) -> tuple[str, str, str, str, float]:
     """(scheme, size, variant, task, data fraction) of a grid cell (its JSON form), as the tables key its runs: the
-    cell's params read by ``schema.run_fields``, which is how its MLflow run will be read."""
+    cell's params (its size and budget among them) read by ``schema.run_fields``, which is how its MLflow run will be
+    read."""
     fields = schema.run_fields("grid cell", {schema.TAG_TASK: cell["task"], schema.TAG_SCHEME: cell["scheme"]},
                                flatten(cell))
-    size = fields.size
-    full_depth = not any(kind in (cell.get("init_layers") or {}) for kind in ("first_k", "layers"))
-    if size == schema.DEFAULT_SIZE and full_depth and LARGE_CHECKPOINTS & set((cell.get("checkpoints") or {}).values()):
-        size = "large"
-    return fields.scheme, size, fields.variant, fields.task, round(fields.data_fraction, 9)
+    return fields.scheme, fields.size, fields.variant, fields.task, round(fields.data_fraction, 9)
 
 
 def coverage(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -66,11 +66,12 @@ BASELINE_LABELS = {
     "Edunov et al. (2018)* [back-translation; 33.8 in parentheses]": "Edunov et al. (2018)*",
 }
 # Table 4's "Transformer (ours)" rows: our rnd2rnd cells of grids/translation.yaml (a random model with Transformer-base
-# widths) that name the variant (experiments.config.CellConfig.variant) → (scheme, variant).
+# widths) that name the variant (experiments.config.CellConfig.variant) → (scheme, variant, size). The paper states
+# the depths; the width (512) is our choice, written in the grid.
 TRANSFORMER_ROWS = {
-    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": ("rnd2rnd", "transformer_wmt_vocab"),
+    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": ("rnd2rnd", "transformer_wmt_vocab", "L6-H512"),
     "Transformer (ours) [row in block: Initialized with public checkpoints (12 layers) and vocabulary]":
-        ("rnd2rnd", "transformer_public_vocab"),
+        ("rnd2rnd", "transformer_public_vocab", "L12-H512"),
 }
 
 METRICS = {
@@ -133,8 +134,8 @@ def variant_label(variant: str) -> str:
 def _system(model: str) -> tuple[str, str, str]:
     """``(system, size, variant)`` of a paper row's ``model`` string."""
     if model in TRANSFORMER_ROWS:
-        scheme, variant = TRANSFORMER_ROWS[model]
-        return scheme, schema.DEFAULT_SIZE, variant
+        scheme, variant, size = TRANSFORMER_ROWS[model]
+        return scheme, size, variant
     match = _SCHEME_MODEL.match(model.strip())
     if match and schema.canonical_scheme(match["scheme"]) in schema.SCHEMES:
         inside = match["inside"]

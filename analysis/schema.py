@@ -327,6 +327,8 @@ def run_size(params: Mapping[str, Any], task: str, scheme: str) -> str:
         return size
     steps, batch = (_as_seed(_first(params, (name,))) for name in (STEPS_PARAM, BATCH_PARAM))
     paper_steps, paper_batch = budget
+    if paper_steps is not None:  # steps that train only the new parameters come before the paper's (Table 6's
+        paper_steps += _as_seed(_first(params, (FREEZE_PARAM,))) or 0  # "freeze 100k steps, then 300k")
     departs = [f"{steps} steps" if steps is not None and paper_steps is not None and steps != paper_steps else "",
                f"batch {batch}" if batch is not None and batch != paper_batch else ""]
     departs = [d for d in departs if d]
