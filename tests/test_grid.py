@@ -270,7 +270,7 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
         assert six["model"] == {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8,
                                 "intermediate_size": 2048}
         assert "vocab" not in transformer["wmt14_en_de", "transformer_public_vocab"]
-        assert cell_label(six).endswith("num_hidden_layers=6/vocab=wordpiece32000/variant=transformer_wmt_vocab")
+        assert cell_label(six).endswith("num_hidden_layers=6/L6-H512/vocab=wordpiece32000/variant=transformer_wmt_vocab")
 
 
 def test_paper_grid_covers_every_cell_of_the_other_grids():
