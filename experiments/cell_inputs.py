@@ -24,6 +24,7 @@ from .tasks import STANDARD_SPLITS
 from .vocabulary import ensure_vocabulary, split_texts
 
 PREDICTIONS_FILE = "predictions.jsonl"
+VOCABULARY_DIR = "vocabulary"  # in a cell's folder: a copy of its trained vocabulary (cell setting vocab)
 
 
 # -- settings --------------------------------------------------------------------------------------------------
@@ -107,6 +108,12 @@ def cell_vocabulary(cell: CellConfig, task, out_dir: Path) -> tuple[Path, bool]:
                      max_examples=cell.max_examples.train)
     identity = f"{task.name}:{raw._fingerprint}"
     return ensure_vocabulary(split_texts(raw), identity, dict(cell.vocab), cache_dir(cell, out_dir, "vocab"))
+
+
+def trained_vocabulary_copy(cell: CellConfig, directory: Path) -> Path | None:
+    """The copy of its trained vocabulary a trained cell keeps in its folder (what rebuilding its model reads), or
+    None for a cell with the checkpoints' vocabularies."""
+    return Path(directory) / VOCABULARY_DIR if cell.vocab is not None else None
 
 
 def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_target: int, cache_dir: Path):

@@ -40,9 +40,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
-from .cell_inputs import (MicroBatchCollator, RankBatches, build_cell_model, cache_dir, cell_vocabulary,
-                          extra_test_splits, lengths, length_limits, load_cell_data, predictions_file, seed_everything,
-                          uncased)
+from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_cell_model, cache_dir,
+                          cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
+                          seed_everything, uncased)
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use
@@ -66,7 +66,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
 BEST = "best"
 DEV_PREDICTIONS_FILE = "dev_predictions.jsonl"
-VOCABULARY_DIR = "vocabulary"  # a copy of the cell's trained vocabulary (cell setting vocab), read by evaluate
 INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
 

@@ -354,6 +354,9 @@ def test_cell_with_a_trained_vocabulary_trains_it_once_and_decodes_with_it(asset
     (tmp_path / "first" / "cell.json").write_text(json.dumps(cell))  # what the job writes beside the run
     loaded = load_cell(tmp_path / "first", "last")  # experiments.evaluate rebuilds it from the cell's copy
     assert loaded.input_tokenizer.vocab_size == 64
+    from experiments.evaluation_preflight import check_cell_weights
+
+    check_cell_weights(tmp_path / "first", "last")  # the evaluation's pre-flight builds it the same way
 
     second = RecordingLogger()
     train_cell({**cell, "seed": 4}, tmp_path / "second", second)
