@@ -85,6 +85,12 @@ STEPS_PARAM, BATCH_PARAM = "train.steps", "train.batch_size"
 # null | {"embeddings_only": true} | {"without_embeddings": true} | {"first_k": k} | {"layers": [...]}
 INIT_LAYERS_PARAM = "init_layers"
 VARIANT_TAGS = ("variant", "ablation")
+# A cell's own name for the paper row it fills (experiments.config.CellConfig.variant: Table 4's Transformer baselines).
+VARIANT_PARAM = "variant"
+# A cell with a vocabulary the harness trained (experiments.config.CellConfig.vocab) is a variant of its scheme:
+# Table 6's "+ task specific SentencePieces" (task_sentencepiece) and, with the warm-started parameters frozen first
+# (train.freeze_warm_started_steps), "+ pre-training SentencePieces" (pretrain_sentencepiece); task_wordpiece else.
+VOCAB_TRAIN_PARAM, FREEZE_PARAM = "vocab.train", "train.freeze_warm_started_steps"
 # A cell that departs from the paper's random cross-attention (experiments.config.CellConfig.cross_attention_init)
 # is a variant of its scheme, "xattn_<init>" (joined to an init_layers variant with "+").
 CROSS_ATTENTION_PARAM = "cross_attention_init"
@@ -237,6 +243,27 @@ def init_layers_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
                      "first_k or layers")
 
 
+def vocabulary_variant(params: Mapping[str, Any]) -> str:
+    """Variant name of a cell's trained vocabulary (:data:`VOCAB_TRAIN_PARAM`), ``full`` without one."""
+    train = _first(params, (VOCAB_TRAIN_PARAM,))
+    if train is None:
+        return DEFAULT_VARIANT
+    frozen = _first(params, (FREEZE_PARAM,))
+    if str(train).strip('"') == "sentencepiece" and frozen is not None and float(frozen) > 0:
+        return "pretrain_sentencepiece"
+    return f"task_{str(train).strip(chr(34))}"
+
+
+def cell_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
+    """A cell's variant from its params: its own ``variant`` if it names one, else its init_layers ablation and its
+    trained vocabulary (joined with "+" when it has both)."""
+    named = _first(params, (VARIANT_PARAM,))
+    if named is not None:
+        return canonical_variant(str(named).strip('"'))
+    parts = [p for p in (init_layers_variant(params, run_id), vocabulary_variant(params)) if p != DEFAULT_VARIANT]
+    return "+".join(parts) or DEFAULT_VARIANT
+
+
 def group_key(params: Mapping[str, Any]) -> str:
     """Identity of a cell's sweep group: every param except the seed and the cosmetic ones, as sorted text."""
     kept = sorted((k, str(v)) for k, v in params.items() if k not in NON_GROUP_PARAMS and v is not None
@@ -305,6 +332,8 @@ def run_size(params: Mapping[str, Any], task: str, scheme: str) -> str:
         return size
     steps, batch = (_as_seed(_first(params, (name,))) for name in (STEPS_PARAM, BATCH_PARAM))
     paper_steps, paper_batch = budget
+    if paper_steps is not None:  # steps that train only the new parameters come before the paper's (Table 6's
+        paper_steps += _as_seed(_first(params, (FREEZE_PARAM,))) or 0  # "freeze 100k steps, then 300k")
     departs = [f"{steps} steps" if steps is not None and paper_steps is not None and steps != paper_steps else "",
                f"batch {batch}" if batch is not None and batch != paper_batch else ""]
     departs = [d for d in departs if d]
@@ -387,7 +416,7 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) not in RELEASED_VARIANTS:
         return None
     tagged_variant = _first(tags, VARIANT_TAGS)
-    variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)
+    variant = canonical_variant(tagged_variant) if tagged_variant else cell_variant(params, run_id)
     cross_attention = params.get(CROSS_ATTENTION_PARAM)
     harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
     warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (

@@ -37,7 +37,7 @@ import pandas as pd
 from experiments.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
-from .table_specs import BASELINE_ROWS, GOLD, TABLES, Column, Row, TableSpec
+from .table_specs import BASELINE_ROWS, GOLD, NOT_RUN_NOTE, TABLES, Column, Row, TableSpec, not_run_reason
 # Rendering (markdown, LaTeX, CSV) lives in analysis.table_render; render and wide are imported from here too.
 from .table_render import DEFAULT_FORMAT, FORMATS, SIG_MARK, SUFFIX, render, wide  # noqa: F401
 
@@ -60,7 +60,7 @@ class TableResult:
 CELL_COLUMNS = (
     "table", "row", "system", "size", "variant", "column", "column_label", "task", "testset", "data_fraction",
     "metric", "mean", "sd", "n", "ci_low", "ci_high", "ci_point", "n_examples", "paper", "diff", "is_best",
-    "p_vs_best", "mark", "run_ids", "groups_matching",
+    "p_vs_best", "mark", "run_ids", "groups_matching", "not_run",
 )  # fmt: skip
 
 
@@ -185,7 +185,8 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
     # The full schemes, the same schemes trained with another cross-attention init, and the released checkpoints
     # evaluated without training (rows of their own, marked).
     setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
-    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | runs.variant.isin(schema.RELEASED_VARIANTS)]
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | runs.variant.isin(schema.RELEASED_VARIANTS)
+                | runs.variant.isin(spec.variants)]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:
@@ -367,6 +368,9 @@ def _record(spec: TableSpec, row: Row, col: Column, *, value: float | None = Non
         ci_point=interval.point if interval else float("nan"), n_examples=interval.n_examples if interval else 0,
         paper=paper_value, diff=mean - paper_value, is_best=False, p_vs_best=float("nan"), mark="",
         run_ids=",".join(run_ids), groups_matching=groups,
+        # why no cell runs this row (table_specs.NOT_RUN_REASONS), printed in place of ours
+        not_run=(not_run_reason(spec.number, row.system, row.size, row.variant, col.metric) or "")
+        if value is None else "",
     )
 
 
@@ -450,6 +454,8 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
             _mark_significance(by_column[col.key], col, alpha, n_boot)
     notes += closing_notes(store, caught, n_boot, alpha, "column's best")
     records = [c.record for col in spec.columns for c in by_column[col.key]]
+    if any(record["not_run"] for record in records):
+        notes.append(NOT_RUN_NOTE)
     return TableResult(spec, pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS)), notes, n_boot, alpha)
 
 

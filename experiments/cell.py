@@ -132,6 +132,12 @@ def cell_label(cell: dict) -> str:
         parts.append(f"opt={cell['train']['optimizer']}")
     if cell.get("size") and cell["size"] != _PAPER_BASE_SIZE:  # 24 layers, a tiny or MiniLM model: say so
         parts.append(cell["size"])
+    if cell.get("vocab"):  # a vocabulary the harness trains (Table 4's Transformer, Table 6's SentencePieces)
+        parts.append(f"vocab={cell['vocab']['train']}{cell['vocab']['size']}")
+    if (cell.get("train") or {}).get("freeze_warm_started_steps"):
+        parts.append(f"freeze={cell['train']['freeze_warm_started_steps']}")
+    if cell.get("variant"):
+        parts.append(f"variant={cell['variant']}")
     return "/".join(parts)
 
 

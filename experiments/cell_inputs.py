@@ -21,8 +21,10 @@ from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
 from .model_size import built_size
 from .tasks import STANDARD_SPLITS
+from .vocabulary import ensure_vocabulary, split_texts
 
 PREDICTIONS_FILE = "predictions.jsonl"
+VOCABULARY_DIR = "vocabulary"  # in a cell's folder: a copy of its trained vocabulary (cell setting vocab)
 
 
 # -- settings --------------------------------------------------------------------------------------------------
@@ -50,14 +52,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig, device: str | None = None):
+def build_cell_model(cell: CellConfig, device: str | None = None, vocabulary: Path | None = None):
     """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
     vocabulary). ``device="meta"``: no weights read, for checks of shapes. A cell whose checkpoints no longer have
-    the size its grid recorded is refused."""
+    the size its grid recorded is refused. ``vocabulary``: the directory of the cell's trained vocabulary
+    (:func:`cell_vocabulary`), which a cell with ``vocab`` set must pass."""
     checkpoints = cell.checkpoints
+    if (cell.vocab is None) != (vocabulary is None):
+        raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
+                         "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
+    own = {"vocabulary": vocabulary} if vocabulary is not None else {}
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device,
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device, **own,
                   **cell.model)
     if cell.size is not None and built_size(built.model) != cell.size:
         raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints now "
@@ -100,9 +107,30 @@ def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
     return model.fit_lengths(task.max_source_length, task.max_target_length)
 
 
-def cache_dir(cell: CellConfig, out_dir: Path) -> Path:
+def cache_dir(cell: CellConfig, out_dir: Path, kind: str = "tokenized") -> Path:
+    """Where the cell's ``kind`` of cache goes (tokenised splits, trained vocabularies): ``<output_root>/cache/<kind>``,
+    shared by every cell of the output root, else the cell's own folder."""
     root = cell.output_root
-    return (Path(root) / "cache" / "tokenized") if root else (out_dir / "cache")
+    if root:
+        return Path(root) / "cache" / kind
+    return out_dir / "cache" if kind == "tokenized" else out_dir / "cache" / kind
+
+
+def cell_vocabulary(cell: CellConfig, task, out_dir: Path) -> tuple[Path, bool]:
+    """(directory, trained now) of the vocabulary ``cell.vocab`` asks for, trained on the source and target texts of
+    the cell's training split as the cell loads it (data_fraction and max_examples applied), or reused from the cache
+    (``<output_root>/cache/vocab``; experiments.vocabulary) when one was trained on the same data with the same
+    settings."""
+    raw = load_split(task, "train", cell.data.train, seed=0, data_fraction=cell.data_fraction,
+                     max_examples=cell.max_examples.train)
+    identity = f"{task.name}:{raw._fingerprint}"
+    return ensure_vocabulary(split_texts(raw), identity, dict(cell.vocab), cache_dir(cell, out_dir, "vocab"))
+
+
+def trained_vocabulary_copy(cell: CellConfig, directory: Path) -> Path | None:
+    """The copy of its trained vocabulary a trained cell keeps in its folder (what rebuilding its model reads), or
+    None for a cell with the checkpoints' vocabularies."""
+    return Path(directory) / VOCABULARY_DIR if cell.vocab is not None else None
 
 
 def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_target: int, cache_dir: Path):

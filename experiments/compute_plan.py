@@ -196,6 +196,13 @@ def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape 
     from .cell_inputs import length_limits
     from .tasks import get_task
 
+    if cell.get("vocab"):  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
+        size = cell["vocab"]["size"]
+        configs = {family: {**config, "vocab_size": size,
+                            **{name: min(config[name], size - 1) for name in ("bos_token_id", "eos_token_id",
+                                                                            "pad_token_id")
+                               if isinstance(config.get(name), int)}}
+                   for family, config in configs.items()}
     key = json.dumps([cell["scheme"], cell["task"], configs, cell.get("model") or {}], sort_keys=True, default=str)
     if key not in _SHAPES:
         try:

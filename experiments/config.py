@@ -22,6 +22,7 @@ penalty, target length) are the task table's (:mod:`experiments.tasks`) and fill
 from __future__ import annotations
 
 import contextvars
+import re
 import copy
 import dataclasses
 import importlib.util
@@ -41,6 +42,7 @@ from .data import FORMATS, SPEC_KEYS
 from .data_archive import archive_for  # data on no hub: the archive its authors published
 from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
+from .vocabulary import MAX_SIZE as MAX_VOCAB_SIZE, MIN_SIZE as MIN_VOCAB_SIZE, TRAINERS as VOCAB_TRAINERS
 
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
@@ -179,6 +181,18 @@ def init_layers(value: Any, path: str) -> Any:
     return {kind: list(item)}
 
 
+def vocab_setting(value: Any, path: str) -> Any:
+    """null (the checkpoints' own vocabularies) | {train: wordpiece | sentencepiece, size: <ids>}: a vocabulary the
+    harness trains on the cell's training data (experiments.vocabulary) for both sides of the model."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"train", "size"}:
+        raise v.Invalid(path, f"expected null or a mapping with train ({' or '.join(VOCAB_TRAINERS)}) and size, got "
+                              f"{v.short_repr(value)}")
+    return {"train": v.choice(tuple(VOCAB_TRAINERS), what="vocabulary trainer")(value["train"], v.join(path, "train")),
+            "size": v.integer(MIN_VOCAB_SIZE, hi=MAX_VOCAB_SIZE)(value["size"], v.join(path, "size"))}
+
+
 def _model_override_checks() -> dict[str, v.Check]:
     """Size overrides: the config fields bertgen.schemes.build can change on every stack (BERT and GPT-2 alike),
     typed from BertGenerationConfig's annotations."""
@@ -282,11 +296,17 @@ class TrainConfig:
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
     # Log the training curve every this many steps (null: min(50, eval_every / 5)).
     log_every: int | None = setting(None, lo=1, hi=MAX_STEPS, cosmetic=True, omit_default=True)
+    # Table 6's "pre-training SentencePieces": the parameters warm-started from a checkpoint get no update (and no
+    # optimizer state) for this many steps, so the new ones (a new vocabulary's embeddings) learn first; 0: none.
+    freeze_warm_started_steps: int = setting(0, lo=0, hi=MAX_STEPS, omit_default=True)
 
     def cross_check(self, path: str) -> None:
         if self.batch_size < self.grad_accum:
             raise v.Invalid(v.join(path, "batch_size"), f"expected at least train.grad_accum={self.grad_accum} "
                                                         f"examples, got {self.batch_size}")
+        if self.freeze_warm_started_steps >= self.steps:
+            raise v.Invalid(v.join(path, "freeze_warm_started_steps"),
+                            f"expected fewer than train.steps={self.steps} steps, got {self.freeze_warm_started_steps}")
 
 
 @dataclass(frozen=True)
@@ -326,6 +346,15 @@ class CellConfig:
     # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
     # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
     size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)
+    # A vocabulary the harness trains on the cell's training data for both sides, {train: wordpiece | sentencepiece,
+    # size: N} (Table 4's 32k WMT wordpiece Transformer, Table 6's 16k SentencePieces; experiments.vocabulary); the
+    # checkpoints' word embeddings are then not used. null: the checkpoints' vocabularies (the paper's schemes).
+    vocab: dict | None = setting(None, check=vocab_setting, omit_default=True)
+    # The paper's row this cell fills when its scheme and settings alone do not name it (Table 4's "Transformer
+    # (ours)" baselines are rnd2rnd cells: transformer_base); the tables key the row by it. Not in the cell id.
+    variant: str | None = setting(None, check=v.text(nullable=True, pattern=re.compile(r"[a-z0-9_]+"),
+                                                     what="a variant name of a-z, 0-9 and _", max_len=100),
+                                  cosmetic=True, omit_default=True)
     cell_id: str | None = setting(None, cosmetic=True, grid=False)  # filled by the grid: experiments.cell
     grid: str = setting("", cosmetic=True, grid=False)  # the grid that produced it
     output_root: str = setting("", cosmetic=True, grid=False)  # the cell writes under experiments.cell.cell_dir

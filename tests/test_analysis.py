@@ -579,6 +579,54 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
     assert [list(line.get_ydata()) for line in lines if line.get_label().startswith("bert2bert")] == [[0.0, 4.5]]
 
 
+def test_transformer_baselines_sentencepiece_rows_and_10pct_embeddings_only_sit_beside_the_papers_numbers(tmp_path):
+    """The cells issue 20 added, as their runs log them: Table 4's Transformer baselines (rnd2rnd cells naming their
+    variant) in their own rows beside 28.1 / 23.7, never in rnd2rnd's; Table 6's SentencePiece rows from the cells'
+    vocab and freeze settings beside 87.5 / 88.0; the 10 % embeddings-only run in Table 6's 10 % column; the custom
+    En+De BERT rows say why they are empty."""
+    from analysis.runs import RunStore
+    from analysis.tables import build_table, render
+
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "systems")
+    base = {"data_fraction": "1.0", "init_layers": "null"}
+    spm = {**base, "vocab.train": "sentencepiece", "vocab.size": "16000", "train.steps": "300000"}
+    for task, scheme, params, score in (
+            ("wmt14_en_de", "rnd2rnd", {**base, "variant": "transformer_wmt_vocab", "vocab.train": "wordpiece",
+                                        "vocab.size": "32000", "size": "L6-H512"}, 27.0),
+            ("wmt14_en_de", "rnd2rnd", {**base, "variant": "transformer_public_vocab", "size": "L12-H512"}, 22.0),
+            ("wmt14_en_de", "rnd2rnd", base, 25.0),
+            ("discofuse", "bertShare", base, 89.0),
+            ("discofuse", "bertShare", spm, 86.0),
+            # the paper's "freeze 100k steps, then 300k": 400k steps in all are its budget for that row
+            ("discofuse", "bertShare", {**spm, "train.steps": "400000", "train.freeze_warm_started_steps": "100000"},
+             87.0),
+            ("discofuse", "bertShare", {**base, "data_fraction": "0.1", "init_layers.embeddings_only": "true"}, 80.0)):
+        metric = "bleu_uncased" if task.startswith("wmt") else "sari"
+        _log_run(client, experiment_id, parent, task=task, scheme=scheme, seed=1, params=params,
+                 metrics={metric: score}, tmp=files)
+    store = RunStore(uri)
+    table4 = build_table(4, store, n_boot=N_BOOT)
+    six = cell(table4, "rnd2rnd (L6-H512): " + paper.variant_label("transformer_wmt_vocab"), "ende_2014")
+    assert (six["mean"], six["paper"]) == (27.0, 28.1)
+    twelve = cell(table4, "rnd2rnd (L12-H512): " + paper.variant_label("transformer_public_vocab"), "ende_2014")
+    assert (twelve["mean"], twelve["paper"]) == (22.0, 23.7)
+    assert (cell(table4, "rnd2rnd", "ende_2014")["mean"], cell(table4, "rnd2rnd", "ende_2014")["paper"]) == (25.0, 26.0)
+    custom = cell(table4, "bert2rnd (24L large): custom En+De BERT, 32k vocab", "deen_2016")
+    assert custom["not_run"] == "n/a (never released)" and custom["paper"] == 41.1
+    assert "| n/a (never released) | 41.1 |" in render(table4, "markdown")
+
+    table6 = build_table(6, store, n_boot=N_BOOT)
+    task_spm = cell(table6, "bertShare: + task-specific SentencePieces", "sari")
+    pretrain = cell(table6, "bertShare: + pre-training SentencePieces", "sari")
+    assert (task_spm["mean"], task_spm["paper"], pretrain["mean"], pretrain["paper"]) == (86.0, 87.5, 87.0, 88.0)
+    assert cell(table6, "bertShare", "sari")["mean"] == 89.0
+    emb10 = cell(table6, "bertShare: embeddings only from checkpoint", "sari_10")
+    assert emb10["mean"] == 80.0 and math.isnan(emb10["paper"])
+    assert math.isnan(cell(table6, "bertShare: embeddings only from checkpoint", "sari")["mean"])
+    table7 = build_table(7, None)
+    assert set(table7.cells[table7.cells.column == "human"].not_run) == {"n/a (human eval)"}
+
+
 def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_default_and_tuned(tmp_path):
     """Section 5's GPT-2 tuning (analysis.gpt2_tuning, ``--table gpt2``): one row per setting the runs hold, the
     default first with the paper's default SARI, and a "best on dev" row (chosen on dev, not test) with its tuned SARI;
