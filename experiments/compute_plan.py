@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertgen.checkpoint import read_config_dict
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
 from .validate import short_text
@@ -122,21 +123,18 @@ def checkpoint_config(ref: str) -> dict[str, Any] | None:
     """The config.json values of a checkpoint: a known hub id, a local directory or a cached hub id (else None)."""
     if ref in KNOWN_CONFIGS:
         return dict(KNOWN_CONFIGS[ref])
-    path = Path(ref).expanduser() / "config.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-    try:  # a hub id cached locally (experiments.prefetch)
-        from huggingface_hub import try_to_load_from_cache
+    directory = Path(ref).expanduser()
+    try:
+        if not (directory / "config.json").is_file():  # a hub id cached locally (experiments.prefetch)?
+            from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(ref, "config.json")
-        if isinstance(cached, str):
-            return json.loads(Path(cached).read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - not a valid repo id, unreadable cache: unknown
+            cached = try_to_load_from_cache(ref, "config.json")
+            if not isinstance(cached, str):
+                return None
+            directory = Path(cached).parent
+        return read_config_dict(directory)
+    except Exception:  # noqa: BLE001 - no repo id, a bad config: unknown (the pre-flight says why)
         return None
-    return None
 
 
 def _dims(config: Any) -> tuple[int, int, int]:

@@ -74,6 +74,15 @@ def select(cells: list[dict], only: str | None) -> list[dict]:
     return cells if not only else [c for c in cells if cell_matches(c, only)]
 
 
+def load_selection(path: str, sets: list[str], only: str | None, check_paths: bool = True) -> tuple[Grid, list[dict]]:
+    """The grid and its cells that ``--only`` selects; a GridError (one line) when it does not load or selects none."""
+    grid = load_grid(path, sets, check_paths=check_paths)
+    cells = select(grid.cells, only)
+    if not cells:
+        raise GridError(str(path), "", f"--only {only!r}: no cell matches (the grid has {len(grid.cells)})")
+    return grid, cells
+
+
 def pick_executor(requested: str | None, grid: Grid) -> str:
     return requested or grid.executor["default"] or ("slurm" if shutil.which("sbatch") else "local")
 
@@ -537,14 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # a dry run shows the plan whatever is not there yet (warned below); a launch refuses it here
-        grid = load_grid(args.grid, args.sets, check_paths=not args.dry_run)
+        grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=not args.dry_run)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    cells = select(grid.cells, args.only)
-    if not cells:
-        print(f"error: {args.grid}: --only {args.only!r}: no cell matches (the grid has {len(grid.cells)})",
-              file=sys.stderr)
         return EXIT_REFUSED
     try:  # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
         launch_guard.check_json_files(grid, cells)

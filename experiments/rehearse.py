@@ -51,8 +51,8 @@ import torch
 from . import compute_plan, machine
 from .cell import cell_label
 from .config import DecodeConfig
-from .grid import GridError, load_grid
-from .launch import format_table, select
+from .grid import GridError
+from .launch import format_table, load_selection
 from .validate import short_text
 
 EXIT_OK, EXIT_REFUSED = 0, 2
@@ -336,15 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or (args.micro_batch is not None and args.micro_batch < 1) or args.decode_examples < 1:
         print("error: --steps, --micro-batch and --decode-examples must be at least 1", file=sys.stderr)
         return EXIT_REFUSED
-    try:
-        grid = load_grid(args.grid, args.sets, check_paths=False)
+    try:  # the rehearsal reads configs only: data files need not be there yet
+        grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=False)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    cells = select(grid.cells, args.only)
-    if not cells:
-        print(f"error: {args.grid}: --only {args.only!r}: no cell matches (the grid has {len(grid.cells)})",
-              file=sys.stderr)
         return EXIT_REFUSED
     s = grid.executor["slurm"]
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)

@@ -50,6 +50,46 @@ def tokenizer_of(kind: str, files: Path):
     return transformers.BertGenerationTokenizer(str(files / "sentencepiece" / "test_model.model"))
 
 
+def save_tiny_encoder_decoder(directory: Path, vocab_size: int, ids: dict[str, int], tied: bool, seed: int) -> None:
+    """A tiny BertGeneration encoder-decoder saved by transformers: weights larger than the 0.02 init (outputs that
+    depend on the input and vary in length), EOS made likely, the special ids in its configs."""
+    size = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64, **ids)
+    torch.manual_seed(seed)
+    encoder = transformers.BertGenerationEncoder(transformers.BertGenerationConfig(**size))
+    decoder = transformers.BertGenerationDecoder(transformers.BertGenerationConfig(
+        **size, is_decoder=True, add_cross_attention=True))
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
+                                                                           tie_encoder_decoder=tied)
+    model = transformers.EncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+        model.decoder.lm_head.bias[ids["eos_token_id"]] += 3.0
+        if tied:  # the decoder's stack holds the encoder's values (transformers 5 no longer ties them itself; a
+            # released file's two copies are equal)
+            decoder_stack = model.decoder.bert.state_dict()
+            for name, value in model.encoder.state_dict().items():
+                decoder_stack[name].copy_(value)
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = ids["bos_token_id"]
+        cfg.pad_token_id, cfg.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
+    model.save_pretrained(directory)
+
+
+def rewrite_config_as_released(directory: Path, bos_token_id: int, **extra) -> None:
+    """config.json as the released repos have it: the sub-configs' bos/eos/start ids null, only ``bos_token_id`` at
+    the top level."""
+    raw = json.loads((directory / "config.json").read_text())
+    for side in ("encoder", "decoder"):
+        raw[side].update(bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
+    for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+        raw.pop(key, None)
+    raw.update(bos_token_id=bos_token_id, **extra)
+    (directory / "config.json").write_text(json.dumps(raw, indent=2))
+
+
 def released_layout(kind: str, files: Path, directory: Path):
     """A tiny checkpoint saved by transformers in a released model's layout; returns (model, tokenizer) as
     transformers reads them back from ``directory``.
@@ -62,37 +102,9 @@ def released_layout(kind: str, files: Path, directory: Path):
     tokenizer = tokenizer_of(kind, files)
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
-    size = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64, max_position_embeddings=64, **ids)
-    torch.manual_seed(0)
-    encoder = transformers.BertGenerationEncoder(transformers.BertGenerationConfig(**size))
-    decoder = transformers.BertGenerationDecoder(transformers.BertGenerationConfig(
-        **size, is_decoder=True, add_cross_attention=True))
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
-                                                                           tie_encoder_decoder=True)
-    model = transformers.EncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
-    with torch.no_grad():  # larger weights than the 0.02 init: outputs that depend on the input and vary in length
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.3)
-        model.decoder.lm_head.bias[ids["eos_token_id"]] += 3.0
-        # tie_encoder_decoder: the decoder's stack holds the encoder's values (transformers 5 no longer ties them
-        # itself; a released file's two copies are equal)
-        decoder_stack = model.decoder.bert.state_dict()
-        for name, value in model.encoder.state_dict().items():
-            decoder_stack[name].copy_(value)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = ids["bos_token_id"]
-        cfg.pad_token_id, cfg.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
-    model.save_pretrained(directory)
+    save_tiny_encoder_decoder(directory, len(tokenizer), ids, tied=True, seed=0)
     if kind == "sentencepiece":
-        raw = json.loads((directory / "config.json").read_text())
-        for side in ("encoder", "decoder"):
-            raw[side].update(bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
-        for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
-            raw.pop(key, None)
-        raw["bos_token_id"] = ids["bos_token_id"]
-        (directory / "config.json").write_text(json.dumps(raw, indent=2))
+        rewrite_config_as_released(directory, ids["bos_token_id"])
         shutil.copy(files / "sentencepiece" / "test_model.model", directory / "spiece.model")
     else:
         shutil.copy(files / "roberta" / "roberta-base-vocab.json", directory / "vocab.json")
@@ -394,37 +406,10 @@ def card_layout(name: str, files: Path, root: Path):
         sp = transformers.BertGenerationTokenizer(str(directory / "spiece.model"))
         ids = {"bos_token_id": sp.bos_token_id, "eos_token_id": sp.eos_token_id, "pad_token_id": sp.pad_token_id}
         vocab_size = len(sp)
-    size = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64, max_position_embeddings=64, **ids)
-    torch.manual_seed(1)
-    encoder = transformers.BertGenerationEncoder(transformers.BertGenerationConfig(**size))
-    decoder = transformers.BertGenerationDecoder(transformers.BertGenerationConfig(
-        **size, is_decoder=True, add_cross_attention=True))
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
-                                                                           tie_encoder_decoder=not wmt)
-    model = transformers.EncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.3)
-        model.decoder.lm_head.bias[ids["eos_token_id"]] += 3.0
-        if not wmt:
-            decoder_stack = model.decoder.bert.state_dict()
-            for key, value in model.encoder.state_dict().items():
-                decoder_stack[key].copy_(value)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = ids["bos_token_id"]
-        cfg.pad_token_id, cfg.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
-    model.save_pretrained(directory)
-    raw = json.loads((directory / "config.json").read_text())
-    for side in ("encoder", "decoder"):
-        raw[side].update(bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
-    for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
-        raw.pop(key, None)
-    raw["bos_token_id"] = ids["bos_token_id"]
-    # without it AutoTokenizer cannot read these repos (an encoder-decoder config maps to no tokenizer class)
-    raw["tokenizer_class"] = "BertTokenizer" if wmt else "BertGenerationTokenizer"
-    (directory / "config.json").write_text(json.dumps(raw, indent=2))
+    save_tiny_encoder_decoder(directory, vocab_size, ids, tied=not wmt, seed=1)
+    # without tokenizer_class AutoTokenizer cannot read these repos (an encoder-decoder config maps to no tokenizer)
+    rewrite_config_as_released(directory, ids["bos_token_id"],
+                               tokenizer_class="BertTokenizer" if wmt else "BertGenerationTokenizer")
     card_args = ev.RELEASED[f"google/{name}"].tokenizer_args
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), **card_args)
     return directory, transformers.EncoderDecoderModel.from_pretrained(directory).eval(), tokenizer
