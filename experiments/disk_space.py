@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -83,6 +84,18 @@ def disk_full_error(err: BaseException, path: str | os.PathLike, needed: int | N
     return DiskFullError(message + (f"; {hint}" if hint else ""))
 
 
+def _release_files(err: BaseException) -> None:
+    """Drop the locals of the finished frames behind ``err`` and the errors it came from. A writer that failed
+    (torch's zip writer, from the traceback of the error that made its ``__exit__`` fail) still holds its
+    half-written file open there: deleted, its blocks stay allocated, the filesystem cannot be unmounted and the
+    free space measured next is short by its size."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
 @contextmanager
 def writing(path: str | os.PathLike, needed: int | None, what: str, hint: str = "") -> Iterator[None]:
     """Raise :class:`DiskFullError` (from the original error) when what the block writes does not fit; any other
@@ -91,6 +104,7 @@ def writing(path: str | os.PathLike, needed: int | None, what: str, hint: str = 
     try:
         yield
     except Exception as err:  # noqa: BLE001 - recognised by errno, text or free space; anything else re-raised
+        _release_files(err)
         full = disk_full_error(err, path, needed, what, hint)
         if full is None or full is err:
             raise

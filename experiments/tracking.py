@@ -317,6 +317,12 @@ class CellLogger:
         """Register a save function that :meth:`preempted` calls before the job is requeued (optional for train)."""
         self._preempt_hooks.append(fn)
 
+    def checkpointed(self) -> None:
+        """train_cell wrote a checkpoint: what was logged so far is sent now (unless the store is down and backing
+        off: then it stays queued, as in any outage). A job killed without warning (SIGKILL, a dead node) then loses
+        no metric of a step its checkpoint covers, which the resumed run would not log again."""
+        self.maybe_flush(force=True)
+
     # -- life cycle (called by CellJob) ------------------------------------------------------------------------
     def start(self, host: str, pid: int, job_tags: dict[str, str]) -> None:
         tags = {"host": host, "pid": str(pid), "git_commit": git_commit(), **environment_tags(), **job_tags}
