@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
              f"train.steps={args.steps}", "train.batch_size=8", f"train.eval_every={args.eval_every}",
              f"train.checkpoint_every={args.checkpoint_every}", f"train.log_every={args.log_every}",
              f"train.num_workers={args.num_workers}", "train.eval_examples=8", "train.dev_decode_examples=8",
-             "executor.local.parallelism=1", "executor.local.timeout_min=600"]
+             # one torch thread, as the tests' cells (the local executor gives a cell cores / parallelism threads)
+             f"executor.local.parallelism={os.cpu_count() or 1}", "executor.local.timeout_min=600"]
     command = [sys.executable, "-m", "experiments.launch", "grids/smoke.yaml", "--executor", "local", "--only",
                "synthetic_fusion/bert2bert"] + [item for s in sets for item in ("--set", s)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "benchmarks")]),

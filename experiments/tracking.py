@@ -277,7 +277,7 @@ class CellLogger:
         self.last_beat = 0.0
         self.spilled = 0
         self.last_error = ""
-        self.failure: BaseException | None = None  # the last send's error
+        self.disk_full = False  # whether the last failed send was the store's disk being full
         self.spill_error = ""
         self._preempt_hooks: list[Callable[[], None]] = []
         self._artifacts: set[tuple[str, str | None, int]] = set()
@@ -370,7 +370,7 @@ class CellLogger:
                 time.sleep(self.final_retry_wait_s * (2 ** attempt))
         left = len(self.queue)
         if left:
-            who = "the disk" if isinstance(self.failure, disk_space.DiskFullError) else "the tracking server"
+            who = "the disk" if self.disk_full else "the tracking server"
             if self._spill(lambda op: True):
                 print(f"{who} did not take everything ({self.last_error}); {self.spilled} operations kept in "
                       f"{self.out_dir / PENDING_FILE}: run python -m experiments.sync {self.out_dir}", file=sys.stderr)
@@ -399,7 +399,7 @@ class CellLogger:
                 send_operations(self.client, self.run_id, batch)
             except Exception as err:  # noqa: BLE001 - the server's failure is never training's failure
                 self.failures += 1
-                self.failure = err
+                self.disk_full = disk_space.says_disk_full(err)
                 self.last_error = f"{type(err).__name__}: {short_text(err, 480)}"
                 delay = min(self.max_backoff_s, self.backoff_s * (2 ** min(self.failures - 1, 16)))
                 self.next_attempt = time.monotonic() + delay

@@ -196,7 +196,7 @@ def test_when_neither_the_store_nor_the_pending_file_takes_it_the_reason_is_in_t
     full_disk_open(tracking, monkeypatch, (tracking.PENDING_FILE,))
     logger.finish_failure("DiskFullError: /x/checkpoints/last: the disk is full", [])  # never raises
     err = capsys.readouterr().err
-    assert "the tracking server did not take 2 operations (OperationalError: database or disk is full)" in err
+    assert "the disk did not take 2 operations (OperationalError: database or disk is full)" in err
     assert "could not be kept on disk either" in err and "DiskFullError: /x/checkpoints/last" in err
     assert not (tmp_path / tracking.PENDING_FILE).exists() or not (tmp_path / tracking.PENDING_FILE).read_bytes()
 
