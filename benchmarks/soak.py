@@ -59,8 +59,9 @@ def _children() -> list[int]:
 class MemorySampler:
     """The cell's logger, passed through; each ``loss`` log appends a row to memory.csv."""
 
-    def __init__(self, inner, out_dir: Path):
+    def __init__(self, inner, out_dir: Path, steps: int):
         self.inner = inner
+        self.steps = steps
         self.file = open(Path(out_dir) / MEMORY_FILE, "a", newline="")  # noqa: SIM115 - one per cell process
         self.writer = csv.writer(self.file)
         if self.file.tell() == 0:
@@ -87,7 +88,7 @@ class MemorySampler:
 
         if self.first_snapshot is None and step >= self.snapshot_after:
             self.first_snapshot = tracemalloc.take_snapshot()
-        elif self.first_snapshot is not None:
+        elif self.first_snapshot is not None and step == self.steps:
             top = tracemalloc.take_snapshot().compare_to(self.first_snapshot, "lineno")[:15]
             (self.out_dir / TRACEMALLOC_FILE).write_text(f"step {step} vs step {self.snapshot_after}:\n"
                                                          + "\n".join(str(s) for s in top) + "\n")
@@ -104,7 +105,7 @@ def train_cell_sampling_memory(cell: dict, out_dir: Path, logger) -> dict:
         import tracemalloc
 
         tracemalloc.start(10)
-    return train_cell(cell, out_dir, MemorySampler(logger, out_dir))
+    return train_cell(cell, out_dir, MemorySampler(logger, out_dir, cell["train"]["steps"]))
 
 
 # -- the report -------------------------------------------------------------------------------------------------------

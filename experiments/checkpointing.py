@@ -81,7 +81,7 @@ def _tensor_bytes(tensors: Any) -> int:
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
-            key = (item.untyped_storage().data_ptr(), item.storage_offset(), item.numel())
+            key = (item.data_ptr(), item.numel())  # tied weights are one tensor twice
             if key not in seen:
                 seen.add(key)
                 total += item.numel() * item.element_size()
