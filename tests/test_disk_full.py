@@ -304,6 +304,7 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
     cell = disk_full_cell(assets, tmp_path / "root")
     run_id = cell_run(uri, cell)
     monkeypatch.setattr(cell_module, "TRAIN_FN", None)
+    monkeypatch.chdir(tmp_path)  # the job moves into its launch directory
     with monkeypatch.context() as patch:
         if site == "checkpoint":
             fail_on_the_second_checkpoint(patch)
