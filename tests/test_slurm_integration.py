@@ -34,8 +34,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from integration_helpers import (FAIL_AT_STEP, FAIL_SCHEME_ENV, REPO, MlflowServer, data_spec, metric_steps,
-                                 mlflow_template, quick_assets, require_slurm, subprocess_env, wait_until)
+from integration_helpers import (FAIL_AT_STEP, FAIL_SCHEME_ENV, PACE_ENV, REPO, MlflowServer, data_spec,
+                                 metric_steps, mlflow_template, quick_assets, require_slurm, subprocess_env,
+                                 wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -357,8 +358,10 @@ def test_a_cell_killed_with_sigkill_and_requeued_resumes_from_its_checkpoint_and
     ``scontrol requeue`` puts it back in the queue. The requeued job must resume from the checkpoint the killed one
     wrote last, in the same MLflow run, and end bit-identical to the smoke array's uninterrupted run."""
     reference = smoke.run_of("bert2bert")
+    # paced (2 s at each of its 10 logged steps: integration_helpers.train_cell_paced), so that the kill lands in the
+    # middle of training however quiet the machine; the cell and its numbers are the reference's
     study = Launch(tmp_path_factory.mktemp("slurm-kill"), server, assets, "slurm-kill", only(["bert2bert"]),
-                   subprocess_env())
+                   subprocess_env(BERTGEN_TRAIN_FN="integration_helpers:train_cell_paced", **{PACE_ENV: "2"}))
     proc = study.run()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = wait_until(lambda: study.runs() or None, 60, "the cell run")
