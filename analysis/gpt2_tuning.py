@@ -4,8 +4,8 @@ rate × warmup (grids/gpt2_tuning.yaml), beside what the paper states.
     python -m analysis.tables --table gpt2 [--tracking-uri URI] [--format markdown|latex|csv]
 
 The paper re-tuned gpt, rnd2gpt and bert2gpt on DiscoFuse over the learning rate, the warmup and the optimizer (Adam,
-Adafactor), and states only two SARI numbers per scheme: with the default settings (§4's Adam, lr 0.05, warmup 40k:
-Table 2's number) and with its best tuned settings; our transcription of its text
+Adafactor), and states only two SARI numbers per scheme: with the default settings (the paper's Adam, lr 0.05,
+warmup 40k: Table 2's number) and with its best tuned settings; our transcription of its text
 (analysis/paper_numbers/ablations_stated_in_text.csv) holds neither the values searched nor the winner. So, per
 scheme:
 

@@ -38,8 +38,10 @@ TEXT_ABLATION_ROWS = {
     "bertShare init from first 10 layers of BERT-large": ("bertShare", "first_10"),
     "bertShare init from BERT-large layers 9,10,13-18,23,24 (CMA-ES search)": ("bertShare", "layers_9,10,13-18,23,24"),
 }
+# The size of those that are not 12 layers (experiments.model_size): 10 of BERT-Large's layers, 1024 wide.
+TEXT_ABLATION_SIZES = {model: "L10-H1024" for model in TEXT_ABLATION_ROWS if "BERT-large" in model}
 # Section 5's GPT-2 tuning (DiscoFuse SARI), laid out on its own by analysis.gpt2_tuning: model string → (scheme,
-# "default" = §4's Adam settings, the same number as Table 2's | "tuned" = the best of a search; the transcription
+# "default" = the paper's Adam, the same number as Table 2's | "tuned" = the best of a search; the transcription
 # holds neither its values nor its winning setting).
 GPT2_TUNING_ROWS = {
     "gpt (12L, default)": ("gpt", "default"), "gpt (12L, tuned)": ("gpt", "tuned"),
@@ -61,10 +63,15 @@ KEY_COLUMNS = ("table", "system", "size", "variant", "task", "testset", "data_fr
 BASELINE_LABELS = {
     "Geva et al. (2019) [7-layer Transformer baseline]": "Geva et al. (2019)",
     "Botha et al. (2018) [BiLSTM+copy baseline]": "Botha et al. (2018)",
-    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": "paper's Transformer (6L, 32k WMT vocab)",
-    "Transformer (ours) [row in block: Initialized with public checkpoints (12 layers) and vocabulary]":
-        "paper's Transformer (12L, public vocab)",
     "Edunov et al. (2018)* [back-translation; 33.8 in parentheses]": "Edunov et al. (2018)*",
+}
+# Table 4's "Transformer (ours)" rows: our rnd2rnd cells of grids/translation.yaml (a random model with Transformer-base
+# widths) that name the variant (experiments.config.CellConfig.variant) → (scheme, variant, size). The paper states
+# the depths; the width (512) is our choice, written in the grid.
+TRANSFORMER_ROWS = {
+    "Transformer (ours) [6L, 32k WMT wordpiece vocab]": ("rnd2rnd", "transformer_wmt_vocab", "L6-H512"),
+    "Transformer (ours) [row in block: Initialized with public checkpoints (12 layers) and vocabulary]":
+        ("rnd2rnd", "transformer_public_vocab", "L12-H512"),
 }
 
 METRICS = {
@@ -103,6 +110,11 @@ VARIANT_LABELS = {
     "custom_ende_vocab": "custom En+De BERT, 32k vocab",
     "embeddings_only": "embeddings only from checkpoint",
     "released": "Google's released checkpoint, evaluated here",
+    schema.RELEASED_UNREPORTED_VARIANT:
+        "Google's released checkpoint, evaluated here; no paper number is its (see notes)",
+    "transformer_wmt_vocab": "Transformer baseline (6L, Transformer-base widths, 32k WordPiece trained on WMT)",
+    "transformer_public_vocab": "Transformer baseline (12L, Transformer-base widths, mBERT vocab)",
+    "task_wordpiece": "+ WordPiece vocabulary trained on the task",
 }
 
 
@@ -123,6 +135,9 @@ def variant_label(variant: str) -> str:
 
 def _system(model: str) -> tuple[str, str, str]:
     """``(system, size, variant)`` of a paper row's ``model`` string."""
+    if model in TRANSFORMER_ROWS:
+        scheme, variant, size = TRANSFORMER_ROWS[model]
+        return scheme, size, variant
     match = _SCHEME_MODEL.match(model.strip())
     if match and schema.canonical_scheme(match["scheme"]) in schema.SCHEMES:
         inside = match["inside"]
@@ -154,12 +169,13 @@ def _task(table: int, task: str, where: str) -> tuple[str, str, float, str | Non
     raise ValueError(f"{where}: task {task!r} is not one the analysis knows for Table {table}")
 
 
-@lru_cache(maxsize=1)
-def paper_numbers() -> pd.DataFrame:
-    """All of Tables 1–7 in canonical keys, plus the original ``model``/``task``/``metric`` strings."""
+@lru_cache(maxsize=2)
+def paper_numbers(directory: Path = PAPER_DIR) -> pd.DataFrame:
+    """All of Tables 1–7 in canonical keys, plus the original ``model``/``task``/``metric`` strings; ``directory``:
+    where the CSVs are (the repository's copies; the team's transcription in ../shared/paper is the same)."""
     frames = []
     for table, name in TABLE_FILES.items():
-        path = PAPER_DIR / name
+        path = Path(directory) / name
         raw = pd.read_csv(path)
         expected = ["model", "task", "metric", "value"]
         if list(raw.columns) != expected:
@@ -179,7 +195,7 @@ def paper_numbers() -> pd.DataFrame:
                 )
             )
         frames.append(pd.DataFrame.from_records(records))
-    frames.append(_text_ablations())
+    frames.append(_text_ablations(Path(directory)))
     numbers = pd.concat(frames, ignore_index=True)
     duplicated = numbers.duplicated(list(KEY_COLUMNS), keep=False)
     if duplicated.any():
@@ -187,8 +203,8 @@ def paper_numbers() -> pd.DataFrame:
     return numbers
 
 
-def _text_ablations() -> pd.DataFrame:
-    path = PAPER_DIR / TEXT_ABLATIONS_FILE
+def _text_ablations(directory: Path = PAPER_DIR) -> pd.DataFrame:
+    path = directory / TEXT_ABLATIONS_FILE
     raw = pd.read_csv(path)
     records = []
     for i, row in raw.iterrows():
@@ -198,7 +214,8 @@ def _text_ablations() -> pd.DataFrame:
         if model not in TEXT_ABLATION_ROWS or row["metric"] != "SARI":
             raise ValueError(f"{path} row {i + 2}: ablation {model!r} ({row['metric']}) is not one the analysis knows")
         scheme, variant = TEXT_ABLATION_ROWS[model]
-        records.append(dict(table=6, system=scheme, size=schema.DEFAULT_SIZE, variant=variant, task="discofuse",
+        size = TEXT_ABLATION_SIZES.get(model, schema.DEFAULT_SIZE)
+        records.append(dict(table=6, system=scheme, size=size, variant=variant, task="discofuse",
                             testset=schema.DEFAULT_TESTSET, data_fraction=1.0, metric="sari", value=float(row["value"]),
                             paper_model=model, paper_task=row["task"], paper_metric=row["metric"]))
     return pd.DataFrame.from_records(records)

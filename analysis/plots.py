@@ -67,12 +67,16 @@ TASK_BARS: dict[str, tuple[int, tuple[str, ...]]] = {
 
 
 def _scheme_cells(result: TableResult, column: str) -> pd.DataFrame:
-    """The base-size, full-variant scheme rows of one column, in the canonical scheme order."""
+    """The scheme rows of one column in the canonical scheme order: the paper's base-size schemes, and every other
+    row that was run (another size or budget, a variant such as bert2bert's cross-attention init) under its own
+    label, beside no paper bar unless the paper has that very row."""
     cells = result.cells
-    sub = cells[(cells.column == column) & cells.system.isin(schema.SCHEMES) & (cells["size"] == schema.DEFAULT_SIZE)
-                & (cells.variant == schema.DEFAULT_VARIANT)]
-    sub = sub[np.isfinite(sub["mean"]) | np.isfinite(sub["paper"])]
-    return sub.assign(order=sub.system.map(schema.SCHEMES.index)).sort_values("order")
+    paper_row = (cells["size"] == schema.DEFAULT_SIZE) & (cells.variant == schema.DEFAULT_VARIANT)
+    ran = np.isfinite(cells["mean"])
+    sub = cells[(cells.column == column) & cells.system.isin(schema.SCHEMES)
+                & ((paper_row & (ran | np.isfinite(cells["paper"]))) | ran)]
+    return (sub.assign(order=sub.system.map(schema.SCHEMES.index), own=~paper_row.loc[sub.index])
+            .sort_values(["order", "own", "row"], kind="stable"))
 
 
 def _whiskers(sub: pd.DataFrame) -> np.ndarray:
@@ -96,7 +100,7 @@ def _paired_bars(ax, sub: pd.DataFrame, title: str) -> None:
     for xi, value in zip(x, ours):
         if not np.isfinite(value):
             ax.text(xi - width / 2, 0, "no run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
-    ax.set_xticks(x, sub.system, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(x, sub.row, rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)

@@ -13,7 +13,11 @@ Canonical names:
   ``repetition`` (:mod:`analysis.textstats`).
 * **test sets** — ``test`` unless the harness logs several (WMT: ``newstest2014``, ``newstest2016``).
 * **variants** — ``full`` (the scheme as defined) or an ablation's name (Table 6).
-* **sizes** — ``base`` (12 layers, and every smaller smoke model) or ``large`` (24 layers).
+* **sizes** — a run's row key for its model and budget (:func:`run_size`): ``base`` (12 layers, 768 wide) and
+  ``large`` (24 layers, 1024 wide) at the paper's budget; any other size is its ``L<layers>-H<hidden>``
+  (experiments.model_size: ``L6-H384`` for MiniLM, ``L10-H1024`` for 10 of BERT-Large's layers), and a run trained
+  for another number of updates or batch size than the paper's gets it appended (``base, 300 steps, batch 16``):
+  a row of its own that no paper number is set beside.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
-from experiments.evaluation_config import RELEASED_VARIANT
+from experiments.evaluation_config import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
+from experiments.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
 from experiments.tasks import TASKS as HARNESS_TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -46,7 +51,12 @@ TAG_GRID = "grid"
 DATA_VARIANT_PARAM = "data.variant"
 TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
 TAG_VARIANT = "variant"
-# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training
+# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training;
+# RELEASED_UNREPORTED_VARIANT: one the paper reports no number for (the WMT bert2bert_L-24: a row of its own that says
+# why, never beside Table 4's 12-layer mBERT bert2bert).
+RELEASED_VARIANTS = (RELEASED_VARIANT, RELEASED_UNREPORTED_VARIANT)
+# Why no paper number is a released variant's (analysis.tables notes it under the table).
+NO_PAPER_NUMBER = {entry.variant: entry.no_paper_number for entry in RELEASED.values() if entry.no_paper_number}
 
 # Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
 # second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a
@@ -67,10 +77,20 @@ PRED_ID, PRED_SOURCE, PRED_REFERENCE, PRED_PREDICTION = "id", "source", "referen
 # experiments.tracking.flatten). First present name wins.
 DATA_FRACTION_PARAMS = ("data_fraction",)
 SEED_PARAMS = ("seed",)
-SIZE_PARAMS = ("size", "model.size")  # the cell has none today: every run counts as "base" (12L or smaller)
+# experiments.model_size's L<layers>-H<hidden>, which every cell logs (CellConfig.size); a released model's
+# evaluation logs "large". A run from before cells had a size has it derived from its checkpoint params.
+SIZE_PARAMS = ("size", "model.size")
+CHECKPOINT_PARAM_PREFIX, MODEL_PARAM_PREFIX = "checkpoints.", "model."
+STEPS_PARAM, BATCH_PARAM = "train.steps", "train.batch_size"
 # null | {"embeddings_only": true} | {"without_embeddings": true} | {"first_k": k} | {"layers": [...]}
 INIT_LAYERS_PARAM = "init_layers"
 VARIANT_TAGS = ("variant", "ablation")
+# A cell's own name for the paper row it fills (experiments.config.CellConfig.variant: Table 4's Transformer baselines).
+VARIANT_PARAM = "variant"
+# A cell with a vocabulary the harness trained (experiments.config.CellConfig.vocab) is a variant of its scheme:
+# Table 6's "+ task specific SentencePieces" (task_sentencepiece) and, with the warm-started parameters frozen first
+# (train.freeze_warm_started_steps), "+ pre-training SentencePieces" (pretrain_sentencepiece); task_wordpiece else.
+VOCAB_TRAIN_PARAM, FREEZE_PARAM = "vocab.train", "train.freeze_warm_started_steps"
 # A cell that departs from the paper's random cross-attention (experiments.config.CellConfig.cross_attention_init)
 # is a variant of its scheme, "xattn_<init>" (joined to an init_layers variant with "+").
 CROSS_ATTENTION_PARAM = "cross_attention_init"
@@ -143,7 +163,9 @@ VARIANT_ALIASES = {
 }  # fmt: skip
 
 DEFAULT_SIZE = "base"
-SIZE_ALIASES = {"12l": "base", "24l": "large", "tiny": "base", "small": "base", "smoke": "base"}
+# The paper's sizes by any of their names; every other size keeps its L<layers>-H<hidden> (never counted as base).
+SIZE_ALIASES = {"12l": "base", "24l": "large", **{name.lower(): size for name, size in PAPER_SIZES.items()}}
+UNKNOWN_SIZE = "size unknown"  # checkpoint params whose configs cannot be read here: never set beside the paper
 
 
 def _key(text: str) -> str:
@@ -221,6 +243,27 @@ def init_layers_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
                      "first_k or layers")
 
 
+def vocabulary_variant(params: Mapping[str, Any]) -> str:
+    """Variant name of a cell's trained vocabulary (:data:`VOCAB_TRAIN_PARAM`), ``full`` without one."""
+    train = _first(params, (VOCAB_TRAIN_PARAM,))
+    if train is None:
+        return DEFAULT_VARIANT
+    frozen = _first(params, (FREEZE_PARAM,))
+    if str(train).strip('"') == "sentencepiece" and frozen is not None and float(frozen) > 0:
+        return "pretrain_sentencepiece"
+    return f"task_{str(train).strip(chr(34))}"
+
+
+def cell_variant(params: Mapping[str, Any], run_id: str = "?") -> str:
+    """A cell's variant from its params: its own ``variant`` if it names one, else its init_layers ablation and its
+    trained vocabulary (joined with "+" when it has both)."""
+    named = _first(params, (VARIANT_PARAM,))
+    if named is not None:
+        return canonical_variant(str(named).strip('"'))
+    parts = [p for p in (init_layers_variant(params, run_id), vocabulary_variant(params)) if p != DEFAULT_VARIANT]
+    return "+".join(parts) or DEFAULT_VARIANT
+
+
 def group_key(params: Mapping[str, Any]) -> str:
     """Identity of a cell's sweep group: every param except the seed and the cosmetic ones, as sorted text."""
     kept = sorted((k, str(v)) for k, v in params.items() if k not in NON_GROUP_PARAMS and v is not None
@@ -239,10 +282,72 @@ OPTIMIZER_PARAM, LR_PARAM, WARMUP_PARAM = "train.optimizer", "train.lr", "train.
 
 
 def canonical_size(value: Any) -> str:
+    """``L12-H768`` → ``base``, ``L24-H1024`` → ``large``; another ``L<layers>-H<hidden>`` is kept as it is."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return DEFAULT_SIZE
-    text = str(value).strip().lower()
-    return SIZE_ALIASES.get(text, text)
+    text = str(value).strip()
+    if SIZE_PATTERN.fullmatch(text):
+        return SIZE_ALIASES.get(text.lower(), text)
+    return SIZE_ALIASES.get(text.lower(), text.lower())
+
+
+def _json_param(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return value
+
+
+def _derived_size(params: Mapping[str, Any], scheme: str) -> str:
+    """The size of a run that logged no ``size`` (runs from before cells had one), from its checkpoint, model and
+    init_layers params (experiments.model_size); DEFAULT_SIZE when it logged no checkpoints at all."""
+    checkpoints = {k[len(CHECKPOINT_PARAM_PREFIX):]: v for k, v in params.items()
+                   if k.startswith(CHECKPOINT_PARAM_PREFIX) and v not in (None, "", "null")}
+    if not checkpoints or scheme not in HARNESS_SCHEMES:
+        return DEFAULT_SIZE if not checkpoints else UNKNOWN_SIZE
+    model = {k[len(MODEL_PARAM_PREFIX):]: _json_param(v) for k, v in params.items() if k.startswith(MODEL_PARAM_PREFIX)}
+    init = {k[len(INIT_LAYERS_PARAM) + 1:]: _json_param(v) for k, v in params.items()
+            if k.startswith(INIT_LAYERS_PARAM + ".")}
+    return model_size(scheme, checkpoints, model, init_layers=init or None) or UNKNOWN_SIZE
+
+
+def paper_budget(task: str, size: str) -> tuple[int | None, int] | None:
+    """(updates, batch size) the paper trains ``task`` with at a paper size (experiments.tasks; None updates: an
+    epoch count, WMT), or None for a task or size the paper has no budget for (synthetic tasks, other sizes)."""
+    harness_task = HARNESS_TASKS.get(task)
+    if harness_task is None or harness_task.synthetic or size not in PAPER_SIZES.values():
+        return None
+    steps = harness_task.large_train_steps if size == "large" and harness_task.large_train_steps else \
+        harness_task.train_steps
+    return steps, harness_task.batch_size
+
+
+def run_size(params: Mapping[str, Any], task: str, scheme: str) -> str:
+    """A run's row key (module docstring, **sizes**): its size, with its budget appended where that is logged and
+    is not the paper's for the task at that size."""
+    logged = _first(params, SIZE_PARAMS)
+    size = canonical_size(logged if logged is not None else _derived_size(params, scheme))
+    budget = paper_budget(task, size)
+    if budget is None:
+        return size
+    steps, batch = (_as_seed(_first(params, (name,))) for name in (STEPS_PARAM, BATCH_PARAM))
+    paper_steps, paper_batch = budget
+    if paper_steps is not None:  # steps that train only the new parameters come before the paper's (Table 6's
+        paper_steps += _as_seed(_first(params, (FREEZE_PARAM,))) or 0  # "freeze 100k steps, then 300k")
+    departs = [f"{steps} steps" if steps is not None and paper_steps is not None and steps != paper_steps else "",
+               f"batch {batch}" if batch is not None and batch != paper_batch else ""]
+    departs = [d for d in departs if d]
+    return f"{size}, {', '.join(departs)}" if departs else size
+
+
+def size_label(size: str) -> str:
+    """How a row's size reads after its system: nothing for the paper's 12-layer base, ``(24L large)``, else the
+    size itself (``(L6-H384)``, ``(12L base, 300 steps: not the paper's budget)``)."""
+    if size == DEFAULT_SIZE:
+        return ""
+    head, _, budget = size.partition(", ")
+    head = {"base": "12L base", "large": "24L large"}.get(head, head)
+    return f" ({head}, {budget}: not the paper's budget)" if budget else f" ({head})"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -308,10 +413,10 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     task, scheme = tags.get(TAG_TASK), tags.get(TAG_SCHEME)
     if not task or not scheme:
         return None
-    if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) != RELEASED_VARIANT:
+    if tags.get(TAG_ROLE) == "evaluation" and tags.get(TAG_VARIANT) not in RELEASED_VARIANTS:
         return None
     tagged_variant = _first(tags, VARIANT_TAGS)
-    variant = canonical_variant(tagged_variant) if tagged_variant else init_layers_variant(params, run_id)
+    variant = canonical_variant(tagged_variant) if tagged_variant else cell_variant(params, run_id)
     cross_attention = params.get(CROSS_ATTENTION_PARAM)
     harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
     warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (
@@ -329,7 +434,7 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
         grid=str(tags.get(TAG_GRID) or ""),
         data_fraction=_as_fraction(_first(params, DATA_FRACTION_PARAMS), run_id),
         variant=variant,
-        size=canonical_size(_first(params, SIZE_PARAMS)),
+        size=run_size(params, canonical_task(task), canonical_scheme(scheme)),
         data_variant=str(_first(params, (DATA_VARIANT_PARAM,)) or "paper"),
     )
 

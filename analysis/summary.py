@@ -52,16 +52,19 @@ def _source_gap(store: RunStore, run_ids: Sequence[str]) -> str:
 
 
 def task_summary(store: RunStore, task: str, n_boot: int = stats.DEFAULT_N_BOOT) -> pd.DataFrame:
-    """One row per (scheme, variant) of ``task`` plus its baseline row: seeds, test metrics with CIs, source gap."""
+    """One row per (scheme, size, variant) of ``task`` plus its baseline row: seeds, test metrics with CIs, source
+    gap."""
     harness_task = HARNESS_TASKS.get(task)
     metrics = list(harness_task.metrics) if harness_task else sorted(store.scores.metric.unique())
     runs = store.runs[store.runs.task == task]
     records = []
-    keys = sorted({(s, v, f) for s, v, f in runs[["scheme", "variant", "data_fraction"]].itertuples(index=False)},
-                  key=lambda k: (scheme_order(k[0]), k[1], -k[2]))
-    for scheme, variant, fraction in keys:
-        same = runs[(runs.scheme == scheme) & (runs.variant == variant) & (runs.data_fraction == fraction)]
-        label = scheme + (f" ({paper.variant_label(variant)})" if variant != schema.DEFAULT_VARIANT else "")
+    keys = sorted({tuple(k) for k in runs[["scheme", "size", "variant", "data_fraction"]].itertuples(index=False)},
+                  key=lambda k: (scheme_order(k[0]), k[1], k[2], -k[3]))
+    for scheme, size, variant, fraction in keys:
+        same = runs[(runs.scheme == scheme) & (runs["size"] == size) & (runs.variant == variant)
+                    & (runs.data_fraction == fraction)]
+        label = scheme + schema.size_label(size)
+        label += f" ({paper.variant_label(variant)})" if variant != schema.DEFAULT_VARIANT else ""
         label += f" [{fraction:.0%} data]" if fraction != 1.0 else ""
         # Runs of other settings (train.steps ...) are rows of their own, never seeds of one row.
         settings = {g: schema.group_params(g) for g in sorted(same.group.unique())}

@@ -28,9 +28,9 @@ def _fmt_diff(value: float, digits: int) -> str:
 
 
 def format_ours(cell: pd.Series, digits: int) -> str:
-    """``63.2 ± 0.4 [62.1, 64.0] (n=3)†`` — or "—" without runs."""
+    """``63.2 ± 0.4 [62.1, 64.0] (n=3)†`` — or, without runs, why no cell runs it (``not_run``) or "—"."""
     if not np.isfinite(cell["mean"]):
-        return MISSING
+        return cell.get("not_run") or MISSING
     text = _fmt(cell["mean"], digits)
     if np.isfinite(cell["sd"]):
         text += f" ± {_fmt(cell['sd'], digits)}"

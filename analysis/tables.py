@@ -37,7 +37,7 @@ import pandas as pd
 from experiments.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
-from .table_specs import BASELINE_ROWS, GOLD, TABLES, Column, Row, TableSpec
+from .table_specs import BASELINE_ROWS, GOLD, NOT_RUN_NOTE, TABLES, Column, Row, TableSpec, not_run_reason
 # Rendering (markdown, LaTeX, CSV) lives in analysis.table_render; render and wide are imported from here too.
 from .table_render import DEFAULT_FORMAT, FORMATS, SIG_MARK, SUFFIX, render, wide  # noqa: F401
 
@@ -60,7 +60,7 @@ class TableResult:
 CELL_COLUMNS = (
     "table", "row", "system", "size", "variant", "column", "column_label", "task", "testset", "data_fraction",
     "metric", "mean", "sd", "n", "ci_low", "ci_high", "ci_point", "n_examples", "paper", "diff", "is_best",
-    "p_vs_best", "mark", "run_ids", "groups_matching",
+    "p_vs_best", "mark", "run_ids", "groups_matching", "not_run",
 )  # fmt: skip
 
 
@@ -136,8 +136,9 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     if store is not None and not store.runs.empty:
         runs = _table_runs(spec, store)
         found = {Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)}
-        if spec.ablation:  # each ablated scheme also needs its full reference row
-            found |= {Row(r.system, r.size) for r in found}
+        if spec.ablation:  # each ablated scheme also needs its full reference row (a layer selection's is the
+            # paper's base row: its own size is the selection's, experiments.model_size)
+            found |= {Row(r.system, r.size) for r in found if not r.variant.startswith(("first_", "layers_"))}
         ours = sorted(found, key=_row_order)
     baseline = _baseline_row(spec)
     if baseline is not None and any(r.is_scheme for r in ours):
@@ -146,6 +147,20 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
     if spec.ablation:  # group each scheme's variants together (stable: the paper's order within a scheme)
         rows.sort(key=lambda r: _row_order(r)[:3])
     return rows
+
+
+def decoding_notes(spec: TableSpec) -> list[str]:
+    """Whose decoding settings the table's tasks use: the paper states beam 4 and α = 0.6 for WMT only (§4.3)."""
+    tasks = [HARNESS_TASKS[t] for t in spec.tasks if t in HARNESS_TASKS and not HARNESS_TASKS[t].synthetic]
+    if not tasks:
+        return []
+    settings = sorted({(t.beam_size, t.length_penalty_alpha) for t in tasks})
+    shown = "; ".join(f"beam {beam}, length penalty α = {alpha:g}" for beam, alpha in settings)
+    penalty = "GNMT's ((5+|Y|)/6)^α, our reading of the paper's α"
+    if all(t.name.startswith("wmt") for t in tasks):
+        return [f"Decoding: {shown} ({penalty}), as the paper states for WMT (§4.3)."]
+    return [f"Decoding: {shown} ({penalty}): the paper states these for WMT only (§4.3); for "
+            f"{', '.join(schema.TASKS[t.name].label for t in tasks)} they are our choice (docs/paper-settings.md)."]
 
 
 def _task_baseline(task: str) -> str | None:
@@ -170,7 +185,8 @@ def _table_runs(spec: TableSpec, store: RunStore) -> pd.DataFrame:
     # The full schemes, the same schemes trained with another cross-attention init, and the released checkpoints
     # evaluated without training (rows of their own, marked).
     setting = runs.variant.str.startswith(schema.CROSS_ATTENTION_VARIANT_PREFIX)
-    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | (runs.variant == schema.RELEASED_VARIANT)]
+    return runs[(runs.variant == schema.DEFAULT_VARIANT) | setting | runs.variant.isin(schema.RELEASED_VARIANTS)
+                | runs.variant.isin(spec.variants)]
 
 
 def _primary_metric(task: str, store: RunStore) -> str | None:
@@ -352,6 +368,9 @@ def _record(spec: TableSpec, row: Row, col: Column, *, value: float | None = Non
         ci_point=interval.point if interval else float("nan"), n_examples=interval.n_examples if interval else 0,
         paper=paper_value, diff=mean - paper_value, is_best=False, p_vs_best=float("nan"), mark="",
         run_ids=",".join(run_ids), groups_matching=groups,
+        # why no cell runs this row (table_specs.NOT_RUN_REASONS), printed in place of ours
+        not_run=(not_run_reason(spec.number, row.system, row.size, row.variant, col.metric) or "")
+        if value is None else "",
     )
 
 
@@ -413,8 +432,14 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
     if number == 1:
         return build_parameter_table()
     spec = TABLES[number]
-    notes: list[str] = list(spec.notes)
+    notes: list[str] = list(spec.notes) + decoding_notes(spec)
     rows = _rows(spec, store)
+    if any(r.is_scheme and r.size not in schema.PAPER_SIZES.values() for r in rows):
+        notes.append("A size (L<layers>-H<hidden>) or budget in a row's name marks runs of a model size or a number "
+                     "of updates other than the paper's 12/24-layer runs: the paper's number is set beside none of "
+                     "them, unless the paper reports that very size (Table 6's 10 layers of BERT-Large).")
+    notes += [f"{row.label}: {schema.NO_PAPER_NUMBER[row.variant]}." for row in rows
+              if row.variant in schema.NO_PAPER_NUMBER]
     by_column: dict[str, list[_CellData]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -429,6 +454,8 @@ def build_table(number: int, store: RunStore | None = None, *, n_boot: int = sta
             _mark_significance(by_column[col.key], col, alpha, n_boot)
     notes += closing_notes(store, caught, n_boot, alpha, "column's best")
     records = [c.record for col in spec.columns for c in by_column[col.key]]
+    if any(record["not_run"] for record in records):
+        notes.append(NOT_RUN_NOTE)
     return TableResult(spec, pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS)), notes, n_boot, alpha)
 
 

@@ -5,13 +5,15 @@ Definitions:
 * **words** — maximal runs of letters/digits after lower-casing; apostrophes split words (``don't`` → ``don``,
   ``t``), so tokenised (``it 's``) and untokenised (``it's``) text agree and punctuation never counts as a word.
   ``length`` = number of words, so ``it's`` counts as two (as in tokenised XSum references).
-* **content word** — the paper's definition (Rothe et al. 2020, with Table 7: the 500 most common words are
-  discarded and the rest count as rare or content words): an alphabetic word (``str.isalpha``, so numbers
-  and mixed tokens like ``2nd`` never are) that is not among the :data:`COMMON_WORDS` (500) most frequent
-  alphabetic words of a **reference corpus**. Ranking: count of each alphabetic word over the corpus, most frequent
-  first, ties broken alphabetically (:func:`frequent_words`), so the cut at 500 is deterministic.
-* **reference corpus** — the reference summaries of the evaluated examples (every reference of the run's
-  predictions file; analysis reads nothing else: no training targets reach MLflow). The same corpus serves every
+* **content word** — the paper's cut (Rothe et al. 2020, with Table 7: the 500 most common words are discarded and
+  the rest count as rare or content words) with what the paper leaves open chosen by us (docs/paper-settings.md):
+  an alphabetic word (``str.isalpha``, so numbers and mixed tokens like ``2nd`` never are) that is not among the
+  :data:`COMMON_WORDS` (500) most frequent alphabetic words of a **reference corpus**. Ranking: count of each
+  alphabetic word over the corpus, most frequent first, ties broken alphabetically (:func:`frequent_words`), so the
+  cut at 500 is deterministic.
+* **reference corpus** (ours: the paper does not say which corpus ranks the words) — the reference summaries of
+  the evaluated examples (every reference of the run's predictions file; analysis reads nothing else: no training
+  targets reach MLflow). The same corpus serves every
   system scored on the same test set and the Gold row, so all rows of Table 7 share one content-word list, and a
   system's own output never moves a word in or out of it (counting the predictions too would let a system that
   repeats a word push it into the common list and so hide the very repetition measured). A word the corpus never

@@ -35,6 +35,8 @@ import time
 
 import torch
 
+from experiments.machine import describe, gemm_peak, native_bf16, peak_rss_bytes, synchronize
+
 CONFIG = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
               max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 BATCH, SRC_LEN, TGT_LEN = 16, 64, 64
@@ -72,47 +74,6 @@ def make_batch(seed: int):
     ids = torch.randint(1000, CONFIG["vocab_size"], (BATCH, SRC_LEN), generator=g)
     labels = torch.randint(1000, CONFIG["vocab_size"], (BATCH, TGT_LEN), generator=g)
     return ids, torch.ones_like(ids), labels
-
-
-def machine(device: str) -> str:
-    """One line: the CPU (model, bf16 instructions, threads) or the GPU, and torch."""
-    from experiments.evaluation import native_bf16
-
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        return (f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA "
-                f"{torch.version.cuda}, bf16 {'native' if native_bf16(torch.device('cuda')) else 'no'}")
-    text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f" {flag}" in text]
-    return (f"CPU {model}, flags {' '.join(flags) or 'none of amx_bf16/avx512_bf16/avx512f/avx2'}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-
-
-def gemm_peak(device: str, dtype: torch.dtype, backend: str | None = None, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``³ matmul in ``dtype`` on ``device`` (best of ``repeats``): the ceiling MFU is read against.
-
-    On a CPU in fp32, ``backend`` picks the library (``bertgen.linear``): "blas" is ``torch.mm`` (MKL in the x86
-    wheels), "onednn" the oneDNN product bertgen uses where MKL is slow.
-    """
-    from bertgen.linear import matmul_nt, use_cpu_backend
-
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    best = float("inf")
-    with use_cpu_backend(backend or "blas"):
-        for _ in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            matmul_nt(a, b)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_flops(directory: str, device: str) -> float:
@@ -158,17 +119,15 @@ def train_child(which: str, directory: str, bf16: bool, steps: int, device: str 
     seconds = []
     for i in range(steps):
         batch = make_batch(1 + i)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step(*batch)
-        _sync(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
     if device == "cuda":
         return {"seconds": seconds, "peak_rss_mb": torch.cuda.max_memory_allocated() / 2**20}
     # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
-    with open("/proc/self/status") as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
 def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: int,
@@ -213,10 +172,10 @@ def measure_generate(directory: str, batches: int, max_new_tokens: int, device: 
             generate[which](*inputs[0])
         for i, (ids, mask) in enumerate(inputs):
             for which in (LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]):
-                _sync(device)
+                synchronize(device)
                 start = time.perf_counter()
                 results[which].append(generate[which](ids, mask))
-                _sync(device)
+                synchronize(device)
                 seconds[which] += time.perf_counter() - start
     identical = all(torch.equal(a, b) for a, b in zip(results["transformers"], results["ours"]))
     return {"seq_s": {which: batches * BATCH / seconds[which] for which in LIBRARIES}, "identical": identical}
@@ -245,7 +204,6 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device on this machine")
 
     from bertgen.linear import cpu_backend, has_onednn
-    from experiments.evaluation import native_bf16
 
     device = args.device
     bf16_native = native_bf16(torch.device(device))
@@ -255,7 +213,7 @@ def main() -> None:
     peaks = {"fp32": max(fp32_peaks.values())}
     if bf16_native:
         peaks["bf16"] = gemm_peak(device, torch.bfloat16)
-    print(machine(device))
+    print(describe(device))
     if device == "cpu":
         print(f"bertgen's CPU fp32 products: {cpu_backend()} (bertgen.linear; BERTGEN_CPU_MATMUL overrides); "
               "transformers': BLAS (torch.mm/addmm)")

@@ -1,5 +1,5 @@
-"""Why a warm-started decoder ignores its encoder: the measurements behind the README's "Why the decoder ignored the
-encoder", on real WikiSplit pairs and the real MiniLM BERT.
+"""Why a warm-started decoder ignores its encoder: the measurements behind docs/investigations.md ("Why the decoder
+ignored the encoder"), on real WikiSplit pairs and the real MiniLM BERT.
 
 Trains one scheme with Adam on the same batches and, every ``--every`` updates, measures on held-out pairs
 (experiments.diagnostics): the dev loss, the dev loss with every target paired with another example's source (the

@@ -95,6 +95,8 @@ def read_config_dict(directory: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to read; expected a checkpoint's config.json") from None
     if not isinstance(data, dict) or "model_type" not in data:
         raise CheckpointError(f"{path}: expected a JSON object with a model_type")
     return data

@@ -166,6 +166,7 @@ class Family:
     subwords: str  # "wordpiece" or "bpe": with the name, what a TokenizerSpec calls its kind ("bert-wordpiece")
     special_tokens: dict[str, str]  # role (bos, eos, unk, sep, pad, cls, mask) -> token, transformers' defaults
     default_ids: Callable[[dict[str, Any]], tuple[int, int, int]]  # (start, end, pad) from config.json alone
+    word_embeddings: str  # key prefix of the word-embedding matrix among ``embeddings`` (Table 6 randomises it alone)
 
     @property
     def expected_model_types(self) -> str:
@@ -176,15 +177,16 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("bert", ("bert", "bert-generation"), BertGenerationConfig, bert_config_to_ours, map_bert_family, "bert.",
            "encoder.layer", ("embeddings.",), "bert", "wordpiece",
-           {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}, _bert_ids),
+           {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}, _bert_ids,
+           "embeddings.word_embeddings."),
     Family("roberta", ("roberta",), BertGenerationConfig, bert_config_to_ours, map_roberta_family, "roberta.",
            "encoder.layer", ("embeddings.",), "roberta", "bpe",
            {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "sep": "</s>", "pad": "<pad>", "cls": "<s>",
-            "mask": "<mask>"}, _roberta_ids),
+            "mask": "<mask>"}, _roberta_ids, "embeddings.word_embeddings."),
     Family("gpt2", ("gpt2",), GPT2Config, gpt2_config_to_ours, map_gpt2_family, "transformer.",
            "h", ("wte.", "wpe."), "gpt2", "bpe",
            {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>", "pad": "<|endoftext|>"},
-           _gpt2_ids),
+           _gpt2_ids, "wte."),
 )}
 
 # config.json model_type -> its family.

@@ -11,6 +11,7 @@ parameter counts assume.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +322,13 @@ class EncoderDecoderModel(PreTrainedModel):
         return model.eval()
 
     @classmethod
-    def _load_pretrained(cls, directory: Path, raw: dict[str, Any], **overrides: Any) -> "EncoderDecoderModel":
-        """A saved encoder-decoder: config.json with ``encoder`` / ``decoder`` sub-configs, one weights file."""
+    def _load_pretrained(cls, directory: Path, raw: dict[str, Any], meta: bool = False,
+                         **overrides: Any) -> "EncoderDecoderModel":
+        """A saved encoder-decoder: config.json with ``encoder`` / ``decoder`` sub-configs, one weights file.
+
+        ``meta=True`` (``from_pretrained(directory, meta=True)``): built on the meta device from the safetensors
+        headers, no tensor data read; every tensor goes through the same checks (name, dtype, shape), so a caller can
+        refuse a corrupt or mismatched checkpoint in milliseconds before doing anything else."""
         if raw.get("model_type") != "encoder-decoder":
             raise CheckpointError(f"{directory}: a {raw.get('model_type')!r} checkpoint is not an encoder-decoder; "
                                   "use from_encoder_decoder_pretrained to warm-start from single stacks")
@@ -334,9 +340,10 @@ class EncoderDecoderModel(PreTrainedModel):
         top = {k: v for k, v in raw.items() if k not in ("encoder", "decoder", "model_type")}
         top.update(overrides)
         config = EncoderDecoderConfig.from_dict(top, encoder=sub["encoder"], decoder=sub["decoder"])
-        model = cls(config)
+        with torch.device("meta") if meta else nullcontext():
+            model = cls(config)
         report = LoadingReport(str(directory), "encoder-decoder")
-        state = read_state_dict(directory)
+        state = read_state_dict(directory, meta=meta)
         # Decoder first: with tie_encoder_decoder the shared tensors then end up with the encoder's values, as when
         # tying two separately loaded stacks (and as transformers 4.x did).
         for role in ("decoder", "encoder"):

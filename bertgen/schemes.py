@@ -24,13 +24,19 @@ Random in every scheme: the decoder's cross-attention (GPT-2: with its ``ln_cros
 output bias (29k parameters, BERT checkpoints have none that fits), ``enc_to_dec_proj`` when the two widths
 differ, and the whole random side except a shared embedding matrix.
 
+A scheme may also read a vocabulary of its own (``plan(..., vocabulary=<tokenizer or its directory>)``: the paper's
+Transformer baseline with a WMT wordpiece vocabulary, Table 6's task-specific SentencePieces): both sides then encode
+and decode with it, every stack's ``vocab_size`` is its size, and the tensors indexed by a checkpoint's vocabulary
+(``VOCABULARY_TENSORS``: word embeddings, LM head) start random while everything else warm-starts as the knob says.
+
 §5's ablation knob is ``WarmStart``: warm-start only the embeddings, only the first k layers, or a listed subset
 of a checkpoint's layers (the model then has as many layers as were listed); ``WarmStart(embeddings=False)`` is
-Table 6's "- embeddings from checkpoint" (every layer warm, the embeddings random).
+Table 6's "- embeddings from checkpoint" (every layer warm, the word-embedding matrix random; §5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from contextlib import nullcontext
@@ -47,6 +53,7 @@ from .families import FAMILIES
 from .modeling_encoder_decoder import EncoderDecoderModel
 from .modeling_gpt2 import GPT2PrefixLM, keep_first_positions
 from .scheme_checkpoints import Checkpoint, TokenizerSpec, WrongFamily, read_checkpoint  # re-exported: public here
+from .tokenization import BaseTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +141,13 @@ CROSS_ATTENTION_INITS = ("random", "self_attention")
 class WarmStart:
     """Which parts of a checkpoint seed the warm-started sides (the paper's §5 ablations).
 
-    ``embeddings``: word and position embeddings with their LayerNorm (BERT, RoBERTa) or ``wte``/``wpe`` (GPT-2).
-    False (with ``layers="all"``: Table 6's "- embeddings from checkpoint") leaves them random, and with them every
-    matrix tied to the word embeddings: the decoder's output projection and, where the scheme shares one matrix,
-    the other side's word embeddings (a checkpoint's LM head is not loaded either: tied, it would bring them back).
+    ``embeddings``: whether the word-embedding matrix comes from the checkpoint. The position embeddings (with
+    BERT's token-type row folded in) and the embedding LayerNorm (BERT, RoBERTa; GPT-2's ``wpe``) belong to the
+    embeddings too: ``layers="none"`` keeps all of them warm and nothing else (§5's embeddings-only runs). False
+    (with ``layers="all"``: Table 6's "- embeddings from checkpoint", §5: only the word-embedding matrix is not
+    taken from the checkpoint) leaves the word embeddings random, and with them every matrix tied to them: the
+    decoder's output projection and, where the scheme shares one matrix, the other side's word embeddings (a
+    checkpoint's LM head is not loaded either: tied, it would bring them back); positions and LayerNorm stay warm.
     ``layers``: "all" (layer i from layer i), "none" (same depth, every layer random), an int k (the model has k
     layers, the checkpoint's first k) or a tuple of 0-based checkpoint layers (the model has that many, layer i
     from ``layers[i]``). GPT-2's final ``ln_f`` is warm when any layer is. Depth applies to every stack of the
@@ -148,7 +158,7 @@ class WarmStart:
     layers: str | int | tuple[int, ...] = "all"
     # "random" (the paper: cross-attention is always new) or "self_attention": each warm decoder layer's
     # cross-attention starts as a copy of its own self-attention, so it attends by content from the first update
-    # instead of uniformly (see the README's "Why the decoder ignored the encoder").
+    # instead of uniformly (see docs/investigations.md, "Why the decoder ignored the encoder").
     cross_attention: str = "random"
 
     def __post_init__(self) -> None:
@@ -215,6 +225,7 @@ class Plan:
     outputs: TokenizerSpec
     warm_start: WarmStart
     config: EncoderDecoderConfig | GPT2Config
+    own_vocabulary: bool = False  # plan(vocabulary=...): the checkpoints' vocabulary-indexed tensors stay random
 
     @property
     def with_weights(self) -> bool:
@@ -237,6 +248,7 @@ def plan(
     warm_start: WarmStart | None = None,
     gpt2_positions: int | None = 512,
     tokenizers: dict[str, str | Path] | None = None,
+    vocabulary: BaseTokenizer | str | Path | None = None,
     **size_overrides: Any,
 ) -> Plan:
     """Plan scheme ``name`` of the paper: read its checkpoints and decide its config, without weights.
@@ -244,7 +256,9 @@ def plan(
     ``bert`` / ``roberta`` / ``gpt2``: checkpoint directories or hub ids (arguments the scheme does not use are
     ignored), ``Checkpoint``s from ``read_checkpoint``, or HF config.json dicts to build without weights.
     ``gpt2_positions``: GPT-2 keeps its first 512 positions, as in the paper (None: all). ``tokenizers``: vocabulary
-    files or directories per family when they are not beside the checkpoint. ``size_overrides`` (BERT names:
+    files or directories per family when they are not beside the checkpoint. ``vocabulary``: a vocabulary of the
+    model's own for both sides (a loaded tokenizer or its files), in place of the checkpoints' (module docstring).
+    ``size_overrides`` (BERT names:
     ``num_hidden_layers``, ``hidden_size``, ``hidden_dropout_prob`` …) change every stack's config; a warm side must
     still match its checkpoint's shapes.
     """
@@ -274,6 +288,8 @@ def plan(
     with_weights = [c.directory is not None for c in checkpoints.values()]
     if any(with_weights) and not all(with_weights):
         raise ValueError(f"{name}: pass either checkpoints or config dicts for all of {list(checkpoints)}, not a mix")
+    if vocabulary is not None:
+        checkpoints = _with_own_vocabulary(scheme, checkpoints, vocabulary)
 
     # Depth: the knob's (an int or a list of layers), else the checkpoint's or the size override's.
     knob_depth = None
@@ -318,11 +334,40 @@ def plan(
             decoder_start_token_id=outputs.bos_token_id, eos_token_id=outputs.eos_token_id,
             pad_token_id=outputs.pad_token_id,
         )
-    planned = Plan(scheme, checkpoints, inputs, outputs, warm, config)
+    planned = Plan(scheme, checkpoints, inputs, outputs, warm, config, own_vocabulary=vocabulary is not None)
     for family in (scheme.encoder, scheme.decoder):
         if family in FAMILIES:
             _check_layers(warm, checkpoints[family], planned.depth(family))
     return planned
+
+
+# The tensors of a checkpoint stack whose rows are its vocabulary's ids (the LM heads are vocabulary-sized too, and
+# are never loaded with a vocabulary of the model's own).
+VOCABULARY_TENSORS = {"bert": ("embeddings.word_embeddings.weight",), "roberta": ("embeddings.word_embeddings.weight",),
+                      "gpt2": ("wte.weight",)}
+
+
+def _with_own_vocabulary(scheme: Scheme, checkpoints: dict[str, Checkpoint],
+                         vocabulary: BaseTokenizer | str | Path) -> dict[str, Checkpoint]:
+    """The checkpoints as the model reads them with a vocabulary of its own: every config sized to it, every side's
+    tokenizer it."""
+    if scheme.input_vocab != scheme.output_vocab:
+        raise ValueError(f"vocabulary: {scheme.name} reads two vocabularies ({scheme.input_vocab} in, "
+                         f"{scheme.output_vocab} out); a vocabulary of its own needs a scheme with one")
+    tokenizer = vocabulary if isinstance(vocabulary, BaseTokenizer) else load_tokenizer(vocabulary)
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if any(i is None for i in ids):
+        raise ValueError(f"vocabulary {tokenizer.vocab_file}: expected start, end and pad tokens, got ids {ids}")
+    spec = TokenizerSpec(kind=f"own-{tokenizer.kind}", family=scheme.input_vocab,
+                         source=str(tokenizer.vocab_file) if tokenizer.vocab_file else None,
+                         vocab_file=str(tokenizer.vocab_file) if tokenizer.vocab_file else None,
+                         vocab_size=tokenizer.vocab_size, bos_token_id=ids[0], eos_token_id=ids[1],
+                         pad_token_id=ids[2], tokenizer=tokenizer)
+    return {family: dataclasses.replace(checkpoint, tokens=spec,
+                                        config=checkpoint.config.replace(vocab_size=tokenizer.vocab_size,
+                                                                         bos_token_id=ids[0], eos_token_id=ids[1],
+                                                                         pad_token_id=ids[2]))
+            for family, checkpoint in checkpoints.items()}
 
 
 # -- configs --------------------------------------------------------------------------------------------------------
@@ -411,12 +456,19 @@ def build(scheme: Plan | str, device: str | torch.device | None = None, **argume
 
 # -- weights --------------------------------------------------------------------------------------------------------
 def _warm_weights(source: Checkpoint, warm: WarmStart, depth: int, positions: int | None,
-                  report: LoadingReport, meta: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                  report: LoadingReport, meta: bool, own_vocabulary: bool = False
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The checkpoint's stack (and LM-head) tensors that ``warm`` selects, renamed to the model's layer numbers;
     what it leaves out is reported as unused. ``positions``: rows of a GPT-2 position table the model keeps.
-    ``meta``: header-only tensors on the meta device (``read_state_dict``)."""
+    ``meta``: header-only tensors on the meta device (``read_state_dict``). ``own_vocabulary``: the model reads
+    another vocabulary, so the tensors indexed by the checkpoint's (``VOCABULARY_TENSORS``, the head) are left out."""
     family = source.family
     stack, head, unused, folded = family.map_state(read_state_dict(source.directory, meta), family.prefix)
+    if own_vocabulary:
+        dropped = [k for k in stack if k in VOCABULARY_TENSORS[family.name]] + list(head)
+        report.unused.extend(f"{family.name}:{k}" for k in dropped)
+        stack = {k: v for k, v in stack.items() if k not in VOCABULARY_TENSORS[family.name]}
+        head = {}
     if positions is not None:
         unused = keep_first_positions(stack, positions) + unused
     report.unused.extend(f"{family.name}:{k}" for k in unused)
@@ -433,7 +485,7 @@ def _warm_weights(source: Checkpoint, warm: WarmStart, depth: int, positions: in
                 selected[f"{family.layers}.{model_layer[layer]}.{match.group(2)}"] = tensor
                 continue
         elif key.startswith(family.embeddings):
-            if warm.embeddings:
+            if warm.embeddings or not key.startswith(family.word_embeddings):
                 selected[key] = tensor
                 continue
         elif key.startswith("ln_f.") and chosen:
@@ -479,7 +531,7 @@ def _load_warm_sides(model: nn.Module, planned: Plan, meta: bool) -> LoadingRepo
         positions = model.config.n_positions if isinstance(model, GPT2PrefixLM) else (
             model.decoder.config.max_position_embeddings if family == "gpt2" else None)
         stack, head = _warm_weights(planned.checkpoints[family], planned.warm_start, planned.depth(family),
-                                    positions, report, meta)
+                                    positions, report, meta, planned.own_vocabulary)
         weights = {prefix + k: v for k, v in stack.items()}
         head_prefix = "" if isinstance(model, GPT2PrefixLM) else "decoder."
         if prefix.startswith(("decoder.", "transformer.")):

@@ -42,6 +42,7 @@ from .tokenization_base import (  # noqa: F401
     _write_tokenizer_config,
 )
 from .tokenization_sentencepiece import SPIECE_UNDERLINE, BertGenerationTokenizer  # noqa: F401
+from .tokenization_vocab import check_tokenizer_json, read_bpe_vocab, read_merges, read_wordpiece_vocab
 
 __all__ = ["BertGenerationTokenizer", "FastTokenizer", "TokenizerError", "TOKENIZER_KINDS", "has_tokenizer_files",
            "load_tokenizer"]
@@ -103,12 +104,7 @@ class FastTokenizer(BaseTokenizer):
         """BERT's tokenizer: BERT normalisation (lower-casing per ``do_lower_case``; accents stripped when lower-casing
         unless ``strip_accents`` says otherwise), BERT pre-tokenisation, WordPiece, ``[CLS] $A [SEP]``."""
         specials = {**DEFAULT_SPECIAL_TOKENS["bert"], **(special_tokens or {})}
-        try:
-            vocab = WordPiece.read_file(str(vocab_file))
-        except Exception as err:  # the Rust reader raises plain Exception
-            raise TokenizerError(f"{vocab_file}: not a readable WordPiece vocab.txt ({err})") from None
-        if not vocab:
-            raise TokenizerError(f"{vocab_file}: empty vocabulary; expected one token a line")
+        vocab = read_wordpiece_vocab(vocab_file)  # refuses repeated tokens, empty lines, non-UTF-8
         backend = Tokenizer(WordPiece(vocab, unk_token=specials["unk"], continuing_subword_prefix="##",
                                       max_input_chars_per_word=100))
         backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
@@ -134,15 +130,16 @@ class FastTokenizer(BaseTokenizer):
         if kind not in ("gpt2", "roberta"):
             raise TokenizerError(f"kind: a byte-level BPE tokenizer is 'gpt2' or 'roberta', got {kind!r}")
         specials = {**DEFAULT_SPECIAL_TOKENS[kind], **(special_tokens or {})}
+        # refuses repeated tokens and ids, skipped ids, repeated merges, non-UTF-8
+        vocab = read_bpe_vocab(vocab_file, specials.values())
+        merges = read_merges(merges_file)
         try:
-            vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
-        except Exception as err:  # the Rust reader raises plain Exception
-            raise TokenizerError(f"{vocab_file} + {merges_file}: not a readable vocab.json + merges.txt ({err})") \
+            model = BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
+                        fuse_unk=False)
+        except Exception as err:  # the Rust builder raises plain Exception, e.g. a merge of unknown tokens
+            raise TokenizerError(f"{vocab_file} + {merges_file}: not a usable vocab.json + merges.txt ({err})") \
                 from None
-        if not vocab:
-            raise TokenizerError(f"{vocab_file}: empty vocabulary; expected a JSON object token -> id")
-        backend = Tokenizer(BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
-                                fuse_unk=False))
+        backend = Tokenizer(model)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
         backend.decoder = decoders.ByteLevel()
         options: dict[str, Any] = {"add_prefix_space": add_prefix_space}
@@ -162,6 +159,7 @@ class FastTokenizer(BaseTokenizer):
         """A serialised ``tokenizers`` pipeline, used as is. ``kind`` (inferred from the model when not given) sets
         which special tokens to look for; only those present in the file are used unless named in
         ``special_tokens``."""
+        check_tokenizer_json(path)  # refuses repeated tokens and ids, skipped ids, added tokens on taken ids
         try:
             backend = Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust reader raises plain Exception
@@ -359,7 +357,7 @@ def _kind_from_configs(tokenizer_config: dict[str, Any], model_config: dict[str,
 
 def _bpe_kind_from_vocab(vocab_file: Path) -> str:
     """RoBERTa's vocab has ``<s>``; GPT-2's has not."""
-    vocab = _read_json_object(vocab_file)
+    vocab = read_bpe_vocab(vocab_file)
     return "roberta" if "<s>" in vocab and "</s>" in vocab else "gpt2"
 
 
@@ -373,16 +371,20 @@ def load_tokenizer(source: str | os.PathLike | Sequence[str | os.PathLike], *, k
     (SentencePiece, :class:`BertGenerationTokenizer`). ``kind`` restricts the choice to that kind's files. Options
     (``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars``, ``add_prefix_space``, ``trim_offsets``,
     ``sp_model_kwargs``, ``add_eos_token``) default to tokenizer_config.json's values, then to the kind's defaults;
-    special tokens named in tokenizer_config.json / special_tokens_map.json are used.
+    special tokens named in tokenizer_config.json / special_tokens_map.json are used, and ``<role>_token`` keywords
+    (``pad_token="<pad>"``, as transformers' ``from_pretrained`` takes them) override those: a model card's arguments
+    for a checkpoint whose only tokenizer file is its vocabulary (Google's bert2bert_L-24_wmt_* ship a bare vocab.txt).
     """
     if kind is not None and kind not in TOKENIZER_KINDS:
         raise TokenizerError(f"kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
     where, config_dir, found = _find_files(source)
     tokenizer_config = _read_json_object(config_dir / "tokenizer_config.json")
     model_config = _read_json_object(config_dir / "config.json")
+    by_keyword = {key: options.pop(key) for key in [f"{role}_token" for role in SPECIAL_ROLES] if key in options}
     specials = {**_special_tokens_from(_read_json_object(config_dir / "special_tokens_map.json"),
                                        config_dir / "special_tokens_map.json"),
-                **_special_tokens_from(tokenizer_config, config_dir / "tokenizer_config.json")}
+                **_special_tokens_from(tokenizer_config, config_dir / "tokenizer_config.json"),
+                **_special_tokens_from(by_keyword, "load_tokenizer keywords")}
 
     def file(role: str) -> Path:
         chosen = found[role]

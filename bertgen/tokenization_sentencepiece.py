@@ -12,6 +12,7 @@ from typing import Any
 import sentencepiece as spm
 
 from .tokenization_base import BaseTokenizer, TokenizerError, _check_room_for_specials, _write_tokenizer_config
+from .tokenization_vocab import shown
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -43,7 +44,11 @@ class BertGenerationTokenizer(BaseTokenizer):
         try:
             self.sp_model.Load(str(model_file))
         except (OSError, RuntimeError) as err:
-            raise TokenizerError(f"{model_file}: not a readable SentencePiece model ({err})") from None
+            repeated = _repeated_piece(Path(model_file))  # SentencePiece names a repeated piece, not its two ids
+            raise TokenizerError(repeated or f"{model_file}: not a readable SentencePiece model "
+                                             f"({str(err).strip().splitlines()[0] if str(err).strip() else err})") \
+                from None
+        _check_piece_ids(self.sp_model, model_file)
         self._sampling = bool(self.sp_model_kwargs.get("enable_sampling", False))
         self._piece_count = self.sp_model.get_piece_size()
         self._added_ids: dict[str, int] = {}
@@ -150,3 +155,67 @@ class BertGenerationTokenizer(BaseTokenizer):
         model_path.write_bytes(self.sp_model.serialized_model_proto())
         options = {"sp_model_kwargs": self.sp_model_kwargs, "add_eos_token": self.add_eos_token}
         return [model_path, _write_tokenizer_config(directory, self.kind, self.special_tokens, options)]
+
+
+# -- checking a model's pieces ---------------------------------------------------------------------------------------
+def _check_piece_ids(sp_model: spm.SentencePieceProcessor, model_file: str | os.PathLike) -> None:
+    """Each id's piece maps back to that id. SentencePiece refuses a normal piece defined twice, but keeps control
+    and user-defined pieces in a map of their own: a normal piece that repeats ``<s>`` loads, and text never
+    reaches the second id. One batched round trip: about 2 ms for 8,000 pieces."""
+    count = sp_model.get_piece_size()
+    pieces = sp_model.id_to_piece(list(range(count)))
+    for index, back in enumerate(sp_model.piece_to_id(pieces)):
+        if back != index:
+            raise TokenizerError(f"{model_file}: piece {shown(pieces[index])} at id {max(index, back)} repeats id "
+                                 f"{min(index, back)}; expected each piece once")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
+def _fields(data: bytes) -> list[tuple[int, Any]]:
+    """(field number, value) of one protobuf message: bytes for length-delimited fields, None for the others."""
+    out, at = [], 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        wire = key & 7
+        if wire == 0:
+            _, at = _varint(data, at)
+            out.append((key >> 3, None))
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+            out.append((key >> 3, None))
+        elif wire == 2:
+            length, at = _varint(data, at)
+            out.append((key >> 3, data[at:at + length]))
+            at += length
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def _repeated_piece(model_file: Path) -> str | None:
+    """The message for a model SentencePiece refused because a piece repeats (or is empty), with both ids, read
+    from the model's protobuf (``ModelProto.pieces``, field 1; each piece's text is its field 1); None otherwise."""
+    try:
+        pieces = [next((value for number, value in _fields(message) if number == 1), b"").decode("utf-8")
+                  for number, message in _fields(model_file.read_bytes()) if number == 1]
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+    seen: dict[str, int] = {}
+    for index, piece in enumerate(pieces):
+        if not piece:
+            return f"{model_file}: piece {index} is empty; expected a non-empty piece at each id"
+        first = seen.setdefault(piece, index)
+        if first != index:
+            return f"{model_file}: piece {shown(piece)} at id {index} repeats id {first}; expected each piece " \
+                   "once"
+    return None

@@ -39,9 +39,12 @@ from bertgen.checkpoint import is_local_reference
 from . import tracking
 from .disk_space import atomic_write_text
 from .config import COSMETIC_KEYS, DECODING_SECTIONS, CellConfig, to_dict
+from .model_size import PAPER_SIZES
 
 # The paper's base checkpoints: a cell label names a checkpoint only when it is another one.
 _PAPER_CHECKPOINTS = to_dict(CellConfig.__dataclass_fields__["checkpoints"].default)
+
+_PAPER_BASE_SIZE = next(name for name, size in PAPER_SIZES.items() if size == "base")  # L12-H768
 
 # Files a cell writes in its directory.
 CELL_CONFIG_FILE = "cell.json"
@@ -74,10 +77,17 @@ def _strip(config: dict, dotted: str) -> None:
 
 def identity_view(cell: CellConfig | dict) -> dict:
     """The part of a cell its id is computed from, its training identity: its JSON form without the cosmetic keys
-    and the decoding settings (a dict is read as a CellConfig first, so it is checked and normalised)."""
+    and the decoding settings (a dict is read as a CellConfig first, so it is checked and normalised).
+
+    The model size (``size``, experiments.model_size) counts where a checkpoint is a local directory, whose name
+    does not say what it holds: the same path re-pretrained at another depth is another cell. A hub id names its
+    checkpoint and so its size already; leaving the size out there keeps the ids of hub cells as they were, and
+    independent of whether the hub cache could tell the size at the time."""
     view = to_dict(cell if isinstance(cell, CellConfig) else CellConfig.from_dict(cell))
     for dotted in (*COSMETIC_KEYS, *DECODING_SECTIONS):
         _strip(view, dotted)
+    if not any(ref and is_local_reference(ref) for ref in view["checkpoints"].values()):
+        view.pop("size", None)
     return view
 
 
@@ -121,6 +131,14 @@ def cell_label(cell: dict) -> str:
         parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
     if (cell.get("train") or {}).get("optimizer", "adam") != "adam":  # Section 5's GPT-2 tuning (Adafactor)
         parts.append(f"opt={cell['train']['optimizer']}")
+    if cell.get("size") and cell["size"] != _PAPER_BASE_SIZE:  # 24 layers, a tiny or MiniLM model: say so
+        parts.append(cell["size"])
+    if cell.get("vocab"):  # a vocabulary the harness trains (Table 4's Transformer, Table 6's SentencePieces)
+        parts.append(f"vocab={cell['vocab']['train']}{cell['vocab']['size']}")
+    if (cell.get("train") or {}).get("freeze_warm_started_steps"):
+        parts.append(f"freeze={cell['train']['freeze_warm_started_steps']}")
+    if cell.get("variant"):
+        parts.append(f"variant={cell['variant']}")
     return "/".join(parts)
 
 

@@ -19,9 +19,12 @@ from .config import CellConfig, to_dict
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
+from .model_size import built_size
 from .tasks import STANDARD_SPLITS
+from .vocabulary import ensure_vocabulary, split_texts
 
 PREDICTIONS_FILE = "predictions.jsonl"
+VOCABULARY_DIR = "vocabulary"  # in a cell's folder: a copy of its trained vocabulary (cell setting vocab)
 
 
 # -- settings --------------------------------------------------------------------------------------------------
@@ -34,7 +37,8 @@ def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "
     (kind, value), = init_layers.items()
     if kind == "embeddings_only":
         return WarmStart(embeddings=True, layers="none", cross_attention=cross_attention)
-    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, embeddings random
+    if kind == "without_embeddings":  # Table 6's "- embeddings from checkpoint": every layer warm, word embeddings
+        # random (positions and the embedding LayerNorm from the checkpoint: §5)
         return WarmStart(embeddings=False, layers="all", cross_attention=cross_attention)
     if kind == "first_k":
         return WarmStart(layers=value, cross_attention=cross_attention)
@@ -48,13 +52,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig):
+def build_cell_model(cell: CellConfig, device: str | None = None, vocabulary: Path | None = None):
     """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
     are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
-    vocabulary)."""
+    vocabulary). ``device="meta"``: no weights read, for checks of shapes. A cell whose checkpoints no longer have
+    the size its grid recorded is refused. ``vocabulary``: the directory of the cell's trained vocabulary
+    (:func:`cell_vocabulary`), which a cell with ``vocab`` set must pass."""
     checkpoints = cell.checkpoints
+    if (cell.vocab is None) != (vocabulary is None):
+        raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
+                         "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
+    own = {"vocabulary": vocabulary} if vocabulary is not None else {}
     built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
-                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), **cell.model)
+                  warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device, **own,
+                  **cell.model)
+    if cell.size is not None and built_size(built.model) != cell.size:
+        raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints now "
+                         f"build {built_size(built.model)}; a checkpoint directory changed since the grid was "
+                         "loaded: launch the grid again")
     spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
@@ -63,11 +78,28 @@ def build_cell_model(cell: CellConfig):
 
 
 def uncased(tokenizer: Any) -> bool:
-    """Whether a tokenizer lower-cases what it reads (an uncased BERT vocabulary), so its outputs have no case. Probed
-    by behaviour (capitalised and lower-case text encode alike), whatever file the tokenizer came from."""
+    """Whether a tokenizer's outputs have no case (an uncased BERT vocabulary), so references are lower-cased before
+    scoring. Probed by behaviour: it lower-cases what it reads (capitalised and lower-case text encode alike) and,
+    where it can list its vocabulary, no entry but a special token has a capital letter. A vocabulary that writes
+    case is cased even when its tokenizer lower-cases the input (the WMT bert2bert cards' BertTokenizer defaults)."""
     probe = ["The Cat", "the cat"]
     upper, lower = tokenizer(probe, max_length=None, padding=False, truncation=False, return_tensors=None)["input_ids"]
-    return list(upper) == list(lower)
+    return list(upper) == list(lower) and not writes_case(tokenizer)
+
+
+def writes_case(tokenizer: Any) -> bool:
+    """Whether some entry of the tokenizer's vocabulary, other than its special tokens and ``[...]`` / ``<...>``
+    placeholders, has a capital letter; False when the tokenizer cannot list its vocabulary."""
+    if not hasattr(tokenizer, "id_to_token") or not hasattr(tokenizer, "vocab_size"):
+        return False
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    for index in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_token(index)
+        if (index in special or not token or (token[0], token[-1]) in (("[", "]"), ("<", ">"))
+                or token == token.lower()):
+            continue
+        return True
+    return False
 
 
 def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
@@ -75,9 +107,30 @@ def length_limits(model: Seq2SeqModel, task) -> tuple[int, int]:
     return model.fit_lengths(task.max_source_length, task.max_target_length)
 
 
-def cache_dir(cell: CellConfig, out_dir: Path) -> Path:
+def cache_dir(cell: CellConfig, out_dir: Path, kind: str = "tokenized") -> Path:
+    """Where the cell's ``kind`` of cache goes (tokenised splits, trained vocabularies): ``<output_root>/cache/<kind>``,
+    shared by every cell of the output root, else the cell's own folder."""
     root = cell.output_root
-    return (Path(root) / "cache" / "tokenized") if root else (out_dir / "cache")
+    if root:
+        return Path(root) / "cache" / kind
+    return out_dir / "cache" if kind == "tokenized" else out_dir / "cache" / kind
+
+
+def cell_vocabulary(cell: CellConfig, task, out_dir: Path) -> tuple[Path, bool]:
+    """(directory, trained now) of the vocabulary ``cell.vocab`` asks for, trained on the source and target texts of
+    the cell's training split as the cell loads it (data_fraction and max_examples applied), or reused from the cache
+    (``<output_root>/cache/vocab``; experiments.vocabulary) when one was trained on the same data with the same
+    settings."""
+    raw = load_split(task, "train", cell.data.train, seed=0, data_fraction=cell.data_fraction,
+                     max_examples=cell.max_examples.train)
+    identity = f"{task.name}:{raw._fingerprint}"
+    return ensure_vocabulary(split_texts(raw), identity, dict(cell.vocab), cache_dir(cell, out_dir, "vocab"))
+
+
+def trained_vocabulary_copy(cell: CellConfig, directory: Path) -> Path | None:
+    """The copy of its trained vocabulary a trained cell keeps in its folder (what rebuilding its model reads), or
+    None for a cell with the checkpoints' vocabularies."""
+    return Path(directory) / VOCABULARY_DIR if cell.vocab is not None else None
 
 
 def tokenize_pair(raw, input_tokenizer, output_tokenizer, max_source: int, max_target: int, cache_dir: Path):

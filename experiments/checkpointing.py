@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from . import disk_space
@@ -187,7 +188,7 @@ def load_model_weights(directory: Path, model: torch.nn.Module) -> None:
     path = Path(directory) / MODEL_FILE
     try:
         load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise CheckpointCorruptError(f"{path}: does not fit this model ({str(err).splitlines()[0]} …)") from None
 
 

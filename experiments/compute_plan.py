@@ -3,9 +3,11 @@
     python -m experiments.launch grids/paper.yaml --dry-run [--gpu h100-80gb]   # per cell and a total line
     python -m experiments.compute_plan --table [--gpu a100-80gb]                 # the throughput table
 
-**Everything here is an estimate derived from FLOPs, not a measurement**: no GPU has run this project yet. When
-one has (``benchmarks/device_check.sh``), measured tokens/s go into ``MEASURED`` (keyed like the table, with the
-machine they were measured on) and replace the estimate for that shape.
+**Everything here is an estimate derived from FLOPs unless a rate was measured**: ``python -m experiments.rehearse
+GRID --device cuda`` (``benchmarks/device_check.sh`` runs it) trains each distinct shape of a grid for a few steps
+at real size and records the tokens/s it measured, keyed by (shape, lengths, dtype, GPU), in the measured-rates
+file (``measured_rates_file``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cache/bertgen/measured_rates.json``);
+``MEASURED`` holds rates kept in code. A measured rate replaces the estimate for its key, and the plan says so.
 
 The model of a cell is built on the meta device from its checkpoints' ``config.json`` (hub ids of the paper's
 checkpoints: their configs are known here, ``KNOWN_CONFIGS``; local directories: read), so parameter counts are
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +78,11 @@ GPUS: dict[str, GPU] = {
 DEFAULT_GPU = "a100-80gb"
 
 # Measured training throughput (tokens/s per GPU) by (model shape, S, T, dtype, gpu) with the machine it was measured
-# on; empty until a GPU run fills it. A measured entry replaces the FLOPs estimate for that key.
-MEASURED: dict[tuple[str, int, int, str, str], dict[str, Any]] = {}
+# on, kept in code; experiments.rehearse records more in the measured-rates file. A measured entry replaces the FLOPs
+# estimate for its key.
+RateKey = tuple[str, int, int, str, str]
+MEASURED: dict[RateKey, dict[str, Any]] = {}
+MEASURED_RATES_VARIABLE = "BERTGEN_MEASURED_RATES"
 
 _BERT_MULTI = dict(PAPER_CHECKPOINT_CONFIGS["base"]["bert"], vocab_size=119547)
 # The configs of the hub checkpoints the grids name (values of their config.json), so a plan needs no download.
@@ -112,7 +118,8 @@ class Shape:
     max_target: int
 
 
-def _config_of(ref: str) -> dict[str, Any] | None:
+def checkpoint_config(ref: str) -> dict[str, Any] | None:
+    """The config.json values of a checkpoint: a known hub id, a local directory or a cached hub id (else None)."""
     if ref in KNOWN_CONFIGS:
         return dict(KNOWN_CONFIGS[ref])
     path = Path(ref).expanduser() / "config.json"
@@ -164,16 +171,22 @@ def _count(module: Any) -> tuple[int, int]:
 _SHAPES: dict[str, Shape | str] = {}
 
 
-def cell_shape(cell: dict) -> Shape | str:
-    """The cell's model shape, or why it cannot be known without its checkpoints (a string)."""
+def cell_configs(cell: dict) -> dict[str, dict[str, Any]] | str:
+    """The config.json values of the cell's checkpoints by family, or why they cannot be known here (a string)."""
     from bertgen.families import FAMILIES
 
     refs = {f: cell["checkpoints"].get(f) for f in FAMILIES if cell["checkpoints"].get(f)}
-    configs = {f: _config_of(str(r)) for f, r in refs.items()}
+    configs = {f: checkpoint_config(str(r)) for f, r in refs.items()}
     missing = [str(refs[f]) for f, c in configs.items() if c is None]
     if missing:
         return f"config of {', '.join(missing)} unknown (not a known hub id, local directory or cached)"
-    return shape_from_configs(cell, configs)
+    return configs
+
+
+def cell_shape(cell: dict) -> Shape | str:
+    """The cell's model shape, or why it cannot be known without its checkpoints (a string)."""
+    configs = cell_configs(cell)
+    return configs if isinstance(configs, str) else shape_from_configs(cell, configs)
 
 
 def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape | str:
@@ -183,6 +196,13 @@ def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape 
     from .cell_inputs import length_limits
     from .tasks import get_task
 
+    if cell.get("vocab"):  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
+        size = cell["vocab"]["size"]
+        configs = {family: {**config, "vocab_size": size,
+                            **{name: min(config[name], size - 1) for name in ("bos_token_id", "eos_token_id",
+                                                                            "pad_token_id")
+                               if isinstance(config.get(name), int)}}
+                   for family, config in configs.items()}
     key = json.dumps([cell["scheme"], cell["task"], configs, cell.get("model") or {}], sort_keys=True, default=str)
     if key not in _SHAPES:
         try:
@@ -225,9 +245,56 @@ def dtype_of(cell: dict) -> str:
     return "bf16" if cell["train"].get("bf16") in (True, "auto") else "fp32"
 
 
+def measured_rates_file() -> Path:
+    """Where experiments.rehearse records measured rates and the plan reads them."""
+    configured = os.environ.get(MEASURED_RATES_VARIABLE)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "bertgen" / "measured_rates.json"
+
+
+def rate_record_key(record: dict[str, Any]) -> RateKey:
+    return (str(record["shape"]), int(record["source"]), int(record["target"]), str(record["dtype"]),
+            str(record["device"]))
+
+
+_FILE_RATES: dict[tuple[str, int], dict[RateKey, dict[str, Any]]] = {}
+
+
+def recorded_rates(path: Path | None = None) -> dict[RateKey, dict[str, Any]]:
+    """The measured-rates file's records by key ({} when there is none). A file that is not a JSON list of records
+    is ignored with one warning naming it: it is a cache of measurements, never a reason to stop a plan."""
+    path = path or measured_rates_file()
+    try:
+        stamp = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return {}
+    if stamp not in _FILE_RATES:
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+            _FILE_RATES[stamp] = {rate_record_key(r): r for r in records if float(r["tokens_per_s"]) > 0}
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            print(f"warning: {path}: not a list of measured rates from experiments.rehearse ({short_text(err, 80)}); "
+                  "ignored, the plan estimates", file=sys.stderr)
+            _FILE_RATES[stamp] = {}
+    return _FILE_RATES[stamp]
+
+
+def record_rates(records: list[dict[str, Any]], path: Path | None = None) -> Path:
+    """Add ``records`` (shape, source, target, dtype, device, tokens_per_s, machine, ...) to the measured-rates file,
+    replacing records of the same key; written whole to a temporary file and renamed (never half-written)."""
+    path = path or measured_rates_file()
+    merged = {**recorded_rates(path), **{rate_record_key(r): r for r in records}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(list(merged.values()), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def tokens_per_second(shape: Shape, source: int, target: int, dtype: str, gpu: str) -> tuple[float, str]:
-    """(training tokens/s of one GPU, "measured on ..." | "estimate"): MEASURED when it has the key."""
-    measured = MEASURED.get((shape.label, source, target, dtype, gpu))
+    """(training tokens/s of one GPU, "measured on ..." | "estimate"): MEASURED or the measured-rates file when
+    they have the key."""
+    key = (shape.label, source, target, dtype, gpu)
+    measured = MEASURED.get(key) or recorded_rates().get(key)
     if measured is not None:
         return float(measured["tokens_per_s"]), f"measured on {measured['machine']}"
     flops = GPUS[gpu].peak_tflops[dtype] * 1e12 * ASSUMED_MFU
@@ -308,14 +375,15 @@ class GridCosts:
     costs: dict[str, CellCost]
     labels: dict[str, str]  # cell id -> task/scheme/seedN[/variant]
 
-    headers = ["compute plan (estimate)", "model", "S+T", "tokens", "GPU-h", "peak GiB", "batch"]
+    headers = ["compute plan", "model", "S+T", "tokens", "GPU-h", "rate", "peak GiB", "batch"]
 
     def columns(self, cell_id: str) -> list[str]:
         cost = self.costs[cell_id]
         if cost.shape is None:
-            return [self.labels[cell_id], "?", "?", "?", "?", "?", cost.why]
+            return [self.labels[cell_id], "?", "?", "?", "?", "?", "?", cost.why]
         return [self.labels[cell_id], cost.shape.label, f"{cost.shape.max_source}+{cost.shape.max_target}",
-                _si(cost.tokens), f"{cost.gpu_hours:,.1f}", f"{cost.peak_gib:.1f}", cost.fit]
+                _si(cost.tokens), f"{cost.gpu_hours:,.1f}", "estimate" if cost.source == "estimate" else "measured",
+                f"{cost.peak_gib:.1f}", cost.fit]
 
     def report(self) -> str:
         """The per-cell table (rows by label) and the total line."""
@@ -326,10 +394,14 @@ class GridCosts:
     def total_line(self) -> str:
         known = [c for c in self.costs.values() if c.shape is not None]
         unknown = len(self.costs) - len(known)
-        estimate = all(c.source == "estimate" for c in known)
+        measured = sorted({c.source for c in known if c.source != "estimate"})
         gpu = GPUS[self.gpu]
-        what = (f"ESTIMATE from FLOPs at an assumed {ASSUMED_MFU:.0%} MFU of the {gpu.name}'s dense peak, not a "
-                "measurement" if estimate else "measured where MEASURED has the shape, estimated elsewhere")
+        estimate = (f"ESTIMATE from FLOPs at an assumed {ASSUMED_MFU:.0%} MFU of the {gpu.name}'s dense peak, not a "
+                    "measurement")
+        count = sum(1 for c in known if c.source != "estimate")
+        what = (estimate if not measured else
+                f"{count} cells from rates {'; '.join(measured)} (experiments.rehearse), the other "
+                f"{len(known) - count} an {estimate}")
         line = (f"compute plan total: {len(known)} cells, {_si(sum(c.tokens for c in known))} tokens, "
                 f"{sum(c.gpu_hours for c in known):,.0f} GPU-hours on {gpu.name}, peak "
                 f"{max((c.peak_gib for c in known), default=0.0):.1f} GiB of {gpu.memory_gib:g} GiB "

@@ -22,6 +22,7 @@ penalty, target length) are the task table's (:mod:`experiments.tasks`) and fill
 from __future__ import annotations
 
 import contextvars
+import re
 import copy
 import dataclasses
 import importlib.util
@@ -38,7 +39,10 @@ from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
+from .data_archive import archive_for  # data on no hub: the archive its authors published
+from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
+from .vocabulary import MAX_SIZE as MAX_VOCAB_SIZE, MIN_SIZE as MIN_VOCAB_SIZE, TRAINERS as VOCAB_TRAINERS
 
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
@@ -108,7 +112,8 @@ def checkpoint_ref(value: Any, path: str) -> Any:
 def _data_file(value: Any, path: str) -> str:
     v.path_text(what="a file path")(value, path)
     if check_paths.get() and not Path(value).expanduser().is_file():
-        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist")
+        fetch = "; python -m experiments.prefetch GRID fetches it" if archive_for(value) is not None else ""
+        raise v.Invalid(path, f"expected an existing file, {v.short_repr(value, 300)} does not exist{fetch}")
     return value
 
 
@@ -146,8 +151,8 @@ def data_spec(value: Any, path: str) -> Any:
 
 def init_layers(value: Any, path: str) -> Any:
     """null | {embeddings_only: true} | {without_embeddings: true} | {first_k: k} | {layers: [i, j, ...]} (1-based,
-    strictly increasing). ``without_embeddings``: every layer warm, the embeddings random (Table 6's "- embeddings
-    from checkpoint")."""
+    strictly increasing). ``without_embeddings``: every layer warm, the word-embedding matrix random (Table 6's "-
+    embeddings from checkpoint", §5; positions and the embedding LayerNorm come from the checkpoint)."""
     kinds = ("embeddings_only", "without_embeddings", "first_k", "layers")
     if value is None:
         return None
@@ -176,6 +181,18 @@ def init_layers(value: Any, path: str) -> Any:
     return {kind: list(item)}
 
 
+def vocab_setting(value: Any, path: str) -> Any:
+    """null (the checkpoints' own vocabularies) | {train: wordpiece | sentencepiece, size: <ids>}: a vocabulary the
+    harness trains on the cell's training data (experiments.vocabulary) for both sides of the model."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"train", "size"}:
+        raise v.Invalid(path, f"expected null or a mapping with train ({' or '.join(VOCAB_TRAINERS)}) and size, got "
+                              f"{v.short_repr(value)}")
+    return {"train": v.choice(tuple(VOCAB_TRAINERS), what="vocabulary trainer")(value["train"], v.join(path, "train")),
+            "size": v.integer(MIN_VOCAB_SIZE, hi=MAX_VOCAB_SIZE)(value["size"], v.join(path, "size"))}
+
+
 def _model_override_checks() -> dict[str, v.Check]:
     """Size overrides: the config fields bertgen.schemes.build can change on every stack (BERT and GPT-2 alike),
     typed from BertGenerationConfig's annotations."""
@@ -194,6 +211,13 @@ def _model_override_checks() -> dict[str, v.Check]:
         else:
             checks[item.name] = v.text(nullable)
     return checks
+
+
+def model_size_text(value: Any, path: str) -> str | None:
+    if value is None or (isinstance(value, str) and SIZE_PATTERN.fullmatch(value)):
+        return value
+    raise v.Invalid(path, "expected null or a model size L<layers>-H<hidden> (encoder+decoder: "
+                          f"L<l>-H<h>+L<l>-H<h>), got {v.short_repr(value)}")
 
 
 def bf16_setting(value: Any, path: str) -> bool | str:
@@ -253,7 +277,7 @@ class TrainConfig:
     warmup_steps: int = setting(40_000, lo=0, hi=MAX_STEPS)  # §4: "linear warmup over 40k steps"
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
-    # §4: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings, lr = relative step cap)
+    # the paper's setup: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings)
     optimizer: str = setting("adam", choices=("adam", "adafactor"), what="optimizer", omit_default=True)
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
@@ -272,19 +296,25 @@ class TrainConfig:
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
     # Log the training curve every this many steps (null: min(50, eval_every / 5)).
     log_every: int | None = setting(None, lo=1, hi=MAX_STEPS, cosmetic=True, omit_default=True)
+    # Table 6's "pre-training SentencePieces": the parameters warm-started from a checkpoint get no update (and no
+    # optimizer state) for this many steps, so the new ones (a new vocabulary's embeddings) learn first; 0: none.
+    freeze_warm_started_steps: int = setting(0, lo=0, hi=MAX_STEPS, omit_default=True)
 
     def cross_check(self, path: str) -> None:
         if self.batch_size < self.grad_accum:
             raise v.Invalid(v.join(path, "batch_size"), f"expected at least train.grad_accum={self.grad_accum} "
                                                         f"examples, got {self.batch_size}")
+        if self.freeze_warm_started_steps >= self.steps:
+            raise v.Invalid(v.join(path, "freeze_warm_started_steps"),
+                            f"expected fewer than train.steps={self.steps} steps, got {self.freeze_warm_started_steps}")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """Beam search on the test sets (bertgen.generation). Beam, penalty and length are the task table's."""
 
-    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (§4: 4, written in bertgen.generation.NUM_BEAMS)
-    length_penalty: float = setting(lo=0.0)  # the task table's (§4: α = 0.6, bertgen.generation.LENGTH_PENALTY)
+    num_beams: int = setting(lo=1, hi=MAX_BEAMS)  # the task table's (4: the paper's for WMT, §4.3; ours elsewhere)
+    length_penalty: float = setting(lo=0.0)  # the task table's (α = 0.6: the paper's for WMT, §4.3; ours elsewhere)
     max_new_tokens: int = setting(lo=1, hi=MAX_MODEL_SIZE)  # the task table's max_target_length
     length_penalty_style: str = setting(LENGTH_PENALTY_STYLE, choices=LENGTH_PENALTY_STYLES,
                                         what="length penalty style")
@@ -310,9 +340,21 @@ class CellConfig:
     # 1-based as in the paper); null: all
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
-    # "self_attention" (a copy of the layer's own self-attention; README: "Why the decoder ignored the encoder").
+    # "self_attention" (a copy of the layer's own self-attention; docs/investigations.md: "Why the decoder ignored the encoder").
     cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
                                         omit_default=True)
+    # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
+    # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
+    size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)
+    # A vocabulary the harness trains on the cell's training data for both sides, {train: wordpiece | sentencepiece,
+    # size: N} (Table 4's 32k WMT wordpiece Transformer, Table 6's 16k SentencePieces; experiments.vocabulary); the
+    # checkpoints' word embeddings are then not used. null: the checkpoints' vocabularies (the paper's schemes).
+    vocab: dict | None = setting(None, check=vocab_setting, omit_default=True)
+    # The paper's row this cell fills when its scheme and settings alone do not name it (Table 4's "Transformer
+    # (ours)" baselines are rnd2rnd cells: transformer_base); the tables key the row by it. Not in the cell id.
+    variant: str | None = setting(None, check=v.text(nullable=True, pattern=re.compile(r"[a-z0-9_]+"),
+                                                     what="a variant name of a-z, 0-9 and _", max_len=100),
+                                  cosmetic=True, omit_default=True)
     cell_id: str | None = setting(None, cosmetic=True, grid=False)  # filled by the grid: experiments.cell
     grid: str = setting("", cosmetic=True, grid=False)  # the grid that produced it
     output_root: str = setting("", cosmetic=True, grid=False)  # the cell writes under experiments.cell.cell_dir

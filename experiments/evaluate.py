@@ -36,27 +36,30 @@ from typing import Any
 import torch
 import yaml
 
-from bertgen.checkpoint import CheckpointError, read_config_dict, resolve_checkpoint_dir
+from bertgen.checkpoint import CheckpointError
 from bertgen.modeling_encoder_decoder import EncoderDecoderModel
-from bertgen.tokenization import load_tokenizer
+from bertgen.tokenization import TokenizerError, load_tokenizer
 
 from . import checkpointing
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
-from .cell_inputs import build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair, uncased
+from .cell_inputs import (build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
+                          trained_vocabulary_copy, uncased)
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
 from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
+from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
+                                   selected_checkpoint)
 from .grid_doc import GridError
 from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
-from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri
+from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri, sqlite_path
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
-    SELECTIONS, SETTABLE, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation, config_from_dict,
-    evaluation_id, is_cell_dir, read_cell, released_entry,
+    SELECTIONS, SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
+    config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -65,26 +68,38 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 # -- the model ------------------------------------------------------------------------------------------------------
 class FormattedInput:
     """An input tokenizer that writes a model card's input convention (``INPUT_FORMATS``) instead of its own special
-    tokens; everything else is the wrapped tokenizer's. Its fingerprint differs, so cached tokenisations do not mix."""
+    tokens, after the card's preprocessing (``replace_in_source``: text replaced in every source before encoding);
+    everything else is the wrapped tokenizer's. Its fingerprint differs, so cached tokenisations do not mix."""
 
-    def __init__(self, tokenizer: Any, input_format: str):
+    def __init__(self, tokenizer: Any, input_format: str, replace_in_source: list[list[str]] | None = None):
         if input_format == "bos_eos" and (tokenizer.bos_token_id is None or tokenizer.eos_token_id is None):
             raise EvaluationError(f"input_format bos_eos: the tokenizer has no bos/eos token "
                                   f"(bos {tokenizer.bos_token_id}, eos {tokenizer.eos_token_id})")
         self.tokenizer = tokenizer
         self.input_format = input_format
-        self.fingerprint = f"{tokenizer_fingerprint(tokenizer)}:{input_format}"
+        self.replace_in_source = [tuple(pair) for pair in replace_in_source or ()]
+        self.fingerprint = f"{tokenizer_fingerprint(tokenizer)}:{input_format}" + (
+            f":{json.dumps(self.replace_in_source)}" if self.replace_in_source else "")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tokenizer, name)
+
+    def prepare(self, text: str) -> str:
+        for old, new in self.replace_in_source:
+            text = text.replace(old, new)
+        return text
 
     def __call__(self, texts: Any, max_length: int | None = None, padding: Any = False, truncation: bool = True,
                  return_tensors: str | None = "pt", add_special_tokens: bool = True) -> dict[str, Any]:
         if return_tensors is not None or padding not in (False, "do_not_pad"):
             raise EvaluationError("FormattedInput encodes unpadded id lists only (return_tensors=None, padding=False)")
-        bare = self.tokenizer(texts, max_length=None, padding=False, truncation=False, return_tensors=None,
-                              add_special_tokens=False)["input_ids"]
         single = isinstance(texts, str)
+        prepared = self.prepare(texts) if single else [self.prepare(text) for text in texts]
+        if self.input_format == "tokenizer":
+            return self.tokenizer(prepared, max_length=max_length, padding=False, truncation=truncation,
+                                  return_tensors=None, add_special_tokens=add_special_tokens)
+        bare = self.tokenizer(prepared, max_length=None, padding=False, truncation=False, return_tensors=None,
+                              add_special_tokens=False)["input_ids"]
         rows = [bare] if single else bare
         out = []
         for ids in rows:
@@ -109,19 +124,17 @@ class LoadedModel:
     tags: dict[str, str]
 
 
-def load_released(checkpoint: str, revision: str | None = None) -> LoadedModel:
+def load_released(checkpoint: str, revision: str | None = None,
+                  tokenizer_args: dict[str, Any] | None = None) -> LoadedModel:
     """An HF-layout encoder-decoder and the tokenizer saved beside it (one vocabulary for both sides, as in every
-    released model of the paper)."""
-    try:
-        directory = resolve_checkpoint_dir(checkpoint, revision=revision)
-        raw = read_config_dict(directory)
-    except (OSError, CheckpointError, ValueError) as err:
-        raise EvaluationError(str(err) if checkpoint in str(err) else f"{checkpoint}: {err}") from None
-    if raw.get("model_type") != "encoder-decoder":
-        raise EvaluationError(f"{directory / 'config.json'}: model_type {raw.get('model_type')!r}: expected an "
-                              "encoder-decoder checkpoint (or a trained cell's directory with cell.json)")
+    released model of the paper), read with ``tokenizer_args`` (a model card's: its special tokens), so that
+    decoding drops every special token the card names."""
+    directory, raw = released_config(checkpoint, revision)
     model = EncoderDecoderModel.from_pretrained(directory)
-    tokenizer = load_tokenizer(directory)
+    try:
+        tokenizer = load_tokenizer(directory, **(tokenizer_args or {}))
+    except TokenizerError as err:
+        raise EvaluationError(f"{directory}: tokenizer_args {tokenizer_args}: {one_line(err)}") from None
     set_generation_ids(model, directory, raw, tokenizer)
     pad = model.config.pad_token_id
     return LoadedModel(model, tokenizer, tokenizer, pad, {"evaluated": checkpoint, "scheme": "released",
@@ -158,12 +171,9 @@ def set_generation_ids(model: Any, directory: Path, raw: dict[str, Any], tokeniz
 def load_cell(directory: Path, select: str) -> LoadedModel:
     """A trained cell's model (its scheme rebuilt, then ``checkpoints/<select>``'s weights) and tokenizers."""
     cell = read_cell(directory)
-    found = checkpointing.find_checkpoint(directory / "checkpoints" / select)
-    if found is None:
-        have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
-        raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
-                              f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
-    model, spec, input_tokenizer, output_tokenizer = build_cell_model(cell)
+    found = selected_checkpoint(directory, select)
+    model, spec, input_tokenizer, output_tokenizer = build_cell_model(
+        cell, vocabulary=trained_vocabulary_copy(cell, directory))
     checkpointing.load_model_weights(found, model)
     return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,
                        {"evaluated": str(directory), "scheme": cell.scheme, "cell_id": cell.cell_id or "",
@@ -172,9 +182,9 @@ def load_cell(directory: Path, select: str) -> LoadedModel:
 
 def load_model(config: EvaluationConfig) -> LoadedModel:
     loaded = (load_cell(Path(config.checkpoint), config.select) if config.is_cell
-              else load_released(config.checkpoint, config.revision))
-    if config.input_format != "tokenizer":
-        loaded.input_tokenizer = FormattedInput(loaded.input_tokenizer, config.input_format)
+              else load_released(config.checkpoint, config.revision, config.tokenizer_args))
+    if config.input_format != "tokenizer" or config.replace_in_source:
+        loaded.input_tokenizer = FormattedInput(loaded.input_tokenizer, config.input_format, config.replace_in_source)
     return loaded
 
 
@@ -265,8 +275,11 @@ class EvaluationTracker:
                          "select": config.select})
         else:
             entry = released_entry(config.checkpoint)
-            tags.update({"scheme": entry.scheme if entry is not None else "released", "variant": RELEASED_VARIANT,
+            tags.update({"scheme": entry.scheme if entry is not None else "released",
+                         "variant": entry.variant if entry is not None else RELEASED_VARIANT,
                          "released_model": config.checkpoint.rstrip("/").rsplit("/", 1)[-1]})
+            if entry is not None and entry.no_paper_number:
+                tags["no_paper_number"] = entry.no_paper_number
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=label)
         flat = flatten(to_dict(config))
         if not config.is_cell and (entry := released_entry(config.checkpoint)) is not None:
@@ -378,8 +391,10 @@ def load_evaluation_grid(path: Path, sets: list[str],
         extra = set(item) - {"checkpoint", "task", *SETTABLE}
         if extra:
             raise EvaluationError(f"{here}: unknown keys {sorted(extra)}")
-        item_sets = [f"{section}.{k}={json.dumps(val)}" for section in SETTABLE
-                     for k, val in {**(defaults.get(section) or {}), **(item.get(section) or {})}.items()]
+        item_sets = [f"{section}={json.dumps(item.get(section, defaults.get(section)))}" for section in TOP_LEVEL
+                     if section in item or section in defaults]
+        item_sets += [f"{section}.{k}={json.dumps(val)}" for section in SETTABLE if section not in TOP_LEVEL
+                      for k, val in {**(defaults.get(section) or {}), **(item.get(section) or {})}.items()]
         try:
             configs.append(build_config(str(item["checkpoint"]), item.get("task"), item_sets + list(sets)))
         except EvaluationError as err:
@@ -457,14 +472,23 @@ def main(argv: list[str] | None = None) -> int:
             raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
         output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
         uri = args.tracking_uri or resolve_tracking_uri((doc.get("mlflow") or {}).get("tracking_uri"), output_root)
+        if (db := sqlite_path(uri)) is not None and not db.is_absolute():
+            uri = f"sqlite:///{db.absolute()}"  # as MLflow reads it here; jobs elsewhere read the same file
         experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
-        output_root.mkdir(parents=True, exist_ok=True)
+        # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
         check_tracking(uri)
-    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
+        out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
+        check_writable(output_root, "--output-root")
+        for config, out_dir in zip(configs, out_dirs):
+            check_writable(out_dir, "--output-dir")
+            check_test_data(config)
+            check_checkpoint(config)
+        output_root.mkdir(parents=True, exist_ok=True)
+    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable, CheckpointError, TokenizerError) as err:
+        print(f"error: {v.short_text(err, None)}", file=sys.stderr)
         return EXIT_REFUSED
-    jobs = [EvaluationJob(config, str(args.output_dir or default_output_dir(config, output_root)), uri, experiment,
-                          args.force, args.device) for config in configs]
+    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, args.device)
+            for config, out_dir in zip(configs, out_dirs)]
     if args.executor != "debug":
         executor = _executor(args.executor, doc, output_root / "submitit" / "evaluate")
         submitted = [executor.submit(job) for job in jobs]

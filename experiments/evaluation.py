@@ -20,25 +20,12 @@ from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .cell_inputs import lengths
 from .disk_space import atomic_write_text  # noqa: F401 - re-exported: train and evaluate write through it
 from .distributed import DistributedContext, all_gather_objects
+from .machine import native_bf16
 from .metrics import baseline_predictions, compute_metrics
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matrix products natively: a CUDA GPU that supports bf16, or a CPU with AMX
-    or AVX512-BF16 (elsewhere CPU bf16 is emulated and many times slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +32,57 @@ DEFAULT_OUTPUT_ROOT = "outputs"
 INPUT_FORMATS = ("tokenizer", "bare", "bos_eos")
 
 
+# The WMT cards' tokenizer arguments: their repos ship a bare WordPiece vocab.txt (no tokenizer_config.json or
+# special_tokens_map.json) and the cards load it as AutoTokenizer.from_pretrained(repo, pad_token="<pad>",
+# eos_token="</s>", bos_token="<s>"), with config.json's BertTokenizer defaults otherwise (do_lower_case).
+WMT_CARD_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"}
+WMT_NO_PAPER_NUMBER = ("two untied 24-layer BERT stacks (3.09 GB) with a WordPiece vocabulary built on WMT14 "
+                       "(not mBERT's): the paper's custom-vocabulary 24-layer block of Table 4, which reports "
+                       "bert2rnd and bertShare only; Table 4's bert2bert is 12 layers with mBERT's vocabulary")
+
+
 @dataclass(frozen=True)
 class Released:
-    """One of Google's released warm-started models (hub ids: ../shared/notes/hub-ids.md)."""
+    """One of Google's released warm-started models (hub ids: ../shared/notes/hub-ids.md) and how its model card
+    uses it (read from the cards on the hub)."""
 
     task: str  # the task it was fine-tuned on
-    scheme: str  # the paper's row it reproduces: the 24-layer robertaShare of Tables 2, 3, 5; bert2bert of Table 4
+    scheme: str  # the scheme it is: robertaShare (24-layer, Tables 2, 3, 5); bert2bert (two untied stacks)
     # Its model card's input convention. The roberta2roberta repos ship a SentencePiece spiece.model with
     # bert-generation stacks, whose tokenizer adds no special tokens; the WikiSplit card wraps the input in <s> … </s>
     # (transformers issue 7898: without them the model repeats words); the WMT cards pass add_special_tokens=False.
     input_format: str = "tokenizer"
     size: str = "large"  # 24 layers
+    # The card's AutoTokenizer keyword arguments (special tokens; they override the repo's tokenizer files).
+    tokenizer_args: dict = field(default_factory=dict)
+    # The card's preprocessing: (text, replacement) applied to every source before encoding. The DiscoFuse card:
+    # replace all " with a single ` (back tick); the WikiSplit card: with two single ' (single quotation marks).
+    replace_in_source: tuple[tuple[str, str], ...] = ()
+    # None: the paper reports this model (its scheme's 24-layer row); else why no paper number is its.
+    no_paper_number: str | None = None
+
+    @property
+    def variant(self) -> str:
+        """The analysis' variant tag of its evaluation runs (a row of its own)."""
+        return RELEASED_VARIANT if self.no_paper_number is None else RELEASED_UNREPORTED_VARIANT
 
 
 RELEASED: dict[str, Released] = {
-    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare"),
-    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare", "bos_eos"),
+    "google/roberta2roberta_L-24_discofuse": Released("discofuse", "robertaShare", replace_in_source=(('"', "`"),)),
+    "google/roberta2roberta_L-24_wikisplit": Released("wikisplit", "robertaShare", "bos_eos",
+                                                      replace_in_source=(('"', "''"),)),
     "google/roberta2roberta_L-24_gigaword": Released("gigaword", "robertaShare"),
     "google/roberta2roberta_L-24_cnn_daily_mail": Released("cnn_dailymail", "robertaShare"),
     "google/roberta2roberta_L-24_bbc": Released("xsum", "robertaShare"),
-    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare"),
-    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare"),
+    "google/bert2bert_L-24_wmt_de_en": Released("wmt14_de_en", "bert2bert", "bare",
+                                                tokenizer_args=dict(WMT_CARD_TOKENS),
+                                                no_paper_number=WMT_NO_PAPER_NUMBER),
+    "google/bert2bert_L-24_wmt_en_de": Released("wmt14_en_de", "bert2bert", "bare",
+                                                tokenizer_args=dict(WMT_CARD_TOKENS),
+                                                no_paper_number=WMT_NO_PAPER_NUMBER),
 }
 RELEASED_VARIANT = "released"  # the analysis' variant tag for released models' rows (analysis.schema)
+RELEASED_UNREPORTED_VARIANT = "released_unreported"  # a released model the paper reports no number for
 
 
 def released_entry(checkpoint: str) -> Released | None:
@@ -83,6 +111,11 @@ class EvaluationConfig:
     input_format: str = setting("tokenizer")  # INPUT_FORMATS; a released model's card's (RELEASED) by default
     # fp32 by default: bf16 decoding is faster where the hardware has it but can change tokens ("auto": where native)
     bf16: bool | str = setting(False, check=bf16_setting)
+    # A released model's card (RELEASED) by default: keyword arguments the tokenizer is read with (special tokens,
+    # tokenizer options), and (text, replacement) pairs applied to every source before encoding; left out of the
+    # JSON form and the id while empty.
+    tokenizer_args: dict = setting({}, omit_default=True)
+    replace_in_source: list = setting([], omit_default=True)
 
     @property
     def is_cell(self) -> bool:
@@ -121,8 +154,8 @@ def paper_decode(task: Task) -> dict[str, Any]:
             "max_new_tokens": task.max_target_length}
 
 
-SETTABLE = ("decode", "data", "max_examples", "input_format", "bf16")
-TOP_LEVEL = ("input_format", "bf16")
+SETTABLE = ("decode", "data", "max_examples", "input_format", "bf16", "tokenizer_args", "replace_in_source")
+TOP_LEVEL = ("input_format", "bf16", "replace_in_source")
 
 
 def build_config(checkpoint: str, task: str | None, sets: list[str], max_examples: int | None = None,
@@ -150,6 +183,9 @@ def build_config(checkpoint: str, task: str | None, sets: list[str], max_example
             raise EvaluationError(str(v.unknown("--task", task, TASKS)))
         doc = {"checkpoint": checkpoint, "task": task, "decode": paper_decode(get_task(task)), "revision": revision,
                "input_format": released.input_format if released is not None else "tokenizer"}
+        if released is not None:  # its model card's tokenizer arguments and preprocessing
+            doc["tokenizer_args"] = dict(released.tokenizer_args)
+            doc["replace_in_source"] = [list(pair) for pair in released.replace_in_source]
     if max_examples is not None:
         doc.setdefault("max_examples", {})["test"] = max_examples
     for key, value in parse_sets(sets):
@@ -181,10 +217,32 @@ def config_from_dict(doc: dict[str, Any], where: str) -> EvaluationConfig:
         input_format = v.choice(INPUT_FORMATS, what="input format")(doc.get("input_format", "tokenizer"),
                                                                     v.join(where, "input_format"))
         bf16 = bf16_setting(doc.get("bf16", False), v.join(where, "bf16"))
+        tokenizer_args = _tokenizer_args(doc.get("tokenizer_args") or {}, v.join(where, "tokenizer_args"))
+        replace_in_source = _replacements(doc.get("replace_in_source") or [], v.join(where, "replace_in_source"))
     except v.Invalid as err:
         raise EvaluationError(str(err)) from None
     return EvaluationConfig(checkpoint=checkpoint, task=task, decode=decode, data=data, max_examples=caps,
-                            select=select, revision=revision, input_format=input_format, bf16=bf16)
+                            select=select, revision=revision, input_format=input_format, bf16=bf16,
+                            tokenizer_args=tokenizer_args, replace_in_source=replace_in_source)
+
+
+def _tokenizer_args(value: Any, where: str) -> dict[str, Any]:
+    """``{name: value}`` with text or true/false values (bertgen.tokenization.load_tokenizer checks the names)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(x, (str, bool))
+                                              for k, x in value.items()):
+        raise v.Invalid(where, f"expected a mapping of tokenizer arguments to text or true/false (e.g. "
+                               f"pad_token: <pad>), got {v.short_repr(value)}")
+    return dict(value)
+
+
+def _replacements(value: Any, where: str) -> list[list[str]]:
+    """``[[text, replacement], ...]``, each text non-empty."""
+    if not isinstance(value, list) or not all(isinstance(pair, (list, tuple)) and len(pair) == 2
+                                              and all(isinstance(x, str) for x in pair) and pair[0]
+                                              for pair in value):
+        raise v.Invalid(where, f"expected a list of [text, replacement] pairs of strings (e.g. [['\"', '`']]), "
+                               f"got {v.short_repr(value)}")
+    return [list(pair) for pair in value]
 
 
 def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:

@@ -48,7 +48,7 @@ import copy
 import itertools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,6 +71,7 @@ from .grid_doc import (  # GridError, read_yaml and parse_sets re-exported: publ
     parse_sets,
     read_yaml,
 )
+from .model_size import cell_model_size
 from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
 from .tasks import TASKS
 
@@ -153,6 +154,14 @@ def smoke_asset_paths(root: Path) -> dict[str, Any]:
             "checkpoints": {family: str(final / family) for family in FAMILIES},
             "tasks": {kind: {split: str(final / "tasks" / kind / f"{split}.jsonl") for split in TASK_SPLITS}
                       for kind in sorted(set(SMOKE_TASKS.values()))}}
+
+
+def smoke_asset_configs(root: Path) -> dict[str, dict[str, int]]:
+    """The size of each tiny checkpoint (experiments.pretrain_tiny.TinySize) by its path, before it is built: the
+    cells' sizes, and so their ids, are the same before and after the launcher builds the assets."""
+    size = SmokeSettings().size
+    dims = {"num_hidden_layers": size.num_hidden_layers, "hidden_size": size.hidden_size}
+    return {path: dims for path in smoke_asset_paths(root)["checkpoints"].values()}
 
 
 # -- the grid ---------------------------------------------------------------------------------------------------------
@@ -462,7 +471,8 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
         for key, value in cell_sets:
             for cell in cells:
                 _merge(schema, cell, _patch_from_dotted(key, value))
-        resolved = _finish(cells, where)
+        known = smoke_asset_configs(output_root / SMOKE_DIR) if expander.smoke_used else {}
+        resolved = _finish(cells, where, known)
     except GridError as err:
         raise fail(err) from None
 
@@ -480,10 +490,11 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
     )
 
 
-def _finish(cells: list[dict], where: str) -> list[dict]:
+def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> list[dict]:
     """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
-    each whole cell against experiments.config.CellConfig, give ids, dedupe. The cells stay in their JSON form (what
-    a job receives)."""
+    each whole cell against experiments.config.CellConfig, record its model size (experiments.model_size;
+    ``known_configs``: configs of checkpoints not built yet), give ids, dedupe. The cells stay in their JSON form
+    (what a job receives)."""
     out: dict[str, dict] = {}
     origins: dict[str, tuple[str, str] | None] = {}
     for cell in cells:
@@ -513,6 +524,7 @@ def _finish(cells: list[dict], where: str) -> list[dict]:
             raise GridError(where, err.path, err.message) from None
         finally:
             config.check_paths.reset(token)
+        typed = replace(typed, size=cell_model_size(config.to_dict(typed), known_configs))
         cell = config.to_dict(typed)
         cell["cell_id"] = compute_cell_id(typed)
         first = origins.get(cell["cell_id"])

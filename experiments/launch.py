@@ -5,7 +5,8 @@
 
 1. The grid is loaded and validated (:mod:`experiments.grid`) and what its cells will read is checked
    (:mod:`experiments.preflight`); any problem is one line on stderr and exit status 2, before anything is written
-   or any MLflow run exists. ``--dry-run`` prints the cells and stops there too.
+   or any MLflow run exists. ``--dry-run`` prints the cells and the compute plan and stops there; what is not there
+   yet (a local data file or checkpoint, a hub checkpoint not in the cache) is a warning naming what fetches it.
 2. The tracking URI must answer (:func:`experiments.tracking.check_tracking`), else exit status 2, nothing submitted.
 3. Each selected cell is looked up by its ``cell_id`` tag in the experiment: FINISHED → skipped; FAILED → skipped
    unless ``--retry-failed``; RUNNING/SCHEDULED but no longer alive (killed launcher, dead node) → resumed in the
@@ -536,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        grid = load_grid(args.grid, args.sets)
+        # a dry run shows the plan whatever is not there yet (warned below); a launch refuses it here
+        grid = load_grid(args.grid, args.sets, check_paths=not args.dry_run)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
@@ -547,13 +549,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     try:  # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
         launch_guard.check_json_files(grid, cells)
-        notes = check_cells(grid, cells)
+        notes, warnings = check_cells(grid, cells, dry_run=args.dry_run)
         launch_guard.check_decoding(grid, cells)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
     for note in notes:
         print(f"note: {note}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     executor = pick_executor(args.executor, grid)
     if executor == "slurm" and not slurm_resources.launch_check(grid, args.dry_run):
         return EXIT_REFUSED  # the cluster cannot give what executor.slurm asks for (one line printed)

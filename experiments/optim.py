@@ -1,8 +1,9 @@
 """Optimiser and learning-rate schedules.
 
-The paper (Section 4) trains with Adam, "learning rate 0.05, linear warmup over 40k steps, normalised by the square
-root of the hidden size, and square-root decay" — Tensor2Tensor's ``constant * linear_warmup * rsqrt_decay *
-rsqrt_hidden_size``:
+The paper's experimental setup trains with Adam, "learning rate 0.05, linear warmup over 40k steps, normalised by the
+square root of the hidden size, and square-root decay" — Tensor2Tensor's ``constant * linear_warmup * rsqrt_decay *
+rsqrt_hidden_size``; Adam's betas and epsilon are not stated there: ours are Tensor2Tensor's defaults
+(``ADAM_BETAS``, ``ADAM_EPS``; docs/paper-settings.md):
 
     lr(t) = lr * hidden_size^-0.5 * min(1, t / warmup) * max(t, warmup)^-0.5      ("noam")
 
@@ -40,7 +41,7 @@ import torch
 from .config import SCHEDULES, TrainConfig
 
 
-# Tensor2Tensor's Adam settings, which the paper's released models were trained with.
+# Tensor2Tensor's Adam defaults (the framework the paper's models were trained in): our choice, the paper states none.
 ADAM_BETAS = (0.9, 0.997)
 ADAM_EPS = 1e-9
 # Adafactor as t2t / mesh-tensorflow (T5) default it (see the module docstring); torch.optim.Adafactor's names.

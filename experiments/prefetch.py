@@ -5,8 +5,10 @@
 Run it where there is network (a login node); it downloads what the selected cells would fetch themselves:
 checkpoints (``huggingface_hub.snapshot_download`` with the files ``bertgen.checkpoint`` reads) and hub data
 (``datasets.load_dataset`` with the cell's exact call, ``experiments.data_sources.hub_request``; Gigaword's archive
-with ``hf_hub_download``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts them under
-``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
+with ``hf_hub_download``), and data that is on no hub from the archive its authors published, verified against the
+size and SHA-256 recorded in :mod:`experiments.data_archive` (DiscoFuse's balanced files, where the grids name them:
+``data/discofuse/*_balanced.tsv``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts
+them under ``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
 HF_DATASETS_CACHE=DIR/datasets`` (printed). With ``HF_HUB_OFFLINE=1`` set for the jobs, the launch pre-flight
 (:func:`check_hub`) resolves every hub checkpoint against the local cache and refuses in one line, exit status 2,
 before anything is written, when one is not there.
@@ -24,6 +26,7 @@ from typing import Any, Callable
 from bertgen.checkpoint import HUB_FILES, is_local_reference
 from bertgen.families import FAMILIES
 
+from .data_archive import archive_for, fetch_archive
 from .grid import GridError
 from .validate import short_text
 
@@ -114,10 +117,14 @@ def fetch_data(request: Any, hub_cache: Path, datasets_cache: Path) -> None:
 
 def prefetch(cells: list[dict], cache_dir: Path | None = None, out: Callable[[str], None] = print) -> int:
     """Fetch what ``cells`` read from the hub; returns the bytes the caches grew by."""
+    archives = archive_data(cells)
+    for directory, archive in archives.items():  # data on no hub (DiscoFuse's balanced set): its authors' archive
+        fetch_archive(archive, directory, out=out)
     hub_cache, datasets_cache = _roots(cache_dir)
     checkpoints, data = hub_checkpoints(cells), hub_data(cells)
     if not checkpoints and not data:
-        out("nothing to fetch: every checkpoint and data file of these cells is local")
+        out("nothing " + ("else " if archives else "") + "to fetch: every checkpoint and data file of these cells is "
+            "local")
         return 0
     before_all = _size(hub_cache) + _size(datasets_cache)
     for repo_id, fields in checkpoints.items():
@@ -141,16 +148,22 @@ def prefetch(cells: list[dict], cache_dir: Path | None = None, out: Callable[[st
 
 
 # -- the launch pre-flight ----------------------------------------------------------------------------------------------
-def resolve_hub_id(repo_id: str) -> str | None:
-    """None when ``repo_id`` is usable by a cell, else why not: in the local cache (offline: only there), or, online,
-    on the hub. A hub that does not answer is not a refusal online (the cell fetches it; a note is returned)."""
+def hub_cached(repo_id: str) -> bool:
+    """Whether the files a cell reads of ``repo_id`` are in the local HF cache."""
     from huggingface_hub import snapshot_download
 
     try:
         snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or an invalid id
+        return False
+
+
+def resolve_hub_id(repo_id: str) -> str | None:
+    """None when ``repo_id`` is usable by a cell, else why not: in the local cache (offline: only there), or, online,
+    on the hub. A hub that does not answer is not a refusal online (the cell fetches it)."""
+    if hub_cached(repo_id):
         return None
-    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or an invalid id: see below
-        pass
     from huggingface_hub import constants
 
     if offline():
@@ -171,15 +184,39 @@ def resolve_hub_id(repo_id: str) -> str | None:
     return None
 
 
-def check_hub(grid: Any, cells: list[dict]) -> None:
+def check_hub(grid: Any, cells: list[dict], dry_run: bool = False) -> list[str]:
     """Every hub checkpoint of ``cells`` resolves (module docstring); :class:`GridError` (one line) on the first
-    that does not."""
+    that does not. A dry run only looks: one not in the local cache is a warning naming the command that fetches it
+    (returned), and online a wrong or gated id is still refused."""
+    warnings = []
     for repo_id, fields in hub_checkpoints(cells).items():
-        problem = resolve_hub_id(repo_id)
+        users = [c for c in cells if repo_id in c["checkpoints"].values()]
+        example = f" (cells: {len(users)}, e.g. {users[0]['task']}/{users[0]['scheme']})" if users else ""
+        if dry_run and hub_cached(repo_id):
+            continue
+        problem = None if dry_run and offline() else resolve_hub_id(repo_id)
         if problem is not None:
-            users = [c for c in cells if repo_id in c["checkpoints"].values()]
-            raise GridError(grid.where, fields[0], problem + (f" (cells: {len(users)}, e.g. {users[0]['task']}/"
-                                                              f"{users[0]['scheme']})" if users else ""))
+            raise GridError(grid.where, fields[0], problem + example)
+        if dry_run:
+            warnings.append(f"{grid.where}: {fields[0]}: hub id {repo_id!r} is not in the local HF cache yet; "
+                            f"fetch it with: python -m experiments.prefetch {grid.where} (where there is internet)"
+                            + example)
+    return warnings
+
+
+def archive_data(cells: list[dict]) -> dict[Path, Any]:
+    """directory -> the published archive (experiments.data_archive) of each missing local data file the cells name
+    that such an archive holds (DiscoFuse's balanced files)."""
+    found: dict[Path, Any] = {}
+    for cell in cells:
+        for spec in cell["data"].values():
+            paths = [spec] if isinstance(spec, str) else [spec[k] for k in ("path", "source_path", "target_path")
+                                                          if isinstance(spec, dict) and k in spec]
+            for path in (Path(p).expanduser() for p in paths):
+                archive = archive_for(path)
+                if archive is not None and not path.is_file():
+                    found.setdefault(path.parent, archive)
+    return found
 
 
 # -- command line -----------------------------------------------------------------------------------------------------
@@ -195,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from .launch import select
 
     try:
-        grid = load_grid(args.grid, args.sets)
+        grid = load_grid(args.grid, args.sets, check_paths=False)  # what is missing is what it fetches
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

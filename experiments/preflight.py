@@ -24,6 +24,10 @@ Hub checkpoints are resolved (:func:`experiments.prefetch.check_hub`): found in 
 the hub; with ``HF_HUB_OFFLINE=1`` one that is not cached is refused (``python -m experiments.prefetch GRID`` fetches
 them). Hub datasets are not looked at, nor are the project's own smoke assets when the launcher has yet to build
 them.
+
+A dry run (``dry_run=True``) only looks: a local data file or checkpoint directory that is not there yet, and a hub
+checkpoint not in the local cache (also with ``HF_HUB_OFFLINE=1``), are warnings naming what to fetch and the command
+that fetches it, and the rest of what is there is checked as for a launch.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .cell import cell_label
 from .cell_inputs import length_limits, warm_start_from
 from .config import SPLITS, CellConfig
 from .config import check_paths as config_check_paths
+from .data_archive import archive_for
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
 from .prefetch import check_hub
@@ -66,8 +71,10 @@ def _expecting(message: str, what: str) -> str:
 class Preflight:
     """Checks cells one by one, remembering what it has checked; raises GridError on the first problem."""
 
-    def __init__(self, grid: Grid):
+    def __init__(self, grid: Grid, dry_run: bool = False):
         self.grid = grid
+        self.dry_run = dry_run
+        self.warnings: list[str] = []  # dry run: what is not there yet (a launch refuses it)
         self.where = grid.where
         self.smoke_root = grid.smoke_root.resolve() if grid.smoke_root is not None else None
         # (family, directory) -> its checkpoint, read once: one tokenizer object per vocabulary, so lengths are
@@ -106,7 +113,7 @@ class Preflight:
         if not ref or not is_local_reference(ref):
             return None
         directory = Path(ref).expanduser()
-        if self._pending_smoke(directory):
+        if self._pending_smoke(directory) or self._not_there_yet(f"checkpoints.{family}", directory):
             return None
         key = (family, str(directory.resolve()))
         if key not in self.checkpoints:
@@ -164,6 +171,20 @@ class Preflight:
             raise self.fail(field, f"{file}: truncated or corrupt ({short_text(err, None)}); expected a complete "
                                    "safetensors file", cell) from None
 
+    def _not_there_yet(self, field: str, path: Path) -> bool:
+        """A dry run's warning for a local file or checkpoint directory that does not exist yet (True); a launch
+        meets it in the checks below."""
+        if not self.dry_run or path.exists():
+            return False
+        archive = archive_for(path)
+        how = (f"fetch it with: python -m experiments.prefetch {self.where} ({archive.name}, "
+               f"{archive.size / 1e9:.1f} GB, from its authors)" if archive is not None
+               else "create it or point the grid elsewhere")
+        warning = f"{self.where}: {field}: {path} does not exist yet; {how}"
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+        return True
+
     # -- the model a cell builds ----------------------------------------------------------------------------------
     def build(self, cell: dict) -> tuple | None:
         """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, planned from its
@@ -194,9 +215,9 @@ class Preflight:
         spec = cell["data"].get(split)
         if spec is None:
             return None
-        files = [Path(spec).expanduser()] if isinstance(spec, str) else [
-            Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
-        if any(self._pending_smoke(f) for f in files):
+        files = spec_files(spec)
+        if any(self._pending_smoke(f) for f in files) or any(
+                [self._not_there_yet(f"data.{split}", f) for f in files]):
             return None
         fraction = cell["data_fraction"] if split == "train" else None
         limit = cell["max_examples"].get(split)
@@ -204,11 +225,7 @@ class Preflight:
         if key not in self.data:
             field = f"data.{split}"
             try:
-                for file in files:
-                    _check_utf8(file)
-                with _bounded(spec) as readable:
-                    self.data[key] = load_split(cell["task"], split, readable, seed=0, data_fraction=fraction,
-                                                max_examples=limit)
+                self.data[key] = load_local_split(cell["task"], split, spec, fraction, limit)
             except (ValueError, OSError) as err:
                 raise self.fail(field, _expecting(short_text(err, None), f"{split} examples of task {cell['task']} "
                                                          "with the columns the data spec names"), cell) from None
@@ -255,16 +272,34 @@ class Preflight:
         return self.notes
 
 
-def check_cells(grid: Grid, cells: list[dict]) -> list[str]:
-    """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem,
-    returns notes on examples that will be truncated."""
+def check_cells(grid: Grid, cells: list[dict], dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem.
+    Returns (notes on examples that will be truncated, a dry run's warnings on what is not there yet)."""
+    preflight = Preflight(grid, dry_run)
     with _quiet_datasets():
-        notes = Preflight(grid).run(cells)
-    check_hub(grid, cells)  # hub checkpoints resolve: offline (HF_HUB_OFFLINE=1) against the local cache
-    return notes
+        notes = preflight.run(cells)
+    # hub checkpoints resolve: offline (HF_HUB_OFFLINE=1) against the local cache
+    return notes, preflight.warnings + check_hub(grid, cells, dry_run)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
+def spec_files(spec: Any) -> list[Path]:
+    """The local files a data spec names (a path, or a mapping with path / source_path / target_path)."""
+    return [Path(spec).expanduser()] if isinstance(spec, str) else [
+        Path(spec[k]).expanduser() for k in ("path", "source_path", "target_path") if k in spec]
+
+
+def load_local_split(task: str, split: str, spec: Any, data_fraction: float | None = None,
+                     max_examples: int | None = None) -> Any:
+    """A split from local files, read as the cell will read it (``load_split``) after its files are checked for
+    UTF-8 over their whole length; a file over FULL_READ_BYTES is loaded on its first HEAD_LINES lines. Raises
+    ValueError or OSError (one line each)."""
+    for file in spec_files(spec):
+        _check_utf8(file)
+    with _bounded(spec) as readable, _quiet_datasets():
+        return load_split(task, split, readable, seed=0, data_fraction=data_fraction, max_examples=max_examples)
+
+
 def _check_utf8(path: Path) -> None:
     """The whole file decodes as UTF-8 (streamed: constant memory, any size); same message as experiments.data."""
     if not path.is_file():

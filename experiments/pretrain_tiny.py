@@ -667,10 +667,12 @@ def _tokenize_corpus(corpus: list[str], family: str, directory: Path, settings: 
 
 
 def _vocab_of(family: str, directory: Path) -> dict[str, int]:
+    """The vocabulary just written, read back by the library's checked readers (what every cell will read)."""
+    from bertgen.tokenization_vocab import read_bpe_vocab, read_wordpiece_vocab
+
     if family == "bert":
-        lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
-        return {token: i for i, token in enumerate(lines)}
-    return json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        return read_wordpiece_vocab(directory / "vocab.txt")
+    return read_bpe_vocab(directory / "vocab.json")
 
 
 def build_assets(directory: Path, settings: SmokeSettings) -> dict[str, Any]:

@@ -160,6 +160,8 @@ class Tracker:
 
         run_tags = {ROLE_TAG: "cell", PARENT_TAG: parent_id, "cell_id": cell["cell_id"], "task": cell["task"],
                     "scheme": cell["scheme"], "seed": str(cell["seed"]), "grid": cell["grid"], "attempts": "0", **tags}
+        if cell.get("size"):  # experiments.model_size: the tables' row key (also a param, with the whole cell)
+            run_tags["size"] = cell["size"]
         run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=label)
         self.client.update_run(run.info.run_id, status="SCHEDULED")
         params = [Param(k, v) for k, v in sorted(flatten(cell).items())]

@@ -275,7 +275,8 @@ def _check_sqlite(uri: str, db: Path, timeout: float) -> None:
     if db.stat().st_size == 0:
         return  # an empty file is an empty database: MLflow creates its tables
     try:
-        connection = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=timeout)
+        # absolute(): sqlite:///outputs/mlflow.db is relative to the working directory, as MLflow reads it
+        connection = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if set(MLFLOW_TABLES) <= tables:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,8 +40,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
-from .cell_inputs import (MicroBatchCollator, RankBatches, build_cell_model, cache_dir, extra_test_splits, lengths,
-                          length_limits, load_cell_data, predictions_file, seed_everything, uncased)
+from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_cell_model, cache_dir,
+                          cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
+                          seed_everything, uncased)
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use
@@ -93,13 +95,25 @@ class CellTrainer:
         self.seed = cell.seed
         self.task = get_task(cell.task)
 
+        self.vocabulary, self.vocabulary_trained = None, False
+        if cell.vocab is not None:  # rank 0 trains it (or finds it cached); the others then read it
+            if not ctx.is_main:
+                barrier(ctx)
+            self.vocabulary, self.vocabulary_trained = cell_vocabulary(cell, self.task, self.out_dir)
+            if ctx.is_main:
+                barrier(ctx)
         seed_everything(self.seed)
-        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell)
+        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell, vocabulary=self.vocabulary)
         if uncased(self.output_tokenizer) and not self.task.lowercase:
             # An uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter: its references, sources and
             # trivial baseline are lowercased, so the metrics do not score case (tag: lowercased_data).
             self.task = self.task.with_overrides(lowercase=True)
         self.model = model.to(ctx.device)
+        self.frozen_until = cell.train.freeze_warm_started_steps
+        self.frozen = warm_started_parameters(self.model, self.spec.report) if self.frozen_until else []
+        if self.frozen_until and not self.frozen:
+            raise ValueError(f"cell train.freeze_warm_started_steps: {self.frozen_until}, but scheme {cell.scheme} "
+                             "warm-starts no parameter from a checkpoint; expected 0")
         self.limits = length_limits(self.model, self.task)
         self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell, self.task)
         for split in self.skipped_test_splits if ctx.is_main else ():
@@ -260,6 +274,9 @@ class CellTrainer:
             raise NonFiniteLossError(
                 f"cell {self.cell_id}: training loss is {mean_loss} at step {self.step + 1} (NaN/inf); lower "
                 f"train.lr, set train.max_grad_norm or turn off train.bf16")
+        if self.step < self.frozen_until:  # no gradient: the optimizer skips them, their state does not start
+            for parameter in self.frozen:
+                parameter.grad = None
         params = [p for p in self.model.parameters() if p.grad is not None]
         if settings.max_grad_norm:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
@@ -474,12 +491,17 @@ class CellTrainer:
             "max_source_length": self.limits[0], "max_target_length": self.limits[1],
             "lowercased_data": self.task.lowercase,
             "train_examples": len(self.data["train"][0]),
+            **({"vocabulary": self.vocabulary.name, "vocabulary_trained": self.vocabulary_trained}
+               if self.vocabulary is not None else {}),
+            **({"frozen_warm_started_tensors": len(self.frozen)} if self.frozen else {}),
             **({"skipped_test_splits": ",".join(self.skipped_test_splits)} if self.skipped_test_splits else {}),
         }
 
     def run(self) -> dict[str, float]:
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.vocabulary is not None:
+                shutil.copytree(self.vocabulary, self.out_dir / VOCABULARY_DIR, dirs_exist_ok=True)
             self.logger.set_tags(self.tags())
             register = getattr(self.logger, "on_preempt", None)
             if register is not None:
@@ -488,6 +510,16 @@ class CellTrainer:
         barrier(self.ctx)
         self.load_selected()
         return self.test()
+
+
+def warm_started_parameters(model: torch.nn.Module, report) -> list[torch.nn.Parameter]:
+    """The parameters a checkpoint filled (any of their names in the loading report's ``loaded``; a tied parameter
+    counts once), which ``train.freeze_warm_started_steps`` holds still."""
+    loaded = set(report.loaded) if report is not None else set()
+    names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), (parameter, []))[1].append(name)
+    return [parameter for parameter, aliases in names.values() if loaded.intersection(aliases)]
 
 
 def train_cell(cell: dict[str, Any], out_dir: Path, logger: Any) -> dict[str, float]:

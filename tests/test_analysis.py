@@ -109,7 +109,8 @@ def build_synthetic_store(root: Path) -> str:
     - discofuse bertShare 100 %: seeds 1-3, Exact 60/62/64 % (60/62/64 of 100 exact copies)
     - discofuse rnd2rnd 100 %: seeds 1-2, Exact 20/21 %; plus a second group (other lr) with worse dev scores
     - discofuse gpt 10 %: one seed, logged scores only (no predictions: no CI)
-    - discofuse bertShare first_10 (init_layers.first_k=10): one seed (Table 6)
+    - discofuse bertShare first_10 (init_layers.first_k=10 of bert-large-cased: a 10-layer, 1024-wide model): one seed
+      (Table 6)
     - discofuse bertShare and gpt without checkpoint embeddings (init_layers.without_embeddings=true): one seed each
       (Table 6's "- embeddings from checkpoint" row)
     - xsum bertShare: one seed, the four XSUM_PREDICTIONS
@@ -138,7 +139,8 @@ def build_synthetic_store(root: Path) -> str:
         fusion("rnd2rnd", seed, n_correct, dev=[(100, 3.0), (200, 2.5)])
     fusion("rnd2rnd", 1, 90, params={**base, "train.lr": "0.5"}, dev=[(100, 3.5), (200, 2.9)])  # worse on dev
     fusion("gpt", 1, 50, params={**base, "data_fraction": "0.1"}, with_predictions=False)
-    fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05"})
+    fusion("bertShare", 1, 55, params={"data_fraction": "1.0", "init_layers.first_k": "10", "train.lr": "0.05",
+                                       "checkpoints.bert": "bert-large-cased"})
     for scheme, n_correct in (("bertShare", 45), ("gpt", 30)):
         fusion(scheme, 1, n_correct,
                params={"data_fraction": "1.0", "init_layers.without_embeddings": "true", "train.lr": "0.05"})
@@ -200,7 +202,11 @@ def test_paper_numbers_map_every_row_to_canonical_keys():
     assert paper.paper_value(4, "bert2rnd", "base", "custom_ende_vocab", "wmt14_de_en", "newstest2016", 1.0,
                              "bleu_uncased") == 40.2
     assert paper.paper_value(5, "robertaShare", "large", "full", "xsum", "test", 1.0, "rougeL") == 33.9
-    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0, "sari") == 89.1
+    # 10 of BERT-Large's layers: a 10-layer, 1024-wide model, keyed by that size (experiments.model_size; issue 20)
+    assert paper.paper_value(6, "bertShare", "L10-H1024", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
+                             "sari") == 89.1
+    assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
+                             "sari") is None
     assert paper.paper_value(7, "Gold", "base", "full", "xsum", "test", 1.0, "repetition") == 4.66
     assert paper.paper_value(3, "gpt", "base", "full", "wikisplit", "test", 1.0, "sari") == 61.1
     assert paper.paper_value(2, "gpt", "base", "full", "discofuse", "test", 0.5, "sari") is None
@@ -396,7 +402,7 @@ def test_tables_4_6_7_lay_out_test_sets_ablations_and_text_statistics(tables):
     nt2014 = cell(tables[4], "bertShare", "ende_2014")
     assert nt2014.paper == 29.6 and np.isfinite(nt2014["mean"])
     assert np.isnan(cell(tables[4], "bertShare", "deen_2014")["mean"])
-    first10 = cell(tables[6], "bertShare: first 10 layers", "sari")
+    first10 = cell(tables[6], "bertShare (L10-H1024): first 10 layers", "sari")  # its size (issue 20)
     assert first10.paper == 88.2 and first10["n"] == 1 and np.isfinite(first10["mean"])
     assert cell(tables[6], "bertShare", "sari")["n"] == 3
     for scheme, n_correct, paper_sari in (("bertShare", 45, 87.5), ("gpt", 30, 77.0)):  # "- embeddings" row
@@ -573,6 +579,54 @@ def test_cross_attention_variant_is_a_marked_row_and_synthetic_tasks_stay_out_of
     assert [list(line.get_ydata()) for line in lines if line.get_label().startswith("bert2bert")] == [[0.0, 4.5]]
 
 
+def test_transformer_baselines_sentencepiece_rows_and_10pct_embeddings_only_sit_beside_the_papers_numbers(tmp_path):
+    """The cells issue 20 added, as their runs log them: Table 4's Transformer baselines (rnd2rnd cells naming their
+    variant) in their own rows beside 28.1 / 23.7, never in rnd2rnd's; Table 6's SentencePiece rows from the cells'
+    vocab and freeze settings beside 87.5 / 88.0; the 10 % embeddings-only run in Table 6's 10 % column; the custom
+    En+De BERT rows say why they are empty."""
+    from analysis.runs import RunStore
+    from analysis.tables import build_table, render
+
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "systems")
+    base = {"data_fraction": "1.0", "init_layers": "null"}
+    spm = {**base, "vocab.train": "sentencepiece", "vocab.size": "16000", "train.steps": "300000"}
+    for task, scheme, params, score in (
+            ("wmt14_en_de", "rnd2rnd", {**base, "variant": "transformer_wmt_vocab", "vocab.train": "wordpiece",
+                                        "vocab.size": "32000", "size": "L6-H512"}, 27.0),
+            ("wmt14_en_de", "rnd2rnd", {**base, "variant": "transformer_public_vocab", "size": "L12-H512"}, 22.0),
+            ("wmt14_en_de", "rnd2rnd", base, 25.0),
+            ("discofuse", "bertShare", base, 89.0),
+            ("discofuse", "bertShare", spm, 86.0),
+            # the paper's "freeze 100k steps, then 300k": 400k steps in all are its budget for that row
+            ("discofuse", "bertShare", {**spm, "train.steps": "400000", "train.freeze_warm_started_steps": "100000"},
+             87.0),
+            ("discofuse", "bertShare", {**base, "data_fraction": "0.1", "init_layers.embeddings_only": "true"}, 80.0)):
+        metric = "bleu_uncased" if task.startswith("wmt") else "sari"
+        _log_run(client, experiment_id, parent, task=task, scheme=scheme, seed=1, params=params,
+                 metrics={metric: score}, tmp=files)
+    store = RunStore(uri)
+    table4 = build_table(4, store, n_boot=N_BOOT)
+    six = cell(table4, "rnd2rnd (L6-H512): " + paper.variant_label("transformer_wmt_vocab"), "ende_2014")
+    assert (six["mean"], six["paper"]) == (27.0, 28.1)
+    twelve = cell(table4, "rnd2rnd (L12-H512): " + paper.variant_label("transformer_public_vocab"), "ende_2014")
+    assert (twelve["mean"], twelve["paper"]) == (22.0, 23.7)
+    assert (cell(table4, "rnd2rnd", "ende_2014")["mean"], cell(table4, "rnd2rnd", "ende_2014")["paper"]) == (25.0, 26.0)
+    custom = cell(table4, "bert2rnd (24L large): custom En+De BERT, 32k vocab", "deen_2016")
+    assert custom["not_run"] == "n/a (never released)" and custom["paper"] == 41.1
+    assert "| n/a (never released) | 41.1 |" in render(table4, "markdown")
+
+    table6 = build_table(6, store, n_boot=N_BOOT)
+    task_spm = cell(table6, "bertShare: + task-specific SentencePieces", "sari")
+    pretrain = cell(table6, "bertShare: + pre-training SentencePieces", "sari")
+    assert (task_spm["mean"], task_spm["paper"], pretrain["mean"], pretrain["paper"]) == (86.0, 87.5, 87.0, 88.0)
+    assert cell(table6, "bertShare", "sari")["mean"] == 89.0
+    emb10 = cell(table6, "bertShare: embeddings only from checkpoint", "sari_10")
+    assert emb10["mean"] == 80.0 and math.isnan(emb10["paper"])
+    assert math.isnan(cell(table6, "bertShare: embeddings only from checkpoint", "sari")["mean"])
+    table7 = build_table(7, None)
+    assert set(table7.cells[table7.cells.column == "human"].not_run) == {"n/a (human eval)"}
+
+
 def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_default_and_tuned(tmp_path):
     """Section 5's GPT-2 tuning (analysis.gpt2_tuning, ``--table gpt2``): one row per setting the runs hold, the
     default first with the paper's default SARI, and a "best on dev" row (chosen on dev, not test) with its tuned SARI;
@@ -668,6 +722,32 @@ def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seed
     assert cell(table2, "robertaShare (24L large)", "exact_100")["paper"] == pytest.approx(66.6)  # Table 2
     assert cell(table2, "bertShare", "exact_100")["mean"] == pytest.approx(40.0)  # the re-decoding's 99 is not in it
     assert any("hub's full data (data.variant: full)" in note and "balanced 4.5M" in note for note in table2.notes)
+
+
+def test_released_wmt_models_are_no_row_of_the_papers_and_say_why(tmp_path):
+    """google/bert2bert_L-24_wmt_* (two untied 24-layer stacks, a WMT WordPiece vocabulary) are not Table 4's 12-layer
+    mBERT bert2bert nor any other row the paper reports: their row says no paper number is theirs and the notes say
+    why; the roberta2roberta releases stay rows of the paper's 24-layer robertaShare."""
+    from analysis.runs import RunStore
+    from analysis.tables import build_table
+    from experiments.evaluation_config import RELEASED
+
+    entry = RELEASED["google/bert2bert_L-24_wmt_de_en"]
+    uri, client, experiment_id, parent, files = _new_store(tmp_path, "wmt")
+    run_id = _log_run(client, experiment_id, parent, task="wmt14_de_en", scheme=entry.scheme, seed=1,
+                      params={"data_fraction": "1.0", "size": entry.size}, metrics={"bleu_uncased": 31.5}, tmp=files)
+    for key, value in {"role": "evaluation", "variant": entry.variant}.items():
+        client.set_tag(run_id, key, value)
+    table4 = build_table(4, RunStore(uri), n_boot=N_BOOT)
+    ours = table4.cells[table4.cells.run_ids == run_id]
+    assert set(ours.column) == {"deen_2014"} and ours["mean"].item() == pytest.approx(31.5)
+    label = ours.row.item()
+    assert "no paper number" in label and math.isnan(ours.paper.item()) and math.isnan(ours["diff"].item())
+    assert label != cell(table4, "bert2bert", "deen_2014").row  # the 12-layer mBERT row keeps its own number
+    assert cell(table4, "bert2bert", "deen_2014")["paper"] == pytest.approx(32.7)
+    (note,) = [n for n in table4.notes if n.startswith(label)]
+    assert "bert2rnd and bertShare only" in note and "not mBERT's" in note
+    assert RELEASED["google/roberta2roberta_L-24_discofuse"].variant == "released"
 
 
 def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):

@@ -326,7 +326,8 @@ def test_examples_longer_than_the_model_reads_are_counted_not_refused(workspace,
     assert launch.main(["grid.yaml", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     (note,) = [line for line in out.splitlines() if line.startswith("note: ")]
-    assert re.fullmatch(r"note: discofuse/bert2bert/seed1: data\.train: 3 of 43 sources longer than 128 tokens "
+    # the label names the tiny model's size (issue 20: a cell's label shows a size other than the paper's 12 layers)
+    assert re.fullmatch(r"note: discofuse/bert2bert/seed1/L2-H64: data\.train: 3 of 43 sources longer than 128 tokens "
                         r"and 0 targets longer than 128 tokens will be truncated", note), note
     assert not (workspace.root / "out").exists()
 

@@ -29,6 +29,17 @@ def test_shapes_have_table_1s_parameter_counts():
         assert cp.cell_shape(cell_of(scheme)).params == counts[scheme]
 
 
+def test_a_trained_vocabulary_is_planned_at_its_own_size():
+    """Table 6's 16k SentencePieces and Table 4's 32k WordPiece Transformer: the output projection is planned over the
+    trained vocabulary, not the checkpoint's (GPT-2's 50,257 ids, mBERT's 119,547)."""
+    gpt = cp.cell_shape({**cell_of("gpt", "discofuse"), "vocab": {"train": "sentencepiece", "size": 16000}})
+    assert gpt.vocab == 16000 and gpt.params == cp.cell_shape(cell_of("gpt", "discofuse")).params - (50257 - 16000) * 768
+    cell = {**cell_of("rnd2rnd", "wmt14_en_de"), "vocab": {"train": "wordpiece", "size": 32000},
+            "model": {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048}}
+    transformer = cp.cell_shape(cell)
+    assert (transformer.vocab, transformer.dec_layers, transformer.dec_hidden) == (32000, 6, 512)
+
+
 def test_flops_by_hand_for_bert2bert():
     shape = cp.cell_shape(cell_of("bert2bert"))
     d, layers, vocab = 768, 12, 28996

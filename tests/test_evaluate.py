@@ -247,13 +247,15 @@ def test_bad_evaluation_requests_are_refused_in_one_line(argv, message, tmp_path
     assert message in err and err.count("\n") == 1
 
 
-def test_a_directory_that_is_not_an_encoder_decoder_fails_with_the_reason(tmp_path, capsys):
+def test_a_directory_that_is_not_an_encoder_decoder_is_refused_with_the_reason(tmp_path, capsys):
+    """Refused before anything is written (issue 24: it used to start a run that failed, exit 1)."""
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    code, out, _ = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
+    code, _, err = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
                         f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
-    assert code == ev.EXIT_FAILED
-    assert "model_type 'bert': expected an encoder-decoder checkpoint" in out
+    assert code == ev.EXIT_REFUSED
+    assert "model_type 'bert': expected an encoder-decoder checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "db.sqlite").exists()
 
 
 def test_a_grid_that_changes_only_decoding_re_decodes_its_finished_cell(tmp_path_factory, tmp_path, capsys,
@@ -345,3 +347,171 @@ def test_bos_eos_input_wraps_the_bare_ids_and_keeps_eos_under_truncation(shared_
     assert cut == [tokenizer.bos_token_id, *bare[:2], tokenizer.eos_token_id]
     assert tokenizer_fingerprint(wrapped) != tokenizer_fingerprint(tokenizer)
     assert tokenizer_fingerprint(ev.FormattedInput(tokenizer, "bare")) != tokenizer_fingerprint(wrapped)
+
+
+# -- the released models' cards (google/roberta2roberta_L-24_*, google/bert2bert_L-24_wmt_*) ---------------------------
+CARD_SOURCES = [
+    'The album "Blue" sold well. Critics were less kind.',
+    "Die Katze sitzt auf der Matte. Sie schläft.",
+    'He said "no" and left the house early.',
+    "The river floods every spring. Farmers plant late.",
+    "Rain fell all night. The match went ahead.",
+    "The film premiered in Cannes. It won no awards.",
+]
+CARD_TARGETS = [s.replace(". ", ", and ", 1) for s in CARD_SOURCES]
+
+
+def wmt_vocab(path: Path) -> list[str]:
+    """A tiny cased WordPiece vocabulary in the WMT repos' layout: BERT's specials, the cards' <pad> <s> </s>, and
+    every word of CARD_SOURCES lower-cased and capitalised."""
+    words = sorted({w for s in CARD_SOURCES for w in re.findall(r"\w+|[^\w\s]", s)})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<pad>", "<s>", "</s>"]
+    for word in words:
+        for form in (word.lower(), word.capitalize()):
+            if form not in vocab:
+                vocab.append(form)
+    vocab += ["##s", "##e", "##n"]
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return vocab
+
+
+def card_layout(name: str, files: Path, root: Path):
+    """A tiny checkpoint in the layout of the released model ``name`` (its repo's files: config.json naming the
+    tokenizer class its card's AutoTokenizer reads, generation_config.json, the weights and one tokenizer file), saved
+    by transformers; returns (directory, model, tokenizer) as transformers reads them, the tokenizer with the card's
+    arguments. The WMT layout has two untied stacks and a bare cased vocab.txt; the roberta2roberta ones a tied pair
+    and spiece.model."""
+    directory = root / name
+    directory.mkdir(parents=True)
+    wmt = name.startswith("bert2bert")
+    if wmt:
+        vocab = wmt_vocab(directory / "vocab.txt")
+        ids = {"bos_token_id": vocab.index("<s>"), "eos_token_id": vocab.index("</s>"),
+               "pad_token_id": vocab.index("<pad>")}
+        vocab_size = len(vocab)
+    else:
+        shutil.copy(files / "sentencepiece" / "test_model.model", directory / "spiece.model")
+        sp = transformers.BertGenerationTokenizer(str(directory / "spiece.model"))
+        ids = {"bos_token_id": sp.bos_token_id, "eos_token_id": sp.eos_token_id, "pad_token_id": sp.pad_token_id}
+        vocab_size = len(sp)
+    size = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64, **ids)
+    torch.manual_seed(1)
+    encoder = transformers.BertGenerationEncoder(transformers.BertGenerationConfig(**size))
+    decoder = transformers.BertGenerationDecoder(transformers.BertGenerationConfig(
+        **size, is_decoder=True, add_cross_attention=True))
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
+                                                                           tie_encoder_decoder=not wmt)
+    model = transformers.EncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+        model.decoder.lm_head.bias[ids["eos_token_id"]] += 3.0
+        if not wmt:
+            decoder_stack = model.decoder.bert.state_dict()
+            for key, value in model.encoder.state_dict().items():
+                decoder_stack[key].copy_(value)
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = ids["bos_token_id"]
+        cfg.pad_token_id, cfg.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
+    model.save_pretrained(directory)
+    raw = json.loads((directory / "config.json").read_text())
+    for side in ("encoder", "decoder"):
+        raw[side].update(bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
+    for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+        raw.pop(key, None)
+    raw["bos_token_id"] = ids["bos_token_id"]
+    # without it AutoTokenizer cannot read these repos (an encoder-decoder config maps to no tokenizer class)
+    raw["tokenizer_class"] = "BertTokenizer" if wmt else "BertGenerationTokenizer"
+    (directory / "config.json").write_text(json.dumps(raw, indent=2))
+    card_args = ev.RELEASED[f"google/{name}"].tokenizer_args
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), **card_args)
+    return directory, transformers.EncoderDecoderModel.from_pretrained(directory).eval(), tokenizer
+
+
+def card_input_ids(name: str, tokenizer, source: str) -> list[int]:
+    """The encoder input exactly as the model card writes it."""
+    if name.endswith("discofuse"):  # "replace all " with a single ` (single back tick)"
+        return tokenizer(source.replace('"', "`")).input_ids
+    if name.endswith("wikisplit"):  # '... with two single \' ...', then bos + text + eos
+        return tokenizer(tokenizer.bos_token + source.replace('"', "''") + tokenizer.eos_token).input_ids
+    return tokenizer(source, add_special_tokens=False).input_ids  # the WMT cards
+
+
+@pytest.mark.parametrize("name", ["bert2bert_L-24_wmt_de_en", "roberta2roberta_L-24_discofuse",
+                                  "roberta2roberta_L-24_wikisplit"])
+def test_released_models_decode_exactly_as_their_model_cards_say(name, shared_dir, tmp_path, capsys):
+    """transformers used as each card says (its tokenizer arguments, its preprocessing, generate, decode with
+    skip_special_tokens=True) and experiments.evaluate on the same directory, with no option given: the same input
+    ids, the same output ids, the same predictions; no special token left in them; references lower-cased only where
+    the vocabulary cannot write case."""
+    directory, reference, hf_tokenizer = card_layout(name, shared_dir / "data" / "tokenizers", tmp_path)
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "source": s, "target": t}) + "\n"
+                            for i, (s, t) in enumerate(zip(CARD_SOURCES, CARD_TARGETS))))
+    max_new = 10
+    expected_ids, expected_text = [], []
+    for source in CARD_SOURCES:
+        ids = torch.tensor([card_input_ids(name, hf_tokenizer, source)])
+        with torch.no_grad():
+            out = reference.generate(ids, num_beams=4, length_penalty=0.6, max_new_tokens=max_new, do_sample=False)
+        expected_ids.append(out[0].tolist())
+        expected_text.append(hf_tokenizer.decode(out[0], skip_special_tokens=True))
+    assert len(set(expected_text)) > 2, "the tiny model should write different things for different inputs"
+
+    config = ev.build_config(str(directory), None, [f"decode.max_new_tokens={max_new}",
+                                                   "decode.length_penalty_style=hf"])
+    loaded = ev.load_model(config)
+    for source, want in zip(CARD_SOURCES, expected_ids):
+        ids = loaded.input_tokenizer([source], return_tensors=None, padding=False)["input_ids"]
+        assert ids[0] == card_input_ids(name, hf_tokenizer, source)
+        ids = torch.tensor(ids)
+        got = loaded.model.generate(ids, torch.ones_like(ids), num_beams=4, length_penalty=0.6,
+                                    length_penalty_style="hf", max_new_tokens=max_new)[0].tolist()
+        assert got[:len(want)] == want and set(got[len(want):]) <= {loaded.pad_token_id}
+
+    argv = [str(directory), "--set", f"data.test={json.dumps(data_spec(str(data)))}", "--set",
+            "decode.length_penalty_style=hf", "--set", f"decode.max_new_tokens={max_new}",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--output-dir", str(tmp_path / "eval"),
+            "--device", "cpu"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in rows] == expected_text
+    assert not any(tok in r["prediction"] for r in rows for tok in ("<pad>", "</s>", "<s>", "[SEP]", "[CLS]"))
+    assert [r["source"] for r in rows] == CARD_SOURCES and [r["reference"] for r in rows] == CARD_TARGETS
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert summary["lowercased_data"] is False  # both vocabularies write case (the WMT one despite do_lower_case)
+    if name.startswith("bert2bert"):
+        assert any(c.isupper() for text in expected_text for c in text), "a cased vocabulary writes case"
+        (run_,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert run_.data.tags["variant"] == ev.RELEASED[f"google/{name}"].variant != ev.RELEASED_VARIANT
+        assert "custom-vocabulary 24-layer block" in run_.data.tags["no_paper_number"]
+        assert run_.data.params["tokenizer_args.pad_token"] == "<pad>"
+
+
+def test_card_settings_are_settings_of_the_evaluation(tmp_path):
+    """A released model's card arguments are in its evaluation's settings (and id), can be overridden, and are
+    checked in one line; other checkpoints' ids are unchanged by them (left out while empty)."""
+    discofuse = ev.build_config("google/roberta2roberta_L-24_discofuse", None, [])
+    assert discofuse.replace_in_source == [['"', "`"]] and discofuse.tokenizer_args == {}
+    wmt = ev.build_config("google/bert2bert_L-24_wmt_en_de", None, [])
+    assert wmt.tokenizer_args == {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"}
+    lowered = ev.build_config("google/bert2bert_L-24_wmt_en_de", None, ["tokenizer_args.do_lower_case=false"])
+    assert lowered.tokenizer_args["do_lower_case"] is False and ev.evaluation_id(lowered) != ev.evaluation_id(wmt)
+    plain = ev.build_config(str(tmp_path / "model"), "discofuse", [])
+    assert "tokenizer_args" not in ev.to_dict(plain) and "replace_in_source" not in ev.to_dict(plain)
+    for bad in (['replace_in_source=[["", "x"]]'], ["replace_in_source=3"], ["tokenizer_args.pad_token=[1]"]):
+        with pytest.raises(ev.EvaluationError, match="replace_in_source|tokenizer_args") as caught:
+            ev.build_config(str(tmp_path / "model"), "discofuse", bad)
+        assert "\n" not in str(caught.value)
+
+
+def test_a_grid_item_may_set_the_top_level_settings(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"defaults": {"bf16": "auto"}, "evaluations": [
+        {"checkpoint": "google/roberta2roberta_L-24_bbc", "input_format": "bare",
+         "replace_in_source": [["\u201c", '"']]}]}))
+    _, (config,) = ev.load_evaluation_grid(grid, [])
+    assert (config.input_format, config.bf16, config.replace_in_source) == ("bare", "auto", [["\u201c", '"']])

@@ -58,6 +58,12 @@ def grid_error(tmp_path: Path, doc: dict | str, sets: tuple[str, ...] = ()) -> s
     ({**BASE, "sweep": {"data_fraction": [1.0, 2.0]}}, "sweep.data_fraction[1]: expected a number > 0.0 and <= 1.0"),
     ({**BASE, "sweep": {"train.lrr": [0.1]}}, "unknown cell field 'train.lrr' (did you mean 'train.lr'?)"),
     ({**BASE, "sweep": {"init_layers": [{"first_k": 0}]}}, "sweep.init_layers[0].first_k: expected an integer >= 1"),
+    ({**BASE, "defaults": {"vocab": {"train": "wordpeice", "size": 100}}}, "(did you mean 'wordpiece'?)"),
+    ({**BASE, "defaults": {"vocab": {"train": "wordpiece", "size": 4}}}, "defaults.vocab.size: expected an integer >= 16"),
+    ({**BASE, "defaults": {"vocab": {"train": "wordpiece"}}}, "defaults.vocab: expected null or a mapping with train"),
+    ({**BASE, "defaults": {"variant": "Transformer base"}}, "defaults.variant: expected a variant name of a-z, 0-9 and _"),
+    ({**BASE, "defaults": {"train": {"freeze_warm_started_steps": 300000}}},
+     "train.freeze_warm_started_steps: expected fewer than train.steps=300000 steps, got 300000"),
     ({**BASE, "sweep": {"init_layers": [{"layers": [3, 2]}]}}, "expected strictly increasing layer numbers"),
     ({**BASE, "sweep": {"init_layers": [{"frist_k": 2}]}}, "(did you mean 'first_k'?)"),
     ({**BASE, "sweep": {"init_layers": [{"without_embeddings": False}]}},
@@ -205,7 +211,7 @@ def test_cell_id_is_pinned_for_a_fixed_config():
     assert compute_cell_id(moved) == compute_cell_id(cell)
     assert "output_root" not in identity_view(cell) and "num_workers" not in identity_view(cell)["train"]
     assert set(COSMETIC_KEYS) == {"cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every",
-                                  "train.log_every", "train.dev_decode_examples"}
+                                  "train.log_every", "train.dev_decode_examples", "variant"}
     for change in ({"seed": 2}, {"data_fraction": 0.1}, {"init_layers": {"first_k": 2}},
                    {"train": {**cell["train"], "lr": 0.01}}, {"checkpoints": {**cell["checkpoints"], "bert": "b"}}):
         assert compute_cell_id({**cell, **change}) != compute_cell_id(cell), change
@@ -227,11 +233,12 @@ def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
 
 
 # -- shipped grids -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, count", [("fusion", 36), ("split", 12), ("translation", 16), ("summarization", 36),
-                                         ("ablations", 9), ("paper", 106), ("smoke", 11)])
+@pytest.mark.parametrize("name, count", [("fusion", 36), ("split", 12), ("translation", 20), ("summarization", 36),
+                                         ("ablations", 16), ("paper", 149), ("smoke", 11)])
 def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loading writes nothing, wherever it runs
-    grid = load_grid(GRIDS / f"{name}.yaml")
+    # the DiscoFuse grids name data/discofuse/*_balanced.tsv, which python -m experiments.prefetch puts there
+    grid = load_grid(GRIDS / f"{name}.yaml", check_paths=name not in ("fusion", "ablations", "paper"))
     assert len(grid.cells) == count
     assert list(tmp_path.iterdir()) == []
     assert all(c["train"]["steps"] >= 1 for c in grid.cells)
@@ -244,12 +251,34 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
         noemb = [c for c in grid.cells if c["init_layers"] == {"without_embeddings": True}]
         assert sorted(cell_label(c) for c in noemb) == ["discofuse/bertShare/seed1/init=noemb",
                                                         "discofuse/gpt/seed1/init=noemb"]
+        # Table 6's SentencePiece rows: one 16k vocabulary setting, the second row frozen 100k then 300k steps
+        spm = [c for c in grid.cells if c.get("vocab")]
+        assert sorted((c["scheme"], c["train"]["steps"], c["train"].get("freeze_warm_started_steps")) for c in spm) == [
+            ("bertShare", 300_000, None), ("bertShare", 400_000, 100_000), ("gpt", 300_000, None),
+            ("gpt", 400_000, 100_000)]
+        assert {json.dumps(c["vocab"], sort_keys=True) for c in spm} == {'{"size": 16000, "train": "sentencepiece"}'}
+        assert sorted(cell_label(c) for c in spm if c["scheme"] == "gpt") == [
+            "discofuse/gpt/seed1/vocab=sentencepiece16000", "discofuse/gpt/seed1/vocab=sentencepiece16000/freeze=100000"]
+        emb10 = [c["scheme"] for c in grid.cells if c["init_layers"] == {"embeddings_only": True}
+                 and c["data_fraction"] == 0.1]
+        assert sorted(emb10) == ["bertShare", "gpt"]
+    if name == "translation":  # Table 4's Transformer baselines: rnd2rnd with Transformer-base widths
+        transformer = {(c["task"], c["variant"]): c for c in grid.cells if c.get("variant")}
+        assert set(transformer) == {(t, v) for t in ("wmt14_en_de", "wmt14_de_en")
+                                    for v in ("transformer_wmt_vocab", "transformer_public_vocab")}
+        six = transformer["wmt14_en_de", "transformer_wmt_vocab"]
+        assert six["scheme"] == "rnd2rnd" and six["vocab"] == {"train": "wordpiece", "size": 32000}
+        assert six["model"] == {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8,
+                                "intermediate_size": 2048}
+        assert "vocab" not in transformer["wmt14_en_de", "transformer_public_vocab"]
+        assert cell_label(six).endswith("num_hidden_layers=6/L6-H512/vocab=wordpiece32000/variant=transformer_wmt_vocab")
 
 
 def test_paper_grid_covers_every_cell_of_the_other_grids():
-    paper = {c["cell_id"] for c in load_grid(GRIDS / "paper.yaml").cells}
-    for name in ("fusion", "split", "translation", "summarization", "ablations"):
-        assert {c["cell_id"] for c in load_grid(GRIDS / f"{name}.yaml").cells} <= paper, name
+    # check_paths=False: the DiscoFuse grids name data/discofuse/*_balanced.tsv, which prefetch puts there
+    paper = {c["cell_id"] for c in load_grid(GRIDS / "paper.yaml", check_paths=False).cells}
+    for name in ("fusion", "split", "translation", "summarization", "ablations", "gpt2_tuning"):
+        assert {c["cell_id"] for c in load_grid(GRIDS / f"{name}.yaml", check_paths=False).cells} <= paper, name
 
 
 def test_gpt2_tuning_grid_sweeps_lr_warmup_and_optimizer(tmp_path, monkeypatch):

@@ -155,6 +155,17 @@ def _deep_json(ws: Workspace, name: str) -> None:
     ws.doc["checkpoints"]["bert"] = str(directory)
 
 
+def _repeated_vocab_token(ws: Workspace) -> None:
+    """The bert checkpoint's vocab.txt with its last token replaced by a copy of its 11th (issue 24: the tokenizers
+    reader kept the later id and trained silently)."""
+    directory = ws.checkpoint_copy("bert")
+    lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    lines[-1] = lines[10]
+    (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ws.doc["checkpoints"]["bert"] = str(directory)
+    ws.repeated = (lines[10], len(lines), 11)
+
+
 def _tracking(mode: str):
     def breaks(ws: Workspace) -> None:
         ws.args += ["--set", f"mlflow.tracking_uri={ws.servers[mode].uri}"]
@@ -282,6 +293,8 @@ CASES = [
          ("expected distinct cells", "already made by include[0]"), "include[1]"),
     Case("include-entry-repeats-a-matrix-cell", 4, _set("include", [{"task": "discofuse", "scheme": "bert2bert"}]),
          ("expected distinct cells", "already made by tasks"), "include[0]"),
+    Case("vocab-txt-repeated-token", 4, _repeated_vocab_token, ("vocab.txt: token", "repeats line 11",
+                                                                "expected each token once"), "checkpoints.bert"),
     Case("sweep-product-beyond-bounds", 4, _set("sweep", {"train.warmup_steps": list(range(400)),
                                                           "train.eval_every": list(range(400))}),
          ("expected at most 100000 cells",), "sweep"),

@@ -1,7 +1,7 @@
 """Does a trained model read its input? The measurements of experiments.diagnostics, the trivial baselines scores are
 read against, and a real-data quality check: with the CPU study's settings (grids/mini_wikisplit.yaml) a model
 warm-started from the real MiniLM BERT must learn to copy real WikiSplit sentences within a bounded number of updates.
-That last test is what would have caught the decoder that ignored its encoder (README: "Why the decoder ignored the
+That last test is what would have caught the decoder that ignored its encoder (docs/investigations.md: "Why the decoder ignored the
 encoder"): with the paper's random cross-attention it fails."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from bertgen import BertGenerationConfig, EncoderDecoderModel
 from bertgen.configuration import EncoderDecoderConfig
-from experiments import evaluation
+from experiments import evaluation, machine
 from experiments.cell_inputs import uncased
 from experiments.diagnostics import IGNORES_INPUT_GAP, measure_input_use, normalized_entropy, rotate_sources
 from experiments.grid import load_grid
@@ -104,7 +104,7 @@ def test_bf16_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
         def read_text(self, **_):
             return f"processor : 0\nflags : {flags}\n"
 
-    monkeypatch.setattr(evaluation, "Path", FakePath)
+    monkeypatch.setattr(machine, "Path", FakePath)  # native_bf16 reads /proc/cpuinfo there
     cpu = torch.device("cpu")
     assert evaluation.use_bf16("auto", cpu) is expected
     assert evaluation.use_bf16(True, cpu) is True and evaluation.use_bf16(False, cpu) is False

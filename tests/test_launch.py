@@ -546,3 +546,35 @@ def test_a_copied_output_folder_does_not_write_into_the_original(study, tmp_path
     assert runs and all(r.info.artifact_uri.startswith((tmp_path / "copy").as_uri()) for r in runs)
     assert all({a.path for a in client.list_artifacts(r.info.run_id)} for r in runs
                if r.data.tags.get("role") == "cell")
+
+
+@pytest.mark.slow
+def test_the_paper_grid_dry_run_shows_every_cell_and_the_plan_on_a_machine_with_no_data(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """No balanced DiscoFuse files and an empty HF cache with HF_HUB_OFFLINE=1: --dry-run prints every cell and the
+    compute plan, with one warning per missing file and hub checkpoint naming the command that fetches it; the real
+    launch refuses in one line, naming that command too, and nothing is written."""
+    monkeypatch.chdir(tmp_path)  # data/discofuse/*_balanced.tsv are relative: not here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paper = str(REPO / "grids" / "paper.yaml")
+    cells = load_grid(paper, check_paths=False).cells
+    assert launch.main([paper, "--dry-run", "--executor", "local"]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if re.match(r"[0-9a-f]{12}\s", line)]
+    assert {line.split()[0] for line in rows} == {c["cell_id"] for c in cells}
+    assert f"compute plan total: {len(cells)} cells" in out and "GPU-hours" in out
+    warnings = err.strip().splitlines()
+    assert warnings and all(w.startswith("warning: ") for w in warnings)
+    for split in ("train", "dev", "test"):
+        assert any(f"data/discofuse/{split}_balanced.tsv does not exist yet" in w
+                   and f"python -m experiments.prefetch {paper}" in w for w in warnings), (split, warnings)
+    for hub_id in ("bert-base-cased", "roberta-large", "gpt2"):
+        assert any(f"hub id '{hub_id}' is not in the local HF cache" in w and "python -m experiments.prefetch" in w
+                   for w in warnings), (hub_id, warnings)
+    assert not (tmp_path / "outputs").exists()
+    assert launch.main([paper, "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "_balanced.tsv' does not exist" in err and "experiments.prefetch" in err
+    assert not (tmp_path / "outputs").exists()

@@ -134,3 +134,164 @@ def test_offline_launch_accepts_a_prefetched_hub_id(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compute plan total: 1 cells" in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+# -- data on no hub: the balanced DiscoFuse from its authors' archive, over a loopback HTTP server --------------------
+DISCOFUSE_COLUMNS = ("coherent_first_sentence", "coherent_second_sentence", "incoherent_first_sentence",
+                     "incoherent_second_sentence", "discourse_type", "connective_string", "has_coref_type_pronoun",
+                     "has_coref_type_nominal")
+
+
+def _tsv(split: str, rows: int) -> bytes:
+    lines = ["\t".join(DISCOFUSE_COLUMNS)]
+    for i in range(rows):
+        lines.append("\t".join([f"{split} {i} went home , but slept .", "", f"{split} {i} went home .",
+                                "But slept .", "SINGLE_S_COORD", ", but", "0.0", "0.0"]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def archive_bytes() -> bytes:
+    """A zip in the layout of discofuse_v1_wikipedia.zip: the three balanced files and a member nobody wants."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for split, rows in (("train", 7), ("dev", 3), ("test", 4)):
+            bundle.writestr(f"discofuse_v1/wikipedia/{split}_balanced.tsv", _tsv(split, rows))
+        bundle.writestr("discofuse_v1/wikipedia/train.tsv", _tsv("full", 20))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def loopback(archive_bytes):
+    """An HTTP server on 127.0.0.1 (a thread, stopped after the test) serving the fixture archive as published
+    (/good.zip), another file of the same size (/other.zip), the archive announced at another size (/bigger.zip),
+    and the archive cut off halfway (/short.zip: Content-Length says all of it, the connection closes early).
+    Returns (base URL, the paths requested)."""
+    import http.server
+    import threading
+
+    requests: list[str] = []
+    half = len(archive_bytes) // 2
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            requests.append(self.path)
+            body = {"/good.zip": archive_bytes, "/other.zip": bytes(reversed(archive_bytes)),
+                    "/bigger.zip": archive_bytes + b"\0" * 10, "/short.zip": archive_bytes}.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:half] if self.path == "/short.zip" else body)
+            if self.path == "/short.zip":
+                self.wfile.flush()
+                self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def fixture_archive(archive_bytes: bytes, url: str):
+    """The recorded DiscoFuse archive with the fixture's URL, size and digest."""
+    import dataclasses
+    import hashlib
+
+    from experiments.data_archive import DISCOFUSE_BALANCED
+
+    return dataclasses.replace(DISCOFUSE_BALANCED, urls=(url,), size=len(archive_bytes),
+                               sha256=hashlib.sha256(archive_bytes).hexdigest())
+
+
+def test_the_published_archive_is_recorded_as_data():
+    from experiments.data_archive import DISCOFUSE_BALANCED, DISCOFUSE_DIR, archive_for
+
+    assert DISCOFUSE_BALANCED.urls[0] == "https://storage.googleapis.com/gresearch/discofuse/discofuse_v1_wikipedia.zip"
+    assert DISCOFUSE_BALANCED.size == 1_717_422_334 and len(DISCOFUSE_BALANCED.sha256) == 64
+    assert sorted(DISCOFUSE_BALANCED.members.values()) == ["dev_balanced.tsv", "test_balanced.tsv",
+                                                           "train_balanced.tsv"]
+    assert archive_for(DISCOFUSE_DIR / "dev_balanced.tsv") is DISCOFUSE_BALANCED and archive_for("dev.tsv") is None
+    for grid in ("fusion", "ablations", "gpt2_tuning"):
+        cells = load_grid(REPO / "grids" / f"{grid}.yaml", check_paths=False).cells
+        assert {c["data"]["test"] for c in cells} == {str(DISCOFUSE_DIR / "test_balanced.tsv")}, grid
+        assert set(pf.archive_data(cells)) <= {DISCOFUSE_DIR}
+
+
+def test_the_archive_is_downloaded_verified_and_extracted(loopback, archive_bytes, tmp_path):
+    from experiments.data import load_split
+    from experiments.data_archive import fetch_archive
+
+    base, requests = loopback
+    archive = fixture_archive(archive_bytes, f"{base}/good.zip")
+    destination = tmp_path / "data" / "discofuse"
+    said: list[str] = []
+    written = fetch_archive(archive, destination, out=said.append)
+    assert sorted(p.name for p in destination.iterdir()) == ["dev_balanced.tsv", "test_balanced.tsv",
+                                                             "train_balanced.tsv"]  # nothing else, nothing hidden
+    assert (destination / "dev_balanced.tsv").read_bytes() == _tsv("dev", 3) and len(written) == 3
+    assert "verified" in said[0] and requests == ["/good.zip"]
+    test = load_split("discofuse", "test", str(destination / "test_balanced.tsv"), seed=0)
+    assert len(test) == 4  # what the task's loader reads: the grids' data.test
+    assert fetch_archive(archive, destination, out=said.append) == written and requests == ["/good.zip"]
+    assert "already extracted" in said[-1]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/other.zip", "sha256 "),  # the same size, other bytes
+    ("/bigger.zip", "the server announces"),
+    ("/short.zip", "expected"),  # cut off: fewer bytes than announced (or the connection's own error)
+])
+def test_a_download_that_is_not_the_published_archive_is_refused_in_one_line_with_nothing_kept(
+        path, message, loopback, archive_bytes, tmp_path):
+    from experiments.data_archive import ArchiveError, fetch_archive
+
+    base, _ = loopback
+    archive = fixture_archive(archive_bytes, f"{base}{path}")
+    destination = tmp_path / "data" / "discofuse"
+    with pytest.raises(ArchiveError) as caught:
+        fetch_archive(archive, destination, out=lambda _: None, timeout_s=10)
+    text = str(caught.value)
+    assert "\n" not in text and message in text and "nothing kept" in text and base in text
+    assert list(destination.iterdir()) == []  # no partial download, no staging folder, no half-written file
+
+
+def test_prefetch_fetches_the_archive_a_grid_names(loopback, archive_bytes, tmp_path, monkeypatch, fake_hub, capsys):
+    """``python -m experiments.prefetch GRID``: the balanced files the grid's cells name are missing, so the archive
+    is fetched into their folder; a second run finds them. A mismatch is one line, exit status 1."""
+    import yaml
+
+    from experiments import data_archive
+
+    base, requests = loopback
+    monkeypatch.setattr(data_archive, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/good.zip"),))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bert").mkdir()
+    grid = tmp_path / "grid.yaml"
+    files = {split: f"data/discofuse/{name}_balanced.tsv"
+             for split, name in (("train", "train"), ("validation", "dev"), ("test", "test"))}
+    grid.write_text(yaml.safe_dump({"name": "g", "output_root": "out", "checkpoints": {"bert": str(tmp_path / "bert")},
+                                    "defaults": {"data": files}, "tasks": ["discofuse"], "schemes": ["bert2bert"],
+                                    "seeds": [1]}))
+    assert pf.main([str(grid), "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "verified" in out and "nothing else to fetch" in out and requests == ["/good.zip"]
+    assert all((tmp_path / f).is_file() for f in files.values()) and not fake_hub
+    monkeypatch.setattr(data_archive, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/other.zip"),))
+    (tmp_path / files["test"]).unlink()
+    assert pf.main([str(grid), "--cache-dir", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sha256" in err and not (tmp_path / files["test"]).exists()

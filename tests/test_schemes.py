@@ -275,14 +275,17 @@ def test_embeddings_only_warm_start(checkpoints):
     torch.testing.assert_close(model.decoder.bert.embeddings.word_embeddings.weight,
                                bert.embeddings.word_embeddings.weight, atol=0, rtol=0)
 
+    # embeddings=False re-initialises the word embeddings only (§5; issue 20: wpe was random too before)
     model, spec = build("gpt", **_dirs(checkpoints), warm_start=WarmStart(embeddings=False))
-    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "transformer.wpe.weight",
-                                                  "lm_head.weight"}
+    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "lm_head.weight"}
 
 
-def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_embeddings(checkpoints):
+def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_word_embeddings(checkpoints):
     """Table 6's "- embeddings from checkpoint" (init_layers {without_embeddings: true}): every layer is the
-    checkpoint's, the embeddings are random, and so is the output projection tied to the word embeddings."""
+    checkpoint's, the word-embedding matrix is random (§5: only it; positions and the embedding LayerNorm are the
+    checkpoint's), and so is the output projection tied to the word embeddings.
+
+    Changed by issue 20: the position embeddings and the embedding LayerNorm were random too before."""
     from experiments.cell_inputs import warm_start_from
 
     warm = warm_start_from({"without_embeddings": True})
@@ -295,15 +298,21 @@ def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_embe
     assert layer_keys and all(k in ours for k in layer_keys)
     for key in layer_keys:
         torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
-    for name in ("word_embeddings", "position_embeddings"):
-        assert not torch.equal(getattr(model.encoder.embeddings, name).weight,
-                               getattr(bert.embeddings, name).weight), name
+    assert not torch.equal(model.encoder.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    # positions (BERT's token-type row 0 folded in: bertgen.families) and the LayerNorm are the checkpoint's
+    positions = bert.embeddings.position_embeddings.weight + bert.embeddings.token_type_embeddings.weight[0]
+    torch.testing.assert_close(model.encoder.embeddings.position_embeddings.weight, positions, atol=0, rtol=0)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(model.encoder.embeddings.LayerNorm, name),
+                                   getattr(bert.embeddings.LayerNorm, name), atol=0, rtol=0)
     word = model.encoder.embeddings.word_embeddings.weight
     assert model.decoder.bert.embeddings.word_embeddings.weight is word  # shared, so random on both sides
     assert model.decoder.lm_head.decoder.weight is word  # the tied output projection is random too
     keys = set(model.state_dict())
-    embeddings = {k for k in keys if k.startswith(("encoder.embeddings.", "decoder.bert.embeddings."))}
-    assert {"encoder.embeddings.word_embeddings.weight", "encoder.embeddings.position_embeddings.weight"} <= embeddings
+    embeddings = {k for k in keys if k.startswith(("encoder.embeddings.word_embeddings.",
+                                                   "decoder.bert.embeddings.word_embeddings."))}
+    assert embeddings == {"encoder.embeddings.word_embeddings.weight", "decoder.bert.embeddings.word_embeddings.weight"}
+    # exactly the word embeddings (and what is tied to them) and the cross-attention start random
     assert set(spec.report.newly_initialized) == (_cross(keys) | embeddings
                                                   | {"decoder.lm_head.bias", "decoder.lm_head.decoder.weight"})
 
@@ -314,12 +323,12 @@ def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_embe
     for key in warm_keys:  # GPT-2's Conv1D weights are stored transposed
         expected = theirs[key].t() if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else theirs[key]
         torch.testing.assert_close(ours[key], expected, atol=0, rtol=0, msg=key)
-    for name in ("wte", "wpe"):
-        assert not torch.equal(getattr(model.transformer, name).weight, getattr(gpt2.transformer, name).weight), name
+    assert not torch.equal(model.transformer.wte.weight, gpt2.transformer.wte.weight)
+    torch.testing.assert_close(model.transformer.wpe.weight, gpt2.transformer.wpe.weight[:model.config.n_positions],
+                               atol=0, rtol=0)  # the positions are the checkpoint's (its first n_positions)
+    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "lm_head.weight"}
     assert model.lm_head.weight is model.transformer.wte.weight
     assert not torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
-    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "transformer.wpe.weight",
-                                                  "lm_head.weight"}
 
 
 def test_warm_start_errors(checkpoints):
@@ -389,3 +398,60 @@ def test_cross_attention_from_self_attention_leaves_random_decoders_and_unlisted
     assert torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)
     with pytest.raises(ValueError, match="cross_attention"):
         WarmStart(cross_attention="from_encoder")
+
+
+# -- a vocabulary of the model's own (Table 4's Transformer baseline, Table 6's SentencePieces) ------------------------
+def _own_vocabulary(root, train: str, size: int):
+    from experiments.vocabulary import ensure_vocabulary
+
+    words = ["house", "Haus", "cat", "Katze", "the", "der", "runs", "läuft", "fast", "schnell", "street", "Straße"]
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)) + "." for i in range(200)]
+    directory, _ = ensure_vocabulary(lambda: texts, "test-texts", {"train": train, "size": size}, root)
+    return directory
+
+
+def test_own_vocabulary_sizes_every_stack_and_leaves_only_vocabulary_tensors_random(checkpoints, tmp_path):
+    """bertShare with a task-specific SentencePiece vocabulary: both sides read it, the word embeddings (shared with
+    the decoder and its output projection) are new and random at its size, every layer and the position embeddings
+    are still the checkpoint's; gpt likewise (wte new, wpe and the blocks warm). A scheme with two vocabularies
+    cannot take one."""
+    vocabulary = _own_vocabulary(tmp_path, "sentencepiece", 60)
+    bert, gpt2 = checkpoints["bert"][0], checkpoints["gpt2"][0]
+    model, spec = build("bertShare", **_dirs(checkpoints), vocabulary=vocabulary)
+    assert spec.inputs is spec.outputs and spec.inputs.tokenizer.kind == "sentencepiece"
+    assert spec.inputs.vocab_size == 60 and model.config.encoder.vocab_size == model.config.decoder.vocab_size == 60
+    word = model.encoder.embeddings.word_embeddings.weight
+    assert word.shape == (60, 32) and model.decoder.lm_head.decoder.weight is word
+    ours, theirs = model.encoder.state_dict(), bert.state_dict()
+    for key in [k for k in theirs if k.startswith("encoder.layer.")]:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+    folded = bert.embeddings.position_embeddings.weight + bert.embeddings.token_type_embeddings.weight[0]
+    torch.testing.assert_close(model.encoder.embeddings.position_embeddings.weight, folded, atol=0, rtol=0)
+    keys = set(model.state_dict())
+    assert set(spec.report.newly_initialized) == (_cross(keys) | {
+        "encoder.embeddings.word_embeddings.weight", "decoder.bert.embeddings.word_embeddings.weight",
+        "decoder.lm_head.bias", "decoder.lm_head.decoder.weight"})
+    assert "bert:embeddings.word_embeddings.weight" in spec.report.unused
+    src, mask, labels = _training_batch(spec)
+    model(input_ids=src.clamp(max=59), attention_mask=mask, labels=labels.clamp(max=59)).loss.backward()
+
+    model, spec = build("gpt", **_dirs(checkpoints), vocabulary=vocabulary)
+    assert model.transformer.wte.weight.shape == (60, 32) and model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(model.transformer.wpe.weight, gpt2.transformer.wpe.weight, atol=0, rtol=0)
+    assert set(spec.report.newly_initialized) == {"transformer.wte.weight", "lm_head.weight"}
+
+    with pytest.raises(ValueError, match="bert2gpt reads two vocabularies"):
+        build("bert2gpt", **_dirs(checkpoints), vocabulary=vocabulary)
+
+
+def test_random_scheme_with_a_trained_wordpiece_vocabulary_and_its_own_depth(checkpoints, tmp_path):
+    """Table 4's Transformer baseline: rnd2rnd at 6 layers (here 2) and other widths, reading a WordPiece vocabulary
+    trained on the task's text, cased."""
+    vocabulary = _own_vocabulary(tmp_path, "wordpiece", 70)
+    model, spec = build("rnd2rnd", **_dirs(checkpoints), vocabulary=vocabulary, num_hidden_layers=2, hidden_size=16,
+                        num_attention_heads=2, intermediate_size=24)
+    tokenizer = spec.inputs.tokenizer
+    assert model.config.encoder.vocab_size == tokenizer.vocab_size <= 70 and len(model.encoder.encoder.layer) == 2
+    assert model.encoder.embeddings.word_embeddings.weight.shape == (tokenizer.vocab_size, 16)
+    assert tokenizer.decode(tokenizer.encode("Haus Straße"), skip_special_tokens=True) == "Haus Straße"
+    assert spec.report.loaded == []

@@ -327,6 +327,28 @@ def test_do_lower_case_from_tokenizer_config_and_override(tmp_path):
     assert load_tokenizer(tmp_path, do_lower_case=True).encode("Hello world") == [2, 5, 6, 3]
 
 
+def test_special_token_keywords_name_the_specials_of_a_bare_vocabulary_as_transformers_does(tmp_path):
+    """A bare vocab.txt (Google's bert2bert_L-24_wmt_* repos) read with its model card's pad_token / eos_token /
+    bos_token keywords: the same ids, encodings and decodings as transformers' BertTokenizer with those keywords, so
+    decoding skips every one of them; without them the card's tokens are plain words and stay in the text."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<pad>", "<s>", "</s>", "das", "Das", "haus", "Haus", "ist",
+             "##e", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    card = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"}
+    ours, theirs = load_tokenizer(tmp_path, **card), BertTokenizer(str(tmp_path / "vocab.txt"), **card)
+    assert (ours.pad_token_id, ours.eos_token_id, ours.bos_token_id) == (5, 7, 6) == (
+        theirs.pad_token_id, theirs.eos_token_id, theirs.bos_token_id)
+    for text in ("Das Haus ist.", "das Hause"):
+        assert ours.encode(text, add_special_tokens=False) == theirs(text, add_special_tokens=False).input_ids
+    generated = [6, 9, 11, 12, 14, 7, 5, 5]
+    assert ours.decode(generated) == theirs.decode(generated, skip_special_tokens=True) == "Das Haus ist."
+    assert load_tokenizer(tmp_path).decode(generated).endswith("</s> <pad> <pad>")
+    with pytest.raises(TokenizerError, match="pad_token must be a non-empty string"):
+        load_tokenizer(tmp_path, pad_token="")
+
+
 @pytest.mark.parametrize("configs, kind, expected", [
     ({}, None, "gpt2"),  # no hint: GPT-2's vocab has no <s>
     ({"tokenizer_config.json": {"tokenizer_class": "RobertaTokenizerFast"}}, None, "roberta"),
@@ -427,3 +449,74 @@ def test_bad_options_and_files(tmp_path, tokenizer_files):
     (tmp_path / "notes.md").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="not a tokenizer file"):
         load_tokenizer([tmp_path / "wp" / "vocab.txt", tmp_path / "notes.md"])
+
+
+# -- vocabularies the harness trains (experiments.vocabulary) ---------------------------------------------------------
+def _corpus(seed: int = 0, lines: int = 300) -> list[str]:
+    """A few hundred English and German lines, cased, with umlauts: what a WMT vocabulary sees, in miniature."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["The", "house", "Haus", "der", "die", "Straße", "street", "Kätzchen", "kitten", "runs", "läuft", "and",
+             "und", "quickly", "schnell", "über", "over", "bridge", "Brücke", "Mädchen", "girl", "reads", "liest"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + rng.choice([".", "!", "?"])
+            for _ in range(lines)]
+
+
+@pytest.mark.parametrize("train,size", [("wordpiece", 120), ("sentencepiece", 80)])
+def test_trained_vocabulary_is_cased_deterministic_and_read_by_load_tokenizer(tmp_path, train, size):
+    """A vocabulary trained by the harness on a few hundred lines: read back by load_tokenizer as BERT WordPiece or
+    BertGenerationTokenizer, cased (Haus and haus differ, umlauts kept), with start / end / pad tokens, at most
+    ``size`` ids (SentencePiece: exactly); two trainings on the same lines write byte-identical files."""
+    from experiments.vocabulary import ensure_vocabulary, load_vocabulary
+
+    texts = _corpus()
+    first, trained = ensure_vocabulary(lambda: texts, "corpus-0", {"train": train, "size": size}, tmp_path / "a")
+    again, _ = ensure_vocabulary(lambda: texts, "corpus-0", {"train": train, "size": size}, tmp_path / "b")
+    assert trained and first.name == again.name
+    for name in sorted(p.name for p in first.iterdir()):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    tokenizer = load_vocabulary(first)
+    assert tokenizer.kind == {"wordpiece": "bert", "sentencepiece": "sentencepiece"}[train]
+    assert (tokenizer.vocab_size == size) if train == "sentencepiece" else (50 < tokenizer.vocab_size <= size)
+    assert None not in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert tokenizer.encode("Haus", add_special_tokens=False) != tokenizer.encode("haus", add_special_tokens=False)
+    for text in ("The Mädchen läuft über die Brücke.", "Straße und street"):
+        assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == text
+
+
+def test_vocabulary_cache_key_follows_the_data_and_the_settings_and_a_cached_one_is_reused(tmp_path):
+    """Same data and settings: the cached directory, without calling for the texts again (nothing is retrained).
+    Another data identity, size or trainer: another directory. An incomplete directory (no manifest) is never read:
+    it is trained again and replaced; a training that fails leaves nothing behind."""
+    from experiments.vocabulary import MANIFEST, ensure_vocabulary, vocabulary_dir, vocabulary_key
+
+    settings = {"train": "wordpiece", "size": 100}
+    texts = _corpus()
+    directory, trained = ensure_vocabulary(lambda: texts, "discofuse:abc", settings, tmp_path)
+    assert trained and directory == vocabulary_dir(tmp_path, "discofuse:abc", settings)
+    stamp = (directory / "vocab.txt").stat().st_mtime_ns
+
+    def must_not_train():
+        raise AssertionError("a cached vocabulary was trained again")
+
+    reused, trained = ensure_vocabulary(must_not_train, "discofuse:abc", settings, tmp_path)
+    assert reused == directory and not trained and (directory / "vocab.txt").stat().st_mtime_ns == stamp
+    keys = {vocabulary_key("discofuse:abc", settings), vocabulary_key("discofuse:abd", settings),
+            vocabulary_key("discofuse:abc", {**settings, "size": 101}),
+            vocabulary_key("discofuse:abc", {"train": "sentencepiece", "size": 100})}
+    assert len(keys) == 4
+    other, trained = ensure_vocabulary(lambda: _corpus(seed=1), "discofuse:abd", settings, tmp_path)
+    assert trained and other != directory
+
+    (directory / MANIFEST).unlink()  # as if written by something else, incomplete
+    rebuilt, trained = ensure_vocabulary(lambda: texts, "discofuse:abc", settings, tmp_path)
+    assert trained and rebuilt == directory and (directory / MANIFEST).is_file()
+
+    def failing():
+        yield "one line"
+        raise OSError("disk gone")
+
+    with pytest.raises((OSError, RuntimeError), match="disk gone"):  # sentencepiece re-raises it as RuntimeError
+        ensure_vocabulary(failing, "broken", settings, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([directory.name, other.name])

@@ -298,6 +298,85 @@ def test_resumed_adafactor_cell_ends_bit_identical_to_an_uninterrupted_one(asset
     assert_resumed_equals_straight(assets, tmp_path, straight, resumed, resumed_logger)
 
 
+def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_across_it(assets, tmp_path):
+    """train.freeze_warm_started_steps=5 (Table 6's "pre-training SentencePieces", scaled down): at the step-4
+    checkpoint every tensor bert2bert took from BERT is bit-identical to the checkpoint's and has no Adam state, the
+    new ones (cross-attention, output bias) have moved; after step 5 the warm ones train too. A run that crashes at
+    step 6 and resumes from step 4 crosses the boundary and ends bit-identical to an uninterrupted run."""
+    from experiments.cell_inputs import build_cell_model
+    from experiments.config import CellConfig
+    from experiments.train import warm_started_parameters
+
+    cell = make_cell(assets, tmp_path / "root", freeze_warm_started_steps=5)
+    straight_logger = RecordingLogger()
+    straight = train_cell(cell, tmp_path / "straight", straight_logger)
+    with pytest.raises(SimulatedCrash):
+        train_cell(cell, tmp_path / "resumed", CrashingLogger(at_step=6))
+    model, spec, _, _ = build_cell_model(CellConfig.from_dict(cell))
+    frozen = warm_started_parameters(model, spec.report)
+    at_step4 = _weights(tmp_path / "resumed")
+    aliases: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(parameter), []).append(name)
+    # a tied tensor is saved once, under one of its names
+    frozen_names = {next(n for n in aliases[id(p)] if n in at_step4) for p in frozen}
+    start = {k: v.detach() for k, v in model.state_dict().items()}
+    assert straight_logger.tags["frozen_warm_started_tensors"] == len(frozen) > 0
+    assert any(n.endswith("embeddings.word_embeddings.weight") for n in frozen_names)  # BERT's, shared
+    assert not any(".crossattention." in n for n in frozen_names) and "decoder.lm_head.bias" not in frozen_names
+
+    assert checkpointing.read_trainer_state(tmp_path / "resumed" / "checkpoints" / "last")["step"] == 4
+    for name in frozen_names:
+        assert torch.equal(at_step4[name], start[name]), name
+    assert not torch.equal(at_step4["decoder.lm_head.bias"], start["decoder.lm_head.bias"])
+    optimizer_state = torch.load(tmp_path / "resumed" / "checkpoints" / "last" / checkpointing.OPTIMIZER_FILE,
+                                 weights_only=True)["state"]
+    assert len(optimizer_state) == len(aliases) - len(frozen)  # the frozen tensors' moments never started
+
+    resumed_logger = RecordingLogger()
+    resumed = train_cell(cell, tmp_path / "resumed", resumed_logger)
+    assert_resumed_equals_straight(assets, tmp_path, straight, resumed, resumed_logger)
+    final = _weights(tmp_path / "straight")
+    assert all(not torch.equal(final[name], start[name]) for name in frozen_names if name.endswith(".weight"))
+
+
+def test_freezing_a_scheme_without_warm_started_parameters_is_refused(assets, tmp_path):
+    with pytest.raises(ValueError, match="freeze_warm_started_steps: 2, but scheme rnd2rnd warm-starts no parameter"):
+        train_cell(make_cell(assets, tmp_path / "root", scheme="rnd2rnd", freeze_warm_started_steps=2),
+                   tmp_path / "cell", RecordingLogger())
+    with pytest.raises(ValueError, match="freeze_warm_started_steps: expected fewer than train.steps=8"):
+        train_cell(make_cell(assets, tmp_path / "root", freeze_warm_started_steps=8), tmp_path / "c2",
+                   RecordingLogger())
+
+
+def test_cell_with_a_trained_vocabulary_trains_it_once_and_decodes_with_it(assets, tmp_path):
+    """vocab {train: sentencepiece}: the cell trains the vocabulary on its own training texts, builds bertShare with
+    it (word embeddings new, layers warm), trains, decodes, keeps a copy for re-decoding; a second cell (another seed)
+    on the same data reuses the cached vocabulary without training it again."""
+    from experiments.evaluate import load_cell
+
+    cell = make_cell(assets, tmp_path / "root", scheme="bertShare", steps=4, eval_every=0, checkpoint_every=0)
+    cell["vocab"] = {"train": "sentencepiece", "size": 64}
+    first = RecordingLogger()
+    metrics = train_cell(cell, tmp_path / "first", first)
+    assert set(metrics) == {"exact", "sari"} and first.tags["vocabulary_trained"] is True
+    cached = list((tmp_path / "root" / "cache" / "vocab").iterdir())
+    assert [p.name for p in cached] == [first.tags["vocabulary"]] and cached[0].name.startswith("sentencepiece-64-")
+    weights = _weights(tmp_path / "first")
+    assert {tuple(w.shape) for k, w in weights.items() if k.endswith("word_embeddings.weight")} == {(64, 64)}
+    assert (tmp_path / "first" / "vocabulary" / "spiece.model").read_bytes() == (cached[0] / "spiece.model").read_bytes()
+    (tmp_path / "first" / "cell.json").write_text(json.dumps(cell))  # what the job writes beside the run
+    loaded = load_cell(tmp_path / "first", "last")  # experiments.evaluate rebuilds it from the cell's copy
+    assert loaded.input_tokenizer.vocab_size == 64
+    from experiments.evaluation_preflight import check_cell_weights
+
+    check_cell_weights(tmp_path / "first", "last")  # the evaluation's pre-flight builds it the same way
+
+    second = RecordingLogger()
+    train_cell({**cell, "seed": 4}, tmp_path / "second", second)
+    assert second.tags["vocabulary_trained"] is False and second.tags["vocabulary"] == first.tags["vocabulary"]
+
+
 def test_preemption_save_resumes_from_the_start_of_the_interrupted_step(assets, tmp_path):
     """The hook the job calls on SIGUSR2, fired in the middle of step 3 (its forward pass), writes a checkpoint
     from which the resumed cell redoes step 3 and ends where an uninterrupted cell ends."""
