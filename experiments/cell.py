@@ -37,6 +37,7 @@ import torch
 from bertgen.checkpoint import is_local_reference
 
 from . import tracking
+from .disk_space import atomic_write_text
 from .config import COSMETIC_KEYS, DECODING_SECTIONS, CellConfig, to_dict
 from .model_size import PAPER_SIZES
 
@@ -282,7 +283,6 @@ class CellJob(submitit.helpers.Checkpointable):
         out_dir = self.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         configure_job_logging()
-        (out_dir / CELL_CONFIG_FILE).write_text(json.dumps(self.cell, indent=2, sort_keys=True) + "\n")
         job_tags, rank = _job_environment()
         if rank == 0:
             job_tags.update(link_job_logs(out_dir))
@@ -294,6 +294,7 @@ class CellJob(submitit.helpers.Checkpointable):
         self._logger = logger
         logger.start(host=socket.gethostname(), pid=os.getpid(), job_tags=job_tags)
         try:
+            atomic_write_text(out_dir / CELL_CONFIG_FILE, json.dumps(self.cell, indent=2, sort_keys=True) + "\n")
             metrics = self._train_or_reuse(out_dir, logger)
         except BaseException as err:  # noqa: BLE001 - every way out is recorded, then re-raised where it should be
             return self._fail(err, logger)
@@ -312,7 +313,7 @@ class CellJob(submitit.helpers.Checkpointable):
         if not isinstance(metrics, dict):
             raise TypeError(f"train_cell returned {type(metrics).__name__}, expected a dict of test metrics")
         metrics = {k: float(v) for k, v in metrics.items()}
-        done.write_text(json.dumps({"cell_id": self.cell["cell_id"], "metrics": metrics}, indent=2) + "\n")
+        atomic_write_text(done, json.dumps({"cell_id": self.cell["cell_id"], "metrics": metrics}, indent=2) + "\n")
         return metrics
 
     def _fail(self, err: BaseException, logger: Any) -> dict:
@@ -325,7 +326,12 @@ class CellJob(submitit.helpers.Checkpointable):
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             logger.interrupted(reason, status="KILLED")
             raise err
-        (out_dir / TRACEBACK_FILE).write_text("".join(traceback.format_exception(err)))
+        trace = "".join(traceback.format_exception(err))
+        try:
+            atomic_write_text(out_dir / TRACEBACK_FILE, trace)
+        except OSError:  # the disk that made the cell fail is full: the traceback goes to the job's log instead
+            (out_dir / TRACEBACK_FILE).unlink(missing_ok=True)  # not an earlier attempt's in its place
+            print(trace, file=sys.stderr)
         logger.finish_failure(reason, [out_dir / CELL_CONFIG_FILE, out_dir / TRACEBACK_FILE])
         self._logger = None
         print(f"cell {self.cell['cell_id']} ({cell_label(self.cell)}) FAILED: {reason}", file=sys.stderr)

@@ -11,7 +11,9 @@ A checkpoint is a directory:
 temporary name and swapped in with ``os.replace``; a POSIX rename cannot replace a non-empty directory, so the old one
 is first renamed aside (``.old-<name>``) and deleted after the swap. A crash between the two renames leaves the
 previous checkpoint under ``.old-<name>``, which :func:`find_checkpoint` falls back to — at no moment is there no
-complete checkpoint on disk.
+complete checkpoint on disk. A save that does not fit on the disk (however torch or safetensors report it) removes
+its temporary copy and raises :class:`experiments.disk_space.DiskFullError`: one line with the path, the space the
+checkpoint needs and what is free; the previous checkpoint stays, and a relaunch once there is room resumes from it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+
+from . import disk_space
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -71,6 +75,44 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _tensor_bytes(tensors: Any) -> int:
+    """Bytes of the distinct tensors in a (nested) state dict: what a checkpoint of them occupies, near enough."""
+    seen, total = set(), 0
+    stack = [tensors]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            key = (item.data_ptr(), item.numel())  # tied weights are one tensor twice
+            if key not in seen:
+                seen.add(key)
+                total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """The space :func:`save_checkpoint` needs for a new checkpoint beside the previous one (which it keeps until
+    the new one is complete): weights, optimizer state, and 64 KB for the RNG and trainer state files."""
+    optimizer_state = optimizer.state_dict()["state"] if optimizer is not None else {}
+    return _tensor_bytes(model.state_dict()) + _tensor_bytes(optimizer_state) + 64 * 2**10
+
+
+def _kept_checkpoint(directory: Path) -> str:
+    """What a failed save leaves to resume from, for its error message."""
+    found = find_checkpoint(directory)
+    if found is None:
+        return "no earlier checkpoint: once there is room, relaunching with --retry-failed starts the cell again"
+    try:
+        step = read_trainer_state(found)["step"]
+    except CheckpointCorruptError:
+        step = "?"
+    return (f"the previous checkpoint (step {step}) is kept: once there is room, relaunching with --retry-failed "
+            "resumes from it")
+
+
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict[str, Any], rng_states: list[dict[str, Any]] | None = None) -> Path:
     """Write a complete checkpoint to ``directory`` atomically (see the module docstring); returns ``directory``.
@@ -84,7 +126,16 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     # directory (rank 0; the preemption hook skips while a save runs), so none of them can still be in progress.
     for stale in directory.parent.glob(f".tmp-{directory.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
+    kept = _kept_checkpoint(directory)  # said when this save does not fit
+    with disk_space.writing(directory, checkpoint_bytes(model, optimizer), "a checkpoint", hint=kept):
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
+        _write_and_swap(tmp, directory, model, optimizer, trainer_state, rng_states)
+    return directory
+
+
+def _write_and_swap(tmp: Path, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    trainer_state: dict[str, Any], rng_states: list[dict[str, Any]] | None) -> None:
+    """Write every file into ``tmp``, fsync them, swap ``tmp`` in as ``directory``; on any error ``tmp`` is gone."""
     try:
         save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         if optimizer is not None:
@@ -104,7 +155,6 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 # -- reading ---------------------------------------------------------------------------------------------------

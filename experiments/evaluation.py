@@ -4,7 +4,6 @@ the ranks), the task's metrics, and the predictions file. Also the small helpers
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ from bertgen.generation import Seq2SeqModel
 from .config import DecodeConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .cell_inputs import lengths
+from .disk_space import atomic_write_text  # noqa: F401 - re-exported: train and evaluate write through it
 from .distributed import DistributedContext, all_gather_objects
 from .machine import native_bf16
 from .metrics import baseline_predictions, compute_metrics
@@ -39,12 +39,6 @@ def autocast(device: torch.device, enabled: bool):
 
 def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=5.0, dynamic_ncols=True, file=sys.stderr)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class SplitDecoder:

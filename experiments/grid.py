@@ -7,7 +7,9 @@ A grid is a YAML mapping (read with ``yaml.safe_load``)::
     include_grids: [fusion.yaml]      # other grid files whose cells join this one (paper.yaml); their executor,
                                       # mlflow and output_root are ignored, their checkpoints/defaults/overrides kept
     output_root: outputs              # cells write under <output_root>/cells/...; relative to the launch directory
-    mlflow: {tracking_uri: null, experiment: bertgen}
+    mlflow: {tracking_uri: null, experiment: bertgen,
+             allow_network_filesystem: false}   # true: a Slurm launch may keep the embedded sqlite store on NFS,
+                                      # Lustre, GPFS, BeeGFS, CIFS (refused by default: experiments.launch_guard)
     executor:
       default: null                   # slurm | local | debug; null: slurm when sbatch is on PATH, else local
       slurm: {partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, array_parallelism, account, qos,
@@ -173,6 +175,7 @@ class Grid:
     executor: dict[str, Any]
     cells: list[dict]
     smoke_root: Path | None = None  # set when some cell uses the tiny smoke assets
+    allow_network_filesystem: bool = False  # mlflow.allow_network_filesystem (launch_guard.check_store_filesystem)
 
     def cell(self, cell_id: str) -> dict:
         return next(c for c in self.cells if c["cell_id"] == cell_id)
@@ -191,7 +194,8 @@ def _top_schema(cell: dict) -> dict[str, Any]:
         "include_grids": any_value,
         "output_root": output_root_check,
         "mlflow": {"tracking_uri": v.path_text(nullable=True, what="a tracking URI"),
-                   "experiment": v.text(what="an experiment name", max_len=250)},
+                   "experiment": v.text(what="an experiment name", max_len=250),
+                   "allow_network_filesystem": v.boolean()},
         "executor": {
             "default": v.choice(EXECUTORS, nullable=True, what="executor"),
             "slurm": {"partition": _slurm_text(), "gpus_per_node": v.integer(0, hi=64),
@@ -482,6 +486,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
                   "local": {**DEFAULT_LOCAL, **executor.get("local", {})}},
         cells=resolved,
         smoke_root=output_root / SMOKE_DIR if expander.smoke_used else None,
+        allow_network_filesystem=bool(mlflow.get("allow_network_filesystem", False)),
     )
 
 

@@ -301,6 +301,7 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
     try:  # every check before the first byte is written: the folders it writes, the files it will upload
+        launch_guard.check_store_filesystem(grid, uri, executor_kind)
         launch_guard.check_writable(grid)
         launch_guard.check_pending(grid, cells)
     except GridError as err:

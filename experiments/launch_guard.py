@@ -10,6 +10,9 @@
   before the first byte is.
 - :func:`check_pending`: every selected cell's ``pending_metrics.jsonl`` is readable and holds only good records,
   checked before the experiment or any run exists (experiments.sync sets bad records aside).
+- :func:`check_store_filesystem`: a Slurm launch whose embedded sqlite store lies on a network filesystem (NFS,
+  Lustre, GPFS, BeeGFS, CIFS ...) is refused, saying how to run an MLflow server instead, unless the grid sets
+  ``mlflow.allow_network_filesystem: true``; local and debug launches (one machine) are not affected.
 - :func:`one_line_failures`: the last resort: an exception nothing above foresaw still ends in one line on stderr and
   exit status 2, not a traceback (``BERTGEN_TRACEBACK=1`` shows it).
 
@@ -33,6 +36,7 @@ from .cell import cell_dir, cell_label
 from .grid import Grid, GridError
 from .sync import scan_pending
 from .tracking import PENDING_FILE
+from .tracking_store import network_filesystem, sqlite_path
 from .validate import nearest_existing, short_text
 
 JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -126,6 +130,25 @@ def check_pending(grid: Grid, cells: list[dict]) -> None:
             raise GridError(grid.where, "pending metrics",
                             f"<output_root>/{shown}:{number}: {why} ({len(rejected)} bad); expected only records "
                             "the cell wrote (experiments.sync sets bad ones aside)")
+
+
+def check_store_filesystem(grid: Grid, uri: str, executor: str, mountinfo: Path | None = None) -> None:
+    """Cells of a Slurm array write to the tracking store from many nodes at once; a sqlite file on a network
+    filesystem is then at the mercy of that filesystem's locking (sqlite's FAQ, MLflow's docs: run a server)."""
+    db = sqlite_path(uri)
+    if executor != "slurm" or db is None or grid.allow_network_filesystem:
+        return
+    found = network_filesystem(db.parent, mountinfo)
+    if found is None:
+        return
+    name, kind, mount = found
+    raise GridError(grid.where, "mlflow.tracking_uri",
+                    f"the embedded MLflow store {db} is on {name} ({kind} mounted at {mount}), whose file locking "
+                    "sqlite cannot trust with a Slurm array's concurrent writers; expected a tracking server: start "
+                    "one on a node with a local disk (mlflow server --backend-store-uri sqlite:////<local disk>/"
+                    "mlflow.db --artifacts-destination <shared folder> --host 0.0.0.0 --port 5000) and pass --set "
+                    "mlflow.tracking_uri=http://<that node>:5000, or accept the risk with --set "
+                    "mlflow.allow_network_filesystem=true (nothing was submitted)")
 
 
 def one_line_failures(main: Callable[..., int]) -> Callable[..., int]:

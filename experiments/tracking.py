@@ -31,8 +31,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from . import disk_space
 
 # Re-exported: where runs go (URI, store, health check) lives in tracking_store, imported from here.
 from .tracking_store import (  # noqa: F401
@@ -45,6 +48,7 @@ from .tracking_store import (  # noqa: F401
     resolve_tracking_uri,
     sqlite_path,
 )
+from .validate import short_text
 
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
@@ -275,6 +279,8 @@ class CellLogger:
         self.last_beat = 0.0
         self.spilled = 0
         self.last_error = ""
+        self.disk_full = False  # whether the last failed send was the store's disk being full
+        self.spill_error = ""
         self._preempt_hooks: list[Callable[[], None]] = []
         self._artifacts: set[tuple[str, str | None, int]] = set()
         self.job_tags: dict[str, str] = {}
@@ -312,6 +318,12 @@ class CellLogger:
     def on_preempt(self, fn: Callable[[], None]) -> None:
         """Register a save function that :meth:`preempted` calls before the job is requeued (optional for train)."""
         self._preempt_hooks.append(fn)
+
+    def checkpointed(self) -> None:
+        """train_cell wrote a checkpoint: what was logged so far is sent now (unless the store is down and backing
+        off: then it stays queued, as in any outage). A job killed without warning (SIGKILL, a dead node) then loses
+        no metric of a step its checkpoint covers, which the resumed run would not log again."""
+        self.maybe_flush(force=True)
 
     # -- life cycle (called by CellJob) ------------------------------------------------------------------------
     def start(self, host: str, pid: int, job_tags: dict[str, str]) -> None:
@@ -360,9 +372,13 @@ class CellLogger:
                 time.sleep(self.final_retry_wait_s * (2 ** attempt))
         left = len(self.queue)
         if left:
-            self._spill(lambda op: True)
-            print(f"tracking server unreachable ({self.last_error}); {self.spilled} operations kept in "
-                  f"{self.out_dir / PENDING_FILE}: run python -m experiments.sync {self.out_dir}", file=sys.stderr)
+            who = "the disk" if self.disk_full else "the tracking server"
+            if self._spill(lambda op: True):
+                print(f"{who} did not take everything ({self.last_error}); {self.spilled} operations kept in "
+                      f"{self.out_dir / PENDING_FILE}: run python -m experiments.sync {self.out_dir}", file=sys.stderr)
+            else:  # the job's log is all that is left: the reason at least is there
+                print(f"{who} did not take {left} operations ({self.last_error}) and they could not be kept on disk "
+                      f"either ({self.spill_error}); lost: {short_text(json.dumps(self.queue), 2000)}", file=sys.stderr)
         elif self.spilled:
             self._send({"op": "tags", "tags": {"pending_sync": str(self.spilled)}}, swallow=True)
         return left
@@ -385,7 +401,8 @@ class CellLogger:
                 send_operations(self.client, self.run_id, batch)
             except Exception as err:  # noqa: BLE001 - the server's failure is never training's failure
                 self.failures += 1
-                self.last_error = f"{type(err).__name__}: {str(err)[:200]}"
+                self.disk_full = disk_space.says_disk_full(err)
+                self.last_error = f"{type(err).__name__}: {short_text(err, 480)}"
                 delay = min(self.max_backoff_s, self.backoff_s * (2 ** min(self.failures - 1, 16)))
                 self.next_attempt = time.monotonic() + delay
                 return False
@@ -402,14 +419,21 @@ class CellLogger:
             if not swallow:
                 raise
 
-    def _spill(self, which: Callable[[dict], bool]) -> None:
+    def _spill(self, which: Callable[[dict], bool]) -> bool:
+        """Move the queued operations ``which`` selects to the pending file; False (all kept queued) when it cannot
+        be written (a full disk: the cell's own next write says so and ends it)."""
         keep, spill = [], []
         for op in self.queue:
             (spill if which(op) else keep).append(op)
-        append_pending(self.out_dir, self.uri, self.run_id, spill)
+        try:
+            append_pending(self.out_dir, self.uri, self.run_id, spill)
+        except OSError as err:
+            self.spill_error = short_text(err, 300)
+            return False
         self.spilled += len(spill)
         self.queue = keep
         self.queued_metrics = sum(len(op["rows"]) for op in self.queue if op["op"] == "metrics")
+        return True
 
     def _heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -456,7 +480,7 @@ def send_operations(client: Any, run_id: str, ops: list[dict]) -> None:
                 client.log_batch(run_id, tags=tags[start:start + MAX_BATCH_TAGS], synchronous=True)
         elif kind == "artifact":
             if Path(op["path"]).is_file():
-                client.log_artifact(run_id, op["path"], op.get("artifact_path"))
+                _log_artifact(client, run_id, Path(op["path"]), op.get("artifact_path"))
         elif kind == "status":
             if op["status"] in ACTIVE_STATUSES:
                 client.update_run(run_id, status=op["status"])
@@ -466,13 +490,42 @@ def send_operations(client: Any, run_id: str, ops: list[dict]) -> None:
             raise ValueError(f"unknown tracking operation {kind!r}")
 
 
+def _log_artifact(client: Any, run_id: str, path: Path, artifact_path: str | None) -> None:
+    """``client.log_artifact``; a full disk under the store's artifacts is a :class:`disk_space.DiskFullError` that
+    names where the file was going (a local store) or the server that said so."""
+    try:
+        client.log_artifact(run_id, str(path), artifact_path)
+    except Exception as err:  # noqa: BLE001 - told apart below; anything else re-raised as it was
+        try:
+            location = client.get_run(run_id).info.artifact_uri or ""
+        except Exception:  # noqa: BLE001 - the store is gone altogether: said by the original error
+            location = ""
+        local = location.startswith("file:")
+        where = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path)) if local else location or path
+        full = disk_space.disk_full_error(err, where, path.stat().st_size if local else None,
+                                          f"the MLflow artifact {path.name}")
+        if full is None:
+            raise
+        raise full from err
+
+
 def append_pending(out_dir: Path, uri: str, run_id: str, ops: list[dict]) -> None:
-    """Append operations to ``<out_dir>/pending_metrics.jsonl``, each line self-contained (uri, run id, op)."""
+    """Append operations to ``<out_dir>/pending_metrics.jsonl``, each line self-contained (uri, run id, op).
+
+    All of them or none: a write that fails (a full disk: :class:`disk_space.DiskFullError`) cuts the file back to
+    what it held, so no half line is left for experiments.sync to set aside."""
     if not ops:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / PENDING_FILE, "a", encoding="utf-8") as fh:
-        for op in ops:
-            fh.write(json.dumps({"tracking_uri": uri, "run_id": run_id, **op}) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    path = out_dir / PENDING_FILE
+    data = "".join(json.dumps({"tracking_uri": uri, "run_id": run_id, **op}) + "\n" for op in ops).encode("utf-8")
+    with disk_space.writing(path, len(data), f"{len(ops)} tracking operations"), open(path, "ab", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += fh.write(data[written:])
+            os.fsync(fh.fileno())
+        except BaseException:
+            os.ftruncate(fh.fileno(), size)
+            raise

@@ -6,6 +6,7 @@ store under the output root), its artifact location, and whether it can take run
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +38,51 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):])
+
+
+# -- which filesystem ---------------------------------------------------------------------------------------------
+MOUNTINFO = Path("/proc/self/mountinfo")  # Linux; elsewhere the filesystem is unknown and nothing is refused
+# Filesystems shared over a network (mountinfo's type field → what to call it), where sqlite's POSIX locks are not
+# to be trusted with concurrent writers (sqlite.org/faq.html#q5; MLflow: run a tracking server).
+NETWORK_FILESYSTEMS = {
+    "nfs": "NFS", "nfs4": "NFS", "lustre": "Lustre", "gpfs": "GPFS", "beegfs": "BeeGFS", "cifs": "CIFS/SMB",
+    "smb3": "SMB", "smbfs": "SMB", "ceph": "CephFS", "fuse.ceph-fuse": "CephFS", "glusterfs": "GlusterFS",
+    "fuse.glusterfs": "GlusterFS", "panfs": "PanFS", "wekafs": "WekaFS", "fuse.sshfs": "SSHFS",
+}
+
+
+def _unescape_mount(field: str) -> str:
+    r"""mountinfo writes space, tab, newline and backslash in paths as ``\040``, ``\011``, ``\012``, ``\134``."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: Path, mountinfo: Path | None = None) -> tuple[Path, str] | None:
+    """(mount point, filesystem type) of the mount holding ``path`` (or its nearest existing folder): the longest
+    mount point in ``/proc/self/mountinfo`` that contains it (the last one listed, when one is mounted over
+    another); None when mountinfo cannot be read."""
+    try:
+        lines = (mountinfo or MOUNTINFO).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    target = nearest_existing(Path(path).absolute()).resolve()
+    best: tuple[Path, str] | None = None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        fields, rest = fields.split(), rest.split()
+        if len(fields) < 5 or not rest:
+            continue
+        point = Path(_unescape_mount(fields[4]))
+        if (point == target or point in target.parents) and (best is None or len(point.parts) >= len(best[0].parts)):
+            best = (point, rest[0])
+    return best
+
+
+def network_filesystem(path: Path, mountinfo: Path | None = None) -> tuple[str, str, Path] | None:
+    """(name, type, mount point) when ``path`` lies on a network filesystem (NETWORK_FILESYSTEMS), else None."""
+    found = mount_of(path, mountinfo)
+    if found is None or found[1] not in NETWORK_FILESYSTEMS:
+        return None
+    return NETWORK_FILESYSTEMS[found[1]], found[1], found[0]
 
 
 def artifact_location(uri: str) -> str | None:

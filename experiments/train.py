@@ -193,7 +193,8 @@ class CellTrainer:
         }
 
     def save_last(self) -> None:
-        """Every rank's RNG state goes into the checkpoint; rank 0 writes it."""
+        """Every rank's RNG state goes into the checkpoint; rank 0 writes it, then has the logger send (or park on
+        disk) the metrics logged so far, which a resume from this checkpoint would not log again."""
         rng = all_gather_objects(checkpointing.capture_rng_state(), self.ctx)
         if self.ctx.is_main:
             self._saving = True
@@ -202,6 +203,9 @@ class CellTrainer:
                                               self.trainer_state(self.step, self.epoch, self.batches_in_epoch), rng)
             finally:
                 self._saving = False
+            checkpointed = getattr(self.logger, "checkpointed", None)
+            if checkpointed is not None:
+                checkpointed()
         barrier(self.ctx)
 
     def save_on_preemption(self) -> None:

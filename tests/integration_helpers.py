@@ -298,3 +298,30 @@ def train_cell_failing_for(cell: dict, out_dir: Path, logger) -> dict[str, float
     if cell["scheme"] == os.environ.get(FAIL_SCHEME_ENV):
         logger = _FailingLogger(logger)
     return train_cell(cell, out_dir, logger)
+
+
+PACE_ENV = "BERTGEN_TEST_PACE_S"  # train_cell_paced: seconds slept at each logged training step
+
+
+class _PacedLogger:
+    """Passes everything to the cell's logger; sleeps after each training-loss log."""
+
+    def __init__(self, inner, pace_s: float):
+        self.inner, self.pace_s = inner, pace_s
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.inner.log_metrics(metrics, step)
+        if "loss" in metrics:
+            time.sleep(self.pace_s)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def train_cell_paced(cell: dict, out_dir: Path, logger) -> dict[str, float]:
+    """experiments.train.train_cell slowed down by ``$BERTGEN_TEST_PACE_S`` seconds at every logged step, so that a
+    test can act on a tiny cell (seconds of training on a quiet machine) in the middle of its training; the cell,
+    its id and its numbers are unchanged."""
+    from experiments.train import train_cell
+
+    return train_cell(cell, out_dir, _PacedLogger(logger, float(os.environ.get(PACE_ENV, "0"))))

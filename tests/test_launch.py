@@ -419,6 +419,20 @@ def test_logger_survives_an_outage_and_sync_uploads_the_rest(study, tmp_path, ca
     assert len(study.client.get_metric_history(run_id, "loss")) == 8
 
 
+def test_the_logger_sends_what_was_logged_when_a_checkpoint_is_written(study, tmp_path):
+    """A job killed after a checkpoint (SIGKILL) resumes after it and never logs those steps again: they must have
+    left the process with the checkpoint, not wait for the next timed flush."""
+    study.write(schemes=("bert2gpt",))
+    tracker = Tracker(study.uri, study.experiment)
+    run_id = tracker.create_cell_run(load_grid(study.grid).cells[0], "x", tracker.start_parent("p", {}), {})
+    logger = CellLogger(study.uri, run_id, tmp_path / "cell", flush_every=10_000, flush_interval_s=3600.0)
+    for step in (1, 2):
+        logger.log_metrics({"loss": float(step)}, step)
+    assert len(logger.queue) == 2 and study.client.get_metric_history(run_id, "loss") == []  # not due yet
+    logger.checkpointed()
+    assert logger.queue == [] and [m.step for m in study.client.get_metric_history(run_id, "loss")] == [1, 2]
+
+
 def test_sync_stops_cleanly_and_resumes_where_it_stopped(study, tmp_path, monkeypatch):
     study.write(schemes=("bert2gpt",))
     cell = load_grid(study.grid).cells[0]

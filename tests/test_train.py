@@ -269,6 +269,20 @@ def test_resumed_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_pat
     assert straight_logger.preempt_hooks, "train_cell should register a save hook for preemption"
 
 
+def test_the_logger_hears_of_each_checkpoint_once_it_is_written(assets, tmp_path):
+    """After each checkpoint of ``checkpoints/last`` the logger's ``checkpointed`` is called (CellLogger sends what
+    was logged, which a resume from that checkpoint would not log again); the checkpoint is on disk by then."""
+    told = []
+
+    class CheckpointedLogger(RecordingLogger):
+        def checkpointed(self):
+            state = checkpointing.read_trainer_state(tmp_path / "cell" / "checkpoints" / "last")
+            told.append((state["step"], self.train_steps()[-1]))
+
+    train_cell(make_cell(assets, tmp_path / "root"), tmp_path / "cell", CheckpointedLogger())
+    assert told == [(4, 4), (8, 8)]
+
+
 def test_resumed_adafactor_cell_ends_bit_identical_to_an_uninterrupted_one(assets, tmp_path):
     """The same crash and resume with train.optimizer=adafactor: its factored moments and per-tensor step counts go
     through optimizer.pt like Adam's, so the resumed cell ends on the uninterrupted one's weights and predictions."""
