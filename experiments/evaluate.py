@@ -48,7 +48,8 @@ from .cell_inputs import (build_cell_model, extra_test_splits, length_limits, pr
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
-from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, use_bf16
+from .disk_space import atomic_write_text
+from .evaluation import SplitDecoder, baseline_metrics, use_bf16
 from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
                                    selected_checkpoint)
 from .grid_doc import GridError

@@ -18,7 +18,7 @@ from bertgen.generation import Seq2SeqModel
 from .config import DecodeConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .cell_inputs import lengths
-from .disk_space import atomic_write_text  # noqa: F401 - re-exported: train and evaluate write through it
+from .disk_space import atomic_write_text
 from .distributed import DistributedContext, all_gather_objects
 from .machine import native_bf16
 from .metrics import baseline_predictions, compute_metrics

@@ -55,7 +55,8 @@ from .distributed import (
     init_distributed,
     wrap_model,
 )
-from .evaluation import SplitDecoder, atomic_write_text, baseline_metrics, autocast, progress_bar, to_device, use_bf16
+from .disk_space import atomic_write_text
+from .evaluation import SplitDecoder, baseline_metrics, autocast, progress_bar, to_device, use_bf16
 from .optim import LRSchedule, build_optimizer
 from .tasks import STANDARD_SPLITS, get_task
 
