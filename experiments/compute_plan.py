@@ -31,6 +31,9 @@ peak; fp32 cells the plain fp32 peak (TF32 is not assumed). GPU-hours do not dep
 Peak memory of one GPU (one DDP rank, micro-batch m = batch / (grad_accum × ranks)):
 
     16 B/parameter (fp32 weights + grads + Adam's two moments; Adafactor: 8 B + its factored moments ≈ 0)
+  + 2 B/parameter under bf16 autocast: the bf16 copy of every weight autocast makes in the forward pass and the
+    backward pass reads (measured by experiments.rehearse: without it the plan was 10-36% under the measured peak
+    of every shape of grids/paper.yaml, the gap ~2 B/parameter)
   + activations: m · h · (34 · s per layer + cross-attention 7 · T + 4 · S per decoder layer) bytes in bf16
     (Korthikanti et al. 2022, without the a·s² score terms: SDPA's flash / memory-efficient kernels do not keep
     them), twice that in fp32; the logits are never held (bertgen's fused, chunked output projection + loss)
@@ -310,8 +313,11 @@ def activation_bytes(shape: Shape, micro_batch: int, source: int, target: int, d
     return scale * micro_batch * per
 
 
+AUTOCAST_COPY_BYTES = 2.0  # per parameter: autocast's bf16 copy of each weight, kept from the forward to the backward
+
+
 def peak_bytes(shape: Shape, micro_batch: int, source: int, target: int, dtype: str, optimizer: str = "adam") -> float:
-    state = 16.0 if optimizer == "adam" else 8.0
+    state = (16.0 if optimizer == "adam" else 8.0) + (AUTOCAST_COPY_BYTES if dtype == "bf16" else 0.0)
     return state * shape.params + activation_bytes(shape, micro_batch, source, target, dtype) + CONTEXT_BYTES
 
 

@@ -15,7 +15,9 @@ for it and the device computes bf16 natively). For each shape, in a fresh proces
 2. one warm-up and ``--steps`` timed training steps run at micro-batch ``B`` with every example padded to the
    maximum lengths (the worst case), the same forward/backward/clip/update as ``experiments.train``;
 3. ``--decode-examples`` sources are beam-decoded (the cell's beams) to the task's maximum target length (EOS is
-   held back until then: the worst case again).
+   held back until then: the worst case again), once per target length of an architecture, at its longest source.
+
+The worker is :mod:`experiments.rehearse_worker`.
 
 It prints, per shape, the measured step time, tokens/s, MFU (the plan's FLOPs over the step time, against this
 machine's measured GEMM peak, or a GPU's datasheet peak as the plan uses) and peak memory (CUDA: max allocated; CPU:
@@ -36,7 +38,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -57,8 +58,6 @@ from .validate import short_text
 
 EXIT_OK, EXIT_REFUSED = 0, 2
 DEFAULT_STEPS = 2
-TOKEN_ID_FLOOR = 5  # random token ids start above the special tokens of every family's vocabulary
-OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 SCORE_LIMIT = 5.0  # ratios beyond 1/x..x get a mark in the table
 
 
@@ -123,94 +122,6 @@ def group_shapes(cells: list[dict], device: str, micro_batch: int | None = None,
     return list(groups.values()), unknown
 
 
-# -- the worker: one architecture in a fresh process ----------------------------------------------------------------
-def _failure_kind(err: BaseException) -> str:
-    text = str(err).lower()
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or any(m in text for m in OOM_MARKERS):
-        return "out of memory"
-    if isinstance(err, IndexError) or "index out of range" in text or "position" in text:
-        return "a length past the model's positions"
-    return type(err).__name__
-
-
-def run_worker(spec: dict[str, Any]) -> None:
-    """Build the architecture once and measure each of its lengths (ascending, so that memory a finished length
-    leaves with the allocator is below the next one's peak); results are written to ``spec["out"]`` after each."""
-    from bertgen import schemes
-
-    from .evaluation import autocast
-    from .optim import build_optimizer
-
-    device = torch.device(spec["device"])
-    torch.manual_seed(0)
-    results: list[dict[str, Any]] = []
-
-    def write() -> None:
-        tmp = spec["out"] + ".tmp"
-        Path(tmp).write_text(json.dumps(results), encoding="utf-8")
-        os.replace(tmp, spec["out"])
-
-    base_rss = machine.rss_bytes()
-    try:
-        model = schemes.build(spec["scheme"], **spec["configs"], **spec["model"], device=device).model.train()
-        optimizer = build_optimizer(model.parameters(), optimizer=spec["optimizer"])
-    except Exception as err:  # noqa: BLE001 - reported as the shape's failure line
-        results.append({"source": 0, "target": 0, "error": _failure_kind(err), "message": short_text(err, 240)})
-        write()
-        return
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-4
-    params = [p for p in model.parameters() if p.requires_grad]
-    bf16 = spec["dtype"] == "bf16"
-    vocab = min(int(c.get("vocab_size") or 0) for c in spec["configs"].values()) if spec["configs"] else 1000
-    generator = torch.Generator().manual_seed(0)
-
-    def step(ids, mask, labels) -> None:
-        with autocast(device, bf16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels, return_logits=False).loss
-        loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for source, target, batch in spec["lengths"]:
-        result: dict[str, Any] = {"source": source, "target": target, "micro_batch": batch}
-        try:
-            ids = torch.randint(TOKEN_ID_FLOOR, vocab, (batch, source), generator=generator).to(device)
-            mask = torch.ones_like(ids)
-            labels = torch.randint(TOKEN_ID_FLOOR, vocab, (batch, target), generator=generator).to(device)
-            machine.reset_peak_rss()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            step(ids, mask, labels)  # warm-up: allocates the optimizer state, picks kernels
-            seconds = []
-            for _ in range(spec["steps"]):
-                machine.synchronize(device.type)
-                start = time.perf_counter()
-                step(ids, mask, labels)
-                machine.synchronize(device.type)
-                seconds.append(time.perf_counter() - start)
-            result["step_s"] = sorted(seconds)[len(seconds) // 2]
-            result["peak_bytes"] = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                                    else machine.peak_rss_bytes() - base_rss)
-            model.eval()
-            k = max(1, min(spec["decode_examples"], batch))
-            start = time.perf_counter()
-            with torch.no_grad(), autocast(device, bf16):
-                out = model.generate(ids[:k], mask[:k], num_beams=spec["num_beams"], max_new_tokens=target,
-                                     min_new_tokens=target)
-            machine.synchronize(device.type)
-            result["decode_s"] = time.perf_counter() - start
-            result["decoded_tokens"] = int(out.size(1)) - 1
-            model.train()
-        except Exception as err:  # noqa: BLE001 - reported as the shape's failure line
-            result.update(error=_failure_kind(err), message=short_text(err, 240))
-            optimizer.zero_grad(set_to_none=True)
-            model.train()
-        results.append(result)
-        write()
-
-
 # -- the parent: run the workers, compare, record --------------------------------------------------------------------
 @dataclass
 class Measured:
@@ -222,15 +133,17 @@ class Measured:
 def run_architecture(architecture: Architecture, args: argparse.Namespace) -> list[Measured]:
     """One worker process for ``architecture``; a killed worker fails its lengths that have no result."""
     ordered = sorted(architecture.lengths.values(), key=lambda at: (at.source + at.target, at.source))
+    # one decode per target length, at its longest source: the worst case of the shapes that share it
+    decoded = {at.target: at for at in sorted(ordered, key=lambda at: at.source)}
     with tempfile.TemporaryDirectory(prefix="bertgen-rehearse-") as tmp:
         out = str(Path(tmp) / "results.json")
         spec = {"scheme": architecture.scheme, "configs": architecture.configs, "model": architecture.model,
                 "optimizer": architecture.optimizer, "dtype": architecture.dtype, "num_beams": architecture.num_beams,
                 "device": args.device, "steps": args.steps, "decode_examples": args.decode_examples,
-                "lengths": [[at.source, at.target, at.micro_batch] for at in ordered],
+                "lengths": [[at.source, at.target, at.micro_batch, decoded[at.target] is at] for at in ordered],
                 "out": out}
         try:
-            proc = subprocess.run([sys.executable, "-m", "experiments.rehearse", "--worker"], input=json.dumps(spec),
+            proc = subprocess.run([sys.executable, "-m", "experiments.rehearse_worker"], input=json.dumps(spec),
                                   text=True, capture_output=True, timeout=args.timeout_s)
             ended = (f"killed by {signal.Signals(-proc.returncode).name} (the kernel's out-of-memory killer when "
                      "SIGKILL)" if proc.returncode < 0 else
@@ -288,7 +201,9 @@ def compare(done: list[Measured], device: str, peaks: dict[str, float]) -> tuple
                      f"{r['step_s']:.2f}", f"{step_est:.2f}", _ratio(r["step_s"], step_est), f"{tokens_per_s:,.0f}",
                      f"{100 * flops / r['step_s'] / peaks[dtype]:.1f}", f"{r['peak_bytes'] / 2**30:.2f}",
                      f"{memory_est / 2**30:.2f}", _ratio(r["peak_bytes"], memory_est),
-                     f"{r['decode_s']:.1f} ({r['decoded_tokens']} tok)"])
+                     f"{r['decode_s']:.1f} ({r['decoded_tokens']} tok)" if "decode_s" in r
+                     else f"as {max(a.source for a in m.architecture.lengths.values() if a.target == at.target)}"
+                     f"+{at.target}"])
         records += [{"shape": label, "source": at.source, "target": at.target, "dtype": dtype, "device": key,
                      "tokens_per_s": tokens_per_s, "micro_batch": micro_batch, "machine": described,
                      "measured_at": stamp} for label in sorted(at.shape_labels)]
@@ -321,14 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-examples", type=int, default=1, help="sources beam-decoded per shape")
     p.add_argument("--timeout-s", type=float, default=1800, help="limit for one architecture's worker process")
     p.add_argument("--no-record", action="store_true", help="do not write measured rates for the compute plan")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:] == ["--worker"]:
-        run_worker(json.loads(sys.stdin.read()))
-        return EXIT_OK
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device on this machine", file=sys.stderr)

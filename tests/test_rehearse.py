@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments import compute_plan as cp
-from experiments import launch, rehearse
+from experiments import launch, rehearse, rehearse_worker
 from experiments.grid import load_grid
 
 BERT = dict(model_type="bert", vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -98,11 +98,11 @@ def test_a_shape_that_fails_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_failure_kinds_and_what_to_change():
-    assert rehearse._failure_kind(torch.OutOfMemoryError("CUDA out of memory")) == "out of memory"
-    assert rehearse._failure_kind(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried")) == \
+    assert rehearse_worker.failure_kind(torch.OutOfMemoryError("CUDA out of memory")) == "out of memory"
+    assert rehearse_worker.failure_kind(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried")) == \
         "out of memory"
-    assert rehearse._failure_kind(IndexError("index out of range in self")) == "a length past the model's positions"
-    assert rehearse._failure_kind(ValueError("bad")) == "ValueError"
+    assert rehearse_worker.failure_kind(IndexError("index out of range in self")) == "a length past the model's positions"
+    assert rehearse_worker.failure_kind(ValueError("bad")) == "ValueError"
     architecture = rehearse.Architecture("bert2bert", {}, {}, "adam", "bf16", 4)
     at = rehearse.Lengths(512, 128, 8, {"bert2bert 221.6M"}, ["cnn_dailymail/bert2bert/seed1"])
     line = rehearse.failure_line(rehearse.Measured(architecture, at, {"error": "out of memory", "message": "x"}))
