@@ -257,6 +257,20 @@ def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaf
         assert new.data.tags["slurm_job_id"] == old.data.tags["slurm_job_id"]
 
 
+def wait_for_checkpoint_step(study, run, step: int) -> Path:
+    """Until the cell's ``checkpoints/last`` records ``step`` or later (bounded); returns its trainer_state.json."""
+    state_file = study.cell_dir(run) / "checkpoints" / "last" / "trainer_state.json"
+
+    def reached() -> bool:
+        try:
+            return json.loads(state_file.read_text())["step"] >= step
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_until(reached, CELL_TIMEOUT_S, f"{state_file} at step >= {step}", interval_s=0.1,
+               on_timeout=study.diagnostics)
+    return state_file
+
 def test_relaunch_reruns_nothing_that_ended_and_creates_no_duplicate_run(smoke, widened):
     runs_before = {r.info.run_id: r.info.status for r in smoke.runs()}
     scripts_before = sorted((smoke.root / "submitit").rglob("*_submission.sh"))
@@ -289,16 +303,7 @@ def test_preempted_cell_is_requeued_resumes_and_ends_exactly_like_the_uninterrup
     (run,) = wait_until(lambda: study.runs() or None, 60, "the cell run")
     assert run.data.tags["cell_id"] == reference.data.tags["cell_id"]
     job_id = run.data.tags["slurm_job_id"]
-    state_file = study.cell_dir(run) / "checkpoints" / "last" / "trainer_state.json"
-
-    def trained_past_first_checkpoint():
-        try:
-            return json.loads(state_file.read_text())["step"] >= 10
-        except (OSError, ValueError, KeyError):
-            return False
-
-    wait_until(trained_past_first_checkpoint, CELL_TIMEOUT_S, f"{state_file} at step >= 10", interval_s=0.1,
-               on_timeout=study.diagnostics)
+    state_file = wait_for_checkpoint_step(study, run, 10)  # past the first checkpoint
     assert squeue(job_id) == "RUNNING"
     for sig in ("TERM", "USR2"):  # submitit's SlurmJob._interrupt: SIGTERM first on preemption, then USR2
         subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
@@ -379,16 +384,7 @@ def test_a_cell_killed_with_sigkill_and_requeued_resumes_from_its_checkpoint_and
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = wait_until(lambda: study.runs() or None, 60, "the cell run")
     job_id = run.data.tags["slurm_job_id"]
-    state_file = study.cell_dir(run) / "checkpoints" / "last" / "trainer_state.json"
-
-    def checkpointed() -> bool:  # a few checkpoints in: their losses (steps 10, 20, 30) were logged
-        try:
-            return json.loads(state_file.read_text())["step"] >= 30
-        except (OSError, ValueError, KeyError):
-            return False
-
-    wait_until(checkpointed, CELL_TIMEOUT_S, f"{state_file} at step >= 30", interval_s=0.1,
-               on_timeout=study.diagnostics)
+    state_file = wait_for_checkpoint_step(study, run, 30)  # a few checkpoints in: losses of steps 10, 20, 30 logged
     assert squeue(job_id) == "RUNNING"
     subprocess.run(["scancel", "--signal=KILL", job_id], check=True, timeout=30)
     wait_until(lambda: not squeue(job_id).startswith(("RUNNING", "COMPLETING")), 120, f"{job_id} to die",
