@@ -6,7 +6,7 @@
 **Everything here is an estimate derived from FLOPs unless a rate was measured**: ``python -m experiments.rehearse
 GRID --device cuda`` (``benchmarks/device_check.sh`` runs it) trains each distinct shape of a grid for a few steps
 at real size and records the tokens/s it measured, keyed by (shape, lengths, dtype, GPU), in the measured-rates
-file (``measured_rates_file``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cache/bertgen/measured_rates.json``);
+file (``experiments.measured_rates``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cache/bertgen/measured_rates.json``);
 ``MEASURED`` holds rates kept in code. A measured rate replaces the estimate for its key, and the plan says so.
 
 The model of a cell is built on the meta device from its checkpoints' ``config.json`` (hub ids of the paper's
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import Any
 from bertgen.checkpoint import read_config_dict
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
+from .measured_rates import RateKey, recorded_rates
 from .validate import short_text
 
 ASSUMED_MFU = 0.35  # model-FLOPs utilisation assumed for every GPU and dtype (an assumption, not a measurement)
@@ -84,9 +84,7 @@ DEFAULT_GPU = "a100-80gb"
 # Measured training throughput (tokens/s per GPU) by (model shape, S, T, dtype, gpu) with the machine it was measured
 # on, kept in code; experiments.rehearse records more in the measured-rates file. A measured entry replaces the FLOPs
 # estimate for its key.
-RateKey = tuple[str, int, int, str, str]
 MEASURED: dict[RateKey, dict[str, Any]] = {}
-MEASURED_RATES_VARIABLE = "BERTGEN_MEASURED_RATES"
 
 _BERT_MULTI = dict(PAPER_CHECKPOINT_CONFIGS["base"]["bert"], vocab_size=119547)
 # The configs of the hub checkpoints the grids name (values of their config.json), so a plan needs no download.
@@ -244,51 +242,6 @@ def train_flops_per_example(shape: Shape, source: int, target: int) -> float:
 def dtype_of(cell: dict) -> str:
     """bf16 when the cell trains under bf16 autocast on a GPU (``train.bf16: true | auto``), else fp32."""
     return "bf16" if cell["train"].get("bf16") in (True, "auto") else "fp32"
-
-
-def measured_rates_file() -> Path:
-    """Where experiments.rehearse records measured rates and the plan reads them."""
-    configured = os.environ.get(MEASURED_RATES_VARIABLE)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "bertgen" / "measured_rates.json"
-
-
-def rate_record_key(record: dict[str, Any]) -> RateKey:
-    return (str(record["shape"]), int(record["source"]), int(record["target"]), str(record["dtype"]),
-            str(record["device"]))
-
-
-_FILE_RATES: dict[tuple[str, int], dict[RateKey, dict[str, Any]]] = {}
-
-
-def recorded_rates(path: Path | None = None) -> dict[RateKey, dict[str, Any]]:
-    """The measured-rates file's records by key ({} when there is none). A file that is not a JSON list of records
-    is ignored with one warning naming it: it is a cache of measurements, never a reason to stop a plan."""
-    path = path or measured_rates_file()
-    try:
-        stamp = (str(path), path.stat().st_mtime_ns)
-    except OSError:
-        return {}
-    if stamp not in _FILE_RATES:
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-            _FILE_RATES[stamp] = {rate_record_key(r): r for r in records if float(r["tokens_per_s"]) > 0}
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            print(f"warning: {path}: not a list of measured rates from experiments.rehearse ({short_text(err, 80)}); "
-                  "ignored, the plan estimates", file=sys.stderr)
-            _FILE_RATES[stamp] = {}
-    return _FILE_RATES[stamp]
-
-
-def record_rates(records: list[dict[str, Any]], path: Path | None = None) -> Path:
-    """Add ``records`` (shape, source, target, dtype, device, tokens_per_s, machine, ...) to the measured-rates file,
-    replacing records of the same key; written whole to a temporary file and renamed (never half-written)."""
-    path = path or measured_rates_file()
-    merged = {**recorded_rates(path), **{rate_record_key(r): r for r in records}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(list(merged.values()), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def tokens_per_second(shape: Shape, source: int, target: int, dtype: str, gpu: str) -> tuple[float, str]:

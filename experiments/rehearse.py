@@ -23,7 +23,7 @@ It prints, per shape, the measured step time, tokens/s, MFU (the plan's FLOPs ov
 machine's measured GEMM peak, or a GPU's datasheet peak as the plan uses) and peak memory (CUDA: max allocated; CPU:
 the peak RSS of the training steps less the RSS before the model was built), each beside
 ``experiments.compute_plan``'s estimate for the same shape and micro-batch, with the ratio. Measured tokens/s are
-recorded in the measured-rates file (``compute_plan.measured_rates_file``) under this device's key, so the next
+recorded in the measured-rates file (``experiments.measured_rates``) under this device's key, so the next
 ``launch --dry-run --gpu <that GPU>`` plans from measurement and says so.
 
 A shape that fails (out of memory, a length past the model's positions, any error of the step or the decode) is one
@@ -54,6 +54,7 @@ from .cell import cell_label
 from .config import DecodeConfig
 from .grid import GridError
 from .launch import format_table, load_selection
+from .measured_rates import record_rates
 from .validate import short_text
 
 EXIT_OK, EXIT_REFUSED = 0, 2
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               + " (this machine's GEMM peak, or the GPU's datasheet peak); plan GiB: weights + gradients + optimizer "
               "+ activations, without the CUDA context")
         if not args.no_record:
-            path = compute_plan.record_rates(records)
+            path = record_rates(records)
             print(f"measured rates of {len(records)} shape labels recorded for device "
                   f"{machine.device_key(args.device)!r} in {path}")
     print(f"rehearsed {len(measured)} shapes in {time.perf_counter() - started:,.0f} s; {len(failed)} failed")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments import compute_plan as cp
-from experiments import launch, rehearse, rehearse_worker
+from experiments import launch, measured_rates, rehearse, rehearse_worker
 from experiments.grid import load_grid
 
 BERT = dict(model_type="bert", vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -70,7 +70,7 @@ def test_bf16_only_where_the_device_computes_it(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_rehearsal_measures_compares_and_records(tmp_path, monkeypatch, capsys):
     rates = tmp_path / "rates.json"
-    monkeypatch.setenv(cp.MEASURED_RATES_VARIABLE, str(rates))
+    monkeypatch.setenv(measured_rates.MEASURED_RATES_VARIABLE, str(rates))
     grid = tiny_grid(tmp_path, depths=(2, 3), schemes=("rnd2rnd", "bert2bert"))
     assert rehearse.main([str(grid), "--steps", "1", "--micro-batch", "2"]) == 0
     out = capsys.readouterr().out
@@ -111,13 +111,13 @@ def test_failure_kinds_and_what_to_change():
 
 
 def test_the_plan_uses_recorded_rates_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(cp.MEASURED_RATES_VARIABLE, str(tmp_path / "rates.json"))
+    monkeypatch.setenv(measured_rates.MEASURED_RATES_VARIABLE, str(tmp_path / "rates.json"))
     grid = load_grid("grids/split.yaml")
     cell = grid.cells[0]
     shape = cp.cell_shape(cell)
     estimate = cp.cell_cost(cell, "h100-80gb", 1)
     assert estimate.source == "estimate"
-    cp.record_rates([{"shape": shape.label, "source": shape.max_source, "target": shape.max_target,
+    measured_rates.record_rates([{"shape": shape.label, "source": shape.max_source, "target": shape.max_target,
                       "dtype": cp.dtype_of(cell), "device": "h100-80gb", "tokens_per_s": 50_000.0,
                       "machine": "GPU test rig", "micro_batch": 8}])
     cost = cp.cell_cost(cell, "h100-80gb", 1)
@@ -135,7 +135,7 @@ def test_the_plan_uses_recorded_rates_and_says_so(tmp_path, monkeypatch, capsys)
 def test_a_bad_rates_file_is_a_warning_and_the_estimate(tmp_path, monkeypatch, capsys):
     rates = tmp_path / "rates.json"
     rates.write_text("{not json")
-    monkeypatch.setenv(cp.MEASURED_RATES_VARIABLE, str(rates))
+    monkeypatch.setenv(measured_rates.MEASURED_RATES_VARIABLE, str(rates))
     grid = load_grid("grids/split.yaml")
     assert cp.cell_cost(grid.cells[0], "h100-80gb", 1).source == "estimate"
     err = capsys.readouterr().err.strip().splitlines()
