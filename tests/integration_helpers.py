@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -62,6 +63,17 @@ def require_slurm() -> None:
     if slurm_required():
         pytest.fail(message + " -- CI=true or BERTGEN_SLURM_CLUSTER=1 says one must be there")
     pytest.skip(message)
+
+
+def stand_in_sbatch(tmp_path: Path, monkeypatch, action: str, job_id: int) -> None:
+    """Put a stand-in ``sbatch`` first on PATH: it runs the shell ``action`` (``$1`` is the submitted script) and
+    answers as Slurm does, with ``job_id``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\n{action}\necho \"Submitted batch job {job_id}\"\n")
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 # -- waiting ----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from experiments import launch, sync
 from experiments.cell import CellJob, cell_dir
 from experiments.grid import load_grid
 from experiments.tracking import PENDING_FILE, CellLogger, Tracker
+from integration_helpers import stand_in_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -321,12 +322,7 @@ def test_default_tracking_store_is_sqlite_beside_the_outputs(study, tracking_db,
 
 # -- Slurm ----------------------------------------------------------------------------------------------------------
 def test_slurm_submits_one_job_array_with_the_grid_parameters(study, tmp_path, monkeypatch, capsys):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho \"Submitted batch job 4242\"\n")
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    stand_in_sbatch(tmp_path, monkeypatch, f"cp \"$1\" {tmp_path}/submitted.sh", 4242)
     study.write(schemes=("bert2bert", "bertShare", "gpt"), executor={"slurm": {
         "partition": "gpuq", "gpus_per_node": 2, "cpus_per_task": 4, "mem_gb": 32, "timeout_min": 90,
         "array_parallelism": 2, "account": "proj", "qos": "high", "constraint": "a100", "nodes": 1,
@@ -357,7 +353,7 @@ def test_slurm_submits_one_job_array_with_the_grid_parameters(study, tmp_path, m
     assert job.num_threads == 4  # cpus_per_task
 
     # a relaunch while the jobs are queued does not submit them again (squeue answers for them)
-    squeue = bin_dir / "squeue"
+    squeue = tmp_path / "bin" / "squeue"  # beside the stand-in sbatch, on PATH
     squeue.write_text("#!/bin/sh\necho PENDING\n")
     squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "submitted.sh").unlink()

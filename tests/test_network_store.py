@@ -7,9 +7,7 @@ the output root is an NFS (Lustre, GPFS, BeeGFS) mount, and a stand-in ``sbatch`
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import yaml
 
 from experiments import cell as cell_module
 from experiments import launch, tracking_store
-from integration_helpers import mlflow_template
+from integration_helpers import mlflow_template, stand_in_sbatch
 
 HOST_MOUNTS = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw
@@ -68,12 +66,7 @@ def study(tmp_path, tmp_path_factory, request, monkeypatch):
     grid.write_text(yaml.safe_dump({
         "name": "nfs", "output_root": str(root), "tasks": ["discofuse"], "schemes": ["bert2bert"], "seeds": [1],
         "defaults": {"train": {"steps": 2}, "data": {"variant": "full"}}, "mlflow": {"experiment": "nfs"}}))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\necho \"Submitted batch job 77\"\n")
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    stand_in_sbatch(tmp_path, monkeypatch, f"touch {tmp_path}/sbatch-called", 77)
 
     def train(cell, out_dir, logger):
         logger.log_metrics({"loss": 1.0}, 1)
