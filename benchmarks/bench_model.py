@@ -203,7 +203,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device on this machine")
 
-    from bertgen.linear import cpu_backend, has_onednn
+    from bertgen.linear import backend_reason, has_onednn
 
     device = args.device
     bf16_native = native_bf16(torch.device(device))
@@ -215,8 +215,7 @@ def main() -> None:
         peaks["bf16"] = gemm_peak(device, torch.bfloat16)
     print(describe(device))
     if device == "cpu":
-        print(f"bertgen's CPU fp32 products: {cpu_backend()} (bertgen.linear; BERTGEN_CPU_MATMUL overrides); "
-              "transformers': BLAS (torch.mm/addmm)")
+        print(f"bertgen's CPU fp32 products: {backend_reason()}; transformers': BLAS (torch.mm/addmm, always)")
     print("GEMM peak measured here: fp32 " + " / ".join(f"{k} {v / 1e9:,.0f}" for k, v in fp32_peaks.items())
           + " GFLOP/s (MFU is read against the higher)"
           + (f", bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s" if bf16_native

@@ -9,19 +9,29 @@ and all their gradients. :func:`linear` sends them to oneDNN when :func:`cpu_bac
 otherwise; both compute IEEE fp32 products with fp32 accumulation (results differ in summation order only,
 ~1e-7 relative).
 
-The backend is a fixed rule per machine, not a timing, so that one machine always computes the same numbers (a
-resumed run must equal an uninterrupted one): ``BERTGEN_CPU_MATMUL=onednn|blas`` chooses; unset or ``auto``
-means oneDNN on x86 CPUs that are not Intel's (where MKL is at home) when PyTorch has oneDNN, BLAS elsewhere.
-bf16 products (autocast or bf16 weights), CUDA tensors and ``torch.compile`` graphs always take PyTorch's own
-path: they are already on oneDNN, cuBLAS or Inductor.
+The backend is chosen by measurement, once per machine, and then kept, so that one machine always computes the
+same numbers (a resumed run must equal an uninterrupted one): ``BERTGEN_CPU_MATMUL=onednn|blas`` chooses; unset or
+``auto`` times a training step's fp32 product shapes on both libraries (:func:`measure_products`, ~1 s) the first
+time a process on this machine needs an fp32 product, and takes oneDNN only where it is clearly faster (by
+``ONEDNN_MARGIN``), BLAS otherwise. The choice and its timings are kept in ``$BERTGEN_CACHE_DIR`` (default
+``~/.cache/bertgen``) under ``cpu_matmul.json``, keyed by CPU model, thread count and PyTorch version; every later
+process on such a machine reads it. Measured, not by vendor: on a Zen 5 EPYC MKL runs its AVX2 path and oneDNN is
+~2x faster, on an Intel Xeon with AMX both reach the same fp32 peak, and a rule by vendor would be wrong for the
+next CPU either library treats differently. The clear margin keeps near-ties on BLAS, so two nodes of one kind
+measuring separately choose alike. bf16 products (autocast or bf16 weights), CUDA tensors and ``torch.compile``
+graphs always take PyTorch's own path: they are already on oneDNN, cuBLAS or Inductor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import platform
+import tempfile
+import time
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -30,17 +40,24 @@ from torch import nn
 
 BACKEND_VARIABLE = "BERTGEN_CPU_MATMUL"
 BACKENDS = ("auto", "onednn", "blas")
+CACHE_VARIABLE = "BERTGEN_CACHE_DIR"
+CACHE_FILE = "cpu_matmul.json"
+# oneDNN is chosen where a step's products take at most 1 / ONEDNN_MARGIN of BLAS's time.
+ONEDNN_MARGIN = 1.15
+# A training step's fp32 products at BERT-Base width (tokens x in -> out): projections, feed-forward, and the
+# transposed operands of their gradients.
+MEASURED_SHAPES = ((1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768))
 
 
-def _cpu_vendor() -> str:
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("vendor_id"):
+                if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ""
+    return platform.processor() or platform.machine()
 
 
 def has_onednn() -> bool:
@@ -84,7 +101,79 @@ def _configured_backend() -> str:
     if choice == "blas":
         return "blas"
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
-    return "onednn" if has_onednn() and x86 and _cpu_vendor() not in ("", "GenuineIntel") else "blas"
+    if not (has_onednn() and x86):
+        return "blas"
+    return measured_choice()["backend"]
+
+
+def measure_products(repeats: int = 2) -> dict[str, float]:
+    """Seconds one pass over ``MEASURED_SHAPES`` (each product forward, and both gradient products) takes on each
+    library here, the best of ``repeats`` alternating passes."""
+    generator = torch.Generator().manual_seed(0)
+    operands = [(torch.randn(m, k, generator=generator), torch.randn(n, k, generator=generator),
+                 torch.randn(m, n, generator=generator)) for m, k, n in MEASURED_SHAPES]
+    passes = {
+        "blas": lambda x, w, g: (F.linear(x, w), g @ w, g.t() @ x),
+        "onednn": lambda x, w, g: (_onednn_nt(x, w), _onednn_nt(g, w.t()), _onednn_nt(g.t(), x.t())),
+    }
+    best = {name: float("inf") for name in passes}
+    with torch.no_grad():
+        for name, products in passes.items():  # warm-up: first calls allocate and (oneDNN) build kernels
+            products(*operands[0])
+        for _ in range(repeats):
+            for name, products in passes.items():
+                start = time.perf_counter()
+                for x, w, g in operands:
+                    products(x, w, g)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "bertgen") / CACHE_FILE
+
+
+def measured_choice() -> dict:
+    """This machine's choice for ``auto``: ``{"backend", "seconds": {library: s}, "machine"}``, read from the cache
+    file, or measured now and written there (an unreadable cache is measured again; an unwritable one is skipped,
+    and then every process measures)."""
+    machine = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    path = _cache_path()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(machine)
+    if isinstance(entry, dict) and entry.get("backend") in ("onednn", "blas"):
+        return {**entry, "machine": machine}
+    seconds = measure_products()
+    backend = "onednn" if seconds["blas"] > ONEDNN_MARGIN * seconds["onednn"] else "blas"
+    entry = {"backend": backend, "seconds": seconds}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            json.dump({**known, machine: entry}, tmp, indent=1)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+    return {**entry, "machine": machine}
+
+
+def backend_reason() -> str:
+    """Why :func:`cpu_backend` is what it is, in one line (benchmarks print it)."""
+    choice = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
+    if _forced:
+        return f"{_forced} (forced for this block by use_cpu_backend)"
+    if choice != "auto":
+        return f"{cpu_backend()} ({BACKEND_VARIABLE}={choice})"
+    if cpu_backend() == "blas" and not (has_onednn() and platform.machine().lower() in ("x86_64", "amd64", "i686")):
+        return "blas (no oneDNN, or not an x86 CPU)"
+    seconds = measured_choice()["seconds"]
+    return (f"{cpu_backend()} (measured here: BLAS {1e3 * seconds['blas']:.1f} ms, oneDNN "
+            f"{1e3 * seconds['onednn']:.1f} ms for {len(MEASURED_SHAPES)} training-step product sets; oneDNN "
+            f"only if {ONEDNN_MARGIN:.2f}x faster; kept in {_cache_path()})")
 
 
 def _on_onednn(*tensors: torch.Tensor | None) -> bool:

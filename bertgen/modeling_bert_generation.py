@@ -21,7 +21,7 @@ from .attention import (
     unfold_beams,
 )
 from .configuration import BertGenerationConfig
-from .dropout import Dropout
+from .dropout import Dropout, dropout_add
 from .linear import Linear, linear
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape, residual_dtype
 from .outputs import BaseModelOutput
@@ -124,7 +124,7 @@ class BertGenerationSelfOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor):
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        return self.LayerNorm(dropout_add(self.dense(hidden_states), input_tensor, self.dropout.p, self.training))
 
 
 class BertGenerationAttention(nn.Module):
@@ -158,7 +158,7 @@ class BertGenerationOutput(BertGenerationSelfOutput):
         """``LayerNorm(dropout(dense(act(pre_activation))) + input_tensor)``; the activation is fused with ``dense``
         so that only the intermediate layer's pre-activation output is kept for backward (bertgen.recompute)."""
         hidden = activation_then_linear(pre_activation, act, self.dense.weight, self.dense.bias)
-        return self.LayerNorm(self.dropout(hidden) + input_tensor)
+        return self.LayerNorm(dropout_add(hidden, input_tensor, self.dropout.p, self.training))
 
 
 class BertGenerationLayer(nn.Module):

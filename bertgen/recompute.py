@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .dropout import LANES, dropout, dropout_threshold, keep_mask, keep_scale, masked_scale
+from .dropout import LANES, dropout, dropout_threshold, keep_mask, keep_scale, mask_dtype, masked_scale
 from .linear import linear, matmul_nt
 
 
@@ -90,4 +90,4 @@ def dropout_matmul(probs: torch.Tensor, value: torch.Tensor, p: float) -> torch.
     threshold = dropout_threshold(p)
     if probs.device.type != "cpu" or threshold in (0, LANES) or _plain(probs, value):
         return torch.matmul(dropout(probs, p, training=True), value)
-    return _DropoutMatmul.apply(probs, keep_mask(probs.shape, threshold), keep_scale(threshold), value)
+    return _DropoutMatmul.apply(probs, keep_mask(probs.shape, threshold, mask_dtype(probs)), keep_scale(threshold), value)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bertgen import BertGenerationConfig, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config
 from bertgen.attention import attention, dropout_attention, eager_attention, padding_mask
-from bertgen.dropout import Dropout, dropout, keep_mask
+from bertgen.dropout import Dropout, dropout, dropout_add, keep_mask
 
 N = 1 << 20  # ~1M elements
 
@@ -129,6 +129,40 @@ def test_bf16_and_autocast():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert linear.weight.grad is not None and torch.isfinite(linear.weight.grad).all()
+
+
+def test_a_16_bit_mask_keeps_the_same_elements_as_the_bool_mask():
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.manual_seed(3)
+        as_bool = keep_mask((33, 17), round(0.3 * 32768))
+        torch.manual_seed(3)
+        as_float = keep_mask((33, 17), round(0.3 * 32768), dtype)
+        assert as_float.dtype == dtype and set(as_float.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(as_float.bool(), as_bool)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_add_is_residual_plus_dropout_with_the_same_draws(dtype):
+    x = torch.randn(8, 16, 48).to(dtype).requires_grad_()
+    residual = torch.randn(8, 16, 48).to(dtype).requires_grad_()
+    torch.manual_seed(11)
+    fused = dropout_add(x, residual, 0.1, training=True)
+    grad = torch.randn_like(fused)
+    fused.backward(grad)
+    fused_grads = x.grad.clone(), residual.grad.clone()
+    x.grad = residual.grad = None
+    torch.manual_seed(11)
+    plain = dropout(x, 0.1) + residual
+    plain.backward(grad)
+    # One rounding fewer in bf16 (scale, product and sum in one op): equal in fp32, within bf16's rounding in bf16.
+    if dtype == torch.float32:
+        assert torch.equal(fused, plain)
+    else:
+        # bf16 rounding of the operands' magnitude (a sum that cancels keeps the operands' absolute error)
+        bound = 2 ** -7 * (residual.detach().float().abs() + 2 * x.detach().float().abs())
+        assert ((fused.float() - plain.float()).abs() <= bound).all()
+    assert torch.equal(fused_grads[0], x.grad) and torch.equal(fused_grads[1], residual.grad)
+    assert torch.equal(dropout_add(x, residual, 0.1, training=False), x + residual)
 
 
 def test_non_contiguous_input_and_odd_sizes():

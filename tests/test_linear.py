@@ -1,5 +1,8 @@
 """bertgen.linear: the products on oneDNN equal PyTorch's own up to summation order, forward and backward, and
-the backend is chosen by a fixed rule (never by timing) that a variable can override."""
+the backend is chosen by measurement once per machine and kept (never re-timed per process), and a variable can
+override it."""
+
+import json
 
 import pytest
 import torch
@@ -85,34 +88,72 @@ def test_linear_module_keeps_nn_linear_names_and_init():
 
 
 @pytest.fixture
-def fresh_backend(monkeypatch):
-    """The configured backend re-read from the environment (it is cached per process)."""
+def fresh_backend(monkeypatch, tmp_path):
+    """The configured backend re-read from the environment (it is cached per process), with its own cache dir."""
     L._configured_backend.cache_clear()
+    monkeypatch.setenv(L.CACHE_VARIABLE, str(tmp_path))
     yield monkeypatch
     L._configured_backend.cache_clear()
 
 
-@pytest.mark.parametrize("vendor, expected", [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
-def test_auto_rule_is_by_cpu_vendor(fresh_backend, vendor, expected):
+@pytest.mark.parametrize("blas, onednn, expected", [(2.0, 1.0, "onednn"), (1.0, 1.0, "blas"), (1.1, 1.0, "blas"),
+                                                     (1.0, 2.0, "blas")])
+def test_auto_rule_is_by_measurement_with_a_clear_margin(fresh_backend, blas, onednn, expected):
     fresh_backend.delenv(L.BACKEND_VARIABLE, raising=False)
-    fresh_backend.setattr(L, "_cpu_vendor", lambda: vendor)
     fresh_backend.setattr(L.platform, "machine", lambda: "x86_64")
     fresh_backend.setattr(L, "has_onednn", lambda: True)
+    fresh_backend.setattr(L, "measure_products", lambda: {"blas": blas, "onednn": onednn})
     assert cpu_backend() == expected
+    assert expected in L.backend_reason() and "measured here" in L.backend_reason()
+
+
+def test_the_measured_choice_is_kept_per_machine_and_read_back(fresh_backend):
+    fresh_backend.delenv(L.BACKEND_VARIABLE, raising=False)
+    fresh_backend.setattr(L.platform, "machine", lambda: "x86_64")
+    fresh_backend.setattr(L, "has_onednn", lambda: True)
+    calls = []
+    fresh_backend.setattr(L, "measure_products", lambda: calls.append(1) or {"blas": 3.0, "onednn": 1.0})
+    assert cpu_backend() == "onednn" and len(calls) == 1
+    L._configured_backend.cache_clear()  # a new process on the same machine: the file answers, nothing is timed
+    fresh_backend.setattr(L, "measure_products", lambda: calls.append(1) or {"blas": 1.0, "onednn": 3.0})
+    assert cpu_backend() == "onednn" and len(calls) == 1
+    # another machine (here: another thread count) measures for itself and keeps both entries
+    L._configured_backend.cache_clear()
+    fresh_backend.setattr(L.torch, "get_num_threads", lambda: 97)
+    assert cpu_backend() == "blas" and len(calls) == 2
+    assert len(json.loads(L._cache_path().read_text())) == 2
+
+
+def test_an_unreadable_cache_is_measured_again(fresh_backend):
+    fresh_backend.delenv(L.BACKEND_VARIABLE, raising=False)
+    fresh_backend.setattr(L.platform, "machine", lambda: "x86_64")
+    fresh_backend.setattr(L, "has_onednn", lambda: True)
+    L._cache_path().write_text("{not json")
+    fresh_backend.setattr(L, "measure_products", lambda: {"blas": 3.0, "onednn": 1.0})
+    assert cpu_backend() == "onednn"
+    assert json.loads(L._cache_path().read_text())  # rewritten whole
+
+
+def test_measure_products_times_both_libraries():
+    if not L.has_onednn():
+        pytest.skip("this PyTorch build has no oneDNN")
+    seconds = L.measure_products(repeats=1)
+    assert set(seconds) == {"blas", "onednn"} and all(0 < s < 60 for s in seconds.values())
 
 
 def test_auto_without_onednn_or_off_x86_is_blas(fresh_backend):
     fresh_backend.delenv(L.BACKEND_VARIABLE, raising=False)
-    fresh_backend.setattr(L, "_cpu_vendor", lambda: "AuthenticAMD")
+    fresh_backend.setattr(L, "measure_products", lambda: {"blas": 3.0, "onednn": 1.0})
     fresh_backend.setattr(L.platform, "machine", lambda: "aarch64")
     assert cpu_backend() == "blas"
 
 
-@pytest.mark.parametrize("value, vendor, expected", [
-    ("blas", "AuthenticAMD", "blas"), (" BLAS ", "AuthenticAMD", "blas"), ("onednn", "GenuineIntel", "onednn")])
-def test_variable_overrides_the_rule(fresh_backend, value, vendor, expected):
+@pytest.mark.parametrize("value, measured_faster, expected", [
+    ("blas", "onednn", "blas"), (" BLAS ", "onednn", "blas"), ("onednn", "blas", "onednn")])
+def test_variable_overrides_the_rule(fresh_backend, value, measured_faster, expected):
     fresh_backend.setenv(L.BACKEND_VARIABLE, value)
-    fresh_backend.setattr(L, "_cpu_vendor", lambda: vendor)
+    fresh_backend.setattr(L, "measure_products", lambda: {"blas": 1.0, "onednn": 3.0} if measured_faster == "blas"
+                          else {"blas": 3.0, "onednn": 1.0})
     fresh_backend.setattr(L, "has_onednn", lambda: True)
     assert cpu_backend() == expected
 

@@ -1,0 +1,124 @@
+"""Where a training step's time goes, by kind of operation, for bertgen and transformers on identical weights.
+
+    .venv/bin/python benchmarks/profile_step.py [--bf16] [--steps 2] [--threads N] [--library ours|transformers|both]
+
+The model, batch and optimizer are ``bench_model.py``'s (MiniLM-size encoder-decoder, batch 16 × (64 + 64), fused
+Adam). Each library runs in its own fresh process: two warm-up steps, then ``--steps`` steps under
+``torch.profiler``. Every operator's *self* time (time in the op minus its children) is put in one kind (products,
+casts and copies, zero fills, dropout masks, ...) by the table ``KINDS`` below, so the kinds add up to the profiled
+step. Prints one markdown table: milliseconds per step per kind, for each library. The profiler adds overhead to
+every op (a few µs), so its total is a little above the plain step time, printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_model as bench  # noqa: E402  (the benchmark's model, batch and step, shared)
+
+# (kind, operator names): the first kind whose names contain an operator's name takes it; the rest is "other".
+KINDS = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::addmv", "aten::addmv_", "aten::mv",
+                         "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise", "aten::_mkldnn_linear",
+                         "aten::mkldnn_linear")),
+    ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("zero fills", ("aten::fill_", "aten::zero_", "aten::zeros")),
+    ("dropout masks (random bits)", ("aten::random_", "aten::bernoulli_", "aten::bitwise_and_", "aten::ge_",
+                                     "aten::uniform_")),
+    ("optimizer (fused Adam, zero_grad)", ("aten::_fused_adam_", "Optimizer.zero_grad#Adam.zero_grad")),
+    ("softmax and loss", ("aten::_softmax", "aten::_softmax_backward_data", "aten::_log_softmax",
+                          "aten::_log_softmax_backward_data", "aten::nll_loss_forward", "aten::nll_loss_backward",
+                          "aten::amax", "aten::exp_", "aten::exp", "aten::expm1", "aten::log", "aten::take",
+                          "aten::index_put_", "aten::logsumexp")),
+    ("LayerNorm", ("aten::native_layer_norm", "aten::native_layer_norm_backward")),
+    ("GELU", ("aten::gelu", "aten::gelu_backward")),
+    ("embeddings", ("aten::embedding", "aten::embedding_dense_backward", "aten::index_select", "aten::index_add_",
+                    "aten::embedding_backward")),
+    ("other elementwise and reductions", ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sub",
+                                          "aten::sub_", "aten::div", "aten::div_", "aten::sum", "aten::addcmul",
+                                          "aten::addcmul_", "aten::where", "aten::masked_fill", "aten::masked_fill_",
+                                          "aten::all", "aten::ne", "aten::eq", "aten::reciprocal_", "aten::rsub",
+                                          "aten::neg", "aten::tanh", "aten::pow", "aten::cumsum")),
+)
+
+
+def kind_of(name: str) -> str:
+    for kind, names in KINDS:
+        if name in names:
+            return kind
+    return "other (views, allocation, autograd bookkeeping)"
+
+
+def profile_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
+    """In a fresh process: warm up, time ``steps`` plain steps, then profile ``steps`` steps; ms per step per kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = bench.load(which, directory)
+    step = bench.train_step_fn(model, which, bf16)
+    for i in range(2):
+        step(*bench.make_batch(i))
+    plain = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(*bench.make_batch(10 + i))
+        plain.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(*bench.make_batch(20 + i))
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = kind_of(event.key)
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return {"kinds": kinds, "plain_ms": 1e3 * min(plain)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bf16", action="store_true", help="profile the bf16 autocast step (default: fp32)")
+    p.add_argument("--steps", type=int, default=2, help="profiled steps per library (after two warm-up steps)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--library", choices=("ours", "transformers", "both"), default="both")
+    p.add_argument("--child", choices=bench.LIBRARIES, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(profile_child(args.child, args.checkpoint, args.bf16, args.steps)))
+        return
+    from experiments.machine import describe
+
+    libraries = bench.LIBRARIES if args.library == "both" else (args.library,)
+    results = {}
+    with tempfile.TemporaryDirectory() as directory:
+        bench.save_reference_checkpoint(directory)
+        for which in libraries:
+            cmd = [sys.executable, __file__, "--child", which, "--checkpoint", directory, "--steps", str(args.steps),
+                   "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+            results[which] = json.loads(out.strip().splitlines()[-1])
+    print(describe("cpu"))
+    print(f"{'bf16 autocast' if args.bf16 else 'fp32'} training step, batch {bench.BATCH} x "
+          f"({bench.SRC_LEN}+{bench.TGT_LEN}), ms per step (profiler self time by kind of op)")
+    kinds = [kind for kind, _ in KINDS] + [kind_of("")]
+    print("| kind of op | " + " | ".join(results) + " |")
+    print("|---|" + "---:|" * len(results))
+    for kind in sorted(kinds, key=lambda k: -max(r["kinds"].get(k, 0.0) for r in results.values())):
+        print(f"| {kind} | " + " | ".join(f"{r['kinds'].get(kind, 0.0):,.1f}" for r in results.values()) + " |")
+    print("| **profiled step** | " + " | ".join(f"**{sum(r['kinds'].values()):,.1f}**" for r in results.values())
+          + " |")
+    print("| plain step (no profiler, fastest) | " + " | ".join(f"{r['plain_ms']:,.1f}" for r in results.values())
+          + " |")
+
+
+if __name__ == "__main__":
+    main()
