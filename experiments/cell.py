@@ -105,8 +105,11 @@ def compute_cell_id(cell: CellConfig | dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
-def cell_label(cell: dict) -> str:
-    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init)."""
+def cell_label(cell: CellConfig | dict) -> str:
+    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init);
+    of a typed cell or its JSON form alike."""
+    if isinstance(cell, CellConfig):
+        cell = to_dict(cell)
     parts = [cell["task"], cell["scheme"], f"seed{cell['seed']}"]
     if cell.get("data_fraction", 1.0) != 1.0:
         parts.append(f"df{cell['data_fraction']:g}")

@@ -51,13 +51,17 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertgen.checkpoint import read_config_dict
+from bertgen.families import FAMILIES
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
 from .measured_rates import RateKey, recorded_rates
 from .validate import short_text
+
+if TYPE_CHECKING:  # experiments.config reads model sizes (experiments.model_size), which read configs from here
+    from .config import CellConfig
 
 ASSUMED_MFU = 0.35  # model-FLOPs utilisation assumed for every GPU and dtype (an assumption, not a measurement)
 MEMORY_HEADROOM = 0.90  # usable fraction of a GPU's memory
@@ -170,11 +174,9 @@ def _count(module: Any) -> tuple[int, int]:
 _SHAPES: dict[str, Shape | str] = {}
 
 
-def cell_configs(cell: dict) -> dict[str, dict[str, Any]] | str:
+def cell_configs(cell: CellConfig) -> dict[str, dict[str, Any]] | str:
     """The config.json values of the cell's checkpoints by family, or why they cannot be known here (a string)."""
-    from bertgen.families import FAMILIES
-
-    refs = {f: cell["checkpoints"].get(f) for f in FAMILIES if cell["checkpoints"].get(f)}
+    refs = {f: getattr(cell.checkpoints, f) for f in FAMILIES if getattr(cell.checkpoints, f)}
     configs = {f: checkpoint_config(str(r)) for f, r in refs.items()}
     missing = [str(refs[f]) for f, c in configs.items() if c is None]
     if missing:
@@ -182,36 +184,36 @@ def cell_configs(cell: dict) -> dict[str, dict[str, Any]] | str:
     return configs
 
 
-def cell_shape(cell: dict) -> Shape | str:
+def cell_shape(cell: CellConfig) -> Shape | str:
     """The cell's model shape, or why it cannot be known without its checkpoints (a string)."""
     configs = cell_configs(cell)
     return configs if isinstance(configs, str) else shape_from_configs(cell, configs)
 
 
-def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape | str:
-    """The shape of the cell's scheme built from these checkpoint configs (family -> config.json values)."""
-    from bertgen import schemes
-
-    from .cell_inputs import length_limits
+def shape_from_configs(cell: CellConfig, configs: dict[str, dict[str, Any]]) -> Shape | str:
+    """The shape of the cell's model built from these checkpoint configs (family -> config.json values) on the meta
+    device, by the builder the job uses (``experiments.cell_inputs.build_model``)."""
+    from .cell_inputs import build_model, length_limits
     from .tasks import get_task
 
-    if cell.get("vocab"):  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
-        size = cell["vocab"]["size"]
+    if cell.vocab:  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
+        size = cell.vocab["size"]
         configs = {family: {**config, "vocab_size": size,
                             **{name: min(config[name], size - 1) for name in ("bos_token_id", "eos_token_id",
                                                                             "pad_token_id")
                                if isinstance(config.get(name), int)}}
                    for family, config in configs.items()}
-    key = json.dumps([cell["scheme"], cell["task"], configs, cell.get("model") or {}], sort_keys=True, default=str)
+    key = json.dumps([cell.scheme, cell.task, configs, cell.model, cell.init_layers, cell.cross_attention_init],
+                     sort_keys=True, default=str)
     if key not in _SHAPES:
         try:
-            model = schemes.build(cell["scheme"], **configs, **(cell.get("model") or {}), device="meta").model
+            model = build_model(cell, "meta", sources=configs)[0]
         except (ValueError, TypeError, OSError) as err:
-            _SHAPES[key] = f"cannot build {cell['scheme']} from its configs ({short_text(err, 120)})"
+            _SHAPES[key] = f"cannot build {cell.scheme} from its configs ({short_text(err, 120)})"
             return _SHAPES[key]
-        max_source, max_target = length_limits(model, get_task(cell["task"]))
+        max_source, max_target = length_limits(model, get_task(cell.task))
         total = model.num_parameters()
-        label = f"{cell['scheme']} {total / 1e6:.1f}M"
+        label = f"{cell.scheme} {total / 1e6:.1f}M"
         if hasattr(model, "encoder"):
             enc, _ = _count(model.encoder)
             dec, xkv = _count(model.decoder)
@@ -239,9 +241,9 @@ def train_flops_per_example(shape: Shape, source: int, target: int) -> float:
     return dense + head + attention
 
 
-def dtype_of(cell: dict) -> str:
+def dtype_of(cell: CellConfig) -> str:
     """bf16 when the cell trains under bf16 autocast on a GPU (``train.bf16: true | auto``), else fp32."""
-    return "bf16" if cell["train"].get("bf16") in (True, "auto") else "fp32"
+    return "bf16" if cell.train.bf16 in (True, "auto") else "fp32"
 
 
 def tokens_per_second(shape: Shape, source: int, target: int, dtype: str, gpu: str) -> tuple[float, str]:
@@ -291,14 +293,13 @@ def _micro(batch: int, accum: int, ranks: int) -> int:
     return max(1, math.ceil(batch / (accum * ranks)))
 
 
-def cell_cost(cell: dict, gpu: str, ranks: int) -> CellCost:
+def cell_cost(cell: CellConfig, gpu: str, ranks: int) -> CellCost:
     shape = cell_shape(cell)
     if isinstance(shape, str):
-        return CellCost(cell["cell_id"], None, shape)
-    train = cell["train"]
-    steps, batch, accum = int(train["steps"]), int(train["batch_size"]), int(train.get("grad_accum") or 1)
+        return CellCost(cell.cell_id, None, shape)
+    steps, batch, accum = cell.train.steps, cell.train.batch_size, cell.train.grad_accum
     s, t = shape.max_source, shape.max_target
-    dtype, optimizer = dtype_of(cell), train.get("optimizer", "adam")
+    dtype, optimizer = dtype_of(cell), cell.train.optimizer
     rate, source = tokens_per_second(shape, s, t, dtype, gpu)
     tokens = float(steps) * batch * (s + t)
     usable = GPUS[gpu].memory_gib * GIB * MEMORY_HEADROOM
@@ -313,7 +314,7 @@ def cell_cost(cell: dict, gpu: str, ranks: int) -> CellCost:
                     and peak_bytes(shape, _micro(batch, k, ranks), s, t, dtype, optimizer) <= usable)
         fit = (f"needs train.grad_accum>={need} (micro-batch {_micro(batch, need, ranks)}) or "
                f"{math.ceil(need / accum) * ranks} GPUs")
-    return CellCost(cell["cell_id"], shape, tokens=tokens, gpu_hours=tokens / rate / 3600.0, peak_gib=peak / GIB,
+    return CellCost(cell.cell_id, shape, tokens=tokens, gpu_hours=tokens / rate / 3600.0, peak_gib=peak / GIB,
                     fit=fit, ranks=ranks, source=source)
 
 
@@ -371,7 +372,8 @@ class GridCosts:
         return line
 
 
-def plan_cells(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCosts:
+def grid_costs(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCosts:
+    """The compute plan of a launch's cells (``grid``'s typed cells: ``Grid.config``) on ``gpu``."""
     gpu = gpu or DEFAULT_GPU
     if gpu not in GPUS:
         raise ValueError(f"--gpu {gpu!r}: expected one of {', '.join(GPUS)}")
@@ -379,11 +381,22 @@ def plan_cells(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCost
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
     from .cell import cell_label
 
-    return GridCosts(gpu, {c["cell_id"]: cell_cost(c, gpu, ranks) for c in cells},
+    return GridCosts(gpu, {c["cell_id"]: cell_cost(grid.config(c["cell_id"]), gpu, ranks) for c in cells},
                      {c["cell_id"]: cell_label(c) for c in cells})
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
+def _paper_settings(task: str, scheme: str) -> CellConfig:
+    """The cell of ``task`` and ``scheme`` with the paper's settings (``experiments.config.paper_cell``); a task that
+    counts epochs gets one step, which no shape reads."""
+    from .config import CellConfig, paper_cell
+    from .tasks import TASKS
+
+    doc = paper_cell(TASKS[task], scheme, seed=0, grid="compute_plan", output_root=".")
+    doc["train"]["steps"] = doc["train"]["steps"] or 1
+    return CellConfig.from_dict(doc, f"{task}/{scheme}")
+
+
 def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
     """tokens/s per GPU for the paper's model sizes × the paper's task lengths × dtype (estimates unless measured)."""
     from bertgen.schemes import SCHEMES
@@ -399,7 +412,7 @@ def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
                 continue
             for s, t in lengths:
                 task = next(k for k, v in TASKS.items() if (v.max_source_length, v.max_target_length) == (s, t))
-                shape = shape_from_configs({"scheme": scheme, "task": task}, {
+                shape = shape_from_configs(_paper_settings(task, scheme), {
                     f: PAPER_CHECKPOINT_CONFIGS[size][f] for f in SCHEMES[scheme].checkpoints})
                 assert not isinstance(shape, str), shape
                 for dtype in ("bf16", "fp32"):

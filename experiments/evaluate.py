@@ -43,7 +43,7 @@ from bertgen.tokenization import TokenizerError, load_tokenizer
 from . import checkpointing
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
-from .cell_inputs import (build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
+from .cell_inputs import (build_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
                           trained_vocabulary_copy, uncased)
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
@@ -173,7 +173,7 @@ def load_cell(directory: Path, select: str) -> LoadedModel:
     """A trained cell's model (its scheme rebuilt, then ``checkpoints/<select>``'s weights) and tokenizers."""
     cell = read_cell(directory)
     found = selected_checkpoint(directory, select)
-    model, spec, input_tokenizer, output_tokenizer = build_cell_model(
+    model, spec, input_tokenizer, output_tokenizer = build_model(
         cell, vocabulary=trained_vocabulary_copy(cell, directory))
     checkpointing.load_model_weights(found, model)
     return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,

@@ -29,7 +29,7 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
-from .cell_inputs import build_cell_model, extra_test_splits, trained_vocabulary_copy
+from .cell_inputs import build_model, extra_test_splits, trained_vocabulary_copy
 from .config import to_dict
 from .evaluation_config import EvaluationConfig, EvaluationError, read_cell
 from .preflight import load_local_split
@@ -65,7 +65,7 @@ def check_cell_weights(directory: Path, select: str) -> None:
     weights = selected_checkpoint(directory, select) / checkpointing.MODEL_FILE
     headers = read_weight_headers(weights.parent)  # CheckpointError: truncated, corrupt, integer weights
     try:
-        model = build_cell_model(cell, device="meta", vocabulary=trained_vocabulary_copy(cell, directory))[0]
+        model = build_model(cell, device="meta", vocabulary=trained_vocabulary_copy(cell, directory))[0]
     except (ValueError, OSError) as err:
         raise EvaluationError(f"{directory / 'cell.json'}: scheme {cell.scheme} cannot be built from its "
                               f"checkpoints ({short_text(err, 200)})") from None

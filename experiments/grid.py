@@ -173,12 +173,17 @@ class Grid:
     tracking_uri: str | None
     experiment: str
     executor: dict[str, Any]
-    cells: list[dict]
+    cells: list[dict]  # the JSON form, what a job receives (cell.json)
+    configs: dict[str, CellConfig]  # cell id -> the same cell typed, checked once by the loader
     smoke_root: Path | None = None  # set when some cell uses the tiny smoke assets
     allow_network_filesystem: bool = False  # mlflow.allow_network_filesystem (launch_guard.check_store_filesystem)
 
     def cell(self, cell_id: str) -> dict:
         return next(c for c in self.cells if c["cell_id"] == cell_id)
+
+    def config(self, cell_id: str) -> CellConfig:
+        """The typed cell of ``cell_id`` (no second parse of its JSON form)."""
+        return self.configs[cell_id]
 
     @property
     def where(self) -> str:
@@ -472,7 +477,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
             for cell in cells:
                 _merge(schema, cell, _patch_from_dotted(key, value))
         known = smoke_asset_configs(output_root / SMOKE_DIR) if expander.smoke_used else {}
-        resolved = _finish(cells, where, known)
+        resolved, configs = _finish(cells, where, known)
     except GridError as err:
         raise fail(err) from None
 
@@ -484,18 +489,19 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
         executor={"default": executor.get("default"),
                   "slurm": {**DEFAULT_SLURM, **executor.get("slurm", {})},
                   "local": {**DEFAULT_LOCAL, **executor.get("local", {})}},
-        cells=resolved,
+        cells=resolved, configs=configs,
         smoke_root=output_root / SMOKE_DIR if expander.smoke_used else None,
         allow_network_filesystem=bool(mlflow.get("allow_network_filesystem", False)),
     )
 
 
-def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> list[dict]:
+def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tuple[list[dict], dict[str, CellConfig]]:
     """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
     each whole cell against experiments.config.CellConfig, record its model size (experiments.model_size;
     ``known_configs``: configs of checkpoints not built yet), give ids, dedupe. The cells stay in their JSON form
-    (what a job receives)."""
+    (what a job receives) and typed (cell id -> CellConfig)."""
     out: dict[str, dict] = {}
+    configs: dict[str, CellConfig] = {}
     origins: dict[str, tuple[str, str] | None] = {}
     for cell in cells:
         origin = cell.pop(_ORIGIN, None)
@@ -535,4 +541,5 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> li
                                                   f"already made by {first[1]}")
         origins.setdefault(cell["cell_id"], origin)
         out.setdefault(cell["cell_id"], cell)
-    return list(out.values())
+        configs.setdefault(cell["cell_id"], replace(typed, cell_id=cell["cell_id"]))
+    return list(out.values()), configs

@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED  # the cluster cannot give what executor.slurm asks for (one line printed)
     if args.dry_run:
         print(dry_run_table(cells, executor, grid))
-        print(f"\n{compute_plan.plan_cells(cells, grid, args.gpu).report()}")  # per cell and a total line
+        print(f"\n{compute_plan.grid_costs(cells, grid, args.gpu).report()}")  # per cell and a total line
         print(f"\n{len(cells)} of {len(grid.cells)} cells; outputs under {grid.output_root}/cells/<task>/<scheme>/<id>")
         return EXIT_OK
     return launch(grid, cells, executor, args.retry_failed, ["python", "-m", "experiments.launch",

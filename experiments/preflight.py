@@ -48,9 +48,8 @@ from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, is_local
 from bertgen.families import FAMILIES
 
 from .cell import cell_label
-from .cell_inputs import length_limits, warm_start_from
-from .config import SPLITS, CellConfig
-from .config import check_paths as config_check_paths
+from .cell_inputs import build_model, length_limits
+from .config import SPLITS
 from .data_archive import archive_for
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
@@ -82,6 +81,7 @@ class Preflight:
         self.checkpoints: dict[tuple[str, str], schemes.Checkpoint] = {}
         self.weights_checked: set[Path] = set()
         self.built: dict[str, Any] = {}  # cell shape -> (input tokenizer, output tokenizer, length limits)
+        self.specs: dict[str, schemes.SchemeSpec] = {}  # cell shape -> what its build read (warm start, loading report)
         self.data: dict[str, Any] = {}  # data key -> raw dataset
         self.counted: set[str] = set()
         self.notes: list[str] = []
@@ -187,26 +187,25 @@ class Preflight:
 
     # -- the model a cell builds ----------------------------------------------------------------------------------
     def build(self, cell: dict) -> tuple | None:
-        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, planned from its
-        checked checkpoints and built on the meta device; None when one of them is not local (a hub id)."""
+        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, built on the meta
+        device from its checked checkpoints by the builder the job uses (``experiments.cell_inputs.build_model``);
+        None when one of them is not local (a hub id)."""
         families = [f for f in FAMILIES if cell["checkpoints"].get(f)]
         checkpoints = {family: self.checkpoint(cell, family) for family in families}
         if any(checkpoint is None for checkpoint in checkpoints.values()):
             return None
-        key = json.dumps([cell["scheme"], cell["task"], cell["checkpoints"], cell["model"], cell["init_layers"]],
-                         sort_keys=True)
+        typed = self.grid.config(cell["cell_id"])
+        key = json.dumps([typed.scheme, typed.task, cell["checkpoints"], typed.model, typed.init_layers,
+                          typed.cross_attention_init], sort_keys=True)
         if key in self.built:
             return self.built[key]
-        field = "model" if cell["model"] else "init_layers" if cell["init_layers"] else "checkpoints"
+        field = "model" if typed.model else "init_layers" if typed.init_layers else "checkpoints"
         try:
-            plan = schemes.plan(cell["scheme"], **checkpoints, warm_start=warm_start_from(cell["init_layers"]),
-                                **cell["model"])
-            model = schemes.build(plan, device="meta").model
+            model, self.specs[key], input_tokenizer, output_tokenizer = build_model(typed, "meta", sources=checkpoints)
         except (ValueError, TypeError, OSError) as err:
-            raise self.fail(field, _expecting(short_text(err, None), f"a cell {cell['scheme']} can build from its "
+            raise self.fail(field, _expecting(short_text(err, None), f"a cell {typed.scheme} can build from its "
                                                               "checkpoints"), cell) from None
-        self.built[key] = (plan.inputs.tokenizer, plan.outputs.tokenizer,
-                           length_limits(model, get_task(cell["task"])))
+        self.built[key] = (input_tokenizer, output_tokenizer, length_limits(model, get_task(typed.task)))
         return self.built[key]
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -251,11 +250,7 @@ class Preflight:
     # -- everything -----------------------------------------------------------------------------------------------
     def run(self, cells: list[dict]) -> list[str]:
         for cell in cells:
-            token = config_check_paths.set(False)  # the smoke assets a cell names are built after the pre-flight
-            try:
-                missing = CellConfig.from_dict(cell, "cell").missing_paper_data()
-            finally:
-                config_check_paths.reset(token)
+            missing = self.grid.config(cell["cell_id"]).missing_paper_data()
             if missing is not None:
                 raise self.fail(*missing, cell)
         self.check_paths()

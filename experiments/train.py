@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
-from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_cell_model, cache_dir,
+from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_model, cache_dir,
                           cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
                           seed_everything, uncased)
 from .config import CellConfig
@@ -104,7 +104,7 @@ class CellTrainer:
             if ctx.is_main:
                 barrier(ctx)
         seed_everything(self.seed)
-        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell, vocabulary=self.vocabulary)
+        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_model(cell, vocabulary=self.vocabulary)
         if uncased(self.output_tokenizer) and not self.task.lowercase:
             # An uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter: its references, sources and
             # trivial baseline are lowercased, so the metrics do not score case (tag: lowercased_data).

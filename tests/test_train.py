@@ -303,7 +303,7 @@ def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_acr
     checkpoint every tensor bert2bert took from BERT is bit-identical to the checkpoint's and has no Adam state, the
     new ones (cross-attention, output bias) have moved; after step 5 the warm ones train too. A run that crashes at
     step 6 and resumes from step 4 crosses the boundary and ends bit-identical to an uninterrupted run."""
-    from experiments.cell_inputs import build_cell_model
+    from experiments.cell_inputs import build_model
     from experiments.config import CellConfig
     from experiments.train import warm_started_parameters
 
@@ -312,7 +312,7 @@ def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_acr
     straight = train_cell(cell, tmp_path / "straight", straight_logger)
     with pytest.raises(SimulatedCrash):
         train_cell(cell, tmp_path / "resumed", CrashingLogger(at_step=6))
-    model, spec, _, _ = build_cell_model(CellConfig.from_dict(cell))
+    model, spec, _, _ = build_model(CellConfig.from_dict(cell))
     frozen = warm_started_parameters(model, spec.report)
     at_step4 = _weights(tmp_path / "resumed")
     aliases: dict[int, list[str]] = {}
