@@ -10,7 +10,7 @@ file (``experiments.measured_rates``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cac
 ``MEASURED`` holds rates kept in code. A measured rate replaces the estimate for its key, and the plan says so.
 
 The model of a cell is built on the meta device from its checkpoints' ``config.json`` (hub ids of the paper's
-checkpoints: their configs are known here, ``KNOWN_CONFIGS``; local directories: read), so parameter counts are
+checkpoints: their configs are known, ``experiments.model_size.KNOWN_CONFIGS``; local directories: read), so parameter counts are
 the exact ones of ``bertgen.schemes`` (Table 1). Lengths S (source) and T (target) are the task's maximum lengths
 cut to the model's positions (``experiments.cell_inputs.length_limits``): every example is counted padded to the
 maximum, an upper bound (batches are padded to their longest example).
@@ -50,18 +50,16 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bertgen.checkpoint import read_config_dict
 from bertgen.families import FAMILIES
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
+from .config import CellConfig, paper_cell
 from .measured_rates import RateKey, recorded_rates
+from .model_size import checkpoint_config
 from .validate import short_text
 
-if TYPE_CHECKING:  # experiments.config reads model sizes (experiments.model_size), which read configs from here
-    from .config import CellConfig
 
 ASSUMED_MFU = 0.35  # model-FLOPs utilisation assumed for every GPU and dtype (an assumption, not a measurement)
 MEMORY_HEADROOM = 0.90  # usable fraction of a GPU's memory
@@ -90,20 +88,6 @@ DEFAULT_GPU = "a100-80gb"
 # estimate for its key.
 MEASURED: dict[RateKey, dict[str, Any]] = {}
 
-_BERT_MULTI = dict(PAPER_CHECKPOINT_CONFIGS["base"]["bert"], vocab_size=119547)
-# The configs of the hub checkpoints the grids name (values of their config.json), so a plan needs no download.
-KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["bert"] for name in ("bert-base-cased", "google-bert/bert-base-cased")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["bert"] for name in ("bert-large-cased",
-                                                                    "google-bert/bert-large-cased")},
-    **{name: _BERT_MULTI for name in ("bert-base-multilingual-cased", "google-bert/bert-base-multilingual-cased")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["roberta"] for name in ("roberta-base", "FacebookAI/roberta-base")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["roberta"] for name in ("roberta-large", "FacebookAI/roberta-large")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["gpt2"] for name in ("gpt2", "openai-community/gpt2")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["gpt2"] for name in ("gpt2-medium", "openai-community/gpt2-medium")},
-}
-
-
 # -- the model of a cell ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
@@ -122,24 +106,6 @@ class Shape:
     decoder_only: bool
     max_source: int
     max_target: int
-
-
-def checkpoint_config(ref: str) -> dict[str, Any] | None:
-    """The config.json values of a checkpoint: a known hub id, a local directory or a cached hub id (else None)."""
-    if ref in KNOWN_CONFIGS:
-        return dict(KNOWN_CONFIGS[ref])
-    directory = Path(ref).expanduser()
-    try:
-        if not (directory / "config.json").is_file():  # a hub id cached locally (experiments.prefetch)?
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(ref, "config.json")
-            if not isinstance(cached, str):
-                return None
-            directory = Path(cached).parent
-        return read_config_dict(directory)
-    except Exception:  # noqa: BLE001 - no repo id, a bad config: unknown (the pre-flight says why)
-        return None
 
 
 def _dims(config: Any) -> tuple[int, int, int]:
@@ -389,7 +355,6 @@ def grid_costs(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCost
 def _paper_settings(task: str, scheme: str) -> CellConfig:
     """The cell of ``task`` and ``scheme`` with the paper's settings (``experiments.config.paper_cell``); a task that
     counts epochs gets one step, which no shape reads."""
-    from .config import CellConfig, paper_cell
     from .tasks import TASKS
 
     doc = paper_cell(TASKS[task], scheme, seed=0, grid="compute_plan", output_root=".")

@@ -10,7 +10,7 @@ source/target lengths (cut to the model's positions, as training cuts them) and 
 for it and the device computes bf16 natively). For each shape, in a fresh process per architecture:
 
 1. the real-size model is built from its checkpoints' ``config.json`` with random weights (the values do not change
-   time or memory; ``experiments.compute_plan.KNOWN_CONFIGS`` holds the paper's public configs, so nothing is
+   time or memory; ``experiments.model_size.KNOWN_CONFIGS`` holds the paper's public configs, so nothing is
    downloaded), with the cell's optimizer;
 2. one warm-up and ``--steps`` timed training steps run at micro-batch ``B`` with every example padded to the
    maximum lengths (the worst case), the same forward/backward/clip/update as ``experiments.train``;
