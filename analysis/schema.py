@@ -7,7 +7,7 @@ Canonical names:
 
 * **tasks** — :data:`TASKS` keys (``discofuse``, ``wikisplit``, ``wmt14_en_de``, ``wmt14_de_en``, ``gigaword``,
   ``cnn_dailymail``, ``xsum``).
-* **schemes** — :data:`SCHEMES` (the paper's spelling: ``bertShare``, ``robertaShare``...).
+* **schemes** — :data:`SCHEME_ORDER` (the paper's spelling: ``bertShare``, ``robertaShare``...).
 * **metrics** — the keys of ``experiments.metrics.METRICS`` (``exact``, ``sari``, ``bleu_nltk``, ``bleu_uncased``,
   ``sacrebleu``, ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``) plus the text statistics ``length`` and
   ``repetition`` (:mod:`analysis.textstats`).
@@ -110,7 +110,7 @@ PARAMETER_COUNT_KEYS = {
 # ---------------------------------------------------------------------------------------------------------------------
 # Canonical vocabularies and aliases (case-insensitive; '-', '_', ' ' and '/' ignored when matching)
 
-SCHEMES = tuple(HARNESS_SCHEMES)  # Table 1's order, as bertgen.schemes holds them
+SCHEME_ORDER = tuple(HARNESS_SCHEMES)  # the scheme names in Table 1's order, as bertgen.schemes holds them
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _key(text: str) -> str:
     return re.sub(r"[\s_\-/]+", "", str(text)).lower()
 
 
-_SCHEME_LOOKUP = {_key(s): s for s in SCHEMES}
+_SCHEME_LOOKUP = {_key(s): s for s in SCHEME_ORDER}
 _TASK_LOOKUP = {_key(k): k for k in TASKS} | {_key(a): k for k, t in TASKS.items() for a in t.aliases}
 
 

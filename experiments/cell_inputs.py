@@ -15,6 +15,7 @@ import torch
 from bertgen.generation import Seq2SeqModel
 from bertgen.schemes import WarmStart, build
 
+from .cell import PREDICTIONS_FILE
 from .config import CellConfig, to_dict
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
@@ -23,12 +24,12 @@ from .model_size import built_size
 from .tasks import STANDARD_SPLITS
 from .vocabulary import ensure_vocabulary, split_texts
 
-PREDICTIONS_FILE = "predictions.jsonl"
 VOCABULARY_DIR = "vocabulary"  # in a cell's folder: a copy of its trained vocabulary (cell setting vocab)
 
 
 # -- settings --------------------------------------------------------------------------------------------------
-def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "random") -> WarmStart:
+def warm_start_from(init_layers: dict[str, Any] | None,
+                    cross_attention: str = WarmStart.cross_attention) -> WarmStart:
     """The cell's ``init_layers`` (the paper's §5 notation, layers 1-based) and ``cross_attention_init`` as a
     ``bertgen.schemes.WarmStart``."""
     init_layers = check_init_layers(init_layers, "init_layers")

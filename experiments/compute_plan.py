@@ -55,7 +55,7 @@ from typing import Any
 from bertgen.families import FAMILIES
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
-from .config import CellConfig, paper_cell
+from .config import ADAM, CellConfig, paper_cell
 from .measured_rates import RateKey, recorded_rates
 from .model_size import checkpoint_config
 from .validate import short_text
@@ -237,8 +237,8 @@ def activation_bytes(shape: Shape, micro_batch: int, source: int, target: int, d
 AUTOCAST_COPY_BYTES = 2.0  # per parameter: autocast's bf16 copy of each weight, kept from the forward to the backward
 
 
-def peak_bytes(shape: Shape, micro_batch: int, source: int, target: int, dtype: str, optimizer: str = "adam") -> float:
-    state = (16.0 if optimizer == "adam" else 8.0) + (AUTOCAST_COPY_BYTES if dtype == "bf16" else 0.0)
+def peak_bytes(shape: Shape, micro_batch: int, source: int, target: int, dtype: str, optimizer: str = ADAM) -> float:
+    state = (16.0 if optimizer == ADAM else 8.0) + (AUTOCAST_COPY_BYTES if dtype == "bf16" else 0.0)
     return state * shape.params + activation_bytes(shape, micro_batch, source, target, dtype) + CONTEXT_BYTES
 
 

@@ -41,6 +41,7 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import TokenizerError, load_tokenizer
 
 from . import checkpointing
+from .checkpointing import CHECKPOINT_NAMES
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
 from .cell_inputs import (build_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
@@ -59,7 +60,7 @@ from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_f
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
-    SELECTIONS, SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
+    SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
     config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
 
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                         help="override decode.*, data.<test set> or max_examples.* (repeatable)")
     parser.add_argument("--max-examples", type=int, metavar="N", help="decode at most N test examples")
-    parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoints/<name> (default: the one "
+    parser.add_argument("--select", choices=CHECKPOINT_NAMES, help="a trained cell's checkpoints/<name> (default: the one "
                                                              "it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "

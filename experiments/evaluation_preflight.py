@@ -51,9 +51,9 @@ def check_writable(path: Path, option: str) -> None:
 
 def selected_checkpoint(directory: Path, select: str) -> Path:
     """A trained cell's complete ``checkpoints/<select>`` (or the copy an interrupted save set aside)."""
-    found = checkpointing.find_checkpoint(directory / "checkpoints" / select)
+    found = checkpointing.find_checkpoint(directory / checkpointing.CHECKPOINT_DIR / select)
     if found is None:
-        have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
+        have = sorted(p.name for p in (directory / checkpointing.CHECKPOINT_DIR).glob("*") if p.is_dir())
         raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
                               f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
     return found

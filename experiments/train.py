@@ -40,6 +40,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
+from .cell import METRICS_FILE
+from .checkpointing import BEST, CHECKPOINT_DIR, LAST
 from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_model, cache_dir,
                           cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
                           seed_everything, uncased)
@@ -62,10 +64,6 @@ from .tasks import STANDARD_SPLITS, get_task
 
 log = logging.getLogger("experiments.train")
 
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last"
-BEST = "best"
 DEV_PREDICTIONS_FILE = "dev_predictions.jsonl"
 INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
