@@ -16,7 +16,7 @@ from bertgen.generation import Seq2SeqModel
 from bertgen.schemes import WarmStart, build
 
 from .cell import PREDICTIONS_FILE
-from .config import CellConfig, to_dict
+from .config import CellConfig, DataSources
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
@@ -166,16 +166,17 @@ def predictions_file(split: str) -> str:
     return f"{stem}_{split}.{suffix}"
 
 
-def extra_test_splits(cell: CellConfig | dict[str, Any], task) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(decoded, skipped): which of the task's extra test sets the cell decodes, and which it skips.
+def extra_test_splits(data: DataSources, task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(decoded, skipped): which of the task's extra test sets a cell (or an evaluation) with these data sources
+    decodes, and which it skips.
 
     A set with its own ``data.<split>`` source is always decoded. Without one it comes from the hub when the cell's
     test split does; a cell whose test split is a local file skips it instead: such runs are often offline (smoke
     runs, ../shared data), and the hub's set would not match the local test data anyway.
     """
-    data = to_dict(cell.data) if isinstance(cell, CellConfig) else cell.get("data") or {}
-    local_test = data.get("test") is not None
-    decoded = tuple(s for s in task.extra_test_splits if data.get(s) is not None or not local_test)
+    sources = data.splits
+    local_test = sources["test"] is not None
+    decoded = tuple(s for s in task.extra_test_splits if sources.get(s) is not None or not local_test)
     return decoded, tuple(s for s in task.extra_test_splits if s not in decoded)
 
 

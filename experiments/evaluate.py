@@ -212,7 +212,7 @@ def evaluate(config: EvaluationConfig, out_dir: Path, device: str | None = None,
     if uncased(loaded.output_tokenizer) and not task.lowercase:
         task = task.with_overrides(lowercase=True)  # an uncased vocabulary cannot write case: do not score it
     limits = length_limits(model, task)
-    decoded_splits, skipped = extra_test_splits({"data": to_dict(config.data)}, task)
+    decoded_splits, skipped = extra_test_splits(config.data, task)
     bf16 = use_bf16(config.bf16, ctx.device)
     decoder = SplitDecoder(model, loaded.output_tokenizer, loaded.pad_token_id, config.decode,
                            config.decode.batch_size or batch_size, limits[1], ctx, bf16, f"decode {config.task}")

@@ -30,7 +30,6 @@ from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
 from .cell_inputs import build_model, extra_test_splits, trained_vocabulary_copy
-from .config import to_dict
 from .evaluation_config import EvaluationConfig, EvaluationError, read_cell
 from .preflight import load_local_split
 from .tasks import get_task
@@ -124,7 +123,7 @@ def check_released(checkpoint: str, revision: str | None) -> None:
 def check_test_data(config: EvaluationConfig) -> None:
     """The local test files the evaluation decodes, read as it will read them (the launch's data check)."""
     task = get_task(config.task)
-    for split in ("test", *extra_test_splits({"data": to_dict(config.data)}, task)[0]):
+    for split in ("test", *extra_test_splits(config.data, task)[0]):
         spec = getattr(config.data, split, None)
         if spec is None:
             continue  # the task's hub dataset

@@ -114,7 +114,7 @@ class CellTrainer:
             raise ValueError(f"cell train.freeze_warm_started_steps: {self.frozen_until}, but scheme {cell.scheme} "
                              "warm-starts no parameter from a checkpoint; expected 0")
         self.limits = length_limits(self.model, self.task)
-        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell, self.task)
+        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell.data, self.task)
         for split in self.skipped_test_splits if ctx.is_main else ():
             log.warning("cell %s: data.%s: task %s's extra test set %s has no local source while data.test is a local "
                         "file; skipping it (no test_%s_* metrics)", self.cell_id, split, self.task.name, split, split)

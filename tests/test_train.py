@@ -558,14 +558,15 @@ def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, t
 
 
 def test_extra_test_sets_come_from_the_hub_only_with_the_test_split():
+    from experiments.config import DataSources
     from experiments.tasks import TASKS
     from experiments.train import extra_test_splits, predictions_file
 
     wmt, hub = TASKS["wmt14_de_en"], {"train": None, "validation": None, "test": None}
-    assert extra_test_splits({"data": hub}, wmt) == (("newstest2016",), ())
+    assert extra_test_splits(DataSources(**hub), wmt) == (("newstest2016",), ())
     local = {**hub, "test": {"path": "test.jsonl"}}
-    assert extra_test_splits({"data": local}, wmt) == ((), ("newstest2016",))
-    assert extra_test_splits({"data": {**local, "newstest2016": "nt16.jsonl"}}, wmt) == (("newstest2016",), ())
-    assert extra_test_splits({"data": hub}, TASKS["discofuse"]) == ((), ())
+    assert extra_test_splits(DataSources(**local), wmt) == ((), ("newstest2016",))
+    assert extra_test_splits(DataSources(**local, newstest2016="nt16.jsonl"), wmt) == (("newstest2016",), ())
+    assert extra_test_splits(DataSources(**hub), TASKS["discofuse"]) == ((), ())
     assert (predictions_file("test"), predictions_file("newstest2016")) == (
         "predictions.jsonl", "predictions_newstest2016.jsonl")
