@@ -254,8 +254,7 @@ def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:
             "select": BEST if cell.train.select == "best_dev" else LAST}
 
 
-def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
+def cell_evaluation(cell: CellConfig, directory: Path) -> EvaluationConfig:
     """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
     launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
-    typed = CellConfig.from_dict(cell, "cell")
-    return config_from_dict(cell_evaluation_doc(typed, directory), f"cell {typed.cell_id}")
+    return config_from_dict(cell_evaluation_doc(cell, directory), f"cell {cell.cell_id}")

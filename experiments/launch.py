@@ -446,7 +446,7 @@ def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: G
     evaluation finished before, (None, its run). A cell whose directory is gone cannot be re-decoded: the launch
     says so and leaves the cell as it is."""
     try:
-        config = cell_evaluation(cell, cell_dir(cell))
+        config = cell_evaluation(grid.config(cell["cell_id"]), cell_dir(cell))
         done = evaluations.finished(evaluation_id(config))
     except EvaluationError as err:
         print(f"note: {cell['cell_id']} ({cell_label(cell)}): cannot re-decode ({err}); left as it is")
