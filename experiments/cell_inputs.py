@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,11 @@ def build_model(cell: CellConfig, device: str | None = None, *, vocabulary: Path
     already read and checked (the pre-flight, before any vocabulary is trained) or a config.json dict (the compute
     plan: no weights, no tokenizers, so the tokenizers returned are None). The trained-vocabulary and size checks
     are for the job's own build, without ``sources``."""
-    checkpoints = {"bert": cell.checkpoints.bert, "roberta": cell.checkpoints.roberta, "gpt2": cell.checkpoints.gpt2}
     if sources is None and (cell.vocab is None) != (vocabulary is None):
         raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
                          "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
     own = {"vocabulary": vocabulary} if vocabulary is not None else {}
-    built = build(cell.scheme, **{**checkpoints, **(sources or {})},
+    built = build(cell.scheme, **{**asdict(cell.checkpoints), **(sources or {})},
                   warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device, **own,
                   **cell.model)
     spec = built.spec

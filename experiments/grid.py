@@ -48,7 +48,7 @@ import copy
 import itertools
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,7 +71,7 @@ from .grid_doc import (  # GridError, read_yaml and parse_sets re-exported: publ
     parse_sets,
     read_yaml,
 )
-from .model_size import cell_model_size
+from .model_size import model_size
 from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
 from .tasks import TASKS
 
@@ -530,7 +530,8 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tu
             raise GridError(where, err.path, err.message) from None
         finally:
             config.check_paths.reset(token)
-        typed = replace(typed, size=cell_model_size(config.to_dict(typed), known_configs))
+        typed = replace(typed, size=model_size(typed.scheme, asdict(typed.checkpoints), typed.model,
+                                               known_configs, typed.init_layers))
         cell = config.to_dict(typed)
         cell["cell_id"] = compute_cell_id(typed)
         first = origins.get(cell["cell_id"])

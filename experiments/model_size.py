@@ -118,11 +118,6 @@ def model_size(scheme: str, checkpoints: Mapping[str, Any], model: Mapping[str, 
     return stacks[0] if len(set(stacks)) == 1 else "+".join(stacks)
 
 
-def cell_model_size(cell: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
-    """:func:`model_size` of a cell in its JSON form."""
-    return model_size(cell["scheme"], cell.get("checkpoints") or {}, cell.get("model") or {}, known,
-                      cell.get("init_layers"))
-
 
 def built_size(model: Any) -> str:
     """The size of a built model (``bertgen`` encoder-decoder or decoder-only GPT-2), written as :func:`model_size`

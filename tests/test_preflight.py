@@ -56,7 +56,7 @@ def test_the_preflight_builds_the_model_the_cell_trains(assets, tmp_path, monkey
 
     monkeypatch.setattr(bertgen.schemes, "build", recording_build)
     monkeypatch.setattr(cell_inputs, "build", recording_build)
-    Preflight(grid).build(cell)
+    Preflight(grid).build(typed)
     assert built, "the pre-flight built no model"
     checked = built[:]
     trained_model, trained_spec, _, _ = cell_inputs.build_model(typed)
