@@ -29,6 +29,7 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
+from .cell import CELL_CONFIG_FILE
 from .cell_inputs import build_model, extra_test_splits, trained_vocabulary_copy
 from .evaluation_config import EvaluationConfig, EvaluationError, read_cell
 from .preflight import load_local_split
@@ -66,10 +67,10 @@ def check_cell_weights(directory: Path, select: str) -> None:
     try:
         model = build_model(cell, device="meta", vocabulary=trained_vocabulary_copy(cell, directory))[0]
     except (ValueError, OSError) as err:
-        raise EvaluationError(f"{directory / 'cell.json'}: scheme {cell.scheme} cannot be built from its "
+        raise EvaluationError(f"{directory / CELL_CONFIG_FILE}: scheme {cell.scheme} cannot be built from its "
                               f"checkpoints ({short_text(err, 200)})") from None
     tensors = model.state_dict(keep_vars=True)
-    of_scheme = f"expected the weights of a {cell.scheme} cell (the scheme {directory / 'cell.json'} names)"
+    of_scheme = f"expected the weights of a {cell.scheme} cell (the scheme {directory / CELL_CONFIG_FILE} names)"
     for name, header in headers.items():
         if name not in tensors:
             raise EvaluationError(f"{weights}: tensor {name} is not in the {cell.scheme} model; {of_scheme}")
