@@ -10,9 +10,10 @@ file (``experiments.measured_rates``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cac
 ``MEASURED`` holds rates kept in code. A measured rate replaces the estimate for its key, and the plan says so.
 
 The model of a cell is built on the meta device from its checkpoints' ``config.json`` (hub ids of the paper's
-checkpoints: their configs are known, ``experiments.model_size.KNOWN_CONFIGS``; local directories: read), so parameter counts are
-the exact ones of ``bertgen.schemes`` (Table 1). Lengths S (source) and T (target) are the task's maximum lengths
-cut to the model's positions (``experiments.cell_inputs.length_limits``): every example is counted padded to the
+checkpoints: their configs are known, ``experiments.model_size.KNOWN_CONFIGS``; local directories: read) by the
+builder the job uses (``experiments.cell_inputs.build_model``), so parameter counts are the exact ones of
+``bertgen.schemes`` (Table 1). Lengths S (source) and T (target) are the task's maximum lengths cut to the model's
+positions (``experiments.cell_inputs.length_limits``): every example is counted padded to the
 maximum, an upper bound (batches are padded to their longest example).
 
 Training FLOPs of one example (fwd + bwd = 3 × forward, forward = 2 FLOPs per multiply-add):

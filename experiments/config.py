@@ -343,8 +343,8 @@ class CellConfig:
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
     # "self_attention" (a copy of the layer's own self-attention; docs/investigations.md: "Why the decoder ignored the encoder").
-    cross_attention_init: str = setting(WarmStart.cross_attention, choices=CROSS_ATTENTION_INITS, what="cross-attention init",
-                                        omit_default=True)
+    cross_attention_init: str = setting(WarmStart.cross_attention, choices=CROSS_ATTENTION_INITS,
+                                        what="cross-attention init", omit_default=True)
     # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
     # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
     size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)

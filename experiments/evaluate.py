@@ -41,11 +41,11 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import TokenizerError, load_tokenizer
 
 from . import checkpointing
-from .checkpointing import CHECKPOINT_NAMES
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
 from .cell_inputs import (build_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
                           trained_vocabulary_copy, uncased)
+from .checkpointing import CHECKPOINT_NAMES
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
@@ -419,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                         help="override decode.*, data.<test set> or max_examples.* (repeatable)")
     parser.add_argument("--max-examples", type=int, metavar="N", help="decode at most N test examples")
-    parser.add_argument("--select", choices=CHECKPOINT_NAMES, help="a trained cell's checkpoints/<name> (default: the one "
-                                                             "it was tested with, train.select)")
+    parser.add_argument("--select", choices=CHECKPOINT_NAMES, help="a trained cell's checkpoints/<name> (default: "
+                                                                   "the one it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite under the output root)")

@@ -13,7 +13,7 @@ that of the checkpoint whose vocabulary it uses; the cell's ``model`` overrides 
 list of them, give every stack that many layers): bertShare from 10 of BERT-Large's layers is ``L10-H1024``, the
 size the paper's text reports it at (§5), not BERT-Large's.
 
-Configs come from :func:`checkpoint_config` (also the compute plan's): the paper's hub checkpoints (``KNOWN_CONFIGS``, no
+Configs come from :func:`checkpoint_config` (the compute plan's too): the paper's hub checkpoints (``KNOWN_CONFIGS``, no
 download), local directories, the hub cache; ``known`` adds configs for paths that do not exist yet (the smoke
 assets the launcher builds). A size that cannot be known (a hub id neither known nor cached) is None.
 """

@@ -41,10 +41,10 @@ from torch.utils.data import DataLoader
 
 from . import checkpointing
 from .cell import METRICS_FILE
-from .checkpointing import BEST, CHECKPOINT_DIR, LAST
 from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_model, cache_dir,
                           cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
                           seed_everything, uncased)
+from .checkpointing import BEST, CHECKPOINT_DIR, LAST
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use

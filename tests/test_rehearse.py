@@ -53,7 +53,8 @@ def test_shapes_group_by_architecture_then_lengths(tmp_path):
     assert {a.dtype for a in architectures} == {"fp32"}  # bf16: false in the grid
     # a step's examples: 1 on a CPU; on a GPU the plan's micro-batch (batch_size 4 / grad_accum 2)
     assert {at.micro_batch for a in architectures for at in a.lengths.values()} == {1}
-    cells = list(load_grid(tiny_grid(tmp_path / "gpu"), ["defaults.train.grad_accum=2"], check_paths=False).configs.values())
+    gpu_grid = load_grid(tiny_grid(tmp_path / "gpu"), ["defaults.train.grad_accum=2"], check_paths=False)
+    cells = list(gpu_grid.configs.values())
     gpu = rehearse.group_shapes(cells, "cuda")[0]
     assert {at.micro_batch for a in gpu for at in a.lengths.values()} == {2}
     assert {at.micro_batch for a in rehearse.group_shapes(cells, "cuda", 3)[0] for at in a.lengths.values()} == {3}
