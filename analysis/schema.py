@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
+from bertgen.schemes import WarmStart
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
 from experiments.evaluation_config import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
 from experiments.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
@@ -421,8 +422,9 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
     warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (
         "bert", "roberta", "gpt2")  # elsewhere the init is a no-op (experiments.grid drops it from new cells)
-    if warm_decoder and cross_attention not in (None, "", "random") and not (isinstance(cross_attention, float)
-                                                                             and math.isnan(cross_attention)):
+    unset = cross_attention in (None, "", WarmStart.cross_attention) or (isinstance(cross_attention, float)
+                                                                      and math.isnan(cross_attention))
+    if warm_decoder and not unset:
         setting = CROSS_ATTENTION_VARIANT_PREFIX + str(cross_attention).strip('"')
         variant = setting if variant == DEFAULT_VARIANT else f"{variant}+{setting}"
     return RunFields(

@@ -292,7 +292,7 @@ class TrainConfig:
     dev_decode_examples: int = setting(64, lo=0, cosmetic=True)
     # Which weights decode the test sets: "last" (§4: the model at the end of training's fixed steps) or "best_dev"
     # (the lowest dev loss of the evaluations every eval_every steps; then checkpoints/best is kept).
-    select: str = setting("last", choices=SELECTIONS, what="checkpoint selection")
+    select: str = setting(SELECTIONS[0], choices=SELECTIONS, what="checkpoint selection")
     num_workers: int = setting(2, lo=0, hi=256, cosmetic=True)  # DataLoader worker processes
     # Divide lr by sqrt(hidden_size) (null: only the noam schedule does, as the paper's).
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
