@@ -46,6 +46,19 @@ def test_a_trained_vocabulary_is_planned_at_its_own_size():
     assert (transformer.vocab, transformer.dec_layers, transformer.dec_hidden) == (32000, 6, 512)
 
 
+def test_the_plan_builds_the_model_the_cell_trains():
+    """The compute plan builds a cell's model with the job's builder (experiments.cell_inputs.build_model): §5's
+    layer selection (init_layers) gives every stack that many layers, and the plan counts that model."""
+    from experiments.cell_inputs import build_model
+
+    cell = cell_of("bert2bert", cell={"init_layers": {"first_k": 6}, "cross_attention_init": "self_attention"})
+    shape = cp.cell_shape(cell)
+    assert (shape.enc_layers, shape.dec_layers) == (6, 6)
+    configs = {f: PAPER_CHECKPOINT_CONFIGS["base"][f] for f in ("bert",)}
+    assert shape.params == build_model(cell, "meta", sources=configs)[0].num_parameters()
+    assert shape.params < cp.cell_shape(cell_of("bert2bert")).params
+
+
 def test_flops_by_hand_for_bert2bert():
     shape = cp.cell_shape(cell_of("bert2bert"))
     d, layers, vocab = 768, 12, 28996
