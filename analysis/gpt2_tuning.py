@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from experiments.config import TrainConfig
-from experiments.optim import OPTIMIZERS
+from experiments.config import OPTIMIZERS, TrainConfig
 
 from . import paper, schema, stats
 from .table_specs import Column, Row, TableSpec
@@ -35,9 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore
 
 KEY = "gpt2"  # analysis.tables: --table gpt2, tables.ALL_TABLES
-SCHEMES = ("gpt", "rnd2gpt", "bert2gpt")  # the paper's tuned schemes, in Table 2's order
+TUNED_SCHEMES = ("gpt", "rnd2gpt", "bert2gpt")  # the paper's tuned schemes, in Table 2's order
 TASK = "discofuse"
-DEFAULT_SETTING = ("adam", float(TrainConfig.lr), int(TrainConfig.warmup_steps))  # §4's, Table 2's cells
+DEFAULT_SETTING = (TrainConfig.optimizer, float(TrainConfig.lr), int(TrainConfig.warmup_steps))  # §4's, Table 2's cells
 
 SPEC = TableSpec(
     KEY,  # type: ignore[arg-type]  # not one of the paper's numbered tables
@@ -89,7 +88,7 @@ def setting_label(setting: tuple[str, float, int]) -> str:
 
 def _tuning_runs(store: RunStore) -> pd.DataFrame:
     runs = store.runs
-    runs = runs[(runs.task == TASK) & runs.scheme.isin(SCHEMES) & (runs.variant == schema.DEFAULT_VARIANT)
+    runs = runs[(runs.task == TASK) & runs.scheme.isin(TUNED_SCHEMES) & (runs.variant == schema.DEFAULT_VARIANT)
                 & (runs["size"] == schema.DEFAULT_SIZE) & ((runs.data_fraction - 1.0).abs() < 1e-9)]
     return runs.assign(setting=[setting_of(g) for g in runs.group])
 
@@ -104,7 +103,7 @@ def build_gpt2_tuning_table(store: RunStore | None = None, *, n_boot: int = stat
     records = []
     with warnings.catch_warnings(record=True) as caught:  # align's: runs scored on different examples
         warnings.simplefilter("always")
-        for scheme in SCHEMES:
+        for scheme in TUNED_SCHEMES:
             mine = runs[runs.scheme == scheme]
             settings = sorted({DEFAULT_SETTING, *mine.setting}, key=_order)
             blocks = [(f"{scheme}: {setting_label(s)}", setting_label(s), mine[[x == s for x in mine.setting]],

@@ -139,7 +139,7 @@ def _system(model: str) -> tuple[str, str, str]:
         scheme, variant, size = TRANSFORMER_ROWS[model]
         return scheme, size, variant
     match = _SCHEME_MODEL.match(model.strip())
-    if match and schema.canonical_scheme(match["scheme"]) in schema.SCHEMES:
+    if match and schema.canonical_scheme(match["scheme"]) in schema.SCHEME_ORDER:
         inside = match["inside"]
         size = "large" if inside.startswith("24L") else "base"
         variant = "custom_ende_vocab" if "custom En+De" in inside else schema.DEFAULT_VARIANT

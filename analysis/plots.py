@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_OUT = Path("outputs/figures")
 DEFAULT_FORMATS = ("png", "pdf")
 OURS_COLOR, PAPER_COLOR = "#1f77b4", "#bbbbbb"
-SCHEME_COLORS = dict(zip(schema.SCHEMES, matplotlib.colormaps["tab10"].colors))
+SCHEME_COLORS = dict(zip(schema.SCHEME_ORDER, matplotlib.colormaps["tab10"].colors))
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
@@ -73,9 +73,9 @@ def _scheme_cells(result: TableResult, column: str) -> pd.DataFrame:
     cells = result.cells
     paper_row = (cells["size"] == schema.DEFAULT_SIZE) & (cells.variant == schema.DEFAULT_VARIANT)
     ran = np.isfinite(cells["mean"])
-    sub = cells[(cells.column == column) & cells.system.isin(schema.SCHEMES)
+    sub = cells[(cells.column == column) & cells.system.isin(schema.SCHEME_ORDER)
                 & ((paper_row & (ran | np.isfinite(cells["paper"]))) | ran)]
-    return (sub.assign(order=sub.system.map(schema.SCHEMES.index), own=~paper_row.loc[sub.index])
+    return (sub.assign(order=sub.system.map(schema.SCHEME_ORDER.index), own=~paper_row.loc[sub.index])
             .sort_values(["order", "own", "row"], kind="stable"))
 
 
@@ -157,7 +157,7 @@ def learning_curves(store: RunStore, task: str) -> Figure | None:
     fig = new_figure((7.5, 4.5))
     ax = fig.subplots()
     column = Column("dev", "dev", task, metric)
-    for scheme in sorted(runs.scheme.unique(), key=lambda s: (s not in schema.SCHEMES, schema.SCHEMES.index(s) if s in schema.SCHEMES else 0, s)):
+    for scheme in sorted(runs.scheme.unique(), key=lambda s: (s not in schema.SCHEME_ORDER, schema.SCHEME_ORDER.index(s) if s in schema.SCHEME_ORDER else 0, s)):
         selected, _, _ = _select_runs(store, Row(scheme), column)
         histories = []
         for run_id in selected.run_id:
@@ -186,9 +186,9 @@ def learning_curves(store: RunStore, task: str) -> Figure | None:
 def data_fraction_plot(table2: TableResult) -> Figure | None:
     """DiscoFuse SARI against training-data fraction per scheme: ours solid (CI whiskers), paper dashed."""
     columns = [c for c in table2.spec.columns if c.metric == "sari"]
-    cells = table2.cells[table2.cells.column.isin([c.key for c in columns]) & table2.cells.system.isin(schema.SCHEMES)
+    cells = table2.cells[table2.cells.column.isin([c.key for c in columns]) & table2.cells.system.isin(schema.SCHEME_ORDER)
                          & (table2.cells["size"] == schema.DEFAULT_SIZE)]
-    ours_schemes = [s for s in schema.SCHEMES if np.isfinite(cells[cells.system == s]["mean"]).any()]
+    ours_schemes = [s for s in schema.SCHEME_ORDER if np.isfinite(cells[cells.system == s]["mean"]).any()]
     if not ours_schemes:
         return None
     fig = new_figure((7.5, 4.8))

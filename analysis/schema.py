@@ -7,7 +7,7 @@ Canonical names:
 
 * **tasks** — :data:`TASKS` keys (``discofuse``, ``wikisplit``, ``wmt14_en_de``, ``wmt14_de_en``, ``gigaword``,
   ``cnn_dailymail``, ``xsum``).
-* **schemes** — :data:`SCHEMES` (the paper's spelling: ``bertShare``, ``robertaShare``...).
+* **schemes** — :data:`SCHEME_ORDER` (the paper's spelling: ``bertShare``, ``robertaShare``...).
 * **metrics** — the keys of ``experiments.metrics.METRICS`` (``exact``, ``sari``, ``bleu_nltk``, ``bleu_uncased``,
   ``sacrebleu``, ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``) plus the text statistics ``length`` and
   ``repetition`` (:mod:`analysis.textstats`).
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
+from bertgen.schemes import WarmStart
 from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
 from experiments.evaluation_config import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
 from experiments.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
@@ -110,7 +111,7 @@ PARAMETER_COUNT_KEYS = {
 # ---------------------------------------------------------------------------------------------------------------------
 # Canonical vocabularies and aliases (case-insensitive; '-', '_', ' ' and '/' ignored when matching)
 
-SCHEMES = tuple(HARNESS_SCHEMES)  # Table 1's order, as bertgen.schemes holds them
+SCHEME_ORDER = tuple(HARNESS_SCHEMES)  # the scheme names in Table 1's order, as bertgen.schemes holds them
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def _key(text: str) -> str:
     return re.sub(r"[\s_\-/]+", "", str(text)).lower()
 
 
-_SCHEME_LOOKUP = {_key(s): s for s in SCHEMES}
+_SCHEME_LOOKUP = {_key(s): s for s in SCHEME_ORDER}
 _TASK_LOOKUP = {_key(k): k for k in TASKS} | {_key(a): k for k, t in TASKS.items() for a in t.aliases}
 
 
@@ -421,8 +422,9 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
     warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (
         "bert", "roberta", "gpt2")  # elsewhere the init is a no-op (experiments.grid drops it from new cells)
-    if warm_decoder and cross_attention not in (None, "", "random") and not (isinstance(cross_attention, float)
-                                                                             and math.isnan(cross_attention)):
+    unset = cross_attention in (None, "", WarmStart.cross_attention) or (isinstance(cross_attention, float)
+                                                                      and math.isnan(cross_attention))
+    if warm_decoder and not unset:
         setting = CROSS_ATTENTION_VARIANT_PREFIX + str(cross_attention).strip('"')
         variant = setting if variant == DEFAULT_VARIANT else f"{variant}+{setting}"
     return RunFields(

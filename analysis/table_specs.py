@@ -45,7 +45,7 @@ class Row:
     @property
     def is_scheme(self) -> bool:
         """Filled from runs: our schemes, and any scheme name the runs use that the paper does not report."""
-        return self.system in schema.SCHEMES or self.system not in _paper_only_systems()
+        return self.system in schema.SCHEME_ORDER or self.system not in _paper_only_systems()
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ BASELINE_ROWS = {"copy_source": "copy source", "lead_1": "lead", "lead_3": "lead
 @lru_cache(maxsize=1)
 def _paper_only_systems() -> frozenset[str]:
     """Systems the paper reports that are not our schemes: baselines and Gold (never filled from runs)."""
-    return frozenset(set(paper.paper_numbers().system) - set(schema.SCHEMES))
+    return frozenset(set(paper.paper_numbers().system) - set(schema.SCHEME_ORDER))
 
 
 def _rouge(task: str, label: str, rouge_l: str = "rougeL") -> tuple[Column, ...]:

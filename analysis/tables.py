@@ -119,7 +119,7 @@ def build_parameter_table() -> TableResult:
 
 
 def scheme_order(system: str) -> tuple[int, str]:
-    return (schema.SCHEMES.index(system) if system in schema.SCHEMES else len(schema.SCHEMES), system)
+    return (schema.SCHEME_ORDER.index(system) if system in schema.SCHEME_ORDER else len(schema.SCHEME_ORDER), system)
 
 
 def _row_order(row: Row) -> tuple:

@@ -38,7 +38,7 @@ from bertgen.checkpoint import is_local_reference
 
 from . import tracking
 from .disk_space import atomic_write_text
-from .config import COSMETIC_KEYS, DECODING_SECTIONS, CellConfig, to_dict
+from .config import COSMETIC_KEYS, DECODING_SECTIONS, CellConfig, TrainConfig, to_dict
 from .model_size import PAPER_SIZES
 
 # The paper's base checkpoints: a cell label names a checkpoint only when it is another one.
@@ -105,8 +105,11 @@ def compute_cell_id(cell: CellConfig | dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
-def cell_label(cell: dict) -> str:
-    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init)."""
+def cell_label(cell: CellConfig | dict) -> str:
+    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init);
+    of a typed cell or its JSON form alike."""
+    if isinstance(cell, CellConfig):
+        cell = to_dict(cell)
     parts = [cell["task"], cell["scheme"], f"seed{cell['seed']}"]
     if cell.get("data_fraction", 1.0) != 1.0:
         parts.append(f"df{cell['data_fraction']:g}")
@@ -121,7 +124,7 @@ def cell_label(cell: dict) -> str:
             parts.append(f"init=first{value}")
         else:
             parts.append("init=L" + ",".join(str(v) for v in value))
-    if cell.get("cross_attention_init", "random") != "random":
+    if cell.get("cross_attention_init", CellConfig.cross_attention_init) != CellConfig.cross_attention_init:
         parts.append(f"xattn={cell['cross_attention_init']}")
     for family, ref in sorted((cell.get("checkpoints") or {}).items()):
         # a hub id other than the paper's base checkpoint (large, multilingual); local directories are not shown
@@ -129,7 +132,7 @@ def cell_label(cell: dict) -> str:
             parts.append(f"{family}={ref.rsplit('/', 1)[-1]}")
     if cell.get("model"):
         parts.append(",".join(f"{k}={v}" for k, v in sorted(cell["model"].items())))
-    if (cell.get("train") or {}).get("optimizer", "adam") != "adam":  # Section 5's GPT-2 tuning (Adafactor)
+    if (cell.get("train") or {}).get("optimizer", TrainConfig.optimizer) != TrainConfig.optimizer:  # §5 (Adafactor)
         parts.append(f"opt={cell['train']['optimizer']}")
     if cell.get("size") and cell["size"] != _PAPER_BASE_SIZE:  # 24 layers, a tiny or MiniLM model: say so
         parts.append(cell["size"])

@@ -1,9 +1,10 @@
-"""What a cell is built from: its model and tokenizers (``bertgen.schemes.build``), its tokenised splits
-(``experiments.data``) and the batches each rank trains on. Used by :mod:`experiments.train` and, for the
-model's length limits, by the launch pre-flight."""
+"""What a cell is built from: its model and tokenizers (:func:`build_model`, the one builder), its tokenised splits
+(``experiments.data``) and the batches each rank trains on. Used by :mod:`experiments.train`,
+:mod:`experiments.evaluate`, the launch pre-flight and the compute plan."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import torch
 from bertgen.generation import Seq2SeqModel
 from bertgen.schemes import WarmStart, build
 
-from .config import CellConfig, to_dict
+from .cell import PREDICTIONS_FILE
+from .config import CellConfig, DataSources
 from .config import init_layers as check_init_layers
 from .data import Seq2SeqCollator, column_array, load_split, tokenize_split
 from .distributed import shard, split_micro_batches
@@ -23,12 +25,12 @@ from .model_size import built_size
 from .tasks import STANDARD_SPLITS
 from .vocabulary import ensure_vocabulary, split_texts
 
-PREDICTIONS_FILE = "predictions.jsonl"
 VOCABULARY_DIR = "vocabulary"  # in a cell's folder: a copy of its trained vocabulary (cell setting vocab)
 
 
 # -- settings --------------------------------------------------------------------------------------------------
-def warm_start_from(init_layers: dict[str, Any] | None, cross_attention: str = "random") -> WarmStart:
+def warm_start_from(init_layers: dict[str, Any] | None,
+                    cross_attention: str = WarmStart.cross_attention) -> WarmStart:
     """The cell's ``init_layers`` (the paper's §5 notation, layers 1-based) and ``cross_attention_init`` as a
     ``bertgen.schemes.WarmStart``."""
     init_layers = check_init_layers(init_layers, "init_layers")
@@ -52,25 +54,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_cell_model(cell: CellConfig, device: str | None = None, vocabulary: Path | None = None):
-    """(model, scheme spec, input tokenizer, output tokenizer) for the cell's scheme and checkpoints; the tokenizers
-    are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both sides share a
-    vocabulary). ``device="meta"``: no weights read, for checks of shapes. A cell whose checkpoints no longer have
-    the size its grid recorded is refused. ``vocabulary``: the directory of the cell's trained vocabulary
-    (:func:`cell_vocabulary`), which a cell with ``vocab`` set must pass."""
-    checkpoints = cell.checkpoints
-    if (cell.vocab is None) != (vocabulary is None):
+def build_model(cell: CellConfig, device: str | None = None, *, vocabulary: Path | None = None,
+                sources: dict[str, Any] | None = None):
+    """(model, scheme spec, input tokenizer, output tokenizer) of the cell: its scheme, checkpoints, size overrides,
+    ``init_layers`` and ``cross_attention_init``, the one place a model is made from a cell (training, evaluation,
+    the launch pre-flight and the compute plan), so what is checked is what trains.
+
+    The tokenizers are the ones ``bertgen.schemes.plan`` read and checked against the model (one object when both
+    sides share a vocabulary). ``device="meta"``: no weights read, for checks of shapes. ``vocabulary``: the directory
+    of the cell's trained vocabulary (:func:`cell_vocabulary`), which a cell with ``vocab`` set must pass. A cell whose
+    checkpoints no longer have the size its grid recorded is refused.
+
+    ``sources``: family → what to read in place of the cell's checkpoint reference: a ``bertgen.schemes.Checkpoint``
+    already read and checked (the pre-flight, before any vocabulary is trained) or a config.json dict (the compute
+    plan: no weights, no tokenizers, so the tokenizers returned are None). The trained-vocabulary and size checks
+    are for the job's own build, without ``sources``."""
+    if sources is None and (cell.vocab is None) != (vocabulary is None):
         raise ValueError(f"cell vocab: {cell.vocab!r}, but a vocabulary directory was {'not ' * (vocabulary is None)}"
                          "given; a cell with vocab set is built with the vocabulary trained for it (cell_vocabulary)")
     own = {"vocabulary": vocabulary} if vocabulary is not None else {}
-    built = build(cell.scheme, bert=checkpoints.bert, roberta=checkpoints.roberta, gpt2=checkpoints.gpt2,
+    built = build(cell.scheme, **{**asdict(cell.checkpoints), **(sources or {})},
                   warm_start=warm_start_from(cell.init_layers, cell.cross_attention_init), device=device, **own,
                   **cell.model)
+    spec = built.spec
+    if sources is not None:
+        return built.model, spec, spec.inputs.tokenizer, spec.outputs.tokenizer
     if cell.size is not None and built_size(built.model) != cell.size:
         raise ValueError(f"cell size: the grid recorded {cell.size} (its id and its table row), the checkpoints now "
                          f"build {built_size(built.model)}; a checkpoint directory changed since the grid was "
                          "loaded: launch the grid again")
-    spec = built.spec
     if spec.inputs.tokenizer is None or spec.outputs.tokenizer is None:
         raise ValueError(f"cell checkpoints: scheme {cell.scheme} was built without tokenizer files beside its "
                          "checkpoints, so there is no tokenizer to read")
@@ -154,16 +166,17 @@ def predictions_file(split: str) -> str:
     return f"{stem}_{split}.{suffix}"
 
 
-def extra_test_splits(cell: CellConfig | dict[str, Any], task) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(decoded, skipped): which of the task's extra test sets the cell decodes, and which it skips.
+def extra_test_splits(data: DataSources, task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(decoded, skipped): which of the task's extra test sets a cell (or an evaluation) with these data sources
+    decodes, and which it skips.
 
     A set with its own ``data.<split>`` source is always decoded. Without one it comes from the hub when the cell's
     test split does; a cell whose test split is a local file skips it instead: such runs are often offline (smoke
     runs, ../shared data), and the hub's set would not match the local test data anyway.
     """
-    data = to_dict(cell.data) if isinstance(cell, CellConfig) else cell.get("data") or {}
-    local_test = data.get("test") is not None
-    decoded = tuple(s for s in task.extra_test_splits if data.get(s) is not None or not local_test)
+    sources = data.splits
+    local_test = sources["test"] is not None
+    decoded = tuple(s for s in task.extra_test_splits if sources.get(s) is not None or not local_test)
     return decoded, tuple(s for s in task.extra_test_splits if s not in decoded)
 
 

@@ -33,6 +33,10 @@ from safetensors.torch import load_model, save_model
 
 from . import disk_space
 
+# A trained cell keeps its checkpoints in <cell dir>/checkpoints/<name>: the last (resumable) and, with
+# train.select: best_dev, the best on the dev loss.
+CHECKPOINT_DIR = "checkpoints"
+LAST, BEST = CHECKPOINT_NAMES = ("last", "best")
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"

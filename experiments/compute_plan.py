@@ -10,9 +10,10 @@ file (``experiments.measured_rates``: ``$BERTGEN_MEASURED_RATES``, else ``~/.cac
 ``MEASURED`` holds rates kept in code. A measured rate replaces the estimate for its key, and the plan says so.
 
 The model of a cell is built on the meta device from its checkpoints' ``config.json`` (hub ids of the paper's
-checkpoints: their configs are known here, ``KNOWN_CONFIGS``; local directories: read), so parameter counts are
-the exact ones of ``bertgen.schemes`` (Table 1). Lengths S (source) and T (target) are the task's maximum lengths
-cut to the model's positions (``experiments.cell_inputs.length_limits``): every example is counted padded to the
+checkpoints: their configs are known, ``experiments.model_size.KNOWN_CONFIGS``; local directories: read) by the
+builder the job uses (``experiments.cell_inputs.build_model``), so parameter counts are the exact ones of
+``bertgen.schemes`` (Table 1). Lengths S (source) and T (target) are the task's maximum lengths cut to the model's
+positions (``experiments.cell_inputs.length_limits``): every example is counted padded to the
 maximum, an upper bound (batches are padded to their longest example).
 
 Training FLOPs of one example (fwd + bwd = 3 × forward, forward = 2 FLOPs per multiply-add):
@@ -50,14 +51,16 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bertgen.checkpoint import read_config_dict
+from bertgen.families import FAMILIES
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS
 
+from .config import ADAM, CellConfig, paper_cell
 from .measured_rates import RateKey, recorded_rates
+from .model_size import checkpoint_config
 from .validate import short_text
+
 
 ASSUMED_MFU = 0.35  # model-FLOPs utilisation assumed for every GPU and dtype (an assumption, not a measurement)
 MEMORY_HEADROOM = 0.90  # usable fraction of a GPU's memory
@@ -86,20 +89,6 @@ DEFAULT_GPU = "a100-80gb"
 # estimate for its key.
 MEASURED: dict[RateKey, dict[str, Any]] = {}
 
-_BERT_MULTI = dict(PAPER_CHECKPOINT_CONFIGS["base"]["bert"], vocab_size=119547)
-# The configs of the hub checkpoints the grids name (values of their config.json), so a plan needs no download.
-KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["bert"] for name in ("bert-base-cased", "google-bert/bert-base-cased")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["bert"] for name in ("bert-large-cased",
-                                                                    "google-bert/bert-large-cased")},
-    **{name: _BERT_MULTI for name in ("bert-base-multilingual-cased", "google-bert/bert-base-multilingual-cased")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["roberta"] for name in ("roberta-base", "FacebookAI/roberta-base")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["roberta"] for name in ("roberta-large", "FacebookAI/roberta-large")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["gpt2"] for name in ("gpt2", "openai-community/gpt2")},
-    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["gpt2"] for name in ("gpt2-medium", "openai-community/gpt2-medium")},
-}
-
-
 # -- the model of a cell ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
@@ -118,24 +107,6 @@ class Shape:
     decoder_only: bool
     max_source: int
     max_target: int
-
-
-def checkpoint_config(ref: str) -> dict[str, Any] | None:
-    """The config.json values of a checkpoint: a known hub id, a local directory or a cached hub id (else None)."""
-    if ref in KNOWN_CONFIGS:
-        return dict(KNOWN_CONFIGS[ref])
-    directory = Path(ref).expanduser()
-    try:
-        if not (directory / "config.json").is_file():  # a hub id cached locally (experiments.prefetch)?
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(ref, "config.json")
-            if not isinstance(cached, str):
-                return None
-            directory = Path(cached).parent
-        return read_config_dict(directory)
-    except Exception:  # noqa: BLE001 - no repo id, a bad config: unknown (the pre-flight says why)
-        return None
 
 
 def _dims(config: Any) -> tuple[int, int, int]:
@@ -170,11 +141,9 @@ def _count(module: Any) -> tuple[int, int]:
 _SHAPES: dict[str, Shape | str] = {}
 
 
-def cell_configs(cell: dict) -> dict[str, dict[str, Any]] | str:
+def cell_configs(cell: CellConfig) -> dict[str, dict[str, Any]] | str:
     """The config.json values of the cell's checkpoints by family, or why they cannot be known here (a string)."""
-    from bertgen.families import FAMILIES
-
-    refs = {f: cell["checkpoints"].get(f) for f in FAMILIES if cell["checkpoints"].get(f)}
+    refs = {f: getattr(cell.checkpoints, f) for f in FAMILIES if getattr(cell.checkpoints, f)}
     configs = {f: checkpoint_config(str(r)) for f, r in refs.items()}
     missing = [str(refs[f]) for f, c in configs.items() if c is None]
     if missing:
@@ -182,36 +151,36 @@ def cell_configs(cell: dict) -> dict[str, dict[str, Any]] | str:
     return configs
 
 
-def cell_shape(cell: dict) -> Shape | str:
+def cell_shape(cell: CellConfig) -> Shape | str:
     """The cell's model shape, or why it cannot be known without its checkpoints (a string)."""
     configs = cell_configs(cell)
     return configs if isinstance(configs, str) else shape_from_configs(cell, configs)
 
 
-def shape_from_configs(cell: dict, configs: dict[str, dict[str, Any]]) -> Shape | str:
-    """The shape of the cell's scheme built from these checkpoint configs (family -> config.json values)."""
-    from bertgen import schemes
-
-    from .cell_inputs import length_limits
+def shape_from_configs(cell: CellConfig, configs: dict[str, dict[str, Any]]) -> Shape | str:
+    """The shape of the cell's model built from these checkpoint configs (family -> config.json values) on the meta
+    device, by the builder the job uses (``experiments.cell_inputs.build_model``)."""
+    from .cell_inputs import build_model, length_limits
     from .tasks import get_task
 
-    if cell.get("vocab"):  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
-        size = cell["vocab"]["size"]
+    if cell.vocab:  # a vocabulary the harness trains (experiments.vocabulary): its size, not the checkpoints'
+        size = cell.vocab["size"]
         configs = {family: {**config, "vocab_size": size,
                             **{name: min(config[name], size - 1) for name in ("bos_token_id", "eos_token_id",
                                                                             "pad_token_id")
                                if isinstance(config.get(name), int)}}
                    for family, config in configs.items()}
-    key = json.dumps([cell["scheme"], cell["task"], configs, cell.get("model") or {}], sort_keys=True, default=str)
+    key = json.dumps([cell.scheme, cell.task, configs, cell.model, cell.init_layers, cell.cross_attention_init],
+                     sort_keys=True, default=str)
     if key not in _SHAPES:
         try:
-            model = schemes.build(cell["scheme"], **configs, **(cell.get("model") or {}), device="meta").model
+            model = build_model(cell, "meta", sources=configs)[0]
         except (ValueError, TypeError, OSError) as err:
-            _SHAPES[key] = f"cannot build {cell['scheme']} from its configs ({short_text(err, 120)})"
+            _SHAPES[key] = f"cannot build {cell.scheme} from its configs ({short_text(err, 120)})"
             return _SHAPES[key]
-        max_source, max_target = length_limits(model, get_task(cell["task"]))
+        max_source, max_target = length_limits(model, get_task(cell.task))
         total = model.num_parameters()
-        label = f"{cell['scheme']} {total / 1e6:.1f}M"
+        label = f"{cell.scheme} {total / 1e6:.1f}M"
         if hasattr(model, "encoder"):
             enc, _ = _count(model.encoder)
             dec, xkv = _count(model.decoder)
@@ -239,9 +208,9 @@ def train_flops_per_example(shape: Shape, source: int, target: int) -> float:
     return dense + head + attention
 
 
-def dtype_of(cell: dict) -> str:
+def dtype_of(cell: CellConfig) -> str:
     """bf16 when the cell trains under bf16 autocast on a GPU (``train.bf16: true | auto``), else fp32."""
-    return "bf16" if cell["train"].get("bf16") in (True, "auto") else "fp32"
+    return "bf16" if cell.train.bf16 in (True, "auto") else "fp32"
 
 
 def tokens_per_second(shape: Shape, source: int, target: int, dtype: str, gpu: str) -> tuple[float, str]:
@@ -269,8 +238,8 @@ def activation_bytes(shape: Shape, micro_batch: int, source: int, target: int, d
 AUTOCAST_COPY_BYTES = 2.0  # per parameter: autocast's bf16 copy of each weight, kept from the forward to the backward
 
 
-def peak_bytes(shape: Shape, micro_batch: int, source: int, target: int, dtype: str, optimizer: str = "adam") -> float:
-    state = (16.0 if optimizer == "adam" else 8.0) + (AUTOCAST_COPY_BYTES if dtype == "bf16" else 0.0)
+def peak_bytes(shape: Shape, micro_batch: int, source: int, target: int, dtype: str, optimizer: str = ADAM) -> float:
+    state = (16.0 if optimizer == ADAM else 8.0) + (AUTOCAST_COPY_BYTES if dtype == "bf16" else 0.0)
     return state * shape.params + activation_bytes(shape, micro_batch, source, target, dtype) + CONTEXT_BYTES
 
 
@@ -291,14 +260,13 @@ def _micro(batch: int, accum: int, ranks: int) -> int:
     return max(1, math.ceil(batch / (accum * ranks)))
 
 
-def cell_cost(cell: dict, gpu: str, ranks: int) -> CellCost:
+def cell_cost(cell: CellConfig, gpu: str, ranks: int) -> CellCost:
     shape = cell_shape(cell)
     if isinstance(shape, str):
-        return CellCost(cell["cell_id"], None, shape)
-    train = cell["train"]
-    steps, batch, accum = int(train["steps"]), int(train["batch_size"]), int(train.get("grad_accum") or 1)
+        return CellCost(cell.cell_id, None, shape)
+    steps, batch, accum = cell.train.steps, cell.train.batch_size, cell.train.grad_accum
     s, t = shape.max_source, shape.max_target
-    dtype, optimizer = dtype_of(cell), train.get("optimizer", "adam")
+    dtype, optimizer = dtype_of(cell), cell.train.optimizer
     rate, source = tokens_per_second(shape, s, t, dtype, gpu)
     tokens = float(steps) * batch * (s + t)
     usable = GPUS[gpu].memory_gib * GIB * MEMORY_HEADROOM
@@ -313,7 +281,7 @@ def cell_cost(cell: dict, gpu: str, ranks: int) -> CellCost:
                     and peak_bytes(shape, _micro(batch, k, ranks), s, t, dtype, optimizer) <= usable)
         fit = (f"needs train.grad_accum>={need} (micro-batch {_micro(batch, need, ranks)}) or "
                f"{math.ceil(need / accum) * ranks} GPUs")
-    return CellCost(cell["cell_id"], shape, tokens=tokens, gpu_hours=tokens / rate / 3600.0, peak_gib=peak / GIB,
+    return CellCost(cell.cell_id, shape, tokens=tokens, gpu_hours=tokens / rate / 3600.0, peak_gib=peak / GIB,
                     fit=fit, ranks=ranks, source=source)
 
 
@@ -371,7 +339,8 @@ class GridCosts:
         return line
 
 
-def plan_cells(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCosts:
+def grid_costs(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCosts:
+    """The compute plan of a launch's cells (``grid``'s typed cells: ``Grid.config``) on ``gpu``."""
     gpu = gpu or DEFAULT_GPU
     if gpu not in GPUS:
         raise ValueError(f"--gpu {gpu!r}: expected one of {', '.join(GPUS)}")
@@ -379,11 +348,21 @@ def plan_cells(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCost
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
     from .cell import cell_label
 
-    return GridCosts(gpu, {c["cell_id"]: cell_cost(c, gpu, ranks) for c in cells},
+    return GridCosts(gpu, {c["cell_id"]: cell_cost(grid.config(c["cell_id"]), gpu, ranks) for c in cells},
                      {c["cell_id"]: cell_label(c) for c in cells})
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
+def _paper_settings(task: str, scheme: str) -> CellConfig:
+    """The cell of ``task`` and ``scheme`` with the paper's settings (``experiments.config.paper_cell``); a task that
+    counts epochs gets one step, which no shape reads."""
+    from .tasks import TASKS
+
+    doc = paper_cell(TASKS[task], scheme, seed=0, grid="compute_plan", output_root=".")
+    doc["train"]["steps"] = doc["train"]["steps"] or 1
+    return CellConfig.from_dict(doc, f"{task}/{scheme}")
+
+
 def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
     """tokens/s per GPU for the paper's model sizes × the paper's task lengths × dtype (estimates unless measured)."""
     from bertgen.schemes import SCHEMES
@@ -399,7 +378,7 @@ def throughput_table(gpu: str = DEFAULT_GPU) -> list[list[str]]:
                 continue
             for s, t in lengths:
                 task = next(k for k, v in TASKS.items() if (v.max_source_length, v.max_target_length) == (s, t))
-                shape = shape_from_configs({"scheme": scheme, "task": task}, {
+                shape = shape_from_configs(_paper_settings(task, scheme), {
                     f: PAPER_CHECKPOINT_CONFIGS[size][f] for f in SCHEMES[scheme].checkpoints})
                 assert not isinstance(shape, str), shape
                 for dtype in ("bf16", "fp32"):

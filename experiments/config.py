@@ -35,7 +35,7 @@ from bertgen.checkpoint import is_local_reference
 from bertgen.configuration import BertGenerationConfig
 from bertgen.families import FAMILIES as BERTGEN_FAMILIES
 from bertgen.generation import LENGTH_PENALTY_STYLE, LENGTH_PENALTY_STYLES
-from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES
+from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES, WarmStart
 
 from . import validate as v
 from .data import FORMATS, SPEC_KEYS
@@ -48,6 +48,8 @@ SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold 
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.optim.LRSchedule implements
 SELECTIONS = ("last", "best_dev")  # train.select: the weights that decode the test sets
+# train.optimizer: the paper's Adam (§4, the default) and Adafactor (§5's GPT-2 tuning; experiments.optim)
+ADAM, ADAFACTOR = OPTIMIZERS = ("adam", "adafactor")
 DATA_VARIANTS = ("paper", "full")  # data.variant
 # What a cell decodes with, not what it trains: left out of its training identity (the cell id), so decoding a trained
 # cell differently re-decodes it (an evaluation run, experiments.evaluate) instead of training it again.
@@ -278,7 +280,7 @@ class TrainConfig:
     schedule: str = setting("noam", choices=SCHEDULES, what="schedule")  # §4: warmup, rsqrt decay, rsqrt hidden
     max_grad_norm: float | None = setting(None, lo=0.0, lo_open=True)  # the paper clips nothing
     # the paper's setup: Adam; §5 tunes GPT-2 cells with Adafactor too (experiments.optim: t2t/T5 settings)
-    optimizer: str = setting("adam", choices=("adam", "adafactor"), what="optimizer", omit_default=True)
+    optimizer: str = setting(ADAM, choices=OPTIMIZERS, what="optimizer", omit_default=True)
     # fp32 unless asked (the paper trained on TPUs; not stated); "auto": bf16 autocast where the hardware computes it
     # natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (experiments.evaluation).
     bf16: bool | str = setting(False, check=bf16_setting)
@@ -290,7 +292,7 @@ class TrainConfig:
     dev_decode_examples: int = setting(64, lo=0, cosmetic=True)
     # Which weights decode the test sets: "last" (§4: the model at the end of training's fixed steps) or "best_dev"
     # (the lowest dev loss of the evaluations every eval_every steps; then checkpoints/best is kept).
-    select: str = setting("last", choices=SELECTIONS, what="checkpoint selection")
+    select: str = setting(SELECTIONS[0], choices=SELECTIONS, what="checkpoint selection")
     num_workers: int = setting(2, lo=0, hi=256, cosmetic=True)  # DataLoader worker processes
     # Divide lr by sqrt(hidden_size) (null: only the noam schedule does, as the paper's).
     scale_lr_by_hidden: bool | None = setting(None, omit_default=True)
@@ -341,8 +343,8 @@ class CellConfig:
     init_layers: dict | None = setting(None, check=init_layers)
     # How a warm decoder's new cross-attention starts: "random" (§3: it is always newly initialised) or
     # "self_attention" (a copy of the layer's own self-attention; docs/investigations.md: "Why the decoder ignored the encoder").
-    cross_attention_init: str = setting("random", choices=CROSS_ATTENTION_INITS, what="cross-attention init",
-                                        omit_default=True)
+    cross_attention_init: str = setting(WarmStart.cross_attention, choices=CROSS_ATTENTION_INITS,
+                                        what="cross-attention init", omit_default=True)
     # L<layers>-H<hidden> of the model the checkpoints build (experiments.model_size), filled by the grid (null: a
     # config not readable yet). Part of the cell id where a checkpoint is a local directory (experiments.cell).
     size: str | None = setting(None, check=model_size_text, grid=False, omit_default=True)

@@ -43,8 +43,9 @@ from bertgen.tokenization import TokenizerError, load_tokenizer
 from . import checkpointing
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
-from .cell_inputs import (build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
+from .cell_inputs import (build_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
                           trained_vocabulary_copy, uncased)
+from .checkpointing import CHECKPOINT_NAMES
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
@@ -59,7 +60,7 @@ from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_f
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
-    SELECTIONS, SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
+    SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
     config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
 
@@ -173,7 +174,7 @@ def load_cell(directory: Path, select: str) -> LoadedModel:
     """A trained cell's model (its scheme rebuilt, then ``checkpoints/<select>``'s weights) and tokenizers."""
     cell = read_cell(directory)
     found = selected_checkpoint(directory, select)
-    model, spec, input_tokenizer, output_tokenizer = build_cell_model(
+    model, spec, input_tokenizer, output_tokenizer = build_model(
         cell, vocabulary=trained_vocabulary_copy(cell, directory))
     checkpointing.load_model_weights(found, model)
     return LoadedModel(model.eval(), input_tokenizer, output_tokenizer, spec.inputs.pad_token_id,
@@ -211,7 +212,7 @@ def evaluate(config: EvaluationConfig, out_dir: Path, device: str | None = None,
     if uncased(loaded.output_tokenizer) and not task.lowercase:
         task = task.with_overrides(lowercase=True)  # an uncased vocabulary cannot write case: do not score it
     limits = length_limits(model, task)
-    decoded_splits, skipped = extra_test_splits({"data": to_dict(config.data)}, task)
+    decoded_splits, skipped = extra_test_splits(config.data, task)
     bf16 = use_bf16(config.bf16, ctx.device)
     decoder = SplitDecoder(model, loaded.output_tokenizer, loaded.pad_token_id, config.decode,
                            config.decode.batch_size or batch_size, limits[1], ctx, bf16, f"decode {config.task}")
@@ -418,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                         help="override decode.*, data.<test set> or max_examples.* (repeatable)")
     parser.add_argument("--max-examples", type=int, metavar="N", help="decode at most N test examples")
-    parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoints/<name> (default: the one "
-                                                             "it was tested with, train.select)")
+    parser.add_argument("--select", choices=CHECKPOINT_NAMES, help="a trained cell's checkpoints/<name> (default: "
+                                                                   "the one it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite under the output root)")

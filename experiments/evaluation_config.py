@@ -15,15 +15,14 @@ from typing import Any
 from bertgen.checkpoint import is_local_reference
 
 from . import validate as v
-from .cell import CELL_CONFIG_FILE, one_line
+from .cell import CELL_CONFIG_FILE, METRICS_FILE, one_line
+from .checkpointing import BEST, CHECKPOINT_NAMES, LAST
 from .config import (CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting, from_dict, setting,
                      to_dict)
 from .grid_doc import parse_sets, set_dotted
 from .tasks import TASKS, Task, get_task
 
 EVALUATION_FILE = "evaluation.json"
-METRICS_FILE = "metrics.json"
-SELECTIONS = ("last", "best")  # a trained cell's checkpoints/<name> (experiments.train LAST / BEST)
 DEFAULT_EXPERIMENT = "bertgen-evaluate"
 DEFAULT_OUTPUT_ROOT = "outputs"
 
@@ -106,7 +105,7 @@ class EvaluationConfig:
     decode: DecodeConfig = setting()
     data: DataSources = setting(DataSources())
     max_examples: ExampleCaps = setting(ExampleCaps())
-    select: str | None = setting(None)  # trained cells: which checkpoint ("last" / "best"); None for HF-layout models
+    select: str | None = setting(None)  # trained cells: which checkpoint (CHECKPOINT_NAMES); None for HF-layout models
     revision: str | None = setting(None)  # hub revision of an HF-layout checkpoint
     input_format: str = setting("tokenizer")  # INPUT_FORMATS; a released model's card's (RELEASED) by default
     # fp32 by default: bf16 decoding is faster where the hardware has it but can change tokens ("auto": where native)
@@ -206,7 +205,7 @@ def config_from_dict(doc: dict[str, Any], where: str) -> EvaluationConfig:
         checkpoint = v.text(what="a checkpoint directory or hub id")(doc.get("checkpoint"), v.join(where, "checkpoint"))
         select = doc.get("select")
         if select is not None:
-            select = v.choice(SELECTIONS, what="checkpoint selection")(select, v.join(where, "select"))
+            select = v.choice(CHECKPOINT_NAMES, what="checkpoint selection")(select, v.join(where, "select"))
         data = from_dict(DataSources, doc.get("data") or {}, v.join(where, "data"))
         for split in ("train", "validation"):
             if getattr(data, split) is not None:
@@ -252,11 +251,10 @@ def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:
             if split not in ("train", "validation") and spec is not None}
     return {"checkpoint": str(Path(directory).resolve()), "task": cell.task, "decode": to_dict(cell.decode),
             "data": data, "max_examples": {"test": cell.max_examples.test},
-            "select": "best" if cell.train.select == "best_dev" else "last"}
+            "select": BEST if cell.train.select == "best_dev" else LAST}
 
 
-def cell_evaluation(cell: dict[str, Any], directory: Path) -> EvaluationConfig:
+def cell_evaluation(cell: CellConfig, directory: Path) -> EvaluationConfig:
     """The re-decoding of a trained cell (in ``directory``) with the decoding settings ``cell`` holds now: what the
     launcher runs when a grid changes only how a finished cell decodes (its training identity is unchanged)."""
-    typed = CellConfig.from_dict(cell, "cell")
-    return config_from_dict(cell_evaluation_doc(typed, directory), f"cell {typed.cell_id}")
+    return config_from_dict(cell_evaluation_doc(cell, directory), f"cell {cell.cell_id}")

@@ -29,8 +29,8 @@ from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
 from . import checkpointing
-from .cell_inputs import build_cell_model, extra_test_splits, trained_vocabulary_copy
-from .config import to_dict
+from .cell import CELL_CONFIG_FILE
+from .cell_inputs import build_model, extra_test_splits, trained_vocabulary_copy
 from .evaluation_config import EvaluationConfig, EvaluationError, read_cell
 from .preflight import load_local_split
 from .tasks import get_task
@@ -51,9 +51,9 @@ def check_writable(path: Path, option: str) -> None:
 
 def selected_checkpoint(directory: Path, select: str) -> Path:
     """A trained cell's complete ``checkpoints/<select>`` (or the copy an interrupted save set aside)."""
-    found = checkpointing.find_checkpoint(directory / "checkpoints" / select)
+    found = checkpointing.find_checkpoint(directory / checkpointing.CHECKPOINT_DIR / select)
     if found is None:
-        have = sorted(p.name for p in (directory / "checkpoints").glob("*") if p.is_dir())
+        have = sorted(p.name for p in (directory / checkpointing.CHECKPOINT_DIR).glob("*") if p.is_dir())
         raise EvaluationError(f"{directory}: no complete checkpoints/{select} (has {have or 'none'}); the cell has "
                               f"not trained yet, or pass --select {'best' if select == 'last' else 'last'}")
     return found
@@ -65,12 +65,12 @@ def check_cell_weights(directory: Path, select: str) -> None:
     weights = selected_checkpoint(directory, select) / checkpointing.MODEL_FILE
     headers = read_weight_headers(weights.parent)  # CheckpointError: truncated, corrupt, integer weights
     try:
-        model = build_cell_model(cell, device="meta", vocabulary=trained_vocabulary_copy(cell, directory))[0]
+        model = build_model(cell, device="meta", vocabulary=trained_vocabulary_copy(cell, directory))[0]
     except (ValueError, OSError) as err:
-        raise EvaluationError(f"{directory / 'cell.json'}: scheme {cell.scheme} cannot be built from its "
+        raise EvaluationError(f"{directory / CELL_CONFIG_FILE}: scheme {cell.scheme} cannot be built from its "
                               f"checkpoints ({short_text(err, 200)})") from None
     tensors = model.state_dict(keep_vars=True)
-    of_scheme = f"expected the weights of a {cell.scheme} cell (the scheme {directory / 'cell.json'} names)"
+    of_scheme = f"expected the weights of a {cell.scheme} cell (the scheme {directory / CELL_CONFIG_FILE} names)"
     for name, header in headers.items():
         if name not in tensors:
             raise EvaluationError(f"{weights}: tensor {name} is not in the {cell.scheme} model; {of_scheme}")
@@ -124,7 +124,7 @@ def check_released(checkpoint: str, revision: str | None) -> None:
 def check_test_data(config: EvaluationConfig) -> None:
     """The local test files the evaluation decodes, read as it will read them (the launch's data check)."""
     task = get_task(config.task)
-    for split in ("test", *extra_test_splits({"data": to_dict(config.data)}, task)[0]):
+    for split in ("test", *extra_test_splits(config.data, task)[0]):
         spec = getattr(config.data, split, None)
         if spec is None:
             continue  # the task's hub dataset

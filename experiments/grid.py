@@ -48,7 +48,7 @@ import copy
 import itertools
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,7 +71,7 @@ from .grid_doc import (  # GridError, read_yaml and parse_sets re-exported: publ
     parse_sets,
     read_yaml,
 )
-from .model_size import cell_model_size
+from .model_size import model_size
 from .pretrain_tiny import TASK_SPLITS, SmokeSettings, content_hash
 from .tasks import TASKS
 
@@ -173,12 +173,17 @@ class Grid:
     tracking_uri: str | None
     experiment: str
     executor: dict[str, Any]
-    cells: list[dict]
+    cells: list[dict]  # the JSON form, what a job receives (cell.json)
+    configs: dict[str, CellConfig]  # cell id -> the same cell typed, checked once by the loader
     smoke_root: Path | None = None  # set when some cell uses the tiny smoke assets
     allow_network_filesystem: bool = False  # mlflow.allow_network_filesystem (launch_guard.check_store_filesystem)
 
     def cell(self, cell_id: str) -> dict:
         return next(c for c in self.cells if c["cell_id"] == cell_id)
+
+    def config(self, cell_id: str) -> CellConfig:
+        """The typed cell of ``cell_id`` (no second parse of its JSON form)."""
+        return self.configs[cell_id]
 
     @property
     def where(self) -> str:
@@ -472,7 +477,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
             for cell in cells:
                 _merge(schema, cell, _patch_from_dotted(key, value))
         known = smoke_asset_configs(output_root / SMOKE_DIR) if expander.smoke_used else {}
-        resolved = _finish(cells, where, known)
+        resolved, configs = _finish(cells, where, known)
     except GridError as err:
         raise fail(err) from None
 
@@ -484,18 +489,19 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
         executor={"default": executor.get("default"),
                   "slurm": {**DEFAULT_SLURM, **executor.get("slurm", {})},
                   "local": {**DEFAULT_LOCAL, **executor.get("local", {})}},
-        cells=resolved,
+        cells=resolved, configs=configs,
         smoke_root=output_root / SMOKE_DIR if expander.smoke_used else None,
         allow_network_filesystem=bool(mlflow.get("allow_network_filesystem", False)),
     )
 
 
-def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> list[dict]:
+def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tuple[list[dict], dict[str, CellConfig]]:
     """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
     each whole cell against experiments.config.CellConfig, record its model size (experiments.model_size;
     ``known_configs``: configs of checkpoints not built yet), give ids, dedupe. The cells stay in their JSON form
-    (what a job receives)."""
+    (what a job receives) and typed (cell id -> CellConfig)."""
     out: dict[str, dict] = {}
+    configs: dict[str, CellConfig] = {}
     origins: dict[str, tuple[str, str] | None] = {}
     for cell in cells:
         origin = cell.pop(_ORIGIN, None)
@@ -524,7 +530,8 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> li
             raise GridError(where, err.path, err.message) from None
         finally:
             config.check_paths.reset(token)
-        typed = replace(typed, size=cell_model_size(config.to_dict(typed), known_configs))
+        typed = replace(typed, size=model_size(typed.scheme, asdict(typed.checkpoints), typed.model,
+                                               known_configs, typed.init_layers))
         cell = config.to_dict(typed)
         cell["cell_id"] = compute_cell_id(typed)
         first = origins.get(cell["cell_id"])
@@ -535,4 +542,5 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> li
                                                   f"already made by {first[1]}")
         origins.setdefault(cell["cell_id"], origin)
         out.setdefault(cell["cell_id"], cell)
-    return list(out.values())
+        configs.setdefault(cell["cell_id"], replace(typed, cell_id=cell["cell_id"]))
+    return list(out.values()), configs

@@ -446,7 +446,7 @@ def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: G
     evaluation finished before, (None, its run). A cell whose directory is gone cannot be re-decoded: the launch
     says so and leaves the cell as it is."""
     try:
-        config = cell_evaluation(cell, cell_dir(cell))
+        config = cell_evaluation(grid.config(cell["cell_id"]), cell_dir(cell))
         done = evaluations.finished(evaluation_id(config))
     except EvaluationError as err:
         print(f"note: {cell['cell_id']} ({cell_label(cell)}): cannot re-decode ({err}); left as it is")
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED  # the cluster cannot give what executor.slurm asks for (one line printed)
     if args.dry_run:
         print(dry_run_table(cells, executor, grid))
-        print(f"\n{compute_plan.plan_cells(cells, grid, args.gpu).report()}")  # per cell and a total line
+        print(f"\n{compute_plan.grid_costs(cells, grid, args.gpu).report()}")  # per cell and a total line
         print(f"\n{len(cells)} of {len(grid.cells)} cells; outputs under {grid.output_root}/cells/<task>/<scheme>/<id>")
         return EXIT_OK
     return launch(grid, cells, executor, args.retry_failed, ["python", "-m", "experiments.launch",

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from bertgen.checkpoint import is_local_reference
 from bertgen.schemes import SCHEMES
 
 from .cell import cell_dir, cell_label
+from .config import CellConfig
 from .grid import Grid, GridError
 from .sync import scan_pending
 from .tracking import PENDING_FILE
@@ -45,9 +47,9 @@ MAX_JSON_BYTES = 256 * 2**20  # the largest real tokenizer.json files are tens o
 EXIT_REFUSED = 2
 
 
-def _local_dirs(cell: dict) -> dict[str, Path]:
+def _local_dirs(cell: CellConfig) -> dict[str, Path]:
     out = {}
-    for family, ref in cell["checkpoints"].items():
+    for family, ref in asdict(cell.checkpoints).items():
         if ref and is_local_reference(ref) and Path(ref).expanduser().is_dir():
             out[family] = Path(ref).expanduser()
     return out
@@ -55,7 +57,7 @@ def _local_dirs(cell: dict) -> dict[str, Path]:
 
 def check_json_files(grid: Grid, cells: list[dict]) -> None:
     seen: set[Path] = set()
-    for cell in cells:
+    for cell in (grid.config(c["cell_id"]) for c in cells):
         for family, directory in _local_dirs(cell).items():
             for name in JSON_FILES:
                 file = directory / name
@@ -88,11 +90,11 @@ def _vocab_size(directory: Path) -> int | None:
 
 
 def check_decoding(grid: Grid, cells: list[dict]) -> None:
-    for cell in cells:
-        beams = cell["decode"]["num_beams"]
+    for cell in (grid.config(c["cell_id"]) for c in cells):
+        beams = cell.decode.num_beams
         if beams <= 1:
             continue
-        family = SCHEMES[cell["scheme"]].output_vocab
+        family = SCHEMES[cell.scheme].output_vocab
         directory = _local_dirs(cell).get(family)
         size = _vocab_size(directory) if directory is not None else None
         if size is not None and 2 * beams > size:

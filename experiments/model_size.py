@@ -13,7 +13,7 @@ that of the checkpoint whose vocabulary it uses; the cell's ``model`` overrides 
 list of them, give every stack that many layers): bertShare from 10 of BERT-Large's layers is ``L10-H1024``, the
 size the paper's text reports it at (§5), not BERT-Large's.
 
-Configs come from where ``experiments.compute_plan`` finds them: the paper's hub checkpoints (``KNOWN_CONFIGS``, no
+Configs come from :func:`checkpoint_config` (the compute plan's too): the paper's hub checkpoints (``KNOWN_CONFIGS``, no
 download), local directories, the hub cache; ``known`` adds configs for paths that do not exist yet (the smoke
 assets the launcher builds). A size that cannot be known (a hub id neither known nor cached) is None.
 """
@@ -21,11 +21,43 @@ assets the launcher builds). A size that cannot be known (a hub id neither known
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
+from bertgen.checkpoint import read_config_dict
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS, SCHEMES
 
-from .compute_plan import checkpoint_config  # the hub table, a local config.json, the hub cache
+_BERT_MULTI = dict(PAPER_CHECKPOINT_CONFIGS["base"]["bert"], vocab_size=119547)
+# The configs of the hub checkpoints the grids name (values of their config.json), so a plan needs no download.
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["bert"] for name in ("bert-base-cased", "google-bert/bert-base-cased")},
+    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["bert"] for name in ("bert-large-cased",
+                                                                    "google-bert/bert-large-cased")},
+    **{name: _BERT_MULTI for name in ("bert-base-multilingual-cased", "google-bert/bert-base-multilingual-cased")},
+    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["roberta"] for name in ("roberta-base", "FacebookAI/roberta-base")},
+    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["roberta"] for name in ("roberta-large", "FacebookAI/roberta-large")},
+    **{name: PAPER_CHECKPOINT_CONFIGS["base"]["gpt2"] for name in ("gpt2", "openai-community/gpt2")},
+    **{name: PAPER_CHECKPOINT_CONFIGS["large"]["gpt2"] for name in ("gpt2-medium", "openai-community/gpt2-medium")},
+}
+
+
+def checkpoint_config(ref: str) -> dict[str, Any] | None:
+    """The config.json values of a checkpoint: a known hub id, a local directory or a cached hub id (else None)."""
+    if ref in KNOWN_CONFIGS:
+        return dict(KNOWN_CONFIGS[ref])
+    directory = Path(ref).expanduser()
+    try:
+        if not (directory / "config.json").is_file():  # a hub id cached locally (experiments.prefetch)?
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(ref, "config.json")
+            if not isinstance(cached, str):
+                return None
+            directory = Path(cached).parent
+        return read_config_dict(directory)
+    except Exception:  # noqa: BLE001 - no repo id, a bad config: unknown (the pre-flight says why)
+        return None
+
 
 # "L12-H768" or "L12-H768+L6-H384" (encoder+decoder)
 SIZE_PATTERN = re.compile(r"L[1-9]\d*-H[1-9]\d*(\+L[1-9]\d*-H[1-9]\d*)?")
@@ -85,11 +117,6 @@ def model_size(scheme: str, checkpoints: Mapping[str, Any], model: Mapping[str, 
         stacks.append(size_name(layers, overrides.get("hidden_size", hidden)))
     return stacks[0] if len(set(stacks)) == 1 else "+".join(stacks)
 
-
-def cell_model_size(cell: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
-    """:func:`model_size` of a cell in its JSON form."""
-    return model_size(cell["scheme"], cell.get("checkpoints") or {}, cell.get("model") or {}, known,
-                      cell.get("init_layers"))
 
 
 def built_size(model: Any) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .config import SCHEDULES, TrainConfig
+from .config import ADAFACTOR, OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 # Tensor2Tensor's Adam defaults (the framework the paper's models were trained in): our choice, the paper states none.
@@ -48,7 +48,6 @@ ADAM_EPS = 1e-9
 ADAFACTOR_BETA2_DECAY = -0.8  # beta2_t = 1 - t^-0.8
 ADAFACTOR_EPS = (None, 1e-3)  # (epsilon1: torch's dtype eps, epsilon2: floor of the parameter scale)
 ADAFACTOR_CLIP = 1.0  # d: the update's RMS is clipped to 1.0
-OPTIMIZERS = TrainConfig.__dataclass_fields__["optimizer"].metadata["choices"]  # ("adam", "adafactor")
 
 
 class LRSchedule:
@@ -142,7 +141,7 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], betas: tuple[float
             unique.append(p)
     if not unique:
         raise ValueError("model: no trainable parameters")
-    if optimizer == "adafactor":
+    if optimizer == ADAFACTOR:
         return torch.optim.Adafactor(unique, lr=0.0, beta2_decay=ADAFACTOR_BETA2_DECAY, eps=ADAFACTOR_EPS,
                                      d=ADAFACTOR_CLIP, weight_decay=weight_decay)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in unique)

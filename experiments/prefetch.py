@@ -20,12 +20,14 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 from bertgen.checkpoint import HUB_FILES, is_local_reference
 from bertgen.families import FAMILIES
 
+from .config import CellConfig
 from .data_archive import archive_for, fetch_archive
 from .grid import GridError
 from .validate import short_text
@@ -38,12 +40,12 @@ def offline() -> bool:
 
 
 # -- what a grid names ------------------------------------------------------------------------------------------------
-def hub_checkpoints(cells: list[dict]) -> dict[str, list[str]]:
+def hub_checkpoints(cells: list[CellConfig]) -> dict[str, list[str]]:
     """hub id -> the ``checkpoints.<family>`` fields naming it (local directories and pkg: references left out)."""
     found: dict[str, list[str]] = {}
     for cell in cells:
         for family in FAMILIES:
-            ref = cell["checkpoints"].get(family)
+            ref = getattr(cell.checkpoints, family)
             if ref and not is_local_reference(str(ref)) and not Path(str(ref)).expanduser().is_dir():
                 fields = found.setdefault(str(ref), [])
                 if f"checkpoints.{family}" not in fields:
@@ -51,19 +53,19 @@ def hub_checkpoints(cells: list[dict]) -> dict[str, list[str]]:
     return found
 
 
-def hub_data(cells: list[dict]) -> dict[str, Any]:
+def hub_data(cells: list[CellConfig]) -> dict[str, Any]:
     """key -> ``HubRequest`` of every split the cells read from the hub (their ``data.<split>`` is null)."""
     from .data_sources import hub_request
     from .tasks import get_task
 
     found: dict[str, Any] = {}
     for cell in cells:
-        task = get_task(cell["task"])
+        task = get_task(cell.task)
         if getattr(task, "synthetic", False):
             continue
         for split in task.splits:
             own = split if split in ("train", "validation", "test") else "test"  # extra test sets go with test
-            if cell["data"].get(own) is not None:
+            if getattr(cell.data, own) is not None:
                 continue
             request = hub_request(task, split)
             found.setdefault(json.dumps([request.loader, request.kwargs], sort_keys=True), request)
@@ -115,7 +117,7 @@ def fetch_data(request: Any, hub_cache: Path, datasets_cache: Path) -> None:
         hf_hub_download(**request.kwargs, cache_dir=str(hub_cache))
 
 
-def prefetch(cells: list[dict], cache_dir: Path | None = None, out: Callable[[str], None] = print) -> int:
+def prefetch(cells: list[CellConfig], cache_dir: Path | None = None, out: Callable[[str], None] = print) -> int:
     """Fetch what ``cells`` read from the hub; returns the bytes the caches grew by."""
     archives = archive_data(cells)
     for directory, archive in archives.items():  # data on no hub (DiscoFuse's balanced set): its authors' archive
@@ -184,14 +186,14 @@ def resolve_hub_id(repo_id: str) -> str | None:
     return None
 
 
-def check_hub(grid: Any, cells: list[dict], dry_run: bool = False) -> list[str]:
+def check_hub(grid: Any, cells: list[CellConfig], dry_run: bool = False) -> list[str]:
     """Every hub checkpoint of ``cells`` resolves (module docstring); :class:`GridError` (one line) on the first
     that does not. A dry run only looks: one not in the local cache is a warning naming the command that fetches it
     (returned), and online a wrong or gated id is still refused."""
     warnings = []
     for repo_id, fields in hub_checkpoints(cells).items():
-        users = [c for c in cells if repo_id in c["checkpoints"].values()]
-        example = f" (cells: {len(users)}, e.g. {users[0]['task']}/{users[0]['scheme']})" if users else ""
+        users = [c for c in cells if repo_id in asdict(c.checkpoints).values()]
+        example = f" (cells: {len(users)}, e.g. {users[0].task}/{users[0].scheme})" if users else ""
         if dry_run and hub_cached(repo_id):
             continue
         problem = None if dry_run and offline() else resolve_hub_id(repo_id)
@@ -204,12 +206,12 @@ def check_hub(grid: Any, cells: list[dict], dry_run: bool = False) -> list[str]:
     return warnings
 
 
-def archive_data(cells: list[dict]) -> dict[Path, Any]:
+def archive_data(cells: list[CellConfig]) -> dict[Path, Any]:
     """directory -> the published archive (experiments.data_archive) of each missing local data file the cells name
     that such an archive holds (DiscoFuse's balanced files)."""
     found: dict[Path, Any] = {}
     for cell in cells:
-        for spec in cell["data"].values():
+        for spec in cell.data.splits.values():
             paths = [spec] if isinstance(spec, str) else [spec[k] for k in ("path", "source_path", "target_path")
                                                           if isinstance(spec, dict) and k in spec]
             for path in (Path(p).expanduser() for p in paths):
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cells = select(grid.cells, args.only)
+    cells = [grid.config(cell["cell_id"]) for cell in select(grid.cells, args.only)]
     if offline():
         print("error: HF_HUB_OFFLINE is set: prefetch needs the hub (unset it here)", file=sys.stderr)
         return 2

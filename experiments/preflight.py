@@ -9,9 +9,10 @@ is refused at launch (one line, exit status 2, no MLflow run, no output director
   ``vocab_size`` ids and the special tokens the scheme uses; the weights are complete — every safetensors file's
   header is parsed and must cover the whole file (truncated or corrupt files are caught without reading the
   tensors); a ``pytorch_model.bin`` alone is read with ``torch.load(weights_only=True)``, so a pickle that would run
-  code is refused, not run; the scheme is planned (``bertgen.schemes.plan``: each checkpoint and its tokenizer read
-  once, the same checks and messages the cell will meet) and built on the meta device with the cell's size overrides
-  and ``init_layers``.
+  code is refused, not run; each checkpoint and its tokenizer are read once (``bertgen.schemes.read_checkpoint``),
+  and the cell's model is built from them on the meta device by the builder the job uses
+  (``experiments.cell_inputs.build_model``: size overrides, ``init_layers``, ``cross_attention_init``), so the
+  checks and messages are the ones the cell will meet.
 - data (local files): read by the loader the cell uses (:func:`experiments.data.load_split`): present, UTF-8, not
   empty, with the columns the cell reads. A file over ``FULL_READ_BYTES`` is checked for UTF-8 over its whole length
   and loaded on its first ``HEAD_LINES`` lines.
@@ -37,6 +38,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,9 +50,8 @@ from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, is_local
 from bertgen.families import FAMILIES
 
 from .cell import cell_label
-from .cell_inputs import length_limits, warm_start_from
+from .cell_inputs import build_model, length_limits
 from .config import SPLITS, CellConfig
-from .config import check_paths as config_check_paths
 from .data_archive import archive_for
 from .data import load_split, tokenize_split
 from .grid import Grid, GridError
@@ -82,11 +83,12 @@ class Preflight:
         self.checkpoints: dict[tuple[str, str], schemes.Checkpoint] = {}
         self.weights_checked: set[Path] = set()
         self.built: dict[str, Any] = {}  # cell shape -> (input tokenizer, output tokenizer, length limits)
+        self.specs: dict[str, schemes.SchemeSpec] = {}  # cell shape -> what its build read (warm start, loading report)
         self.data: dict[str, Any] = {}  # data key -> raw dataset
         self.counted: set[str] = set()
         self.notes: list[str] = []
 
-    def fail(self, field: str, message: str, cell: dict | None = None) -> GridError:
+    def fail(self, field: str, message: str, cell: CellConfig | None = None) -> GridError:
         suffix = f" (cell {cell_label(cell)})" if cell is not None else ""
         return GridError(self.where, field, message + suffix)
 
@@ -106,10 +108,10 @@ class Preflight:
         return (self.smoke_root is not None and not path.exists()
                 and path.resolve().is_relative_to(self.smoke_root))
 
-    def checkpoint(self, cell: dict, family: str) -> schemes.Checkpoint | None:
+    def checkpoint(self, cell: CellConfig, family: str) -> schemes.Checkpoint | None:
         """The checked checkpoint of ``family`` for ``cell``, read as the cell will read it
         (``bertgen.schemes.read_checkpoint``), None when not local."""
-        ref = cell["checkpoints"].get(family)
+        ref = getattr(cell.checkpoints, family)
         if not ref or not is_local_reference(ref):
             return None
         directory = Path(ref).expanduser()
@@ -120,10 +122,10 @@ class Preflight:
             field = f"checkpoints.{family}"
             wanted = f"a {family} checkpoint ({FAMILIES[family].expected_model_types})"
             try:
-                checkpoint = schemes.read_checkpoint(family, str(directory), scheme=cell["scheme"])
+                checkpoint = schemes.read_checkpoint(family, str(directory), scheme=cell.scheme)
             except schemes.WrongFamily as err:
                 raise self.fail(field, f"{err.where} has model_type {err.model_type!r}; expected {wanted} for "
-                                       f"scheme {cell['scheme']}", cell) from None
+                                       f"scheme {cell.scheme}", cell) from None
             except (ValueError, OSError) as err:
                 raise self.fail(field, _expecting(short_text(err, None), wanted + " with its tokenizer files"), cell) \
                     from None
@@ -134,7 +136,7 @@ class Preflight:
             self.checkpoints[key] = checkpoint
         return self.checkpoints[key]
 
-    def _check_weights(self, directory: Path, field: str, cell: dict) -> None:
+    def _check_weights(self, directory: Path, field: str, cell: CellConfig) -> None:
         directory = directory.resolve()
         if directory in self.weights_checked:
             return
@@ -161,7 +163,7 @@ class Preflight:
             self._check_safetensors(file, field, cell)
         self.weights_checked.add(directory)
 
-    def _check_safetensors(self, file: Path, field: str, cell: dict) -> None:
+    def _check_safetensors(self, file: Path, field: str, cell: CellConfig) -> None:
         if not file.is_file():
             raise self.fail(field, f"{file}: missing; expected a safetensors file", cell)
         try:  # parses the header and checks the tensors it lists cover the file exactly; reads no tensor data
@@ -186,52 +188,50 @@ class Preflight:
         return True
 
     # -- the model a cell builds ----------------------------------------------------------------------------------
-    def build(self, cell: dict) -> tuple | None:
-        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, planned from its
-        checked checkpoints and built on the meta device; None when one of them is not local (a hub id)."""
-        families = [f for f in FAMILIES if cell["checkpoints"].get(f)]
+    def build(self, cell: CellConfig) -> tuple | None:
+        """(input tokenizer, output tokenizer, (max source, max target) tokens) of the cell's model, built on the meta
+        device from its checked checkpoints by the builder the job uses (``experiments.cell_inputs.build_model``);
+        None when one of them is not local (a hub id)."""
+        families = [f for f in FAMILIES if getattr(cell.checkpoints, f)]
         checkpoints = {family: self.checkpoint(cell, family) for family in families}
         if any(checkpoint is None for checkpoint in checkpoints.values()):
             return None
-        key = json.dumps([cell["scheme"], cell["task"], cell["checkpoints"], cell["model"], cell["init_layers"]],
-                         sort_keys=True)
+        key = json.dumps([cell.scheme, cell.task, asdict(cell.checkpoints), cell.model, cell.init_layers,
+                          cell.cross_attention_init], sort_keys=True)
         if key in self.built:
             return self.built[key]
-        field = "model" if cell["model"] else "init_layers" if cell["init_layers"] else "checkpoints"
+        field = "model" if cell.model else "init_layers" if cell.init_layers else "checkpoints"
         try:
-            plan = schemes.plan(cell["scheme"], **checkpoints, warm_start=warm_start_from(cell["init_layers"]),
-                                **cell["model"])
-            model = schemes.build(plan, device="meta").model
+            model, self.specs[key], input_tokenizer, output_tokenizer = build_model(cell, "meta", sources=checkpoints)
         except (ValueError, TypeError, OSError) as err:
-            raise self.fail(field, _expecting(short_text(err, None), f"a cell {cell['scheme']} can build from its "
+            raise self.fail(field, _expecting(short_text(err, None), f"a cell {cell.scheme} can build from its "
                                                               "checkpoints"), cell) from None
-        self.built[key] = (plan.inputs.tokenizer, plan.outputs.tokenizer,
-                           length_limits(model, get_task(cell["task"])))
+        self.built[key] = (input_tokenizer, output_tokenizer, length_limits(model, get_task(cell.task)))
         return self.built[key]
 
     # -- data -----------------------------------------------------------------------------------------------------
-    def split_data(self, cell: dict, split: str) -> tuple[str, Any] | None:
+    def split_data(self, cell: CellConfig, split: str) -> tuple[str, Any] | None:
         """(key, raw dataset) of one split of the cell as the cell will load it; None for hub data."""
-        spec = cell["data"].get(split)
+        spec = getattr(cell.data, split)
         if spec is None:
             return None
         files = spec_files(spec)
         if any(self._pending_smoke(f) for f in files) or any(
                 [self._not_there_yet(f"data.{split}", f) for f in files]):
             return None
-        fraction = cell["data_fraction"] if split == "train" else None
-        limit = cell["max_examples"].get(split)
-        key = json.dumps([cell["task"], split, spec, fraction, limit], sort_keys=True)
+        fraction = cell.data_fraction if split == "train" else None
+        limit = getattr(cell.max_examples, split)
+        key = json.dumps([cell.task, split, spec, fraction, limit], sort_keys=True)
         if key not in self.data:
             field = f"data.{split}"
             try:
-                self.data[key] = load_local_split(cell["task"], split, spec, fraction, limit)
+                self.data[key] = load_local_split(cell.task, split, spec, fraction, limit)
             except (ValueError, OSError) as err:
-                raise self.fail(field, _expecting(short_text(err, None), f"{split} examples of task {cell['task']} "
+                raise self.fail(field, _expecting(short_text(err, None), f"{split} examples of task {cell.task} "
                                                          "with the columns the data spec names"), cell) from None
         return key, self.data[key]
 
-    def count_truncation(self, cell: dict, split: str, key: str, raw: Any, built: tuple) -> None:
+    def count_truncation(self, cell: CellConfig, split: str, key: str, raw: Any, built: tuple) -> None:
         """A note when some of the split's examples are longer than the model reads (the cell truncates them)."""
         input_tokenizer, output_tokenizer, (max_source, max_target) = built
         count_key = json.dumps([key, id(input_tokenizer), id(output_tokenizer), max_source, max_target])
@@ -249,13 +249,9 @@ class Preflight:
                               f"tokens and {targets} targets longer than {max_target} tokens will be truncated")
 
     # -- everything -----------------------------------------------------------------------------------------------
-    def run(self, cells: list[dict]) -> list[str]:
+    def run(self, cells: list[CellConfig]) -> list[str]:
         for cell in cells:
-            token = config_check_paths.set(False)  # the smoke assets a cell names are built after the pre-flight
-            try:
-                missing = CellConfig.from_dict(cell, "cell").missing_paper_data()
-            finally:
-                config_check_paths.reset(token)
+            missing = cell.missing_paper_data()
             if missing is not None:
                 raise self.fail(*missing, cell)
         self.check_paths()
@@ -275,11 +271,12 @@ class Preflight:
 def check_cells(grid: Grid, cells: list[dict], dry_run: bool = False) -> tuple[list[str], list[str]]:
     """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem.
     Returns (notes on examples that will be truncated, a dry run's warnings on what is not there yet)."""
+    typed = [grid.config(cell["cell_id"]) for cell in cells]
     preflight = Preflight(grid, dry_run)
     with _quiet_datasets():
-        notes = preflight.run(cells)
+        notes = preflight.run(typed)
     # hub checkpoints resolve: offline (HF_HUB_OFFLINE=1) against the local cache
-    return notes, preflight.warnings + check_hub(grid, cells, dry_run)
+    return notes, preflight.warnings + check_hub(grid, typed, dry_run)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ source/target lengths (cut to the model's positions, as training cuts them) and 
 for it and the device computes bf16 natively). For each shape, in a fresh process per architecture:
 
 1. the real-size model is built from its checkpoints' ``config.json`` with random weights (the values do not change
-   time or memory; ``experiments.compute_plan.KNOWN_CONFIGS`` holds the paper's public configs, so nothing is
+   time or memory; ``experiments.model_size.KNOWN_CONFIGS`` holds the paper's public configs, so nothing is
    downloaded), with the cell's optimizer;
 2. one warm-up and ``--steps`` timed training steps run at micro-batch ``B`` with every example padded to the
    maximum lengths (the worst case), the same forward/backward/clip/update as ``experiments.train``;
@@ -51,7 +51,7 @@ import torch
 
 from . import compute_plan, machine
 from .cell import cell_label
-from .config import DecodeConfig
+from .config import CellConfig
 from .grid import GridError
 from .launch import format_table, load_selection
 from .measured_rates import record_rates
@@ -88,13 +88,12 @@ class Architecture:
     lengths: dict[tuple[int, int], Lengths] = field(default_factory=dict)
 
 
-def plan_micro_batch(cell: dict, ranks: int) -> int:
+def plan_micro_batch(cell: CellConfig, ranks: int) -> int:
     """The micro-batch a cell's step runs on one GPU: batch_size / (grad_accum x ranks), as the plan counts it."""
-    train = cell["train"]
-    return max(1, math.ceil(int(train["batch_size"]) / (int(train.get("grad_accum") or 1) * ranks)))
+    return max(1, math.ceil(cell.train.batch_size / (cell.train.grad_accum * ranks)))
 
 
-def group_shapes(cells: list[dict], device: str, micro_batch: int | None = None,
+def group_shapes(cells: list[CellConfig], device: str, micro_batch: int | None = None,
                  ranks: int = 1) -> tuple[list[Architecture], list[str]]:
     """The grid's cells grouped by architecture and then lengths; cells without a known shape as lines.
     ``micro_batch``: examples per step for every shape (None: 1 on a CPU, the plan's on a GPU)."""
@@ -108,12 +107,11 @@ def group_shapes(cells: list[dict], device: str, micro_batch: int | None = None,
             unknown.append(f"{cell_label(cell)}: {shape}")
             continue
         dtype = "bf16" if compute_plan.dtype_of(cell) == "bf16" and native else "fp32"
-        optimizer = cell["train"].get("optimizer") or "adam"
+        optimizer = cell.train.optimizer
         architecture = dataclasses.replace(shape, label="", max_source=0, max_target=0)
-        decode = cell.get("decode") or {}
-        beams = int(decode.get("num_beams") or DecodeConfig.num_beams)
+        beams = cell.decode.num_beams
         group = groups.setdefault((architecture, optimizer, dtype, beams), Architecture(
-            cell["scheme"], configs, dict(cell.get("model") or {}), optimizer, dtype, beams))
+            cell.scheme, configs, dict(cell.model), optimizer, dtype, beams))
         at = group.lengths.setdefault((shape.max_source, shape.max_target), Lengths(shape.max_source,
                                                                                     shape.max_target, shape=shape))
         wanted = micro_batch or (plan_micro_batch(cell, ranks) if device == "cuda" else 1)
@@ -255,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     s = grid.executor["slurm"]
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
-    architectures, unknown = group_shapes(cells, args.device, args.micro_batch, ranks)
+    architectures, unknown = group_shapes([grid.config(c["cell_id"]) for c in cells], args.device, args.micro_batch,
+                                          ranks)
     for line in unknown:
         print(f"note: not rehearsed: {line}")
     shapes = sum(len(a.lengths) for a in architectures)

@@ -40,9 +40,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
-from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_cell_model, cache_dir,
+from .cell import METRICS_FILE
+from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_model, cache_dir,
                           cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
                           seed_everything, uncased)
+from .checkpointing import BEST, CHECKPOINT_DIR, LAST
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
 from .diagnostics import IGNORES_INPUT_GAP, InputUse, measure_input_use
@@ -62,10 +64,6 @@ from .tasks import STANDARD_SPLITS, get_task
 
 log = logging.getLogger("experiments.train")
 
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last"
-BEST = "best"
 DEV_PREDICTIONS_FILE = "dev_predictions.jsonl"
 INPUT_USE_EXAMPLES = 64  # validation examples in the input-use measurement at each evaluation
 
@@ -104,7 +102,7 @@ class CellTrainer:
             if ctx.is_main:
                 barrier(ctx)
         seed_everything(self.seed)
-        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_cell_model(cell, vocabulary=self.vocabulary)
+        model, self.spec, self.input_tokenizer, self.output_tokenizer = build_model(cell, vocabulary=self.vocabulary)
         if uncased(self.output_tokenizer) and not self.task.lowercase:
             # An uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter: its references, sources and
             # trivial baseline are lowercased, so the metrics do not score case (tag: lowercased_data).
@@ -116,7 +114,7 @@ class CellTrainer:
             raise ValueError(f"cell train.freeze_warm_started_steps: {self.frozen_until}, but scheme {cell.scheme} "
                              "warm-starts no parameter from a checkpoint; expected 0")
         self.limits = length_limits(self.model, self.task)
-        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell, self.task)
+        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell.data, self.task)
         for split in self.skipped_test_splits if ctx.is_main else ():
             log.warning("cell %s: data.%s: task %s's extra test set %s has no local source while data.test is a local "
                         "file; skipping it (no test_%s_* metrics)", self.cell_id, split, self.task.name, split, split)

@@ -4,23 +4,28 @@ measured entries replacing estimates, and the dry run's per-cell table and total
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS, parameter_counts
 from experiments import compute_plan as cp
 from experiments import launch
+from experiments.config import CellConfig
 from experiments.grid import load_grid
 
 
-def cell_of(scheme: str, task: str = "wikisplit", size: str = "base", **train):
+def cell_of(scheme: str, task: str = "wikisplit", size: str = "base", cell: dict | None = None, **train):
+    """A typed cell of the paper's hub checkpoints; ``cell``: more of its JSON form (vocab, model ...)."""
     from bertgen.schemes import SCHEMES
 
     refs = {"base": {"bert": "bert-base-cased", "roberta": "roberta-base", "gpt2": "gpt2"},
             "large": {"bert": "bert-large-cased", "roberta": "roberta-large", "gpt2": "gpt2-medium"}}[size]
     settings = {"steps": 1000, "batch_size": 256, "grad_accum": 1, "bf16": True, **train}
-    return {"cell_id": f"{scheme}-{task}", "task": task, "scheme": scheme, "seed": 1, "train": settings, "model": {},
-            "checkpoints": {f: (refs[f] if f in SCHEMES[scheme].checkpoints else None) for f in refs}}
+    return CellConfig.from_dict({
+        "cell_id": f"{scheme}-{task}", "task": task, "scheme": scheme, "seed": 1, "train": settings, "model": {},
+        "decode": {"num_beams": 4, "length_penalty": 0.6, "max_new_tokens": 128},
+        "checkpoints": {f: (refs[f] if f in SCHEMES[scheme].checkpoints else None) for f in refs}, **(cell or {})})
 
 
 def test_shapes_have_table_1s_parameter_counts():
@@ -32,12 +37,26 @@ def test_shapes_have_table_1s_parameter_counts():
 def test_a_trained_vocabulary_is_planned_at_its_own_size():
     """Table 6's 16k SentencePieces and Table 4's 32k WordPiece Transformer: the output projection is planned over the
     trained vocabulary, not the checkpoint's (GPT-2's 50,257 ids, mBERT's 119,547)."""
-    gpt = cp.cell_shape({**cell_of("gpt", "discofuse"), "vocab": {"train": "sentencepiece", "size": 16000}})
+    gpt = cp.cell_shape(cell_of("gpt", "discofuse", cell={"vocab": {"train": "sentencepiece", "size": 16000}}))
     assert gpt.vocab == 16000 and gpt.params == cp.cell_shape(cell_of("gpt", "discofuse")).params - (50257 - 16000) * 768
-    cell = {**cell_of("rnd2rnd", "wmt14_en_de"), "vocab": {"train": "wordpiece", "size": 32000},
-            "model": {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048}}
+    cell = cell_of("rnd2rnd", "wmt14_en_de", cell={
+        "vocab": {"train": "wordpiece", "size": 32000},
+        "model": {"num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048}})
     transformer = cp.cell_shape(cell)
     assert (transformer.vocab, transformer.dec_layers, transformer.dec_hidden) == (32000, 6, 512)
+
+
+def test_the_plan_builds_the_model_the_cell_trains():
+    """The compute plan builds a cell's model with the job's builder (experiments.cell_inputs.build_model): §5's
+    layer selection (init_layers) gives every stack that many layers, and the plan counts that model."""
+    from experiments.cell_inputs import build_model
+
+    cell = cell_of("bert2bert", cell={"init_layers": {"first_k": 6}, "cross_attention_init": "self_attention"})
+    shape = cp.cell_shape(cell)
+    assert (shape.enc_layers, shape.dec_layers) == (6, 6)
+    configs = {f: PAPER_CHECKPOINT_CONFIGS["base"][f] for f in ("bert",)}
+    assert shape.params == build_model(cell, "meta", sources=configs)[0].num_parameters()
+    assert shape.params < cp.cell_shape(cell_of("bert2bert")).params
 
 
 def test_flops_by_hand_for_bert2bert():
@@ -99,7 +118,7 @@ def test_a_measured_entry_replaces_the_estimate(monkeypatch):
 
 def test_unknown_checkpoints_are_no_plan_not_a_crash(tmp_path):
     cell = cell_of("bert2bert")
-    cell["checkpoints"]["bert"] = str(tmp_path / "nowhere")
+    cell = replace(cell, checkpoints=replace(cell.checkpoints, bert=str(tmp_path / "nowhere")))
     cost = cp.cell_cost(cell, "a100-80gb", 1)
     assert cost.shape is None and "unknown" in cost.why
 
@@ -119,7 +138,7 @@ def test_dry_run_of_the_split_grid_prints_the_plan_and_a_total(capsys):
     assert f"{len(grid.cells)} cells" in total and "GPU-hours on NVIDIA H100 80GB" in total
     assert "ESTIMATE from FLOPs" in total
     hours = float(re.search(r"([\d,.]+) GPU-hours", total).group(1).replace(",", ""))
-    expected = sum(cp.cell_cost(c, "h100-80gb", 1).gpu_hours for c in grid.cells)
+    expected = sum(cp.cell_cost(c, "h100-80gb", 1).gpu_hours for c in grid.configs.values())
     assert hours == pytest.approx(expected, abs=0.5)
     plan_rows = [line for line in out if line.startswith("wikisplit/")]
     assert len(plan_rows) == len(grid.cells) and all("fits 1 GPU" in row for row in plan_rows)

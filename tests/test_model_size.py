@@ -97,10 +97,10 @@ def test_two_depths_are_two_cells_two_runs_and_two_marked_rows(assets, tmp_path,
     after = load_grid(write_grid(tmp_path, assets, uri, [str(moving)], "moving")).cells[0]
     assert (before["size"], after["size"]) == ("L2-H64", "L3-H64") and before["cell_id"] != after["cell_id"]
     with pytest.raises(ValueError, match=r"cell size: the grid recorded L2-H64 .* now build L3-H64"):
-        from experiments.cell_inputs import build_cell_model
+        from experiments.cell_inputs import build_model
         from experiments.config import CellConfig
 
-        build_cell_model(CellConfig.from_dict(before))
+        build_model(CellConfig.from_dict(before))
 
     assert launch.main([str(grid_path), "--executor", "debug"]) == 0
     from mlflow.tracking import MlflowClient

@@ -69,14 +69,15 @@ def fake_hub(monkeypatch):
 
 def test_what_a_grid_names_on_the_hub():
     grid = load_grid(REPO / "grids" / "split.yaml")
-    checkpoints = pf.hub_checkpoints(grid.cells)
+    checkpoints = pf.hub_checkpoints(list(grid.configs.values()))
     assert set(checkpoints) == {"bert-base-cased", "roberta-base", "gpt2", "bert-large-cased", "roberta-large"}
     assert checkpoints["gpt2"] == ["checkpoints.gpt2"]
-    data = pf.hub_data(grid.cells)
+    data = pf.hub_data(list(grid.configs.values()))
     assert {r.kwargs["split"] for r in data.values()} == {"train", "validation", "test"}
     # local checkpoints and files are not fetched; the smoke grid's tasks are the project's own
-    assert pf.hub_checkpoints(load_grid(REPO / "grids" / "smoke.yaml").cells) == {}
-    assert pf.hub_data(load_grid(REPO / "grids" / "smoke.yaml").cells) == {}
+    smoke = list(load_grid(REPO / "grids" / "smoke.yaml").configs.values())
+    assert pf.hub_checkpoints(smoke) == {}
+    assert pf.hub_data(smoke) == {}
 
 
 def test_prefetch_fetches_every_checkpoint_and_split_once_and_says_how_much(fake_hub, tmp_path, capsys):
@@ -226,9 +227,10 @@ def test_the_published_archive_is_recorded_as_data():
                                                            "train_balanced.tsv"]
     assert archive_for(DISCOFUSE_DIR / "dev_balanced.tsv") is DISCOFUSE_BALANCED and archive_for("dev.tsv") is None
     for grid in ("fusion", "ablations", "gpt2_tuning"):
-        cells = load_grid(REPO / "grids" / f"{grid}.yaml", check_paths=False).cells
+        loaded = load_grid(REPO / "grids" / f"{grid}.yaml", check_paths=False)
+        cells = loaded.cells
         assert {c["data"]["test"] for c in cells} == {str(DISCOFUSE_DIR / "test_balanced.tsv")}, grid
-        assert set(pf.archive_data(cells)) <= {DISCOFUSE_DIR}
+        assert set(pf.archive_data(list(loaded.configs.values()))) <= {DISCOFUSE_DIR}
 
 
 def test_the_archive_is_downloaded_verified_and_extracted(loopback, archive_bytes, tmp_path):

@@ -303,7 +303,7 @@ def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_acr
     checkpoint every tensor bert2bert took from BERT is bit-identical to the checkpoint's and has no Adam state, the
     new ones (cross-attention, output bias) have moved; after step 5 the warm ones train too. A run that crashes at
     step 6 and resumes from step 4 crosses the boundary and ends bit-identical to an uninterrupted run."""
-    from experiments.cell_inputs import build_cell_model
+    from experiments.cell_inputs import build_model
     from experiments.config import CellConfig
     from experiments.train import warm_started_parameters
 
@@ -312,7 +312,7 @@ def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_acr
     straight = train_cell(cell, tmp_path / "straight", straight_logger)
     with pytest.raises(SimulatedCrash):
         train_cell(cell, tmp_path / "resumed", CrashingLogger(at_step=6))
-    model, spec, _, _ = build_cell_model(CellConfig.from_dict(cell))
+    model, spec, _, _ = build_model(CellConfig.from_dict(cell))
     frozen = warm_started_parameters(model, spec.report)
     at_step4 = _weights(tmp_path / "resumed")
     aliases: dict[int, list[str]] = {}
@@ -558,14 +558,15 @@ def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, t
 
 
 def test_extra_test_sets_come_from_the_hub_only_with_the_test_split():
+    from experiments.config import DataSources
     from experiments.tasks import TASKS
     from experiments.train import extra_test_splits, predictions_file
 
     wmt, hub = TASKS["wmt14_de_en"], {"train": None, "validation": None, "test": None}
-    assert extra_test_splits({"data": hub}, wmt) == (("newstest2016",), ())
+    assert extra_test_splits(DataSources(**hub), wmt) == (("newstest2016",), ())
     local = {**hub, "test": {"path": "test.jsonl"}}
-    assert extra_test_splits({"data": local}, wmt) == ((), ("newstest2016",))
-    assert extra_test_splits({"data": {**local, "newstest2016": "nt16.jsonl"}}, wmt) == (("newstest2016",), ())
-    assert extra_test_splits({"data": hub}, TASKS["discofuse"]) == ((), ())
+    assert extra_test_splits(DataSources(**local), wmt) == ((), ("newstest2016",))
+    assert extra_test_splits(DataSources(**local, newstest2016="nt16.jsonl"), wmt) == (("newstest2016",), ())
+    assert extra_test_splits(DataSources(**hub), TASKS["discofuse"]) == ((), ())
     assert (predictions_file("test"), predictions_file("newstest2016")) == (
         "predictions.jsonl", "predictions_newstest2016.jsonl")
