@@ -43,6 +43,7 @@ from bertgen.tokenization import TokenizerError, load_tokenizer
 from . import checkpointing
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
+from .cli import EXIT_FAILED, EXIT_OK, add_device, add_tracking_uri, device, entry_point, tracking_uri
 from .cell_inputs import (build_cell_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
                           trained_vocabulary_copy, uncased)
 from .config import to_dict
@@ -52,10 +53,9 @@ from .disk_space import atomic_write_text
 from .evaluation import SplitDecoder, baseline_metrics, use_bf16
 from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
                                    selected_checkpoint)
-from .grid_doc import GridError
 from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
-from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri, sqlite_path
+from .tracking_store import check_tracking, experiment_id_for
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
     DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
@@ -63,7 +63,6 @@ from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-e
     config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
 # -- the model ------------------------------------------------------------------------------------------------------
@@ -421,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--select", choices=SELECTIONS, help="a trained cell's checkpoints/<name> (default: the one "
                                                              "it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                               "sqlite under the output root)")
+    add_tracking_uri(parser, "MLflow tracking URI (default: the grid's, else $MLFLOW_TRACKING_URI, else sqlite under "
+                             "the output root)")
     parser.add_argument("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--output-root", default=None, help=f"where outputs go (default: {DEFAULT_OUTPUT_ROOT})")
     parser.add_argument("--output-dir", type=Path, help="this evaluation's folder (one checkpoint only)")
@@ -430,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="debug: in this process (default); local: a local process each; slurm: a job array")
     parser.add_argument("--only", metavar="TEXT", help="with --grid: evaluations whose checkpoint contains this text "
                                                        "or whose task is it (comma-separated alternatives)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_device(parser)
     parser.add_argument("--force", action="store_true", help="decode again even if this evaluation finished")
     return parser
 
@@ -465,30 +464,26 @@ def _executor(kind: str, doc: dict[str, Any], folder: Path):
     return executor
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        doc, configs = _settings(args)
-        if args.output_dir is not None and len(configs) > 1:
-            raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
-        output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
-        uri = args.tracking_uri or resolve_tracking_uri((doc.get("mlflow") or {}).get("tracking_uri"), output_root)
-        if (db := sqlite_path(uri)) is not None and not db.is_absolute():
-            uri = f"sqlite:///{db.absolute()}"  # as MLflow reads it here; jobs elsewhere read the same file
-        experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
-        # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
-        check_tracking(uri)
-        out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
-        check_writable(output_root, "--output-root")
-        for config, out_dir in zip(configs, out_dirs):
-            check_writable(out_dir, "--output-dir")
-            check_test_data(config)
-            check_checkpoint(config)
-        output_root.mkdir(parents=True, exist_ok=True)
-    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable, CheckpointError, TokenizerError) as err:
-        print(f"error: {v.short_text(err, None)}", file=sys.stderr)
-        return EXIT_REFUSED
-    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, args.device)
+    doc, configs = _settings(args)
+    if args.output_dir is not None and len(configs) > 1:
+        raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
+    output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
+    uri = tracking_uri(args.tracking_uri or (doc.get("mlflow") or {}).get("tracking_uri"), output_root)
+    experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
+    # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
+    device_name = device(args.device) if args.executor == "debug" else args.device  # a job's own machine decides
+    check_tracking(uri)
+    out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
+    check_writable(output_root, "--output-root")
+    for config, out_dir in zip(configs, out_dirs):
+        check_writable(out_dir, "--output-dir")
+        check_test_data(config)
+        check_checkpoint(config)
+    output_root.mkdir(parents=True, exist_ok=True)
+    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, device_name)
             for config, out_dir in zip(configs, out_dirs)]
     if args.executor != "debug":
         executor = _executor(args.executor, doc, output_root / "submitit" / "evaluate")

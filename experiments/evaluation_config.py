@@ -93,7 +93,7 @@ def released_entry(checkpoint: str) -> Released | None:
     return next((entry for hub_id, entry in RELEASED.items() if hub_id.rsplit("/", 1)[-1] == name), None)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(v.Refusal, ValueError):
     """A checkpoint, task or setting that cannot be evaluated as asked (one line, names what is wrong)."""
 
 
