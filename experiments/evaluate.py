@@ -219,7 +219,8 @@ def evaluate(config: EvaluationConfig, out_dir: Path, device: str | None = None,
                                             out_dir.parent / "cache")
 
     summary = {"evaluation_id": evaluation_id(config), "task": task.name, **loaded.tags, "bf16": bf16,
-               "lowercased_data": task.lowercase, **recipe.summary(recipe.decode(decoder, loaded_splits(), out_dir))}
+               "lowercased_data": task.lowercase, "skipped_test_splits": list(recipe.skipped),  # every task's
+               **recipe.summary(recipe.decode(decoder, loaded_splits(), out_dir))}
     write_summary(out_dir, summary)
     return summary
 
