@@ -296,10 +296,7 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     """Run (or submit) the cells that need it and log them under one parent run; a refusal (no store, nothing
     writable, bad pending records) is raised before the first byte is written."""
     uri = tracking_uri(grid.tracking_uri, grid.output_root)
-    check_tracking(uri)
-    launch_guard.check_store_filesystem(grid, uri, executor_kind)
-    launch_guard.check_writable(grid)  # the folders it writes, the files it will upload
-    launch_guard.check_pending(grid, cells)
+    check_before_writing(grid, cells, uri, executor_kind)
     grid.output_root.mkdir(parents=True, exist_ok=True)
     if grid.smoke_root is not None:
         prepare_smoke_assets(grid)
@@ -323,32 +320,9 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     started: list[str] = []  # cell runs this launch created or reused: none may stay RUNNING if it dies
     outcomes: dict[str, Outcome] = {}
     try:
-        manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2)
-                            + "\n")
-        tracker.client.log_artifact(parent, str(manifest))
-        if grid.path.is_file():
-            tracker.client.log_artifact(parent, str(grid.path))
-
-        jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
-        for cell in cells:
-            cid = cell["cell_id"]
-            action = plan.action[cid]
-            if action == "redecode":
-                jobs.append((cell, redecodings[cid]))
-                continue
-            if action == "new":
-                run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
-                                                                                    "launch_host": host})
-            elif action in ("resume", "retry"):
-                run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": commit})
-            else:
-                continue
-            started.append(run_id)
-            jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
-                                       num_threads=cpu_threads(executor_kind, grid))))
-
+        log_manifest(tracker, parent, grid, cells, plan, stamp)
+        jobs = cell_jobs(cells, plan, redecodings, tracker, parent, uri, grid, executor_kind, started,
+                         {"git_commit": commit, "launch_host": host})
         folder = grid.output_root / "submitit" / grid.name
         if jobs:
             executor = make_executor(executor_kind, grid, folder / ("%j" if executor_kind == "slurm" else ""))
@@ -376,6 +350,51 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     print(results_table(cells, plan, outcomes))
     print(f"\nMLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"\nMLflow: {uri}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def check_before_writing(grid: Grid, cells: list[dict], uri: str, executor_kind: str) -> None:
+    """Every refusal a launch can meet before its first byte: the store answers and may be used from where the
+    cells run, the folders it writes can be written, the cells' pending records can be read."""
+    check_tracking(uri)
+    launch_guard.check_store_filesystem(grid, uri, executor_kind)
+    launch_guard.check_writable(grid)
+    launch_guard.check_pending(grid, cells)
+
+
+def log_manifest(tracker, parent: str, grid: Grid, cells: list[dict], plan: Plan, stamp: str) -> None:
+    """``<output_root>/launches/<grid>-<stamp>.json`` (the grid, its cells, the plan) and the grid file, as
+    artifacts of the launch's run."""
+    manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2) + "\n")
+    tracker.client.log_artifact(parent, str(manifest))
+    if grid.path.is_file():
+        tracker.client.log_artifact(parent, str(grid.path))
+
+
+def cell_jobs(cells: list[dict], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str, uri: str,
+              grid: Grid, executor_kind: str, started: list[str],
+              tags: dict[str, str]) -> list[tuple[dict, CellJob | EvaluationJob]]:
+    """The job of each cell the plan runs: its re-decoding, or training in a new or reused MLflow run tagged with
+    ``tags`` (a reused one with its git_commit only), appended to ``started`` as soon as it exists, so that an
+    interrupted launch closes it."""
+    jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
+    for cell in cells:
+        cid = cell["cell_id"]
+        action = plan.action[cid]
+        if action == "redecode":
+            jobs.append((cell, redecodings[cid]))
+            continue
+        if action == "new":
+            run_id = tracker.create_cell_run(cell, cell_label(cell), parent, dict(tags))
+        elif action in ("resume", "retry"):
+            run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": tags["git_commit"]})
+        else:
+            continue
+        started.append(run_id)
+        jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
+                                   num_threads=cpu_threads(executor_kind, grid))))
+    return jobs
 
 
 def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: str, output_root: Path) -> None:
