@@ -63,7 +63,6 @@ from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-e
 )
 
 
-
 # -- the model ------------------------------------------------------------------------------------------------------
 class FormattedInput:
     """An input tokenizer that writes a model card's input convention (``INPUT_FORMATS``) instead of its own special
