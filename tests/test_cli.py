@@ -76,3 +76,27 @@ def test_device(monkeypatch):
     assert cli.device(None) == "cpu"
     with pytest.raises(Refusal, match="--device cuda: no CUDA device on this machine"):
         cli.device("cuda")
+
+
+def test_the_launcher_passes_on_a_relative_sqlite_uri_as_the_other_commands_do(tmp_path, monkeypatch, capsys):
+    """``launch --set mlflow.tracking_uri=sqlite:///outputs/mlflow.db`` reaches the store check (and the cells' jobs)
+    as the absolute URI ``evaluate --tracking-uri`` gets for the same text (it used to pass on the relative form,
+    which a job started in another folder reads as another file)."""
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    grid = SimpleNamespace(tracking_uri="sqlite:///outputs/mlflow.db", output_root=tmp_path / "outputs")
+    checked = []
+
+    def check_tracking(uri):
+        checked.append(uri)
+        raise TrackingUnavailable("stop here")
+
+    monkeypatch.setattr(launch, "load_selection", lambda *args, **kwargs: (grid, []))
+    monkeypatch.setattr(launch.launch_guard, "check_json_files", lambda *args: None)
+    monkeypatch.setattr(launch.launch_guard, "check_decoding", lambda *args: None)
+    monkeypatch.setattr(launch, "check_cells", lambda *args, **kwargs: ([], []))
+    monkeypatch.setattr(launch, "check_tracking", check_tracking)
+    assert launch.main(["grid.yaml", "--executor", "debug"]) == cli.EXIT_REFUSED
+    assert capsys.readouterr().err == "error: stop here\n"
+    assert checked == [f"sqlite:///{tmp_path}/outputs/mlflow.db"]
