@@ -180,19 +180,23 @@ def extra_test_splits(data: DataSources, task) -> tuple[tuple[str, ...], tuple[s
     return decoded, tuple(s for s in task.extra_test_splits if s not in decoded)
 
 
+def example_cap(caps: Any, split: str) -> int | None:
+    """A split's ``max_examples``: its own, else, for an extra test set, the test split's (grids cap ``test`` only);
+    the same for a cell and an evaluation."""
+    limit = getattr(caps, split, None)
+    return caps.test if limit is None and split not in STANDARD_SPLITS else limit
+
+
 def load_cell_data(cell: CellConfig, task, input_tokenizer, output_tokenizer, limits: tuple[int, int],
                    cache_dir: Path, splits=STANDARD_SPLITS) -> dict[str, tuple[Any, Any]]:
     """split → (raw dataset with id/source/target, tokenised dataset). ``data_fraction`` applies to train only,
-    with a fixed subset seed, so every seed of a data-fraction cell sees the same subset (seeds vary training). An
-    extra test set without a ``max_examples`` entry of its own takes the test split's cap (grids cap ``test`` only)."""
+    with a fixed subset seed, so every seed of a data-fraction cell sees the same subset (seeds vary training);
+    caps by :func:`example_cap`."""
     out = {}
     for split in splits:
-        limit = getattr(cell.max_examples, split, None)
-        if limit is None and split not in STANDARD_SPLITS:
-            limit = cell.max_examples.test
         raw = load_split(task, split, getattr(cell.data, split, None), seed=0,
                          data_fraction=cell.data_fraction if split == "train" else None,
-                         max_examples=limit)
+                         max_examples=example_cap(cell.max_examples, split))
         out[split] = (raw, tokenize_pair(raw, input_tokenizer, output_tokenizer, *limits, cache_dir))
     return out
 

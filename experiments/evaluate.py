@@ -40,31 +40,28 @@ from bertgen.checkpoint import CheckpointError
 from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import TokenizerError, load_tokenizer
 
-from . import checkpointing
+from . import checkpointing, cli
 from . import validate as v
 from .cell import TEST_PREFIX, one_line
-from .cell_inputs import (build_model, extra_test_splits, length_limits, predictions_file, tokenize_pair,
-                          trained_vocabulary_copy, uncased)
+from .cli import EXIT_FAILED, EXIT_OK, add_device, add_tracking_uri, entry_point, tracking_uri
+from .cell_inputs import build_model, example_cap, tokenize_pair, trained_vocabulary_copy
 from .checkpointing import CHECKPOINT_NAMES
 from .config import to_dict
 from .data import load_split, tokenizer_fingerprint
 from .distributed import DistributedContext
 from .disk_space import atomic_write_text
-from .evaluation import SplitDecoder, baseline_metrics, use_bf16
+from .evaluation import TestDecoding, use_bf16, write_summary
 from .evaluation_preflight import (check_checkpoint, check_test_data, check_writable, released_config,
                                    selected_checkpoint)
-from .grid_doc import GridError
 from .tasks import TASKS, get_task
 from .tracking import ROLE_TAG, flatten, git_commit, now_ms
-from .tracking_store import TrackingUnavailable, check_tracking, experiment_id_for, resolve_tracking_uri, sqlite_path
+from .tracking_store import check_tracking, experiment_id_for
 
 from .evaluation_config import (  # noqa: F401 - the evaluation's settings, re-exported: public here too
-    DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, METRICS_FILE, RELEASED, RELEASED_VARIANT,
+    DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, INPUT_FORMATS, RELEASED, RELEASED_VARIANT,
     SETTABLE, TOP_LEVEL, EvaluationConfig, EvaluationError, Released, build_config, cell_evaluation,
     config_from_dict, evaluation_id, is_cell_dir, read_cell, released_entry,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
 # -- the model ------------------------------------------------------------------------------------------------------
@@ -204,36 +201,27 @@ def evaluate(config: EvaluationConfig, out_dir: Path, device: str | None = None,
              batch_size: int = 16) -> dict[str, Any]:
     """Decode and score every test set of ``config``; writes the predictions and ``metrics.json`` under
     ``out_dir`` and returns the summary (``test`` metrics, extra sets, the trivial baseline, timings)."""
-    ctx = DistributedContext(rank=0, world_size=1, local_rank=0,
-                             device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    task = get_task(config.task)
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(cli.device(device)))
     loaded = load_model(config)
     model = loaded.model.to(ctx.device)
-    if uncased(loaded.output_tokenizer) and not task.lowercase:
-        task = task.with_overrides(lowercase=True)  # an uncased vocabulary cannot write case: do not score it
-    limits = length_limits(model, task)
-    decoded_splits, skipped = extra_test_splits(config.data, task)
+    recipe = TestDecoding(model, loaded.output_tokenizer, get_task(config.task), config.data)
+    task, limits = recipe.task, recipe.limits
     bf16 = use_bf16(config.bf16, ctx.device)
-    decoder = SplitDecoder(model, loaded.output_tokenizer, loaded.pad_token_id, config.decode,
-                           config.decode.batch_size or batch_size, limits[1], ctx, bf16, f"decode {config.task}")
+    decoder = recipe.decoder(model, loaded.output_tokenizer, loaded.pad_token_id, config.decode,
+                             config.decode.batch_size or batch_size, ctx, bf16, f"decode {config.task}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"evaluation_id": evaluation_id(config), "task": task.name, **loaded.tags,
-                               "bf16": bf16, "max_lengths": {"source": limits[0], "target": limits[1]},
-                               "parameters": model.num_parameters(), "examples": {}, "lowercased_data": task.lowercase}
-    for split in ("test", *decoded_splits):
-        cap = getattr(config.max_examples, split, None) or config.max_examples.test
-        raw = load_split(task, split, getattr(config.data, split, None), seed=0, max_examples=cap)
-        tokenized = tokenize_pair(raw, loaded.input_tokenizer, loaded.output_tokenizer, *limits,
-                                  out_dir.parent / "cache")
-        metrics, seconds = decoder.evaluate(task.metrics, raw, tokenized, out_dir / predictions_file(split))
-        key = "test" if split == "test" else f"test_{split}"
-        summary[key] = metrics
-        summary[f"{key}_decode_seconds"] = seconds
-        summary["examples"][split] = len(raw)
-        if split == "test" and task.baseline is not None:
-            summary[f"baseline_{task.baseline}"] = baseline_metrics(task.baseline, task.metrics, raw)
-    summary["skipped_test_splits"] = list(skipped)
-    atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    def loaded_splits():  # one at a time, as they are decoded
+        for split in recipe.splits:
+            raw = load_split(task, split, getattr(config.data, split, None), seed=0,
+                             max_examples=example_cap(config.max_examples, split))
+            yield split, raw, tokenize_pair(raw, loaded.input_tokenizer, loaded.output_tokenizer, *limits,
+                                            out_dir.parent / "cache")
+
+    summary = {"evaluation_id": evaluation_id(config), "task": task.name, **loaded.tags, "bf16": bf16,
+               "lowercased_data": task.lowercase, "skipped_test_splits": list(recipe.skipped),  # every task's
+               **recipe.summary(recipe.decode(decoder, loaded_splits(), out_dir))}
+    write_summary(out_dir, summary)
     return summary
 
 
@@ -422,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--select", choices=CHECKPOINT_NAMES, help="a trained cell's checkpoints/<name> (default: "
                                                                    "the one it was tested with, train.select)")
     parser.add_argument("--revision", help="hub revision of an HF-layout checkpoint")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                               "sqlite under the output root)")
+    add_tracking_uri(parser, "MLflow tracking URI (default: the grid's, else $MLFLOW_TRACKING_URI, else sqlite under "
+                             "the output root)")
     parser.add_argument("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--output-root", default=None, help=f"where outputs go (default: {DEFAULT_OUTPUT_ROOT})")
     parser.add_argument("--output-dir", type=Path, help="this evaluation's folder (one checkpoint only)")
@@ -431,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="debug: in this process (default); local: a local process each; slurm: a job array")
     parser.add_argument("--only", metavar="TEXT", help="with --grid: evaluations whose checkpoint contains this text "
                                                        "or whose task is it (comma-separated alternatives)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_device(parser)
     parser.add_argument("--force", action="store_true", help="decode again even if this evaluation finished")
     return parser
 
@@ -466,30 +454,26 @@ def _executor(kind: str, doc: dict[str, Any], folder: Path):
     return executor
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        doc, configs = _settings(args)
-        if args.output_dir is not None and len(configs) > 1:
-            raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
-        output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
-        uri = args.tracking_uri or resolve_tracking_uri((doc.get("mlflow") or {}).get("tracking_uri"), output_root)
-        if (db := sqlite_path(uri)) is not None and not db.is_absolute():
-            uri = f"sqlite:///{db.absolute()}"  # as MLflow reads it here; jobs elsewhere read the same file
-        experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
-        # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
-        check_tracking(uri)
-        out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
-        check_writable(output_root, "--output-root")
-        for config, out_dir in zip(configs, out_dirs):
-            check_writable(out_dir, "--output-dir")
-            check_test_data(config)
-            check_checkpoint(config)
-        output_root.mkdir(parents=True, exist_ok=True)
-    except (EvaluationError, GridError, v.Invalid, TrackingUnavailable, CheckpointError, TokenizerError) as err:
-        print(f"error: {v.short_text(err, None)}", file=sys.stderr)
-        return EXIT_REFUSED
-    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, args.device)
+    doc, configs = _settings(args)
+    if args.output_dir is not None and len(configs) > 1:
+        raise EvaluationError("--output-dir: one checkpoint only (a grid writes each under the output root)")
+    output_root = Path(args.output_root or doc.get("output_root") or DEFAULT_OUTPUT_ROOT)
+    uri = tracking_uri(args.tracking_uri or (doc.get("mlflow") or {}).get("tracking_uri"), output_root)
+    experiment = args.experiment or (doc.get("mlflow") or {}).get("experiment") or DEFAULT_EXPERIMENT
+    # Everything is checked before anything is written: no folder, experiment or run for a refused evaluation.
+    device_name = cli.device(args.device) if args.executor == "debug" else args.device  # a job's own machine decides
+    check_tracking(uri)
+    out_dirs = [args.output_dir or default_output_dir(config, output_root) for config in configs]
+    check_writable(output_root, "--output-root")
+    for config, out_dir in zip(configs, out_dirs):
+        check_writable(out_dir, "--output-dir")
+        check_test_data(config)
+        check_checkpoint(config)
+    output_root.mkdir(parents=True, exist_ok=True)
+    jobs = [EvaluationJob(config, str(out_dir), uri, experiment, args.force, device_name)
             for config, out_dir in zip(configs, out_dirs)]
     if args.executor != "debug":
         executor = _executor(args.executor, doc, output_root / "submitit" / "evaluate")

@@ -1,5 +1,11 @@
 """Decoding and scoring a cell's test splits: beam search over every example (batched longest first, spread over
-the ranks), the task's metrics, and the predictions file. Also the small helpers training shares with it."""
+the ranks), the task's metrics, and the predictions file. Also the small helpers training shares with it.
+
+:class:`TestDecoding` is the ONE decode-and-score recipe: training's test stage (``experiments.train``), an
+evaluation (``python -m experiments.evaluate``) and so a launch's re-decoding of a finished cell (an evaluation job)
+all go through it: which task is scored (lower-cased for an uncased vocabulary), the length limits, which test sets
+are decoded, their predictions files, the trivial baseline and the ``metrics.json`` fields they share.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,24 @@ import json
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from bertgen.generation import Seq2SeqModel
 
-from .config import DecodeConfig
+from .config import DataSources, DecodeConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
-from .cell_inputs import lengths
+from .cell_inputs import extra_test_splits, length_limits, lengths, predictions_file, uncased
 from .disk_space import atomic_write_text
 from .distributed import DistributedContext, all_gather_objects
 from .machine import native_bf16
+from .cell import METRICS_FILE
 from .metrics import baseline_predictions, compute_metrics
+from .tasks import Task
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -112,3 +121,79 @@ def baseline_metrics(baseline: str, metric_names: tuple[str, ...], raw: Any) -> 
     sources, references = raw["source"], raw["target"]
     return {k: float(v) for k, v in compute_metrics(metric_names, sources, baseline_predictions(baseline, sources),
                                                     [[r] for r in references]).items()}
+
+
+@dataclass
+class TestResults:
+    """What decoding the test sets gave, per split in decoding order (scores on rank 0 only)."""
+
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, int] = field(default_factory=dict)
+    baseline: dict[str, float] | None = None  # the task's trivial baseline on the test split
+
+    def extra_scores(self) -> dict[str, float]:
+        """``<split>_<metric>`` of the extra test sets: what a cell's job logs as ``test_<split>_<metric>``."""
+        return {f"{split}_{name}": value for split, scores in self.scores.items() if split != "test"
+                for name, value in scores.items()}
+
+
+class TestDecoding:
+    """How a model's test sets are decoded and scored, decided once from the model, its output tokenizer, the task
+    and the data sources (a cell's or an evaluation's ``data``):
+
+    - ``task``: the task as scored: an uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter, so its
+      references, sources and trivial baseline are lower-cased and the metrics do not score case (tag:
+      ``lowercased_data``);
+    - ``limits``: (source, target) tokens, the task's cut to the positions the model has;
+    - ``splits``: ``test`` and the task's extra test sets it decodes; ``skipped``: those it skips
+      (:func:`experiments.cell_inputs.extra_test_splits`).
+
+    :meth:`decode` then decodes and scores the splits it is given (loaded by the caller, in :attr:`splits` order) and
+    writes their predictions files; :meth:`summary` is the part of ``metrics.json`` every caller writes."""
+
+    def __init__(self, model: Seq2SeqModel, output_tokenizer: Any, task: Task, data: DataSources):
+        self.task = task.with_overrides(lowercase=True) if uncased(output_tokenizer) and not task.lowercase else task
+        self.limits = length_limits(model, self.task)
+        extra, self.skipped = extra_test_splits(data, self.task)
+        self.splits = ("test", *extra)
+        self.parameters = model.num_parameters()
+
+    def decoder(self, model: Seq2SeqModel, output_tokenizer: Any, pad_token_id: int, decode: DecodeConfig,
+                batch_size: int, ctx: DistributedContext, bf16: bool, desc: str) -> SplitDecoder:
+        return SplitDecoder(model, output_tokenizer, pad_token_id, decode, batch_size, self.limits[1], ctx, bf16, desc)
+
+    def decode(self, decoder: SplitDecoder, splits: Iterable[tuple[str, Any, Any]], out_dir: Path) -> TestResults:
+        """Decode and score each ``(split, raw, tokenized)`` (every rank), writing ``out_dir/predictions*.jsonl``
+        (rank 0); the trivial baseline is scored on the test split's examples."""
+        results = TestResults()
+        for split, raw, tokenized in splits:
+            results.scores[split], results.seconds[split] = decoder.evaluate(self.task.metrics, raw, tokenized,
+                                                                             out_dir / predictions_file(split))
+            results.examples[split] = len(raw)
+            if split == "test" and self.task.baseline is not None and decoder.ctx.is_main:
+                results.baseline = baseline_metrics(self.task.baseline, self.task.metrics, raw)
+        return results
+
+    def summary(self, results: TestResults) -> dict[str, Any]:
+        """The fields of ``metrics.json`` that training's test and an evaluation share: ``test`` (and
+        ``test_<split>`` of each extra set, flattened by MLflow and analysis like the logged metric), decode
+        seconds, examples, length limits, parameters, ``baseline_<name>``; ``skipped_test_splits`` for a task with
+        extra test sets (the others' summary has no such field)."""
+        out: dict[str, Any] = {"max_lengths": {"source": self.limits[0], "target": self.limits[1]},
+                               "parameters": self.parameters, "examples": dict(results.examples)}
+        for split in results.scores:
+            key = "test" if split == "test" else f"test_{split}"
+            out[key], out[f"{key}_decode_seconds"] = results.scores[split], results.seconds[split]
+        if results.baseline is not None:
+            out[f"baseline_{self.task.baseline}"] = results.baseline
+        if self.task.extra_test_splits:
+            out["skipped_test_splits"] = list(self.skipped)
+        return out
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """``out_dir/metrics.json``: the summary, sorted keys, written whole or not at all."""
+    path = out_dir / METRICS_FILE
+    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return path

@@ -15,7 +15,7 @@ from typing import Any
 from bertgen.checkpoint import is_local_reference
 
 from . import validate as v
-from .cell import CELL_CONFIG_FILE, METRICS_FILE, one_line
+from .cell import CELL_CONFIG_FILE, one_line
 from .checkpointing import BEST, CHECKPOINT_NAMES, LAST
 from .config import (CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting, from_dict, setting,
                      to_dict)
@@ -92,7 +92,7 @@ def released_entry(checkpoint: str) -> Released | None:
     return next((entry for hub_id, entry in RELEASED.items() if hub_id.rsplit("/", 1)[-1] == name), None)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(v.Refusal, ValueError):
     """A checkpoint, task or setting that cannot be evaluated as asked (one line, names what is wrong)."""
 
 

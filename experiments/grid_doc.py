@@ -26,7 +26,7 @@ MAX_NODES = 200_000  # values after alias expansion (the 13-file paper grid has 
 MAX_MESSAGE = 1000  # characters of one error line (values in it are already cut by validate.short_repr)
 
 
-class GridError(ValueError):
+class GridError(v.Refusal, ValueError):
     """A grid that cannot run; ``str()`` is one line: ``<file>: <key path>: <expected>``."""
 
     def __init__(self, where: str, path: str, message: str):

@@ -38,20 +38,19 @@ from typing import Any
 import submitit
 
 from . import compute_plan, launch_guard, slurm_resources
+from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, entry_point, refuse, tracking_uri
 from .cell import CellJob, cell_dir, cell_label, decoding_view
 from .config import DECODING_SECTIONS
 from .evaluate import EvaluationError, EvaluationJob, EvaluationTracker, cell_evaluation, default_output_dir, \
     evaluation_id
-from .grid import Grid, GridError, load_grid, smoke_asset_paths
+from .grid import Grid, load_grid, smoke_asset_paths
 from .preflight import check_cells
 from .pretrain_tiny import ensure_smoke_assets
 from .sync import sync_file
 from .tasks import TASKS
-from .tracking import (PENDING_FILE, Tracker, TrackingUnavailable, append_pending, cell_is_alive, check_tracking,
-                       git_commit, now_ms, resolve_tracking_uri)
-from .validate import short_text
+from .tracking import PENDING_FILE, Tracker, append_pending, cell_is_alive, check_tracking, git_commit, now_ms
+from .validate import Refusal, short_text
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 DECODING_PREFIXES = tuple(f"{section}." for section in DECODING_SECTIONS)
 LOCAL_POLL_S = 1.0
 
@@ -75,11 +74,11 @@ def select(cells: list[dict], only: str | None) -> list[dict]:
 
 
 def load_selection(path: str, sets: list[str], only: str | None, check_paths: bool = True) -> tuple[Grid, list[dict]]:
-    """The grid and its cells that ``--only`` selects; a GridError (one line) when it does not load or selects none."""
+    """The grid and its cells that ``--only`` selects; a Refusal (one line) when it does not load or selects none."""
     grid = load_grid(path, sets, check_paths=check_paths)
     cells = select(grid.cells, only)
     if not cells:
-        raise GridError(str(path), "", f"--only {only!r}: no cell matches (the grid has {len(grid.cells)})")
+        raise Refusal(f"{path}: --only {only!r}: no cell matches (the grid has {len(grid.cells)})")
     return grid, cells
 
 
@@ -294,27 +293,14 @@ def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -
 
 
 def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool, argv: list[str]) -> int:
-    uri = resolve_tracking_uri(grid.tracking_uri, grid.output_root)
-    try:
-        check_tracking(uri)
-    except TrackingUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    try:  # every check before the first byte is written: the folders it writes, the files it will upload
-        launch_guard.check_store_filesystem(grid, uri, executor_kind)
-        launch_guard.check_writable(grid)
-        launch_guard.check_pending(grid, cells)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+    """Run (or submit) the cells that need it and log them under one parent run; a refusal (no store, nothing
+    writable, bad pending records) is raised before the first byte is written."""
+    uri = tracking_uri(grid.tracking_uri, grid.output_root)
+    check_before_writing(grid, cells, uri, executor_kind)
     grid.output_root.mkdir(parents=True, exist_ok=True)
     if grid.smoke_root is not None:
         prepare_smoke_assets(grid)
-    try:
-        tracker = Tracker(uri, grid.experiment)
-    except TrackingUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+    tracker = Tracker(uri, grid.experiment)
     sync_pending(cells, uri)
     plan = plan_cells(cells, tracker.cell_runs(), retry_failed)
     print(f"grid {grid.name}: {len(cells)} cells: {plan.summary()}  (MLflow: {uri}, experiment {grid.experiment})")
@@ -334,32 +320,9 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     started: list[str] = []  # cell runs this launch created or reused: none may stay RUNNING if it dies
     outcomes: dict[str, Outcome] = {}
     try:
-        manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2)
-                            + "\n")
-        tracker.client.log_artifact(parent, str(manifest))
-        if grid.path.is_file():
-            tracker.client.log_artifact(parent, str(grid.path))
-
-        jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
-        for cell in cells:
-            cid = cell["cell_id"]
-            action = plan.action[cid]
-            if action == "redecode":
-                jobs.append((cell, redecodings[cid]))
-                continue
-            if action == "new":
-                run_id = tracker.create_cell_run(cell, cell_label(cell), parent, {"git_commit": commit,
-                                                                                    "launch_host": host})
-            elif action in ("resume", "retry"):
-                run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": commit})
-            else:
-                continue
-            started.append(run_id)
-            jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
-                                       num_threads=cpu_threads(executor_kind, grid))))
-
+        log_manifest(tracker, parent, grid, cells, plan, stamp)
+        jobs = cell_jobs(cells, plan, redecodings, tracker, parent, uri, grid, executor_kind, started,
+                         {"git_commit": commit, "launch_host": host})
         folder = grid.output_root / "submitit" / grid.name
         if jobs:
             executor = make_executor(executor_kind, grid, folder / ("%j" if executor_kind == "slurm" else ""))
@@ -374,11 +337,10 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
         if isinstance(err, KeyboardInterrupt):
             print("interrupted; every run of this launch is marked KILLED; relaunch the same command to resume",
                   file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         if isinstance(err, OSError):
-            print(f"error: {grid.output_root}: {type(err).__name__}: {short_text(err, 200)}; runs of "
-                  "this launch marked FAILED", file=sys.stderr)
-            return EXIT_REFUSED
+            return refuse(f"{grid.output_root}: {type(err).__name__}: {short_text(err, 200)}; runs of this launch "
+                          "marked FAILED")
         raise
     failed = [c for c in cells if (outcomes[c["cell_id"]].status if c["cell_id"] in outcomes
                                    else plan.action[c["cell_id"]]) in ("FAILED", "failed")]
@@ -388,6 +350,51 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     print(results_table(cells, plan, outcomes))
     print(f"\nMLflow: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"\nMLflow: {uri}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def check_before_writing(grid: Grid, cells: list[dict], uri: str, executor_kind: str) -> None:
+    """Every refusal a launch can meet before its first byte: the store answers and may be used from where the
+    cells run, the folders it writes can be written, the cells' pending records can be read."""
+    check_tracking(uri)
+    launch_guard.check_store_filesystem(grid, uri, executor_kind)
+    launch_guard.check_writable(grid)
+    launch_guard.check_pending(grid, cells)
+
+
+def log_manifest(tracker, parent: str, grid: Grid, cells: list[dict], plan: Plan, stamp: str) -> None:
+    """``<output_root>/launches/<grid>-<stamp>.json`` (the grid, its cells, the plan) and the grid file, as
+    artifacts of the launch's run."""
+    manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2) + "\n")
+    tracker.client.log_artifact(parent, str(manifest))
+    if grid.path.is_file():
+        tracker.client.log_artifact(parent, str(grid.path))
+
+
+def cell_jobs(cells: list[dict], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str, uri: str,
+              grid: Grid, executor_kind: str, started: list[str],
+              tags: dict[str, str]) -> list[tuple[dict, CellJob | EvaluationJob]]:
+    """The job of each cell the plan runs: its re-decoding, or training in a new or reused MLflow run tagged with
+    ``tags`` (a reused one with its git_commit only), appended to ``started`` as soon as it exists, so that an
+    interrupted launch closes it."""
+    jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
+    for cell in cells:
+        cid = cell["cell_id"]
+        action = plan.action[cid]
+        if action == "redecode":
+            jobs.append((cell, redecodings[cid]))
+            continue
+        if action == "new":
+            run_id = tracker.create_cell_run(cell, cell_label(cell), parent, dict(tags))
+        elif action in ("resume", "retry"):
+            run_id = tracker.reuse_cell_run(plan.runs[cid], parent, action, {"git_commit": tags["git_commit"]})
+        else:
+            continue
+        started.append(run_id)
+        jobs.append((cell, CellJob(cell, uri, run_id, Path.cwd(), raise_on_failure=executor_kind != "debug",
+                                   num_threads=cpu_threads(executor_kind, grid))))
+    return jobs
 
 
 def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: str, output_root: Path) -> None:
@@ -479,9 +486,8 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
             submitted = [executor.submit(job) for _, job in jobs]
     except Exception as err:  # noqa: BLE001 - sbatch refused (FailedJobError) or could not run: one line, no runs
         removed = _withdraw_runs(jobs, tracker, parent, slurm_resources.submission_error(err))
-        print(f"error: sbatch refused the job array: {slurm_resources.submission_error(err) or said.getvalue()}; "
-              f"nothing was submitted ({removed} MLflow runs of this launch removed)", file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"sbatch refused the job array: {slurm_resources.submission_error(err) or said.getvalue()}; "
+                      f"nothing was submitted ({removed} MLflow runs of this launch removed)")
     rows = []
     for (cell, job), sub in zip(jobs, submitted):
         if job.run_id:
@@ -542,29 +548,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@launch_guard.one_line_failures  # whatever nothing below foresaw: one line, exit status 2, never a traceback
+@entry_point(unexpected=True)  # whatever nothing below foresaw: one line, exit status 2, never a traceback
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        # a dry run shows the plan whatever is not there yet (warned below); a launch refuses it here
-        grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=not args.dry_run)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    try:  # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
-        launch_guard.check_json_files(grid, cells)
-        notes, warnings = check_cells(grid, cells, dry_run=args.dry_run)
-        launch_guard.check_decoding(grid, cells)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+    # a dry run shows the plan whatever is not there yet (warned below); a launch refuses it here
+    grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=not args.dry_run)
+    # what the cells will read (checkpoints, vocabularies, data), before anything is written or submitted
+    launch_guard.check_json_files(grid, cells)
+    notes, warnings = check_cells(grid, cells, dry_run=args.dry_run)
+    launch_guard.check_decoding(grid, cells)
     for note in notes:
         print(f"note: {note}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     executor = pick_executor(args.executor, grid)
-    if executor == "slurm" and not slurm_resources.launch_check(grid, args.dry_run):
-        return EXIT_REFUSED  # the cluster cannot give what executor.slurm asks for (one line printed)
+    if executor == "slurm":
+        slurm_resources.launch_check(grid, args.dry_run)  # refused when the cluster cannot give what it asks for
     if args.dry_run:
         print(dry_run_table(cells, executor, grid))
         print(f"\n{compute_plan.grid_costs(cells, grid, args.gpu).report()}")  # per cell and a total line

@@ -13,22 +13,17 @@
 - :func:`check_store_filesystem`: a Slurm launch whose embedded sqlite store lies on a network filesystem (NFS,
   Lustre, GPFS, BeeGFS, CIFS ...) is refused, saying how to run an MLflow server instead, unless the grid sets
   ``mlflow.allow_network_filesystem: true``; local and debug launches (one machine) are not affected.
-- :func:`one_line_failures`: the last resort: an exception nothing above foresaw still ends in one line on stderr and
-  exit status 2, not a traceback (``BERTGEN_TRACEBACK=1`` shows it).
 
-Every refusal is a :class:`experiments.grid.GridError`: one line, ``<file>: <key>: <what was expected>``.
+Every refusal is a :class:`experiments.grid.GridError`: one line, ``<file>: <key>: <what was expected>``
+(:func:`experiments.cli.entry_point` prints it; an exception nothing here foresaw ends there in one line too).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
-import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
 
 from bertgen.checkpoint import is_local_reference
 from bertgen.schemes import SCHEMES
@@ -44,7 +39,6 @@ from .validate import nearest_existing, short_text
 JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
               "generation_config.json", "model.safetensors.index.json")
 MAX_JSON_BYTES = 256 * 2**20  # the largest real tokenizer.json files are tens of MB
-EXIT_REFUSED = 2
 
 
 def _local_dirs(cell: CellConfig) -> dict[str, Path]:
@@ -152,23 +146,3 @@ def check_store_filesystem(grid: Grid, uri: str, executor: str, mountinfo: Path 
                     "mlflow.tracking_uri=http://<that node>:5000, or accept the risk with --set "
                     "mlflow.allow_network_filesystem=true (nothing was submitted)")
 
-
-def one_line_failures(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command's main: an exception it did not foresee is one line on stderr and exit status 2."""
-
-    @functools.wraps(main)
-    def wrapped(*args: Any, **kwargs: Any) -> int:
-        try:
-            return main(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except GridError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_REFUSED
-        except Exception as err:  # noqa: BLE001 - the point: never a traceback for the user
-            if os.environ.get("BERTGEN_TRACEBACK"):
-                traceback.print_exc()
-            print(f"error: unexpected {type(err).__name__}: {short_text(err, 200)}; expected none (a bug; "
-                  "BERTGEN_TRACEBACK=1 shows where)", file=sys.stderr)
-            return EXIT_REFUSED
-    return wrapped

@@ -28,9 +28,10 @@ from bertgen.checkpoint import HUB_FILES, is_local_reference
 from bertgen.families import FAMILIES
 
 from .config import CellConfig
+from .cli import EXIT_FAILED, EXIT_OK, entry_point
 from .data_archive import archive_for, fetch_archive
 from .grid import GridError
-from .validate import short_text
+from .validate import Refusal, short_text
 
 OFFLINE_VALUES = ("1", "true", "yes", "on")
 
@@ -222,6 +223,7 @@ def archive_data(cells: list[CellConfig]) -> dict[Path, Any]:
 
 
 # -- command line -----------------------------------------------------------------------------------------------------
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.prefetch",
                                      description="Download every hub checkpoint and dataset a grid names.")
@@ -233,21 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     from .grid import load_grid
     from .launch import select
 
-    try:
-        grid = load_grid(args.grid, args.sets, check_paths=False)  # what is missing is what it fetches
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    grid = load_grid(args.grid, args.sets, check_paths=False)  # what is missing is what it fetches
     cells = [grid.config(cell["cell_id"]) for cell in select(grid.cells, args.only)]
     if offline():
-        print("error: HF_HUB_OFFLINE is set: prefetch needs the hub (unset it here)", file=sys.stderr)
-        return 2
+        raise Refusal("HF_HUB_OFFLINE is set: prefetch needs the hub (unset it here)")
     try:
         prefetch(cells, args.cache_dir.resolve() if args.cache_dir else None)
     except Exception as err:  # noqa: BLE001 - a failed download: one line naming it
         print(f"error: {type(err).__name__}: {short_text(err, 400)}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -52,12 +52,11 @@ import torch
 from . import compute_plan, machine
 from .cell import cell_label
 from .config import CellConfig
-from .grid import GridError
+from .cli import EXIT_OK, EXIT_REFUSED, add_device, device, entry_point
 from .launch import format_table, load_selection
 from .measured_rates import record_rates
-from .validate import short_text
+from .validate import Refusal, short_text
 
-EXIT_OK, EXIT_REFUSED = 0, 2
 DEFAULT_STEPS = 2
 SCORE_LIMIT = 5.0  # ratios beyond 1/x..x get a mark in the table
 
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="cells to rehearse, as for experiments.launch (globs over task/scheme/seedN)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grid setting, as for experiments.launch")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device(p)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed training steps per shape (after a warm-up)")
     p.add_argument("--micro-batch", type=int, help="examples per step (default: 1 on a CPU; on a GPU the plan's "
                    "micro-batch, batch_size / (grad_accum x ranks), the largest of a shape's cells)")
@@ -238,19 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device on this machine", file=sys.stderr)
-        return EXIT_REFUSED
+    args.device = device(args.device)
     if args.steps < 1 or (args.micro_batch is not None and args.micro_batch < 1) or args.decode_examples < 1:
-        print("error: --steps, --micro-batch and --decode-examples must be at least 1", file=sys.stderr)
-        return EXIT_REFUSED
-    try:  # the rehearsal reads configs only: data files need not be there yet
-        grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=False)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+        raise Refusal("--steps, --micro-batch and --decode-examples must be at least 1")
+    # the rehearsal reads configs only: data files need not be there yet
+    grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=False)
     s = grid.executor["slurm"]
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
     architectures, unknown = group_shapes([grid.config(c["cell_id"]) for c in cells], args.device, args.micro_batch,

@@ -12,9 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import EXIT_OK, entry_point
 from .tracking_store import relocate_store
+from .validate import Refusal
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.relocate", description=__doc__.splitlines()[0])
     parser.add_argument("output_root", type=Path, help="the folder holding mlflow.db and mlartifacts/")
@@ -22,15 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     db = args.output_root / "mlflow.db"
     if not db.is_file():
-        print(f"error: {db}: no MLflow store there (expected <output_root>/mlflow.db)", file=sys.stderr)
-        return 2
+        raise Refusal(f"{db}: no MLflow store there (expected <output_root>/mlflow.db)")
     moved = relocate_store(db, dry_run=args.dry_run)
     verb = "would point" if args.dry_run else "pointed"
     for old, new in moved:
         print(f"{verb} {old} -> {new}")
     if not moved:
         print(f"{db}: every artifact location is already beside the store")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

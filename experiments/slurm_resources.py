@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .validate import short_text
+from .validate import Refusal, short_text
 
 SINFO_FORMAT = "%N|%P|%c|%m|%G|%l|%a|%t|%f"
 SINFO_TIMEOUT_S = 20.0
@@ -287,20 +287,18 @@ def submission_error(err: BaseException) -> str:
     return (match.group(1) if match else text)[:400]
 
 
-def launch_check(grid: Any, dry_run: bool, sinfo: str | None = None) -> bool:
+def launch_check(grid: Any, dry_run: bool, sinfo: str | None = None) -> None:
     """What ``experiments.launch`` runs for ``--executor slurm`` before it writes anything: prints the notes, or
-    the refusal as one ``error:`` line on stderr and returns False (a dry run prints it as a warning and goes on)."""
+    raises the :class:`~experiments.validate.Refusal` (a dry run prints it as a warning and goes on)."""
     try:
         notes = check_grid(grid, sinfo)
     except (ResourceError, SlurmQueryError) as err:
         where = grid.path if not isinstance(err, SlurmQueryError) else "slurm"
         text = f"{where}: {err}" + ("" if isinstance(err, ResourceError) else
                                     "; is the Slurm controller up? (or --executor local)")
-        if dry_run:
-            print(f"warning: {text} (a launch would refuse this)", file=sys.stderr)
-            return True
-        print(f"error: {text}", file=sys.stderr)
-        return False
+        if not dry_run:
+            raise Refusal(text) from None
+        print(f"warning: {text} (a launch would refuse this)", file=sys.stderr)
+        return
     for note in notes:
         print(f"note: {note}")
-    return True

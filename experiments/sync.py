@@ -22,8 +22,9 @@ import re
 import sys
 from pathlib import Path
 
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, absolute_sqlite, add_tracking_uri, entry_point, refuse
 from .tracking import PENDING_FILE, _client, quiet_http_retries, send_operations
-from .validate import short_repr, short_text
+from .validate import Refusal, short_repr, short_text
 
 CHUNK_OPS = 200
 
@@ -242,17 +243,17 @@ def sync_tree(root: Path, tracking_uri: str | None = None) -> tuple[int, int, in
     return total_sent, total_left, total_rejected
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 everything sent; 1 some operations could not be sent now (the server is down: run it again);
     2 some records were bad and set aside (``<file>.rejected``) or a file was refused: a person should look."""
     parser = argparse.ArgumentParser(prog="python -m experiments.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="a cell directory or a folder above (e.g. outputs)")
-    parser.add_argument("--tracking-uri", help="send to this URI instead of the one each record names")
+    add_tracking_uri(parser, "send to this URI instead of the one each record names")
     parser.add_argument("--dry-run", action="store_true", help="only count what is pending (writes nothing)")
     args = parser.parse_args(argv)
     if not args.directory.exists():
-        print(f"{args.directory}: no such file or directory", file=sys.stderr)
-        return 2
+        raise Refusal(f"{args.directory}: no such file or directory")
     quiet_http_retries()
     if args.dry_run:
         bad = 0
@@ -267,14 +268,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}:{number}: {why}; would be set aside", file=sys.stderr)
             bad += len(rejected)
             print(f"{path}: {len(records)} operations pending" + (f", {len(rejected)} bad" if rejected else ""))
-        return 2 if bad else 0
+        return EXIT_REFUSED if bad else EXIT_OK
+    uri = absolute_sqlite(args.tracking_uri) if args.tracking_uri else None
     try:
-        sent, left, rejected = sync_tree(args.directory, args.tracking_uri)
+        sent, left, rejected = sync_tree(args.directory, uri)
     except (ValueError, OSError) as err:
-        print(short_text(err, 500), file=sys.stderr)
-        return 2
+        return refuse(short_text(err, 500))
     print(f"{sent} operations sent, {left} left" + (f", {rejected} set aside" if rejected else ""))
-    return 2 if rejected else 1 if left else 0
+    return EXIT_REFUSED if rejected else EXIT_FAILED if left else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .validate import nearest_existing, short_text
+from .validate import Refusal, nearest_existing, short_text
 
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(Refusal, RuntimeError):
     """The tracking URI does not answer (or cannot be written): nothing may be submitted."""
 
 

@@ -18,7 +18,8 @@ What a cell does, in order:
    with the test split's ``max_examples`` cap unless a set has its own, into ``predictions_<split>.jsonl``; their
    scores join the returned metrics as ``<split>_<metric>``, so the job logs ``test_<split>_<metric>``. A cell whose
    test split is local and that names no file for an extra set skips that set with a warning (see
-   :func:`extra_test_splits`).
+   :func:`experiments.cell_inputs.extra_test_splits`). Steps 5 and 6 are :class:`experiments.evaluation.TestDecoding`,
+   the recipe ``python -m experiments.evaluate`` (and so a launch's re-decoding) runs too.
 
 A cell whose ``checkpoints/last`` exists resumes from it: same data order (sampler epoch and batches consumed), same
 optimizer moments, learning rate and random states, so its final weights equal an uninterrupted run's.
@@ -27,7 +28,6 @@ Only rank 0 logs and writes files. A NaN or infinite loss stops the cell with a 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -40,10 +40,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpointing
-from .cell import METRICS_FILE
 from .cell_inputs import (VOCABULARY_DIR, MicroBatchCollator, RankBatches, build_model, cache_dir,
-                          cell_vocabulary, extra_test_splits, lengths, length_limits, load_cell_data, predictions_file,
-                          seed_everything, uncased)
+                          cell_vocabulary, lengths, load_cell_data, predictions_file, seed_everything)
 from .checkpointing import BEST, CHECKPOINT_DIR, LAST
 from .config import CellConfig
 from .data import LengthBucketBatchSampler, Seq2SeqCollator
@@ -57,8 +55,7 @@ from .distributed import (
     init_distributed,
     wrap_model,
 )
-from .disk_space import atomic_write_text
-from .evaluation import SplitDecoder, baseline_metrics, autocast, progress_bar, to_device, use_bf16
+from .evaluation import TestDecoding, autocast, progress_bar, to_device, use_bf16, write_summary
 from .optim import LRSchedule, build_optimizer
 from .tasks import STANDARD_SPLITS, get_task
 
@@ -103,18 +100,16 @@ class CellTrainer:
                 barrier(ctx)
         seed_everything(self.seed)
         model, self.spec, self.input_tokenizer, self.output_tokenizer = build_model(cell, vocabulary=self.vocabulary)
-        if uncased(self.output_tokenizer) and not self.task.lowercase:
-            # An uncased vocabulary (all-MiniLM-L6-v2's) cannot write a capital letter: its references, sources and
-            # trivial baseline are lowercased, so the metrics do not score case (tag: lowercased_data).
-            self.task = self.task.with_overrides(lowercase=True)
         self.model = model.to(ctx.device)
         self.frozen_until = cell.train.freeze_warm_started_steps
         self.frozen = warm_started_parameters(self.model, self.spec.report) if self.frozen_until else []
         if self.frozen_until and not self.frozen:
             raise ValueError(f"cell train.freeze_warm_started_steps: {self.frozen_until}, but scheme {cell.scheme} "
                              "warm-starts no parameter from a checkpoint; expected 0")
-        self.limits = length_limits(self.model, self.task)
-        self.extra_test_splits, self.skipped_test_splits = extra_test_splits(cell.data, self.task)
+        # the task as scored (lower-cased for an uncased vocabulary), the length limits, the test sets decoded
+        self.recipe = TestDecoding(self.model, self.output_tokenizer, self.task, cell.data)
+        self.task, self.limits = self.recipe.task, self.recipe.limits
+        self.extra_test_splits, self.skipped_test_splits = self.recipe.splits[1:], self.recipe.skipped
         for split in self.skipped_test_splits if ctx.is_main else ():
             log.warning("cell %s: data.%s: task %s's extra test set %s has no local source while data.test is a local "
                         "file; skipping it (no test_%s_* metrics)", self.cell_id, split, self.task.name, split, split)
@@ -342,8 +337,9 @@ class CellTrainer:
         if count == 0:
             return {}
         raw, tokenized = (part.select(range(count)) for part in self.data["validation"])
-        decoder = SplitDecoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id, self.decode_settings,
-                               self.eval_batch_size(), self.limits[1], self.ctx, self.bf16, f"dev {self.cell_id}")
+        decoder = self.recipe.decoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id,
+                                      self.decode_settings, self.eval_batch_size(), self.ctx, self.bf16,
+                                      f"dev {self.cell_id}")
         metrics, _ = decoder.evaluate(self.task.metrics, raw, tokenized, self.out_dir / DEV_PREDICTIONS_FILE)
         self.model.train()
         return {f"dev_{name}": value for name, value in metrics.items()}
@@ -435,29 +431,24 @@ class CellTrainer:
 
     def test(self) -> dict[str, float]:
         """The test split's metrics, plus ``<split>_<metric>`` for each extra test set the cell decodes."""
-        decoder = SplitDecoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id, self.decode_settings,
-                               self.eval_batch_size(), self.limits[1], self.ctx, self.bf16,
-                               f"decode {self.cell_id}")
-        metrics, decode_seconds = decoder.evaluate(self.task.metrics, *self.data["test"],
-                                                   self.out_dir / predictions_file("test"))
-        extra = {split: decoder.evaluate(self.task.metrics, *self.data[split], self.out_dir / predictions_file(split))
-                 for split in self.extra_test_splits}
+        decoder = self.recipe.decoder(self.model, self.output_tokenizer, self.spec.inputs.pad_token_id,
+                                      self.decode_settings, self.eval_batch_size(), self.ctx, self.bf16,
+                                      f"decode {self.cell_id}")
+        results = self.recipe.decode(decoder, ((split, *self.data[split]) for split in self.recipe.splits),
+                                     self.out_dir)
+        metrics = results.scores["test"]
         if self.ctx.is_main:
             summary = {
-                "test": metrics, "cell_id": self.cell_id, "task": self.task.name, "scheme": self.cell.scheme,
-                "seed": self.seed, "steps": self.step, "best_step": self.best_step,
+                **self.recipe.summary(results), "cell_id": self.cell_id, "task": self.task.name,
+                "scheme": self.cell.scheme, "seed": self.seed, "steps": self.step, "best_step": self.best_step,
                 "select": self.train_settings.select,
                 "tested_step": self.best_step if self.train_settings.select == "best_dev" else self.step,
                 "best_dev_loss": self.best_dev_loss if math.isfinite(self.best_dev_loss) else None,
-                "train_seconds": self.train_seconds, "test_decode_seconds": decode_seconds,
+                "train_seconds": self.train_seconds,
                 "examples": {split: len(self.data[split][0]) for split in self.data},
-                "max_lengths": {"source": self.limits[0], "target": self.limits[1]},
-                "parameters": self.model.num_parameters(),
             }
-            if self.task.baseline is not None:
-                baseline = baseline_metrics(self.task.baseline, self.task.metrics, self.data["test"][0])
-                summary[f"baseline_{self.task.baseline}"] = baseline
-                self.logger.log_metrics({f"baseline_{self.task.baseline}_{k}": v for k, v in baseline.items()},
+            if results.baseline is not None:
+                self.logger.log_metrics({f"baseline_{self.task.baseline}_{k}": v for k, v in results.baseline.items()},
                                         step=self.step)
             if self.last_input_use is not None:
                 use = self.last_input_use
@@ -467,17 +458,11 @@ class CellTrainer:
                     log.warning("cell %s: the model ignores its input: dev loss with other examples' sources is "
                                 "only %.3f nats above the loss with its own (see experiments.diagnostics); its "
                                 "predictions do not depend on the source", self.cell_id, use.source_gap)
-            if self.task.extra_test_splits:  # only for tasks with extra sets: the others' summary is unchanged
-                # "test_<split>" flattens to test_<split>/<metric>, which analysis reads like the logged metric
-                summary.update({f"test_{split}": scores for split, (scores, _) in extra.items()})
-                summary["extra_test_decode_seconds"] = {split: seconds for split, (_, seconds) in extra.items()}
-                summary["skipped_test_splits"] = list(self.skipped_test_splits)
-            atomic_write_text(self.out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            for split in ("test", *extra):
+            summary_file = write_summary(self.out_dir, summary)
+            for split in self.recipe.splits:
                 self.logger.log_artifact(self.out_dir / predictions_file(split))
-            self.logger.log_artifact(self.out_dir / METRICS_FILE)
-            for split, (scores, _) in extra.items():
-                metrics.update({f"{split}_{name}": value for name, value in scores.items()})
+            self.logger.log_artifact(summary_file)
+            metrics = {**metrics, **results.extra_scores()}
         return broadcast_object(metrics, self.ctx)
 
     # -- everything --------------------------------------------------------------------------------------------

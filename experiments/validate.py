@@ -51,7 +51,13 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-class Invalid(ValueError):
+class Refusal(Exception):
+    """A request the harness refuses before it starts work: bad input, a store it cannot write, a cluster that cannot
+    give what is asked. ``str()`` is one line that names what and says what was expected; every entry point turns it
+    into ``error: <that line>`` and exit status 2 (:func:`experiments.cli.entry_point`), never a traceback."""
+
+
+class Invalid(Refusal, ValueError):
     """A value that does not fit; ``str()`` is ``<key path>: <what was expected>``."""
 
     def __init__(self, path: str, message: str):

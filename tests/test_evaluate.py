@@ -20,6 +20,7 @@ import yaml
 import torch
 import transformers
 
+from experiments import cli
 from experiments import evaluate as ev
 from experiments.metrics import compute_metrics
 from experiments.tasks import get_task
@@ -242,6 +243,22 @@ def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_pat
     assert (out_dir / "metrics.json").read_text() == cell_metrics
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where there is no CUDA device")
+def test_a_cuda_device_on_a_machine_without_one_is_refused_before_anything_is_written(shared_dir, tmp_path,
+                                                                                      test_file, capsys):
+    """``--device`` is read as every entry point reads it (experiments.cli.device): it used to start a run and die
+    in it with torch's traceback."""
+    released_layout("sentencepiece", shared_dir / "data" / "tokenizers", tmp_path / "released")
+    capsys.readouterr()  # transformers' progress bars
+    code, out, err = run([str(tmp_path / "released"), "--task", "discofuse", "--set",
+                          f"data.test={json.dumps(data_spec(str(test_file)))}", "--tracking-uri",
+                          f"sqlite:///{tmp_path / 'db.sqlite'}", "--output-root", str(tmp_path / "out"),
+                          "--device", "cuda"], capsys)
+    assert code == cli.EXIT_REFUSED
+    assert err == "error: --device cuda: no CUDA device on this machine\n"
+    assert not (tmp_path / "db.sqlite").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "pass a CHECKPOINT or --grid FILE"),
     (["{missing}"], "--task: required"),
@@ -255,7 +272,7 @@ def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_pat
 def test_bad_evaluation_requests_are_refused_in_one_line(argv, message, tmp_path, capsys):
     argv = [a.replace("{missing}", str(tmp_path / "missing")) for a in argv]
     code, _, err = run(argv + ["--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
-    assert code == ev.EXIT_REFUSED
+    assert code == cli.EXIT_REFUSED
     assert message in err and err.count("\n") == 1
 
 
@@ -265,7 +282,7 @@ def test_a_directory_that_is_not_an_encoder_decoder_is_refused_with_the_reason(t
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     code, _, err = run([str(tmp_path / "bert"), "--task", "discofuse", "--tracking-uri",
                         f"sqlite:///{tmp_path / 'db.sqlite'}"], capsys)
-    assert code == ev.EXIT_REFUSED
+    assert code == cli.EXIT_REFUSED
     assert "model_type 'bert': expected an encoder-decoder checkpoint" in err and err.count("\n") == 1
     assert not (tmp_path / "db.sqlite").exists()
 
@@ -333,7 +350,7 @@ def test_an_evaluation_grid_runs_each_evaluation_and_only_selects(shared_dir, tm
     assert len(runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "released")) == 2
     grid.write_text(yaml.safe_dump({"evaluations": [{"checkpoint": "x", "task": "discofuse", "beams": 4}]}))
     code, _, err = run(["--grid", str(grid)], capsys)
-    assert code == ev.EXIT_REFUSED and "evaluations[0]: unknown keys ['beams']" in err and err.count("\n") == 1
+    assert code == cli.EXIT_REFUSED and "evaluations[0]: unknown keys ['beams']" in err and err.count("\n") == 1
 
 
 def test_released_models_know_their_task_and_input_convention(tmp_path):

@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from experiments import cli
 from experiments import evaluate as ev
 from integration_helpers import data_spec, quick_assets, tiny_cell
 from test_evaluate import SOURCES, TARGETS, released_layout, runs_of
@@ -235,7 +236,7 @@ def test_a_bad_evaluation_is_refused_in_one_line_before_anything_is_written(case
         options += ["--output-root", str(ws.out)]
     code = ev.main(argv + options)
     out, err = capsys.readouterr()
-    assert code == ev.EXIT_REFUSED, (out[-2000:], err[-2000:])
+    assert code == cli.EXIT_REFUSED, (out[-2000:], err[-2000:])
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
     for fragment in case.expect:

@@ -560,7 +560,7 @@ def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, t
 def test_extra_test_sets_come_from_the_hub_only_with_the_test_split():
     from experiments.config import DataSources
     from experiments.tasks import TASKS
-    from experiments.train import extra_test_splits, predictions_file
+    from experiments.cell_inputs import extra_test_splits, predictions_file
 
     wmt, hub = TASKS["wmt14_de_en"], {"train": None, "validation": None, "test": None}
     assert extra_test_splits(DataSources(**hub), wmt) == (("newstest2016",), ())
