@@ -27,7 +27,7 @@ import bench_model as bench  # noqa: E402  (the benchmark's model, batch and ste
 
 # (kind, operator names): the first kind whose names contain an operator's name takes it; the rest is "other".
 KINDS = (
-    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::addmv", "aten::addmv_", "aten::mv",
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::addmv", "aten::addmv_", "aten::mv",
                          "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise", "aten::_mkldnn_linear",
                          "aten::mkldnn_linear")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
