@@ -10,7 +10,7 @@ warmup 40k: Table 2's number) and with its best tuned settings; our transcriptio
 scheme:
 
 * one row per setting the runs hold (optimizer, lr, warmup; the default first, always shown): ours, as every table
-  computes a cell (:func:`analysis.tables._compute_cell`: mean ± sd over seeds, 95 % bootstrap CI over test examples;
+  computes a cell (:func:`analysis.cells.compute_cell`: mean ± sd over seeds, 95 % bootstrap CI over test examples;
   runs of one setting that differ otherwise are told apart on dev), the paper's number on the default row only;
 * a "best on dev" row: among all our settings of the scheme, the one with the best dev score (model selection on dev,
   never on test, as the paper's tuning would have), beside the paper's tuned number;
@@ -28,7 +28,7 @@ from experiments.config import OPTIMIZERS, TrainConfig
 
 from . import paper, schema, stats
 from .table_specs import Column, Row, TableSpec
-from .tables import CELL_COLUMNS, TableResult, _compute_cell, _mark_significance, _record, closing_notes
+from .cells import CELL_COLUMNS, TableResult, cell_record, closing_notes, compute_cell, mark_significance
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore
@@ -114,9 +114,9 @@ def build_gpt2_tuning_table(store: RunStore | None = None, *, n_boot: int = stat
                 for label, variant, subset, paper_setting in blocks:
                     paper_v = values.get((scheme, paper_setting, col.task, col.metric)) if paper_setting else None
                     if store is None or subset.empty:
-                        record, data = _record(spec, Row(scheme), col), None
+                        record, data = cell_record(spec, Row(scheme), col), None
                     else:
-                        data = _compute_cell(spec, _Runs(store, subset), Row(scheme), col, notes, n_boot, alpha)
+                        data = compute_cell(spec, _Runs(store, subset), Row(scheme), col, notes, n_boot, alpha)
                         record = data.record
                         if variant == "best_on_dev" and record["run_ids"]:
                             chosen = store.runs[store.runs.run_id == record["run_ids"].split(",")[0]].group.iloc[0]
@@ -126,7 +126,7 @@ def build_gpt2_tuning_table(store: RunStore | None = None, *, n_boot: int = stat
                     records.append(record)
                     if data is not None and variant != "best_on_dev":
                         cells.append(data)
-                _mark_significance(cells, col, alpha, n_boot)  # among the scheme's settings (records updated in place)
+                mark_significance(cells, col, alpha, n_boot)  # among the scheme's settings (records updated in place)
     notes += closing_notes(store, caught, n_boot, alpha, "the scheme's best setting")
     cells = pd.DataFrame.from_records(records, columns=list(CELL_COLUMNS))
     return TableResult(spec, cells, list(dict.fromkeys(notes)), n_boot, alpha)

@@ -31,7 +31,8 @@ from matplotlib.figure import Figure
 
 from . import schema, stats
 from .table_specs import Column, Row
-from .tables import TableResult, _select_runs, build_table
+from .cells import TableResult, dev_criterion, select_runs
+from .tables import build_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runs import RunStore
@@ -145,7 +146,6 @@ def _figure_legend(fig: Figure, ax, title: str) -> None:
 def learning_curves(store: RunStore, task: str) -> Figure | None:
     """Dev score against step, one line per scheme (full variant, all data): the task's primary metric if the runs
     logged it on dev, else the dev loss train_cell logs."""
-    from .tables import dev_criterion
 
     task_runs = store.runs[store.runs.task == task]
     criterion = dev_criterion(store, task, task_runs.run_id)
@@ -158,7 +158,7 @@ def learning_curves(store: RunStore, task: str) -> Figure | None:
     ax = fig.subplots()
     column = Column("dev", "dev", task, metric)
     for scheme in sorted(runs.scheme.unique(), key=lambda s: (s not in schema.SCHEME_ORDER, schema.SCHEME_ORDER.index(s) if s in schema.SCHEME_ORDER else 0, s)):
-        selected, _, _ = _select_runs(store, Row(scheme), column)
+        selected, _, _ = select_runs(store, Row(scheme), column)
         histories = []
         for run_id in selected.run_id:
             keys = dev[dev.run_id == run_id].key

@@ -1,4 +1,4 @@
-"""Rendering the paper's tables (analysis.tables.TableResult) as markdown, LaTeX or CSV: each cell shows ours
+"""Rendering the paper's tables (analysis.cells.TableResult) as markdown, LaTeX or CSV: each cell shows ours
 (mean ± sd over seeds, [95% bootstrap CI]), the paper's number and the difference; bold marks a column's best and
 ``†`` a scheme significantly below it."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tables import TableResult
+    from .cells import TableResult
 
 MISSING = "—"
 SIG_MARK = "†"
