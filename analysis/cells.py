@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from experiments.tasks import TASKS as HARNESS_TASKS
+from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .table_render import SIG_MARK
@@ -182,7 +182,7 @@ def _wants_rows(metric: str) -> bool:
     """Whether per-example rows exist for a metric (the harness' registry, or our text statistics)."""
     if metric in schema.TEXT_METRICS:
         return True
-    from experiments import metrics as harness_metrics
+    from experiments.data import metrics as harness_metrics
 
     return metric in harness_metrics.METRICS
 

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from experiments.tracking import flatten
+from experiments.tracking.runs import flatten
 
 from . import paper, schema
 from .table_specs import NOT_RUN_METRICS, not_run_reason
@@ -54,7 +54,7 @@ def uncovered(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.grid import load_grid
+    from experiments.grid.load import load_grid
 
     parser = argparse.ArgumentParser(prog="python -m analysis.coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", nargs="?", type=Path, default=PAPER_GRID, help="grid file (default: grids/paper.yaml)")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from experiments.config import OPTIMIZERS, TrainConfig
+from experiments.config.cell import OPTIMIZERS, TrainConfig
 
 from . import paper, schema, stats
 from .table_specs import Column, Row, TableSpec
@@ -47,7 +47,7 @@ SPEC = TableSpec(
         "tuned settings (the transcription of its text holds neither the values searched nor the winning setting).",
         "Best on dev: our setting with the best dev score per scheme, set beside the paper's tuned number.",
         "lr is the noam constant (peak lr / sqrt(hidden x warmup)); for Adafactor it caps the step relative to each "
-        "weight's RMS (experiments.optim), another scale than Adam's.",
+        "weight's RMS (experiments.recipes.optim), another scale than Adam's.",
     ),
 )
 

@@ -38,7 +38,7 @@ TEXT_ABLATION_ROWS = {
     "bertShare init from first 10 layers of BERT-large": ("bertShare", "first_10"),
     "bertShare init from BERT-large layers 9,10,13-18,23,24 (CMA-ES search)": ("bertShare", "layers_9,10,13-18,23,24"),
 }
-# The size of those that are not 12 layers (experiments.model_size): 10 of BERT-Large's layers, 1024 wide.
+# The size of those that are not 12 layers (experiments.config.model_size): 10 of BERT-Large's layers, 1024 wide.
 TEXT_ABLATION_SIZES = {model: "L10-H1024" for model in TEXT_ABLATION_ROWS if "BERT-large" in model}
 # Section 5's GPT-2 tuning (DiscoFuse SARI), laid out on its own by analysis.gpt2_tuning: model string → (scheme,
 # "default" = the paper's Adam, the same number as Table 2's | "tuned" = the best of a search; the transcription
@@ -66,7 +66,7 @@ BASELINE_LABELS = {
     "Edunov et al. (2018)* [back-translation; 33.8 in parentheses]": "Edunov et al. (2018)*",
 }
 # Table 4's "Transformer (ours)" rows: our rnd2rnd cells of grids/translation.yaml (a random model with Transformer-base
-# widths) that name the variant (experiments.config.CellConfig.variant) → (scheme, variant, size). The paper states
+# widths) that name the variant (experiments.config.cell.CellConfig.variant) → (scheme, variant, size). The paper states
 # the depths; the width (512) is our choice, written in the grid.
 TRANSFORMER_ROWS = {
     "Transformer (ours) [6L, 32k WMT wordpiece vocab]": ("rnd2rnd", "transformer_wmt_vocab", "L6-H512"),

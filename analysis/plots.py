@@ -239,7 +239,7 @@ def save(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = DEFAULT
 
 
 def input_use_curves(store: RunStore, task: str) -> Figure | None:
-    """Dev source gap (experiments.diagnostics: dev loss with other examples' sources minus with its own) against
+    """Dev source gap (experiments.recipes.diagnostics: dev loss with other examples' sources minus with its own) against
     step, one line per run: a line that stays at 0 is a model that ignores its input."""
     task_runs = store.runs[store.runs.task == task].sort_values(["scheme", "variant", "seed"])
     fig = new_figure((7.5, 4.5))

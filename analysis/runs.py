@@ -204,9 +204,9 @@ class RunStore:
 
     def baseline_rows(self, run_id: str, testset: str, metrics: Sequence[str],
                       baseline: str) -> dict[str, np.ndarray] | None:
-        """Per-example rows of a trivial baseline (experiments.metrics.BASELINES) on a run's test examples: its
+        """Per-example rows of a trivial baseline (experiments.data.metrics.BASELINES) on a run's test examples: its
         predictions file keeps every source, so the baseline is scored on exactly the examples the run was."""
-        from experiments.metrics import baseline_predictions
+        from experiments.data.metrics import baseline_predictions
 
         preds = self.predictions(run_id, testset)
         if preds is None:
@@ -260,8 +260,8 @@ def _text_statistic(metric: str, texts: Sequence[str], reference_corpus: Sequenc
 
 
 def example_statistics(predictions: Sequence[dict], metrics: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-example rows for ``metrics`` (ordered by id), via ``experiments.metrics`` or :mod:`analysis.textstats`."""
-    from experiments import metrics as harness_metrics
+    """Per-example rows for ``metrics`` (ordered by id), via ``experiments.data.metrics`` or :mod:`analysis.textstats`."""
+    from experiments.data import metrics as harness_metrics
 
     ordered = sorted(predictions, key=lambda p: p["id"])
     out: dict[str, np.ndarray] = {"ids": np.asarray([p["id"] for p in ordered], dtype=object)}
@@ -284,7 +284,7 @@ def metric_score(metric: str):
     """``rows -> corpus score`` for a metric (the harness' own for its metrics; the mean for text statistics)."""
     if metric in schema.TEXT_METRICS:
         return lambda rows: float(np.mean(rows))
-    from experiments import metrics as harness_metrics
+    from experiments.data import metrics as harness_metrics
 
     if metric not in harness_metrics.METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected names from {sorted(harness_metrics.METRICS)}")

@@ -8,14 +8,14 @@ Canonical names:
 * **tasks** — :data:`TASKS` keys (``discofuse``, ``wikisplit``, ``wmt14_en_de``, ``wmt14_de_en``, ``gigaword``,
   ``cnn_dailymail``, ``xsum``).
 * **schemes** — :data:`SCHEME_ORDER` (the paper's spelling: ``bertShare``, ``robertaShare``...).
-* **metrics** — the keys of ``experiments.metrics.METRICS`` (``exact``, ``sari``, ``bleu_nltk``, ``bleu_uncased``,
+* **metrics** — the keys of ``experiments.data.metrics.METRICS`` (``exact``, ``sari``, ``bleu_nltk``, ``bleu_uncased``,
   ``sacrebleu``, ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``) plus the text statistics ``length`` and
   ``repetition`` (:mod:`analysis.textstats`).
 * **test sets** — ``test`` unless the harness logs several (WMT: ``newstest2014``, ``newstest2016``).
 * **variants** — ``full`` (the scheme as defined) or an ablation's name (Table 6).
 * **sizes** — a run's row key for its model and budget (:func:`run_size`): ``base`` (12 layers, 768 wide) and
   ``large`` (24 layers, 1024 wide) at the paper's budget; any other size is its ``L<layers>-H<hidden>``
-  (experiments.model_size: ``L6-H384`` for MiniLM, ``L10-H1024`` for 10 of BERT-Large's layers), and a run trained
+  (experiments.config.model_size: ``L6-H384`` for MiniLM, ``L10-H1024`` for 10 of BERT-Large's layers), and a run trained
   for another number of updates or batch size than the paper's gets it appended (``base, 300 steps, batch 16``):
   a row of its own that no paper number is set beside.
 """
@@ -30,10 +30,11 @@ from typing import Any, Mapping
 
 from bertgen.schemes import SCHEMES as HARNESS_SCHEMES
 from bertgen.schemes import WarmStart
-from experiments.cell import COSMETIC_KEYS, METRICS_FILE, PREDICTIONS_FILE
-from experiments.evaluation_config import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
-from experiments.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
-from experiments.tasks import TASKS as HARNESS_TASKS
+from experiments.grid.identity import METRICS_FILE, PREDICTIONS_FILE
+from experiments.config.cell import COSMETIC_KEYS
+from experiments.config.evaluation import RELEASED, RELEASED_UNREPORTED_VARIANT, RELEASED_VARIANT
+from experiments.config.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
+from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Where runs live
@@ -50,16 +51,16 @@ TAG_SEED = "seed"
 TAG_CELL_ID = "cell_id"
 TAG_GRID = "grid"
 DATA_VARIANT_PARAM = "data.variant"
-TAG_ROLE = "role"  # experiments.tracking: cell, launch, evaluation
+TAG_ROLE = "role"  # experiments.tracking.runs: cell, launch, evaluation
 TAG_VARIANT = "variant"
-# RELEASED_VARIANT (imported from experiments.evaluation_config): a released checkpoint evaluated without training;
+# RELEASED_VARIANT (imported from experiments.config.evaluation): a released checkpoint evaluated without training;
 # RELEASED_UNREPORTED_VARIANT: one the paper reports no number for (the WMT bert2bert_L-24: a row of its own that says
 # why, never beside Table 4's 12-layer mBERT bert2bert).
 RELEASED_VARIANTS = (RELEASED_VARIANT, RELEASED_UNREPORTED_VARIANT)
 # Why no paper number is a released variant's (analysis.tables notes it under the table).
 NO_PAPER_NUMBER = {entry.variant: entry.no_paper_number for entry in RELEASED.values() if entry.no_paper_number}
 
-# Final test metrics are "test_<metric>" (experiments.cell.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
+# Final test metrics are "test_<metric>" (experiments.grid.identity.TEST_PREFIX); dev metrics over steps "dev_<metric>". A
 # second test set (WMT's newstest2016) is expected as "test_<testset>_<metric>" or "test_<metric>_<testset>" with a
 # test-set name from KNOWN_TESTSETS; metric names themselves contain underscores ("bleu_uncased").
 TEST_METRIC_PREFIXES = ("test_", "test/")
@@ -75,10 +76,10 @@ METRICS_ARTIFACT = METRICS_FILE
 PRED_ID, PRED_SOURCE, PRED_REFERENCE, PRED_PREDICTION = "id", "source", "reference", "prediction"
 
 # Params are the resolved cell config flattened with dots, values as text (JSON for non-strings; see
-# experiments.tracking.flatten). First present name wins.
+# experiments.tracking.runs.flatten). First present name wins.
 DATA_FRACTION_PARAMS = ("data_fraction",)
 SEED_PARAMS = ("seed",)
-# experiments.model_size's L<layers>-H<hidden>, which every cell logs (CellConfig.size); a released model's
+# experiments.config.model_size's L<layers>-H<hidden>, which every cell logs (CellConfig.size); a released model's
 # evaluation logs "large". A run from before cells had a size has it derived from its checkpoint params.
 SIZE_PARAMS = ("size", "model.size")
 CHECKPOINT_PARAM_PREFIX, MODEL_PARAM_PREFIX = "checkpoints.", "model."
@@ -86,17 +87,17 @@ STEPS_PARAM, BATCH_PARAM = "train.steps", "train.batch_size"
 # null | {"embeddings_only": true} | {"without_embeddings": true} | {"first_k": k} | {"layers": [...]}
 INIT_LAYERS_PARAM = "init_layers"
 VARIANT_TAGS = ("variant", "ablation")
-# A cell's own name for the paper row it fills (experiments.config.CellConfig.variant: Table 4's Transformer baselines).
+# A cell's own name for the paper row it fills (experiments.config.cell.CellConfig.variant: Table 4's Transformer baselines).
 VARIANT_PARAM = "variant"
-# A cell with a vocabulary the harness trained (experiments.config.CellConfig.vocab) is a variant of its scheme:
+# A cell with a vocabulary the harness trained (experiments.config.cell.CellConfig.vocab) is a variant of its scheme:
 # Table 6's "+ task specific SentencePieces" (task_sentencepiece) and, with the warm-started parameters frozen first
 # (train.freeze_warm_started_steps), "+ pre-training SentencePieces" (pretrain_sentencepiece); task_wordpiece else.
 VOCAB_TRAIN_PARAM, FREEZE_PARAM = "vocab.train", "train.freeze_warm_started_steps"
-# A cell that departs from the paper's random cross-attention (experiments.config.CellConfig.cross_attention_init)
+# A cell that departs from the paper's random cross-attention (experiments.config.cell.CellConfig.cross_attention_init)
 # is a variant of its scheme, "xattn_<init>" (joined to an init_layers variant with "+").
 CROSS_ATTENTION_PARAM = "cross_attention_init"
 CROSS_ATTENTION_VARIANT_PREFIX = "xattn_"
-# Params that do not define a cell's sweep group: the seed (aggregated over) and experiments.cell.COSMETIC_KEYS
+# Params that do not define a cell's sweep group: the seed (aggregated over) and experiments.config.cell.COSMETIC_KEYS
 # (where/how fast a run goes). cell_id hashes the seed too, so it cannot group seeds; every other param does.
 NON_GROUP_PARAMS = ("seed", *COSMETIC_KEYS)
 
@@ -116,13 +117,13 @@ SCHEME_ORDER = tuple(HARNESS_SCHEMES)  # the scheme names in Table 1's order, as
 
 @dataclass(frozen=True)
 class TaskInfo:
-    name: str  # a key of experiments.tasks.TASKS
+    name: str  # a key of experiments.config.tasks.TASKS
     label: str
     aliases: tuple[str, ...] = ()
 
     @property
     def primary_metric(self) -> str:
-        """The harness task's (experiments.tasks): drawn in learning curves, used to pick between duplicate cells."""
+        """The harness task's (experiments.config.tasks): drawn in learning curves, used to pick between duplicate cells."""
         return HARNESS_TASKS[self.name].primary_metric
 
 
@@ -148,7 +149,7 @@ TEXT_METRICS = ("length", "repetition")  # computed here from predictions, not l
 HIGHER_IS_BETTER_EXCEPT = frozenset(TEXT_METRICS)  # no "better" direction: not tested for significance
 
 DEFAULT_TESTSET = "test"
-# The harness' WMT "test" split IS newstest2014 (experiments.tasks), so a metric or paper row naming newstest2014
+# The harness' WMT "test" split IS newstest2014 (experiments.config.tasks), so a metric or paper row naming newstest2014
 # means the default test set.
 TESTSET_ALIASES = {"newstest2014": DEFAULT_TESTSET, "nt2014": DEFAULT_TESTSET, "newstest14": DEFAULT_TESTSET,
                    "nt2016": "newstest2016", "newstest16": "newstest2016"}  # fmt: skip
@@ -278,7 +279,7 @@ def group_params(group: str) -> dict[str, str]:
 
 
 # Section 5's GPT-2 tuning (analysis.gpt2_tuning) keys its rows by these params; a run without one had the
-# default (experiments.config.TrainConfig; train.optimizer is left out of the params at its default, Adam).
+# default (experiments.config.cell.TrainConfig; train.optimizer is left out of the params at its default, Adam).
 OPTIMIZER_PARAM, LR_PARAM, WARMUP_PARAM = "train.optimizer", "train.lr", "train.warmup_steps"
 
 
@@ -301,7 +302,7 @@ def _json_param(value: Any) -> Any:
 
 def _derived_size(params: Mapping[str, Any], scheme: str) -> str:
     """The size of a run that logged no ``size`` (runs from before cells had one), from its checkpoint, model and
-    init_layers params (experiments.model_size); DEFAULT_SIZE when it logged no checkpoints at all."""
+    init_layers params (experiments.config.model_size); DEFAULT_SIZE when it logged no checkpoints at all."""
     checkpoints = {k[len(CHECKPOINT_PARAM_PREFIX):]: v for k, v in params.items()
                    if k.startswith(CHECKPOINT_PARAM_PREFIX) and v not in (None, "", "null")}
     if not checkpoints or scheme not in HARNESS_SCHEMES:
@@ -313,7 +314,7 @@ def _derived_size(params: Mapping[str, Any], scheme: str) -> str:
 
 
 def paper_budget(task: str, size: str) -> tuple[int | None, int] | None:
-    """(updates, batch size) the paper trains ``task`` with at a paper size (experiments.tasks; None updates: an
+    """(updates, batch size) the paper trains ``task`` with at a paper size (experiments.config.tasks; None updates: an
     epoch count, WMT), or None for a task or size the paper has no budget for (synthetic tasks, other sizes)."""
     harness_task = HARNESS_TASKS.get(task)
     if harness_task is None or harness_task.synthetic or size not in PAPER_SIZES.values():
@@ -372,7 +373,7 @@ class RunFields:
     data_fraction: float
     variant: str
     size: str
-    data_variant: str = "paper"  # experiments.config.DataSources.variant: "full" departs from the paper's data
+    data_variant: str = "paper"  # experiments.config.cell.DataSources.variant: "full" departs from the paper's data
 
 
 def _first(mapping: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -409,7 +410,7 @@ def _as_seed(value: Any) -> int | None:
 
 def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> RunFields | None:
     """Canonical fields of a child run; ``None`` for runs that are not grid cells (parents, ad-hoc runs) and for
-    re-decodings of trained cells (experiments.evaluate; their cell's own run is the one the tables count). A
+    re-decodings of trained cells (experiments.recipes.evaluate; their cell's own run is the one the tables count). A
     released model's evaluation is a run of its paper scheme with variant ``released``."""
     task, scheme = tags.get(TAG_TASK), tags.get(TAG_SCHEME)
     if not task or not scheme:
@@ -421,7 +422,7 @@ def run_fields(run_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) 
     cross_attention = params.get(CROSS_ATTENTION_PARAM)
     harness_scheme = HARNESS_SCHEMES.get(canonical_scheme(scheme))
     warm_decoder = harness_scheme is not None and harness_scheme.encoder is not None and harness_scheme.decoder in (
-        "bert", "roberta", "gpt2")  # elsewhere the init is a no-op (experiments.grid drops it from new cells)
+        "bert", "roberta", "gpt2")  # elsewhere the init is a no-op (experiments.grid.load drops it from new cells)
     unset = cross_attention in (None, "", WarmStart.cross_attention) or (isinstance(cross_attention, float)
                                                                       and math.isnan(cross_attention))
     if warm_decoder and not unset:

@@ -5,7 +5,7 @@ little, and two schemes can differ by less than the noise of a finite test set. 
 much would this number move on another test set of the same size".
 
 A metric is given as per-example *rows* plus a ``score(rows) -> float`` that turns any subset or resample of rows
-back into the corpus score — exactly the contract of ``experiments.metrics.example_statistics`` /
+back into the corpus score — exactly the contract of ``experiments.data.metrics.example_statistics`` /
 ``score_from_statistics``: for mean metrics (Exact, SARI, ROUGE) a row is the example's value, for corpus BLEU it
 holds the example's sufficient statistics, so a resample recomputes corpus BLEU (Koehn, 2004) rather than averaging
 sentence BLEU.
@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from experiments.metrics import mean_score
+from experiments.data.metrics import mean_score
 
 Score = Callable[[np.ndarray], float]
 

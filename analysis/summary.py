@@ -3,7 +3,7 @@
 The paper's Tables 2-7 (:mod:`analysis.tables`) only have the paper's tasks and settings; this summary has every task
 a store holds, synthetic stand-ins included (under their own names, never set beside the paper's numbers), and for
 each (scheme, variant) the test metrics with 95% bootstrap intervals over the test examples, the last measured dev
-source gap (how much the model reads its input, experiments.diagnostics) and the task's trivial baseline (copy the
+source gap (how much the model reads its input, experiments.recipes.diagnostics) and the task's trivial baseline (copy the
 source, lead sentences) scored on the same examples.
 
     python -m analysis.summary --tracking-uri sqlite:///outputs/mlflow.db [--experiment bertgen-mini]
@@ -18,14 +18,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from experiments.tasks import TASKS as HARNESS_TASKS
+from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .runs import RunStore, align, metric_score
 from .table_specs import BASELINE_ROWS
 from .tables import scheme_order
 
-SOURCE_GAP = "source_gap"  # experiments.diagnostics: logged as dev_source_gap at each evaluation
+SOURCE_GAP = "source_gap"  # experiments.recipes.diagnostics: logged as dev_source_gap at each evaluation
 
 
 def _interval_text(interval: stats.Interval) -> str:

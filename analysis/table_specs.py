@@ -100,7 +100,7 @@ def not_run_reason(table: int, system: str, size: str, variant: str, metric: str
 
 
 GOLD = "Gold"
-# The trivial systems of experiments.tasks (Task.baseline) as table rows: scored like a run, from the sources kept in
+# The trivial systems of experiments.config.tasks (Task.baseline) as table rows: scored like a run, from the sources kept in
 # a run's predictions file, so a score is always read against copying the source or taking its lead sentences.
 BASELINE_ROWS = {"copy_source": "copy source", "lead_1": "lead", "lead_3": "lead"}
 

@@ -11,7 +11,7 @@ How a cell is computed (tables 2–7):
    metric on dev if logged, else the lowest dev loss) — model selection on dev, never on test — and a note says so.
 2. **Ours**: mean, sample standard deviation and number of the seeds' logged test scores (``test_<metric>``).
 3. **95 % CI**: percentile bootstrap over test examples of the seed-mean score, from the runs' predictions.jsonl
-   and ``experiments.metrics`` per-example statistics (:mod:`analysis.stats`).
+   and ``experiments.data.metrics`` per-example statistics (:mod:`analysis.stats`).
 4. **Significance**: in each column the scheme with the best mean is compared with every other scheme by a paired
    bootstrap on the test examples both were scored on; ``†`` marks a scheme significantly below the best
    (one-sided p < alpha, default 0.05; no correction for multiple comparisons). The best is shown in bold.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
 
-from experiments.tasks import TASKS as HARNESS_TASKS
+from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .cells import (CELL_COLUMNS, CellData, TableResult, cell_record, closing_notes, compute_cell, mark_significance,
@@ -118,7 +118,7 @@ def _rows(spec: TableSpec, store: RunStore | None) -> list[Row]:
         runs = table_runs(spec, store)
         found = {Row(s, z, v) for s, z, v in runs[["scheme", "size", "variant"]].itertuples(index=False)}
         if spec.ablation:  # each ablated scheme also needs its full reference row (a layer selection's is the
-            # paper's base row: its own size is the selection's, experiments.model_size)
+            # paper's base row: its own size is the selection's, experiments.config.model_size)
             found |= {Row(r.system, r.size) for r in found if not r.variant.startswith(("first_", "layers_"))}
         ours = sorted(found, key=_row_order)
     baseline = _baseline_row(spec)

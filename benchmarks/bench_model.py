@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from experiments.machine import describe, gemm_peak, native_bf16, peak_rss_bytes, synchronize
+from experiments.system.machine import describe, gemm_peak, native_bf16, peak_rss_bytes, synchronize
 
 CONFIG = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
               max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)

@@ -36,7 +36,7 @@ step bench_bf16 240 "$PY" benchmarks/bench_model.py --device cuda --rounds 2 --s
 step real_cell 240 "$PY" -m experiments.launch grids/mini_wikisplit.yaml --executor debug \
   --only 'wikisplit/bert2bert/seed1/xattn=self_attention' --set train.steps=200 --set train.batch_size=64 \
   --set "output_root=$OUT/cells" --set mlflow.experiment=device-check
-BERTGEN_MEASURED_RATES="$OUT/measured_rates.json" step rehearse 240 "$PY" -m experiments.rehearse grids/summarization.yaml --device cuda --steps 3
+BERTGEN_MEASURED_RATES="$OUT/measured_rates.json" step rehearse 240 "$PY" -m experiments.launch.rehearse grids/summarization.yaml --device cuda --steps 3
 
 echo
 echo "| step | status | time | log |"

@@ -2,7 +2,7 @@
 ignored the encoder"), on real WikiSplit pairs and the real MiniLM BERT.
 
 Trains one scheme with Adam on the same batches and, every ``--every`` updates, measures on held-out pairs
-(experiments.diagnostics): the dev loss, the dev loss with every target paired with another example's source (the
+(experiments.recipes.diagnostics): the dev loss, the dev loss with every target paired with another example's source (the
 gap is how much the prediction depends on the source), the cross-attention entropy (1.0 = uniform over the source),
 and the gradient norm reaching the cross-attention. ``--library transformers`` trains transformers'
 EncoderDecoderModel loaded from the very same initial weights on the very same batches (the side-by-side check that
@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from bertgen.schemes import CROSS_ATTENTION_INITS, WarmStart, build  # noqa: E402
 from bertgen.tokenization import load_tokenizer  # noqa: E402
-from experiments.data import LengthBucketBatchSampler, Seq2SeqCollator, column_array, load_split, tokenize_split  # noqa: E402
-from experiments.diagnostics import measure_input_use  # noqa: E402
-from experiments.tasks import get_task  # noqa: E402
+from experiments.data.batches import LengthBucketBatchSampler, Seq2SeqCollator, column_array, tokenize_split
+from experiments.data.sources import load_split
+from experiments.recipes.diagnostics import measure_input_use  # noqa: E402
+from experiments.config.tasks import get_task  # noqa: E402
 
 
 def minilm_dir() -> str:

@@ -95,7 +95,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(profile_child(args.child, args.checkpoint, args.bf16, args.steps)))
         return
-    from experiments.machine import describe
+    from experiments.system.machine import describe
 
     libraries = bench.LIBRARIES if args.library == "both" else (args.library,)
     results = {}

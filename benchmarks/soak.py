@@ -2,14 +2,14 @@
 
     python benchmarks/soak.py [--steps 2000] [--eval-every 50] [--checkpoint-every 50] [--num-workers 1] [--out DIR]
 
-One tiny cell (bert2bert on the synthetic fusion task, the tiny checkpoints of experiments.pretrain_tiny's quick
+One tiny cell (bert2bert on the synthetic fusion task, the tiny checkpoints of experiments.smoke.pretrain's quick
 settings) is launched the way a study runs — ``python -m experiments.launch grids/smoke.yaml --executor local``, a
 cell process of its own, MLflow in the embedded sqlite store under ``--out`` — for ``--steps`` updates with the
 periodic work of a week-long run at a high rate: the dev loss, the input-use probe and dev decoding every
 ``--eval-every`` updates, a checkpoint every ``--checkpoint-every``, a metric flush to MLflow every few seconds, a
 data loader whose worker processes restart every epoch (40 examples: an epoch is 5 updates).
 
-The cell trains with experiments.train.train_cell through :func:`train_cell_sampling_memory`, which records at every
+The cell trains with experiments.recipes.train.train_cell through :func:`train_cell_sampling_memory`, which records at every
 logged step (``--log-every``) the cell process's resident set (VmRSS), its data-loader workers' and the number of
 Python objects the garbage collector tracks, in ``<cell dir>/memory.csv``. The report is RSS over time and its
 slope, a least-squares line through the samples after ``--warmup`` of the run (allocator arenas and caches fill
@@ -98,8 +98,8 @@ class MemorySampler:
 
 
 def train_cell_sampling_memory(cell: dict, out_dir: Path, logger) -> dict:
-    """experiments.train.train_cell with :class:`MemorySampler` around its logger (``$BERTGEN_TRAIN_FN``)."""
-    from experiments.train import train_cell
+    """experiments.recipes.train.train_cell with :class:`MemorySampler` around its logger (``$BERTGEN_TRAIN_FN``)."""
+    from experiments.recipes.train import train_cell
 
     if os.environ.get(TRACEMALLOC_ENV):
         import tracemalloc
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bertgen-soak"), help="default: %(default)s")
     args = parser.parse_args(argv)
 
-    from experiments import pretrain_tiny as pt
+    from experiments.smoke.assets import SmokeSettings, ensure_smoke_assets
 
     out = args.out.resolve()
     if (out / "outputs").exists():
         raise SystemExit(f"{out / 'outputs'} exists; pass another --out (a soak starts from nothing)")
-    assets = pt.ensure_smoke_assets(out / "assets", pt.SmokeSettings.quick())
+    assets = ensure_smoke_assets(out / "assets", SmokeSettings.quick())
     files = assets["tasks"]["fusion"]
     sets = [f"checkpoints.{family}={path}" for family, path in assets["checkpoints"].items()]
     sets += [f"data.{split}=" + json.dumps({"path": path, "columns": {"input": "source", "target": "target",

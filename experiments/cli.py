@@ -2,7 +2,7 @@
 shares, written once:
 
 - the exit statuses (:data:`EXIT_OK`, :data:`EXIT_FAILED`, :data:`EXIT_REFUSED`, :data:`EXIT_INTERRUPTED`);
-- :func:`entry_point`: a refusal (:class:`experiments.validate.Refusal`, or the library's checkpoint and tokenizer
+- :func:`entry_point`: a refusal (:class:`experiments.config.validate.Refusal`, or the library's checkpoint and tokenizer
   errors) raised anywhere below a command's ``main`` becomes ONE line, ``error: <what>``, on stderr and exit status
   2; with ``unexpected=True`` so does any other exception (the launcher's last resort; ``BERTGEN_TRACEBACK=1``
   shows the traceback);
@@ -26,8 +26,8 @@ import torch
 from bertgen.checkpoint import CheckpointError
 from bertgen.tokenization import TokenizerError
 
-from .tracking_store import resolve_tracking_uri, sqlite_path
-from .validate import Refusal, short_text
+from .config.validate import Refusal, short_text
+from .tracking.store import resolve_tracking_uri, sqlite_path
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What is refused rather than failed: the harness's own refusals and the library's (bertgen cannot import Refusal).

@@ -214,9 +214,9 @@ def metric_steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
 # -- smoke assets -----------------------------------------------------------------------------------------------------
 def quick_assets(tmp_path_factory) -> dict:
     """The reduced tiny checkpoints and tasks, built once per session where tests/test_train.py builds them."""
-    from experiments import pretrain_tiny as pt
+    from experiments.smoke.assets import SmokeSettings, ensure_smoke_assets
 
-    return pt.ensure_smoke_assets(tmp_path_factory.getbasetemp() / "smoke-assets", pt.SmokeSettings.quick())
+    return ensure_smoke_assets(tmp_path_factory.getbasetemp() / "smoke-assets", SmokeSettings.quick())
 
 
 def data_spec(path: str) -> dict:
@@ -225,7 +225,7 @@ def data_spec(path: str) -> dict:
 
 def tiny_cell(assets: dict, output_root: Path, scheme: str = "bert2bert", cell_id: str | None = None,
               **train: Any) -> dict:
-    """A complete cell (the layout of experiments.cell) on the tiny fusion task: seconds of training."""
+    """A complete cell (the layout of experiments.grid.identity) on the tiny fusion task: seconds of training."""
     settings = {"steps": 8, "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "warmup_steps": 2, "schedule": "linear",
                 "max_grad_norm": 1.0, "bf16": False, "eval_every": 4, "checkpoint_every": 4, "eval_examples": 8,
                 "num_workers": 0, "log_every": 1}
@@ -304,8 +304,8 @@ class _FailingLogger:
 
 
 def train_cell_failing_for(cell: dict, out_dir: Path, logger) -> dict[str, float]:
-    """experiments.train.train_cell, except that cells of ``$BERTGEN_TEST_FAIL_SCHEME`` raise mid-training."""
-    from experiments.train import train_cell
+    """experiments.recipes.train.train_cell, except that cells of ``$BERTGEN_TEST_FAIL_SCHEME`` raise mid-training."""
+    from experiments.recipes.train import train_cell
 
     if cell["scheme"] == os.environ.get(FAIL_SCHEME_ENV):
         logger = _FailingLogger(logger)
@@ -331,9 +331,9 @@ class _PacedLogger:
 
 
 def train_cell_paced(cell: dict, out_dir: Path, logger) -> dict[str, float]:
-    """experiments.train.train_cell slowed down by ``$BERTGEN_TEST_PACE_S`` seconds at every logged step, so that a
+    """experiments.recipes.train.train_cell slowed down by ``$BERTGEN_TEST_PACE_S`` seconds at every logged step, so that a
     test can act on a tiny cell (seconds of training on a quiet machine) in the middle of its training; the cell,
     its id and its numbers are unchanged."""
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     return train_cell(cell, out_dir, _PacedLogger(logger, float(os.environ.get(PACE_ENV, "0"))))

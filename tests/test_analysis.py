@@ -1,6 +1,6 @@
 """analysis/: tables, statistics, plots and the results notebook, on a small synthetic MLflow store built here.
 
-The store imitates what experiments.tracking writes for cell runs (tags role/cell_id/task/scheme/seed/grid, params
+The store imitates what experiments.tracking.runs writes for cell runs (tags role/cell_id/task/scheme/seed/grid, params
 flattened with dots, ``test_<metric>`` and ``dev_<metric>`` metrics, predictions.jsonl / metrics.json artifacts) with
 predictions whose scores are known by construction, so table cells can be checked against exact numbers. Building a
 sqlite MLflow store costs ~15 s, so one module-scoped store serves every test.
@@ -50,7 +50,7 @@ XSUM_PREDICTIONS = [
     ("it was a good day", "the team won the cup final in cardiff"),  # only stop words + good/day
 ]
 
-# WMT's second test set, logged as test_newstest2016_<metric> with predictions_newstest2016.jsonl (experiments.train)
+# WMT's second test set, logged as test_newstest2016_<metric> with predictions_newstest2016.jsonl (experiments.recipes.train)
 NT2016_PREDICTIONS = [dict(id=f"v{i}", source=f"ein baum {i}", reference=f"a tree {i} grows there",
                            prediction=f"a tree {i} grows" if i % 2 else f"one tree {i} grows there") for i in range(20)]
 
@@ -97,7 +97,7 @@ def _new_store(root: Path, experiment: str):
 
 
 def _scores(predictions: list[dict], names: list[str]) -> dict[str, float]:
-    from experiments import metrics as m
+    from experiments.data import metrics as m
 
     return m.compute_metrics(names, [p["source"] for p in predictions], [p["prediction"] for p in predictions],
                              [p["reference"] for p in predictions])
@@ -202,7 +202,7 @@ def test_paper_numbers_map_every_row_to_canonical_keys():
     assert paper.paper_value(4, "bert2rnd", "base", "custom_ende_vocab", "wmt14_de_en", "newstest2016", 1.0,
                              "bleu_uncased") == 40.2
     assert paper.paper_value(5, "robertaShare", "large", "full", "xsum", "test", 1.0, "rougeL") == 33.9
-    # 10 of BERT-Large's layers: a 10-layer, 1024-wide model, keyed by that size (experiments.model_size; issue 20)
+    # 10 of BERT-Large's layers: a 10-layer, 1024-wide model, keyed by that size (experiments.config.model_size; issue 20)
     assert paper.paper_value(6, "bertShare", "L10-H1024", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
                              "sari") == 89.1
     assert paper.paper_value(6, "bertShare", "base", "layers_9,10,13-18,23,24", "discofuse", "test", 1.0,
@@ -240,7 +240,7 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_examples():
 
 
 def test_bootstrap_recomputes_corpus_bleu_from_sufficient_statistics():
-    from experiments import metrics
+    from experiments.data import metrics
 
     predictions = [f"the cat sat on mat number {i}" if i % 3 else f"a dog ran {i}" for i in range(60)]
     references = [[f"the cat sat on the mat number {i}"] for i in range(60)]
@@ -526,7 +526,7 @@ def test_real_smoke_store_renders_every_table_and_the_notebook():
 
 
 def test_copy_source_row_scores_the_sources_of_a_run_with_a_ci_and_is_never_the_best(tables):
-    from experiments import metrics as m
+    from experiments.data import metrics as m
 
     examples = _fusion_examples(0, 1)
     sources = [e["source"] for e in examples]
@@ -693,7 +693,7 @@ def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_de
 
 def test_released_checkpoints_get_their_own_rows_re_decodings_are_not_extra_seeds_and_hub_data_is_footnoted(
         tmp_path):
-    """experiments.evaluate's runs: a released model (variant "released", size large) is a row of its own beside the
+    """experiments.recipes.evaluate's runs: a released model (variant "released", size large) is a row of its own beside the
     paper's 24-layer robertaShare; a trained cell decoded again (role evaluation of a cell) is no extra seed of its
     cell; a cell trained on the hub's full DiscoFuse (data.variant: full) is footnoted."""
     from analysis.runs import RunStore
@@ -730,7 +730,7 @@ def test_released_wmt_models_are_no_row_of_the_papers_and_say_why(tmp_path):
     why; the roberta2roberta releases stay rows of the paper's 24-layer robertaShare."""
     from analysis.runs import RunStore
     from analysis.tables import build_table
-    from experiments.evaluation_config import RELEASED
+    from experiments.config.evaluation import RELEASED
 
     entry = RELEASED["google/bert2bert_L-24_wmt_de_en"]
     uri, client, experiment_id, parent, files = _new_store(tmp_path, "wmt")

@@ -3,9 +3,9 @@
 For every case: exit status 2, one line on stderr naming the file and the field and saying what was expected, and
 nothing half-written — the launch directory (which holds the output root and the sqlite tracking store) is exactly
 as it was, so there is no MLflow run, no experiment, no output directory. The checks on what is *in* checkpoints and
-data files are experiments.preflight's; the rest is grid validation and the tracking check.
+data files are experiments.launch.preflight's; the rest is grid validation and the tracking check.
 
-The cases run in-process through ``experiments.launch.main`` (whose return value is the command's exit status);
+The cases run in-process through ``experiments.launch.launcher.main`` (whose return value is the command's exit status);
 a sample of them also runs as real ``python -m experiments.launch`` processes. Examples longer than the model reads
 are the one input that is not an error: they are counted and reported, and the launch goes on.
 """
@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from experiments import launch
+from experiments.launch import launcher as launch
 from integration_helpers import data_spec, free_port, quick_assets, subprocess_env
 
 

@@ -321,7 +321,7 @@ def test_an_rng_state_saved_on_a_gpu_machine_restores_on_a_cpu_one(tmp_path):
 
     import numpy as np
 
-    from experiments import checkpointing
+    from experiments.recipes import checkpointing
 
     state = checkpointing.capture_rng_state()
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # what torch.cuda.get_rng_state_all() returns, per device

@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from bertgen.checkpoint import CheckpointError
-from experiments import cli, evaluate, launch, prefetch, rehearse, relocate, sync
-from experiments.evaluation_config import EvaluationError
-from experiments.grid_doc import GridError
-from experiments.tracking_store import TrackingUnavailable
-from experiments.validate import Invalid, Refusal
+from experiments import cli
+from experiments.recipes import evaluate
+from experiments.launch import launcher as launch, prefetch, rehearse
+from experiments.tracking import relocate, sync
+from experiments.config.evaluation import EvaluationError
+from experiments.grid.document import GridError
+from experiments.tracking.store import TrackingUnavailable
+from experiments.config.validate import Invalid, Refusal
 
 
 @pytest.mark.parametrize("error", [Refusal("it: expected that"), GridError("grid.yaml", "train.lr", "expected that"),

@@ -1,4 +1,4 @@
-"""The compute plan (experiments.compute_plan): exact parameter counts, the FLOPs formula by hand, the memory fit,
+"""The compute plan (experiments.launch.compute_plan): exact parameter counts, the FLOPs formula by hand, the memory fit,
 measured entries replacing estimates, and the dry run's per-cell table and total line."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from bertgen.schemes import PAPER_CHECKPOINT_CONFIGS, parameter_counts
-from experiments import compute_plan as cp
-from experiments import launch
-from experiments.config import CellConfig
-from experiments.grid import load_grid
+from experiments.launch import compute_plan as cp
+from experiments.launch import launcher as launch
+from experiments.config.cell import CellConfig
+from experiments.grid.load import load_grid
 
 
 def cell_of(scheme: str, task: str = "wikisplit", size: str = "base", cell: dict | None = None, **train):
@@ -47,9 +47,9 @@ def test_a_trained_vocabulary_is_planned_at_its_own_size():
 
 
 def test_the_plan_builds_the_model_the_cell_trains():
-    """The compute plan builds a cell's model with the job's builder (experiments.cell_inputs.build_model): §5's
+    """The compute plan builds a cell's model with the job's builder (experiments.recipes.build.build_model): §5's
     layer selection (init_layers) gives every stack that many layers, and the plan counts that model."""
-    from experiments.cell_inputs import build_model
+    from experiments.recipes.build import build_model
 
     cell = cell_of("bert2bert", cell={"init_layers": {"first_k": 6}, "cross_attention_init": "self_attention"})
     shape = cp.cell_shape(cell)

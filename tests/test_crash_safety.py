@@ -6,8 +6,8 @@ that save (half of a file written, between the two renames of the swap, before t
 the parent, which kills it with SIGKILL — no handler, no cleanup, as the OOM killer or a dead node would. The parent
 then finds the checkpoint, loads it, resumes and compares with a run that was never interrupted: equal, not close.
 
-First at the level of experiments.checkpointing with a small model (dropout on, Adam, the global RNG), then with a
-whole cell (experiments.train.train_cell on the tiny assets) killed while writing its second periodic checkpoint.
+First at the level of experiments.recipes.checkpointing with a small model (dropout on, Adam, the global RNG), then with a
+whole cell (experiments.recipes.train.train_cell on the tiny assets) killed while writing its second periodic checkpoint.
 
 Run as a script, this file is the child: ``python tests/test_crash_safety.py {loop,cell} ...``.
 """
@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the child runs this file as a script
 from integration_helpers import REPO, quick_assets, subprocess_env, tiny_cell, wait_until  # noqa: E402
 
-from experiments import checkpointing  # noqa: E402
+from experiments.recipes import checkpointing  # noqa: E402
 
 TOTAL_STEPS = 7
 FIRST_SAVE, SECOND_SAVE = 3, 5
@@ -125,8 +125,8 @@ def child_loop(point: str, directory: Path, marker: Path, kill_first_save: bool)
 
 def child_cell(cell_file: Path, out_dir: Path, marker: Path) -> None:
     """train_cell, stopped half-way through writing ``checkpoints/last`` the second time (its step-8 save)."""
-    from experiments.train import train_cell
-    from experiments.tracking import NullLogger
+    from experiments.recipes.train import train_cell
+    from experiments.tracking.runs import NullLogger
 
     torch.set_num_threads(1)
     real = checkpointing.save_model
@@ -237,7 +237,7 @@ def test_a_cell_killed_while_writing_its_checkpoint_resumes_to_the_uninterrupted
                                                                                       tmp_path):
     from safetensors.torch import load_file
 
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     class Steps:
         def __init__(self):

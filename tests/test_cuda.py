@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertgen import EncoderDecoderModel
-from experiments import checkpointing
+from experiments.recipes import checkpointing
 from test_model_parity import hf_encoder_decoder, loss_logits_and_gradients_match, source_batch, target_labels, \
     through_disk
 

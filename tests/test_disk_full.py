@@ -22,9 +22,12 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import cell as cell_module
-from experiments import checkpointing, disk_space, tracking
-from experiments.disk_space import DiskFullError
+from experiments.grid import identity as cell_module
+from experiments.launch import job as cell_job
+from experiments.recipes import checkpointing
+from experiments.system import disk as disk_space
+from experiments.tracking import runs as tracking
+from experiments.system.disk import DiskFullError
 from integration_helpers import mlflow_template, quick_assets, tiny_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +180,7 @@ def test_the_pending_file_gets_all_of_an_append_or_none(tmp_path, monkeypatch):
         tracking.append_pending(tmp_path, "sqlite:///x.db", "run1", ops)
     assert one_line(caught.value).startswith(f"{tmp_path / tracking.PENDING_FILE}: the disk is full: writing 50 "
                                              "tracking operations needs ")
-    assert (tmp_path / tracking.PENDING_FILE).read_bytes() == before  # no half line for experiments.sync to reject
+    assert (tmp_path / tracking.PENDING_FILE).read_bytes() == before  # no half line for experiments.tracking.sync to reject
 
 
 class StoreOnTheFullDisk:
@@ -218,7 +221,7 @@ def cell_run(uri: str, cell: dict) -> str:
 def test_an_artifact_the_store_has_no_room_for_is_parked_and_synced_later(tmp_path, store, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from experiments import sync
+    from experiments.tracking import sync
 
     run_id = cell_run(store, {"cell_id": "c1", "task": "discofuse", "scheme": "bert2bert", "seed": 1, "grid": "g"})
     out_dir = tmp_path / "cell"
@@ -261,7 +264,7 @@ def disk_full_cell(assets: dict, root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(assets, tmp_path_factory) -> tuple[dict, Path]:
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     root = tmp_path_factory.mktemp("uninterrupted")
     cell = disk_full_cell(assets, root)
@@ -298,12 +301,12 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
     the uninterrupted run's metrics and predictions."""
     from mlflow.tracking import MlflowClient
 
-    from experiments.cell import CellJob
+    from experiments.launch.job import CellJob
 
     uri = store  # on another disk than the cell's
     cell = disk_full_cell(assets, tmp_path / "root")
     run_id = cell_run(uri, cell)
-    monkeypatch.setattr(cell_module, "TRAIN_FN", None)
+    monkeypatch.setattr(cell_job, "TRAIN_FN", None)
     monkeypatch.chdir(tmp_path)  # the job moves into its launch directory
     with monkeypatch.context() as patch:
         if site == "checkpoint":
@@ -331,7 +334,7 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
             if "loss" in metrics:
                 steps.append(step)
 
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     metrics = train_cell(cell, out_dir, Recording())  # room again: what --retry-failed runs
     assert steps == (list(range(5, 13)) if site == "checkpoint" else [])
@@ -340,7 +343,7 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
 
 @pytest.mark.slow
 def test_when_the_store_shares_the_full_disk_the_reason_is_in_the_pending_file(assets, tmp_path, monkeypatch):
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     cell = disk_full_cell(assets, tmp_path / "root")
     out_dir = tmp_path / "cell"
@@ -371,7 +374,7 @@ def test_a_cell_on_a_really_full_tmpfs_keeps_its_checkpoint_and_resumes_after_it
                                                                                         tmp_path):
     import os
 
-    from experiments.train import train_cell
+    from experiments.recipes.train import train_cell
 
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")

@@ -1,4 +1,4 @@
-"""``python -m experiments.evaluate``: released checkpoints and trained cells decoded without training.
+"""``python -m experiments.recipes.evaluate``: released checkpoints and trained cells decoded without training.
 
 The released models (google/roberta2roberta_L-24_*, google/bert2bert_L-24_wmt_*) cannot be downloaded here, so
 tiny checkpoints in their layout are built and saved by transformers itself: an ``encoder-decoder`` config whose two
@@ -21,9 +21,10 @@ import torch
 import transformers
 
 from experiments import cli
-from experiments import evaluate as ev
-from experiments.metrics import compute_metrics
-from experiments.tasks import get_task
+from experiments.recipes import evaluate as ev
+from experiments.config import evaluation as evaluation_module
+from experiments.data.metrics import compute_metrics
+from experiments.config.tasks import get_task
 from integration_helpers import data_spec, quick_assets, tiny_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,13 +210,13 @@ def test_the_same_evaluation_is_not_repeated_and_a_new_decoding_is_a_new_run(sha
 
 
 def test_a_trained_cell_is_re_decoded_without_training(tmp_path_factory, tmp_path, capsys, caplog):
-    from experiments.tracking import NullLogger
-    from experiments.train import train_cell
+    from experiments.tracking.runs import NullLogger
+    from experiments.recipes.train import train_cell
 
     assets = quick_assets(tmp_path_factory)
     cell = tiny_cell(assets, tmp_path / "root", steps=8, eval_every=4, checkpoint_every=4)
     out_dir = tmp_path / "root" / "cells" / "discofuse" / "bert2bert" / cell["cell_id"]
-    with caplog.at_level("INFO", logger="experiments.train"):
+    with caplog.at_level("INFO", logger="experiments.recipes.train"):
         trained = train_cell(cell, out_dir, NullLogger())
     # a job's log (no terminal) says where training is: step, loss, lr, tokens/s, ETA, dev loss
     assert any(re.fullmatch(r"cell tiny-bert2bert step 8/8 loss \S+ lr \S+ tokens/s \d+ elapsed \S+ ETA 0s",
@@ -291,7 +292,7 @@ def test_a_grid_that_changes_only_decoding_re_decodes_its_finished_cell(tmp_path
                                                                          monkeypatch):
     """The decoding settings are not part of a cell's training identity: the launcher decodes the trained cell
     again (an evaluation run in the grid's experiment) instead of training it again, once per decoding."""
-    from experiments import launch
+    from experiments.launch import launcher as launch
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -365,7 +366,7 @@ def test_released_models_know_their_task_and_input_convention(tmp_path):
 
 def test_bos_eos_input_wraps_the_bare_ids_and_keeps_eos_under_truncation(shared_dir):
     from bertgen.tokenization import load_tokenizer
-    from experiments.data import tokenizer_fingerprint
+    from experiments.data.batches import tokenizer_fingerprint
 
     tokenizer = load_tokenizer(shared_dir / "data" / "tokenizers" / "sentencepiece" / "test_model.model")
     wrapped = ev.FormattedInput(tokenizer, "bos_eos")
@@ -427,7 +428,7 @@ def card_layout(name: str, files: Path, root: Path):
     # without tokenizer_class AutoTokenizer cannot read these repos (an encoder-decoder config maps to no tokenizer)
     rewrite_config_as_released(directory, ids["bos_token_id"],
                                tokenizer_class="BertTokenizer" if wmt else "BertGenerationTokenizer")
-    card_args = ev.RELEASED[f"google/{name}"].tokenizer_args
+    card_args = evaluation_module.RELEASED[f"google/{name}"].tokenizer_args
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), **card_args)
     return directory, transformers.EncoderDecoderModel.from_pretrained(directory).eval(), tokenizer
 
@@ -445,7 +446,7 @@ def card_input_ids(name: str, tokenizer, source: str) -> list[int]:
                                   "roberta2roberta_L-24_wikisplit"])
 def test_released_models_decode_exactly_as_their_model_cards_say(name, shared_dir, tmp_path, capsys):
     """transformers used as each card says (its tokenizer arguments, its preprocessing, generate, decode with
-    skip_special_tokens=True) and experiments.evaluate on the same directory, with no option given: the same input
+    skip_special_tokens=True) and experiments.recipes.evaluate on the same directory, with no option given: the same input
     ids, the same output ids, the same predictions; no special token left in them; references lower-cased only where
     the vocabulary cannot write case."""
     directory, reference, hf_tokenizer = card_layout(name, shared_dir / "data" / "tokenizers", tmp_path)
@@ -488,7 +489,7 @@ def test_released_models_decode_exactly_as_their_model_cards_say(name, shared_di
     if name.startswith("bert2bert"):
         assert any(c.isupper() for text in expected_text for c in text), "a cased vocabulary writes case"
         (run_,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        assert run_.data.tags["variant"] == ev.RELEASED[f"google/{name}"].variant != ev.RELEASED_VARIANT
+        assert run_.data.tags["variant"] == evaluation_module.RELEASED[f"google/{name}"].variant != ev.RELEASED_VARIANT
         assert "custom-vocabulary 24-layer block" in run_.data.tags["no_paper_number"]
         assert run_.data.params["tokenizer_args.pad_token"] == "<pad>"
 

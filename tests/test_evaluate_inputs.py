@@ -1,4 +1,4 @@
-"""``python -m experiments.evaluate`` refuses bad input before it writes (issue 24, part 5), as the launch does: each
+"""``python -m experiments.recipes.evaluate`` refuses bad input before it writes (issue 24, part 5), as the launch does: each
 case below exits 2 with one line on stderr naming the problem, and the workspace is exactly as it was: no output
 folder, no ``evaluations/`` folder in a cell, no tracking store, no MLflow run.
 
@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 
 from experiments import cli
-from experiments import evaluate as ev
+from experiments.recipes import evaluate as ev
 from integration_helpers import data_spec, quick_assets, tiny_cell
 from test_evaluate import SOURCES, TARGETS, released_layout, runs_of
 
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def originals(tmp_path_factory, shared_dir) -> dict[str, Path]:
     """A released-layout checkpoint (SentencePiece, as google/roberta2roberta_L-24_*), a trained bert2bert cell (8
     steps, checkpoints/last only), its warm-start assets and a test file; copied by each case that breaks one."""
-    from experiments.tracking import NullLogger
-    from experiments.train import train_cell
+    from experiments.tracking.runs import NullLogger
+    from experiments.recipes.train import train_cell
 
     root = tmp_path_factory.mktemp("evaluate-inputs")
     released_layout("sentencepiece", shared_dir / "data" / "tokenizers", root / "released")

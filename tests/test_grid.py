@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from bertgen.schemes import SCHEMES
-from experiments.cell import COSMETIC_KEYS, cell_label, compute_cell_id, identity_view
-from experiments.grid import GridError, load_grid, smoke_asset_paths
+from experiments.grid.identity import cell_label, compute_cell_id, identity_view
+from experiments.config.cell import COSMETIC_KEYS
+from experiments.grid.load import load_grid, smoke_asset_paths
+from experiments.grid.document import GridError
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "grids"
@@ -237,7 +239,7 @@ def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
                                          ("ablations", 16), ("paper", 149), ("smoke", 11)])
 def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loading writes nothing, wherever it runs
-    # the DiscoFuse grids name data/discofuse/*_balanced.tsv, which python -m experiments.prefetch puts there
+    # the DiscoFuse grids name data/discofuse/*_balanced.tsv, which python -m experiments.launch.prefetch puts there
     grid = load_grid(GRIDS / f"{name}.yaml", check_paths=name not in ("fusion", "ablations", "paper"))
     assert len(grid.cells) == count
     assert list(tmp_path.iterdir()) == []
@@ -284,7 +286,7 @@ def test_paper_grid_covers_every_cell_of_the_other_grids():
 def test_gpt2_tuning_grid_sweeps_lr_warmup_and_optimizer(tmp_path, monkeypatch):
     """Section 5's GPT-2 tuning: 3 schemes x (Adam: 3 lr x 2 warmups + Adafactor: 3 lr x 2 warmups) on DiscoFuse;
     the default Adam cell is Table 2's (same id as in fusion.yaml), and Adafactor is in its cells' ids and labels."""
-    from experiments.cell import cell_label
+    from experiments.grid.identity import cell_label
 
     monkeypatch.chdir(tmp_path)
     grid = load_grid(GRIDS / "gpt2_tuning.yaml", check_paths=False)

@@ -7,7 +7,7 @@ and the launch directory is exactly as it was: no output folder, no tracking sto
 Classes: 2 resource-exhausting input (sizes, aliases, nesting, echoed values), 3 values validated for type, range and
 finiteness, 4 what is knowable at launch refused at launch, 5 a tracking store or server that is half broken (real
 servers on 127.0.0.1: one answering 500, one whose API never answers, a socket that accepts and never answers, one
-that is not MLflow), 6 garbage in a cell folder before anything is written. Class 7 (experiments.sync) and a seeded
+that is not MLflow), 6 garbage in a cell folder before anything is written. Class 7 (experiments.tracking.sync) and a seeded
 fuzz of the shipped grids follow the catalogue.
 """
 
@@ -29,10 +29,11 @@ from typing import Callable
 import pytest
 import yaml
 
-from experiments import launch, sync
-from experiments.grid import load_grid
-from experiments.cell import cell_dir
-from experiments.tracking import PENDING_FILE
+from experiments.launch import launcher as launch
+from experiments.tracking import sync
+from experiments.grid.load import load_grid
+from experiments.grid.identity import cell_dir
+from experiments.tracking.runs import PENDING_FILE
 from integration_helpers import quick_assets
 from test_bad_grid_inputs import Workspace, _set, _text
 
@@ -316,7 +317,7 @@ CASES = [
          ("without MLflow's tables (invoices)",), names_file=False),
     # 6. garbage in a cell folder: refused before the experiment or any run exists
     Case("pending-metrics-garbage", 6, _pending(b"\x00\x01garbage\n{\"also\": \"bad\"}\n"),
-         ("pending_metrics.jsonl:1", "experiments.sync", "expected only records the cell wrote"),
+         ("pending_metrics.jsonl:1", "experiments.tracking.sync", "expected only records the cell wrote"),
          "pending metrics"),
     Case("pending-metrics-mapping-as-run-id", 6, _pending(
         json.dumps({"run_id": {"a": 1}, "op": "tags", "tags": {}}).encode() + b"\n"),
@@ -372,7 +373,7 @@ def test_hostile_input_is_refused_in_one_short_line_with_nothing_written(case, w
 
 def test_the_probe_passes_a_usable_store_and_a_tracking_uri_refusal_is_quick(workspace, capsys):
     """Controls: the unbroken grid launches --dry-run; an empty sqlite file is an empty database, not garbage."""
-    from experiments.tracking_store import check_tracking
+    from experiments.tracking.store import check_tracking
 
     workspace.write()
     assert launch.main(["grid.yaml", "--dry-run"]) == 0
@@ -406,7 +407,7 @@ def test_an_interrupt_during_the_cells_ends_every_run_it_started(workspace, caps
                                                                            for r in runs]
 
 
-# -- 7. experiments.sync --------------------------------------------------------------------------------------------------
+# -- 7. experiments.tracking.sync --------------------------------------------------------------------------------------------------
 RUN = "0123456789abcdef0123456789abcdef"
 
 
@@ -446,7 +447,7 @@ def test_sync_sets_bad_records_aside_and_sends_the_good_ones(tmp_path, capsys, m
     good = [_record(op="tags", tags={"a": "b"}), _record(op="metrics", rows=[["loss", 0.5, 1, 1]])]
     pending.write_bytes(good[0] + bad[0] + bad[1] + good[1] + bad[2])
     sent_ops = []
-    monkeypatch.setattr(sync, "_client", lambda uri: object())
+    monkeypatch.setattr(sync, "mlflow_client", lambda uri: object())
     monkeypatch.setattr(sync, "send_operations", lambda client, run_id, ops: sent_ops.extend(ops))
     code = sync.main([str(cell)])
     out, err = capsys.readouterr()

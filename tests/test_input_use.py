@@ -1,4 +1,4 @@
-"""Does a trained model read its input? The measurements of experiments.diagnostics, the trivial baselines scores are
+"""Does a trained model read its input? The measurements of experiments.recipes.diagnostics, the trivial baselines scores are
 read against, and a real-data quality check: with the CPU study's settings (grids/mini_wikisplit.yaml) a model
 warm-started from the real MiniLM BERT must learn to copy real WikiSplit sentences within a bounded number of updates.
 That last test is what would have caught the decoder that ignored its encoder (docs/investigations.md: "Why the decoder ignored the
@@ -15,12 +15,13 @@ import torch
 
 from bertgen import BertGenerationConfig, EncoderDecoderModel
 from bertgen.configuration import EncoderDecoderConfig
-from experiments import evaluation, machine
-from experiments.cell_inputs import uncased
-from experiments.diagnostics import IGNORES_INPUT_GAP, measure_input_use, normalized_entropy, rotate_sources
-from experiments.grid import load_grid
-from experiments.metrics import baseline_predictions, compute_metrics, lead_sentences, split_punctuation
-from experiments.train import train_cell
+from experiments.recipes import decode as evaluation
+from experiments.system import machine
+from experiments.recipes.build import uncased
+from experiments.recipes.diagnostics import IGNORES_INPUT_GAP, measure_input_use, normalized_entropy, rotate_sources
+from experiments.grid.load import load_grid
+from experiments.data.metrics import baseline_predictions, compute_metrics, lead_sentences, split_punctuation
+from experiments.recipes.train import train_cell
 
 REPO = Path(__file__).resolve().parents[1]
 

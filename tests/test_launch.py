@@ -1,7 +1,7 @@
 """The launcher end to end with MLflow: what gets recorded, what a relaunch skips, resumes or retries, and how
 tracking outages are survived; plus the Slurm submission through a stand-in ``sbatch``.
 
-Training is a fake (``experiments.cell.TRAIN_FN``) that logs a few steps and writes the files train_cell writes;
+Training is a fake (``experiments.launch.job.TRAIN_FN``) that logs a few steps and writes the files train_cell writes;
 cells run with the debug executor (in this process) except in the one local-executor test. All tests share one
 sqlite tracking store (creating one costs seconds) with an experiment each.
 """
@@ -24,11 +24,13 @@ import submitit
 import torch
 import yaml
 
-from experiments import cell as cell_module
-from experiments import launch, sync
-from experiments.cell import CellJob, cell_dir
-from experiments.grid import load_grid
-from experiments.tracking import PENDING_FILE, CellLogger, Tracker
+from experiments.launch import job as cell_job
+from experiments.launch import launcher as launch
+from experiments.tracking import sync
+from experiments.grid.identity import cell_dir
+from experiments.launch.job import CellJob
+from experiments.grid.load import load_grid, select
+from experiments.tracking.runs import PENDING_FILE, CellLogger, Tracker
 from integration_helpers import stand_in_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +120,7 @@ def study(tmp_path, tracking_db, monkeypatch, request) -> Study:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)
     s = Study(tmp_path, f"sqlite:///{tracking_db}", f"test-{name}")
-    monkeypatch.setattr(cell_module, "TRAIN_FN", s.train)
+    monkeypatch.setattr(cell_job, "TRAIN_FN", s.train)
     return s
 
 
@@ -195,7 +197,7 @@ def test_only_selects_by_glob_name_or_id_prefix(study, capsys):
     grid = load_grid(study.grid)
 
     def selected(pattern: str) -> set[str]:
-        return {c["cell_id"] for c in launch.select(grid.cells, pattern)}
+        return {c["cell_id"] for c in select(grid.cells, pattern)}
 
     by_scheme = lambda *names: {c["cell_id"] for c in grid.cells if c["scheme"] in names}  # noqa: E731
     assert selected("bertShare") == by_scheme("bertShare")
@@ -399,7 +401,7 @@ def test_logger_survives_an_outage_and_sync_uploads_the_rest(study, tmp_path, ca
         logger.log_metrics({"loss": float(step)}, step)
     (out_dir / "metrics.json").write_text("{}")
     left = logger.close(final_status="FINISHED")
-    assert left > 0 and "python -m experiments.sync" in capsys.readouterr().err
+    assert left > 0 and "python -m experiments.tracking.sync" in capsys.readouterr().err
     pending = [json.loads(line) for line in (out_dir / PENDING_FILE).read_text().splitlines()]
     assert {p["run_id"] for p in pending} == {run_id} and {p["tracking_uri"] for p in pending} == {study.uri}
     assert pending[-1]["op"] == "status" and pending[-1]["status"] == "FINISHED"
@@ -476,7 +478,7 @@ def train_cell(cell, out_dir, logger):
 @pytest.mark.slow
 def test_local_executor_runs_cells_as_processes(study, tmp_path, monkeypatch, capsys):
     (tmp_path / "fake_train_module.py").write_text(FAKE_TRAIN_MODULE)
-    monkeypatch.setattr(cell_module, "TRAIN_FN", None)
+    monkeypatch.setattr(cell_job, "TRAIN_FN", None)
     monkeypatch.setenv("BERTGEN_TRAIN_FN", "fake_train_module:train_cell")
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{REPO}")
     study.write(schemes=("bert2bert", "gpt"), executor={"local": {"parallelism": 2}})
@@ -527,10 +529,10 @@ def test_a_copied_output_folder_does_not_write_into_the_original(study, tmp_path
     assert study.launch("--set", "train.steps=4") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "keeps its artifacts in" in err and str(tmp_path / "out") in err
-    assert "python -m experiments.relocate" in err
+    assert "python -m experiments.tracking.relocate" in err
     assert sorted(p.name for p in (tmp_path / "out" / "mlartifacts").rglob("*")) == before
     # relocated, the copy writes into its own folder and reads its own artifacts; the original is untouched
-    from experiments import relocate
+    from experiments.tracking import relocate
 
     assert relocate.main([str(tmp_path / "copy")]) == 0
     assert study.launch("--set", "train.steps=4") == 0
@@ -565,12 +567,12 @@ def test_the_paper_grid_dry_run_shows_every_cell_and_the_plan_on_a_machine_with_
     assert warnings and all(w.startswith("warning: ") for w in warnings)
     for split in ("train", "dev", "test"):
         assert any(f"data/discofuse/{split}_balanced.tsv does not exist yet" in w
-                   and f"python -m experiments.prefetch {paper}" in w for w in warnings), (split, warnings)
+                   and f"python -m experiments.launch.prefetch {paper}" in w for w in warnings), (split, warnings)
     for hub_id in ("bert-base-cased", "roberta-large", "gpt2"):
-        assert any(f"hub id '{hub_id}' is not in the local HF cache" in w and "python -m experiments.prefetch" in w
+        assert any(f"hub id '{hub_id}' is not in the local HF cache" in w and "python -m experiments.launch.prefetch" in w
                    for w in warnings), (hub_id, warnings)
     assert not (tmp_path / "outputs").exists()
     assert launch.main([paper, "--executor", "local"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "_balanced.tsv' does not exist" in err and "experiments.prefetch" in err
+    assert err.count("\n") == 1 and "_balanced.tsv' does not exist" in err and "experiments.launch.prefetch" in err
     assert not (tmp_path / "outputs").exists()

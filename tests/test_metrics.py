@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from experiments import metrics
-from experiments.metrics import (
+from experiments.data import metrics
+from experiments.data.metrics import (
     METRICS,
     compute_metrics,
     corpus_bleu_nltk,
@@ -24,7 +24,7 @@ from experiments.metrics import (
     score_from_statistics,
     split_sentences,
 )
-from experiments.tasks import TASKS
+from experiments.config.tasks import TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
 # SARI
@@ -302,7 +302,7 @@ def test_metric_input_errors():
 
 def test_detokenised_predictions_match_tokenised_references():
     """A WordPiece decoder writes "monday, they"; DiscoFuse/WikiSplit references read "monday , they"."""
-    from experiments.metrics import compute_metrics, split_punctuation
+    from experiments.data.metrics import compute_metrics, split_punctuation
 
     assert split_punctuation("On monday, they left.") == "On monday , they left ."
     assert split_punctuation("On monday , they  left .") == "On monday , they left ."

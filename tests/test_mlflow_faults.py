@@ -3,16 +3,16 @@
 The cells are launched with ``python -m experiments.launch --executor local`` (one process each, all at once) and
 train with integration_helpers.scripted_train_cell: a stand-in whose metric stream is known in advance (three
 metrics at every step, values that differ per cell and step), so "nothing lost" is checked value by value. What is
-under test is the path those metrics take — experiments.tracking.CellLogger with its default settings, the launcher,
-experiments.sync — not training, which tests/test_slurm_integration.py runs for real.
+under test is the path those metrics take — experiments.tracking.runs.CellLogger with its default settings, the launcher,
+experiments.tracking.sync — not training, which tests/test_slurm_integration.py runs for real.
 
 1. Outage in the middle: the server is stopped for ~30 s while three cells log; they go on training, and what they
    buffered reaches the server after it is back while they are still running; at the end every metric is there
    exactly once and nothing was parked on disk.
 2. Outage at the end: the server is stopped before the cells finish and stays down; they finish anyway, park what
    they could not send in ``pending_metrics.jsonl`` (so does the launcher, for its own run), and
-   ``python -m experiments.sync`` uploads all of it once the server is back — twice run, nothing doubled.
-3. ``experiments.sync`` uploads only files of the cell directory a pending file sits in.
+   ``python -m experiments.tracking.sync`` uploads all of it once the server is back — twice run, nothing doubled.
+3. ``experiments.tracking.sync`` uploads only files of the cell directory a pending file sits in.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.cell import cell_dir
-from experiments.grid import load_grid
-from experiments.tracking import PENDING_FILE
+from experiments.grid.identity import cell_dir
+from experiments.grid.load import load_grid
+from experiments.tracking.runs import PENDING_FILE
 from integration_helpers import (CONTROL_ENV, REPO, MlflowServer, metric_steps, mlflow_template, scripted_metrics,
                                  scripted_test_metrics, subprocess_env, wait_until)
 
@@ -173,7 +173,7 @@ def test_still_down_at_the_end_the_cells_park_their_metrics_and_sync_uploads_the
     (study.control / "release").write_text("")
     code, log = study.finish()
     assert code == 0, log  # the cells finished, the launcher says where their results are
-    assert "the tracking server did not answer at the end" in log and "python -m experiments.sync" in log
+    assert "the tracking server did not answer at the end" in log and "python -m experiments.tracking.sync" in log
     assert "Traceback" not in log
     pending = [cell_dir(cell) / PENDING_FILE for cell in study.cells] + \
         [study.root / "out" / "launches" / PENDING_FILE]
@@ -184,7 +184,7 @@ def test_still_down_at_the_end_the_cells_park_their_metrics_and_sync_uploads_the
 
     server.start()
     assert {r.info.status for r in study.runs().values()} == {"RUNNING"}  # before the sync: still incomplete
-    sync = [sys.executable, "-m", "experiments.sync", str(study.root / "out")]
+    sync = [sys.executable, "-m", "experiments.tracking.sync", str(study.root / "out")]
     proc = subprocess.run(sync, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not any(p.exists() for p in pending)
@@ -211,7 +211,7 @@ def test_sync_uploads_only_files_of_the_cell_directory(server, tmp_path):
                {"op": "artifact", "path": str(cell / ".." / "elsewhere" / "secret.txt"), "artifact_path": None}]
     (cell / PENDING_FILE).write_text("".join(json.dumps({"tracking_uri": server.uri, "run_id": run_id, **r}) + "\n"
                                              for r in records))
-    proc = subprocess.run([sys.executable, "-m", "experiments.sync", str(cell)], cwd=REPO, env=subprocess_env(),
+    proc = subprocess.run([sys.executable, "-m", "experiments.tracking.sync", str(cell)], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()

@@ -1,4 +1,4 @@
-"""A cell's model size (experiments.model_size, issue 20): derived from its checkpoints' configs, part of its id where a
+"""A cell's model size (experiments.config.model_size, issue 20): derived from its checkpoints' configs, part of its id where a
 checkpoint is a local directory, logged as a param and a tag, in its label, and the analysis' row key — a 24-layer
 run in its 24-layer row, a run of another size or budget in a marked row of its own that no paper number is set
 beside. End to end with tiny checkpoints of two depths: launch → train_cell → MLflow → tables and figures."""
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import cell as cell_module
-from experiments import launch
-from experiments.cell import cell_label, compute_cell_id
-from experiments.grid import load_grid
-from experiments.model_size import PAPER_SIZES, model_size
+from experiments.launch import job as cell_job
+from experiments.launch import launcher as launch
+from experiments.grid.identity import cell_label, compute_cell_id
+from experiments.grid.load import load_grid
+from experiments.config.model_size import PAPER_SIZES, model_size
 
 from integration_helpers import data_spec, quick_assets
 
@@ -79,7 +79,7 @@ def test_two_depths_are_two_cells_two_runs_and_two_marked_rows(assets, tmp_path,
     from analysis.tables import build_table
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cell_module, "TRAIN_FN", None)  # the real experiments.train.train_cell
+    monkeypatch.setattr(cell_job, "TRAIN_FN", None)  # the real experiments.recipes.train.train_cell
     shallow = Path(assets["checkpoints"]["bert"])
     deep = deeper_copy(shallow, tmp_path / "bert-deep", layers=3)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -97,8 +97,8 @@ def test_two_depths_are_two_cells_two_runs_and_two_marked_rows(assets, tmp_path,
     after = load_grid(write_grid(tmp_path, assets, uri, [str(moving)], "moving")).cells[0]
     assert (before["size"], after["size"]) == ("L2-H64", "L3-H64") and before["cell_id"] != after["cell_id"]
     with pytest.raises(ValueError, match=r"cell size: the grid recorded L2-H64 .* now build L3-H64"):
-        from experiments.cell_inputs import build_model
-        from experiments.config import CellConfig
+        from experiments.recipes.build import build_model
+        from experiments.config.cell import CellConfig
 
         build_model(CellConfig.from_dict(before))
 
@@ -141,7 +141,7 @@ def test_24_layer_runs_fill_24_layer_rows_and_other_budgets_are_rows_of_their_ow
         (Path(out_dir) / "metrics.json").write_text(json.dumps({"sari": score}))
         return {"sari": score, "exact": score / 2}
 
-    monkeypatch.setattr(cell_module, "TRAIN_FN", train)
+    monkeypatch.setattr(cell_job, "TRAIN_FN", train)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     paper_budget = {"steps": 300_000, "batch_size": 256}
     doc = {"name": "sizes", "output_root": str(tmp_path / "out"),
@@ -181,8 +181,8 @@ def test_24_layer_runs_fill_24_layer_rows_and_other_budgets_are_rows_of_their_ow
 
 def test_every_paper_cell_has_its_size_and_24_layer_wikisplit_stops_at_100k(tmp_path, monkeypatch):
     """paper.yaml: every cell is sized from the known configs (no download); the 24-layer WikiSplit cells stop where
-    the paper stopped them (§4.2: about 100k steps, experiments.tasks' large_train_steps), the 12-layer ones at 300k."""
-    from experiments.tasks import TASKS
+    the paper stopped them (§4.2: about 100k steps, experiments.config.tasks' large_train_steps), the 12-layer ones at 300k."""
+    from experiments.config.tasks import TASKS
 
     monkeypatch.chdir(tmp_path)
     cells = load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml", check_paths=False).cells

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import cell as cell_module
-from experiments import launch, tracking_store
+from experiments.launch import job as cell_job
+from experiments.launch import launcher as launch
+from experiments.tracking import store as tracking_store
 from integration_helpers import mlflow_template, stand_in_sbatch
 
 HOST_MOUNTS = """\
@@ -71,7 +72,7 @@ def study(tmp_path, tmp_path_factory, request, monkeypatch):
     def train(cell, out_dir, logger):
         logger.log_metrics({"loss": 1.0}, 1)
         return {"sari": 50.0, "exact": 1.0}
-    monkeypatch.setattr(cell_module, "TRAIN_FN", train)
+    monkeypatch.setattr(cell_job, "TRAIN_FN", train)
     return tmp_path, shared, grid
 
 
@@ -103,8 +104,8 @@ def test_the_user_may_opt_in_and_a_server_uri_is_never_refused(study, monkeypatc
     assert launch.main([str(grid), "--executor", "slurm", "--set", "mlflow.allow_network_filesystem=maybe"]) == 2
     assert "mlflow.allow_network_filesystem: expected true or false" in capsys.readouterr().err
 
-    from experiments.grid import load_grid
-    from experiments.launch_guard import check_store_filesystem
+    from experiments.grid.load import load_grid
+    from experiments.launch.guard import check_store_filesystem
 
     loaded = load_grid(grid)
     assert not loaded.allow_network_filesystem

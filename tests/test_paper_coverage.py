@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis import coverage, paper, table_specs
-from experiments.grid import load_grid
+from experiments.grid.load import load_grid
 
 PAPER_GRID = Path(__file__).resolve().parents[1] / "grids" / "paper.yaml"
 

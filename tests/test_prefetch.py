@@ -1,4 +1,4 @@
-"""Offline compute nodes (experiments.prefetch): prefetching a grid's hub checkpoints and data from a fake hub into
+"""Offline compute nodes (experiments.launch.prefetch): prefetching a grid's hub checkpoints and data from a fake hub into
 a temporary cache, and the launch pre-flight's refusal of a hub id that is not cached under HF_HUB_OFFLINE=1."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import prefetch as pf
-from experiments.grid import load_grid
+from experiments.launch import prefetch as pf
+from experiments.grid.load import load_grid
 from integration_helpers import REPO, subprocess_env
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -124,7 +124,7 @@ def test_offline_launch_refuses_a_hub_id_that_is_not_cached_in_one_line(tmp_path
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: grids/split.yaml: checkpoints.bert: hub id 'bert-base-cased' is not in the "
                                f"local HF cache ({home / 'hub'}) and HF_HUB_OFFLINE=1")
-    assert "python -m experiments.prefetch" in lines[0]
+    assert "python -m experiments.launch.prefetch" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written: no MLflow store, no cell directory
 
 
@@ -212,14 +212,14 @@ def fixture_archive(archive_bytes: bytes, url: str):
     import dataclasses
     import hashlib
 
-    from experiments.data_archive import DISCOFUSE_BALANCED
+    from experiments.data.archive import DISCOFUSE_BALANCED
 
     return dataclasses.replace(DISCOFUSE_BALANCED, urls=(url,), size=len(archive_bytes),
                                sha256=hashlib.sha256(archive_bytes).hexdigest())
 
 
 def test_the_published_archive_is_recorded_as_data():
-    from experiments.data_archive import DISCOFUSE_BALANCED, DISCOFUSE_DIR, archive_for
+    from experiments.data.archive import DISCOFUSE_BALANCED, DISCOFUSE_DIR, archive_for
 
     assert DISCOFUSE_BALANCED.urls[0] == "https://storage.googleapis.com/gresearch/discofuse/discofuse_v1_wikipedia.zip"
     assert DISCOFUSE_BALANCED.size == 1_717_422_334 and len(DISCOFUSE_BALANCED.sha256) == 64
@@ -234,8 +234,8 @@ def test_the_published_archive_is_recorded_as_data():
 
 
 def test_the_archive_is_downloaded_verified_and_extracted(loopback, archive_bytes, tmp_path):
-    from experiments.data import load_split
-    from experiments.data_archive import fetch_archive
+    from experiments.data.sources import load_split
+    from experiments.data.archive import fetch_archive
 
     base, requests = loopback
     archive = fixture_archive(archive_bytes, f"{base}/good.zip")
@@ -259,7 +259,7 @@ def test_the_archive_is_downloaded_verified_and_extracted(loopback, archive_byte
 ])
 def test_a_download_that_is_not_the_published_archive_is_refused_in_one_line_with_nothing_kept(
         path, message, loopback, archive_bytes, tmp_path):
-    from experiments.data_archive import ArchiveError, fetch_archive
+    from experiments.data.archive import ArchiveError, fetch_archive
 
     base, _ = loopback
     archive = fixture_archive(archive_bytes, f"{base}{path}")
@@ -272,11 +272,11 @@ def test_a_download_that_is_not_the_published_archive_is_refused_in_one_line_wit
 
 
 def test_prefetch_fetches_the_archive_a_grid_names(loopback, archive_bytes, tmp_path, monkeypatch, fake_hub, capsys):
-    """``python -m experiments.prefetch GRID``: the balanced files the grid's cells name are missing, so the archive
+    """``python -m experiments.launch.prefetch GRID``: the balanced files the grid's cells name are missing, so the archive
     is fetched into their folder; a second run finds them. A mismatch is one line, exit status 1."""
     import yaml
 
-    from experiments import data_archive
+    from experiments.data import archive as data_archive
 
     base, requests = loopback
     monkeypatch.setattr(data_archive, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/good.zip"),))

@@ -1,4 +1,4 @@
-"""The launch pre-flight checks the model a cell trains: one builder (experiments.cell_inputs.build_model) makes it
+"""The launch pre-flight checks the model a cell trains: one builder (experiments.recipes.build.build_model) makes it
 for the pre-flight, training, evaluation and the compute plan, from the grid's typed cell."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import bertgen.schemes
-from experiments import cell_inputs
-from experiments.grid import load_grid
-from experiments.preflight import Preflight
+from experiments.recipes import build as cell_inputs
+from experiments.grid.load import load_grid
+from experiments.launch.preflight import Preflight
 from integration_helpers import data_spec, quick_assets
 
 pytestmark = pytest.mark.usefixtures("one_thread")

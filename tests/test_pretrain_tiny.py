@@ -1,4 +1,4 @@
-"""The tiny pretrained checkpoints and tasks of experiments.pretrain_tiny.
+"""The tiny pretrained checkpoints and tasks of experiments.smoke.pretrain.
 
 transformers is the oracle: its BertForMaskedLM / RobertaForMaskedLM / GPT2LMHeadModel must load what we write with
 no missing key and compute the same logits as the model we pretrained, and its tokenizers must read our vocabulary
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import pretrain_tiny as pt
+from experiments.smoke import assets as smoke_assets, pretrain as pt
 from integration_helpers import quick_assets
 
-SMALL = pt.SmokeSettings.quick()
+SMALL = smoke_assets.SmokeSettings.quick()
 FAMILIES = ("bert", "roberta", "gpt2")
 
 
@@ -82,7 +82,7 @@ def _perturb(model: torch.nn.Module) -> None:
 def test_masked_lm_checkpoint_loads_in_transformers_with_same_logits(family, tmp_path):
     from transformers import BertForMaskedLM, RobertaForMaskedLM
 
-    size = pt.TinySize(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+    size = smoke_assets.TinySize(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                        max_length=24, dropout=0.0)
     ours = pt.TinyMaskedLM(family, 50, size).eval()
     _perturb(ours)
@@ -118,7 +118,7 @@ def test_gpt2_checkpoint_loads_in_transformers_with_same_logits(tmp_path):
     from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
 
-    size = pt.TinySize(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+    size = smoke_assets.TinySize(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                        max_length=24, dropout=0.0)
     ours = pt.tiny_gpt2(50, size, eos_token_id=49).eval()
     _perturb(ours)
@@ -136,15 +136,15 @@ def test_gpt2_checkpoint_loads_in_transformers_with_same_logits(tmp_path):
 # -- the built assets -----------------------------------------------------------------------------------------------
 def test_assets_are_cached_by_content_hash_and_built_atomically(assets, monkeypatch):
     root = Path(assets["root"])
-    assert root.name == f"smoke-{pt.content_hash(SMALL)}" and assets["hash"] == pt.content_hash(SMALL)
-    assert pt.content_hash(SMALL) != pt.content_hash(pt.SmokeSettings())
+    assert root.name == f"smoke-{smoke_assets.content_hash(SMALL)}" and assets["hash"] == smoke_assets.content_hash(SMALL)
+    assert smoke_assets.content_hash(SMALL) != smoke_assets.content_hash(smoke_assets.SmokeSettings())
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".tmp-")]
 
     def rebuild(*_args, **_kwargs):
         raise AssertionError("ensure_smoke_assets rebuilt assets that were already there")
 
     monkeypatch.setattr(pt, "build_assets", rebuild)
-    assert pt.ensure_smoke_assets(root.parent, SMALL) == assets
+    assert smoke_assets.ensure_smoke_assets(root.parent, SMALL) == assets
 
 
 def test_assets_have_checkpoint_vocabulary_and_task_files(assets):
@@ -223,4 +223,4 @@ def test_bertgen_warm_starts_from_the_assets(assets):
 
 def test_settings_dataclasses_round_trip_into_the_hash():
     changed = dataclasses.replace(SMALL, pretrain=dataclasses.replace(SMALL.pretrain, steps=31))
-    assert pt.content_hash(changed) != pt.content_hash(SMALL)
+    assert smoke_assets.content_hash(changed) != smoke_assets.content_hash(SMALL)

@@ -1,4 +1,4 @@
-"""The rehearsal (experiments.rehearse) on tiny configs: shapes grouped by architecture and lengths, measured beside
+"""The rehearsal (experiments.launch.rehearse) on tiny configs: shapes grouped by architecture and lengths, measured beside
 the plan and recorded, a failing shape as one line with exit status 2, and the plan's use of recorded rates."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from experiments import compute_plan as cp
-from experiments import launch, measured_rates, rehearse, rehearse_worker
-from experiments.grid import load_grid
+from experiments.launch import compute_plan as cp
+from experiments.launch import launcher as launch, measured_rates, rehearse, rehearse_worker
+from experiments.grid.load import load_grid
 
 BERT = dict(model_type="bert", vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",

@@ -286,7 +286,7 @@ def test_without_embeddings_warm_start_keeps_every_layer_and_randomises_the_word
     checkpoint's), and so is the output projection tied to the word embeddings.
 
     Changed by issue 20: the position embeddings and the embedding LayerNorm were random too before."""
-    from experiments.cell_inputs import warm_start_from
+    from experiments.recipes.build import warm_start_from
 
     warm = warm_start_from({"without_embeddings": True})
     assert (warm.embeddings, warm.layers) == (False, "all")
@@ -402,7 +402,7 @@ def test_cross_attention_from_self_attention_leaves_random_decoders_and_unlisted
 
 # -- a vocabulary of the model's own (Table 4's Transformer baseline, Table 6's SentencePieces) ------------------------
 def _own_vocabulary(root, train: str, size: int):
-    from experiments.vocabulary import ensure_vocabulary
+    from experiments.data.vocabulary import ensure_vocabulary
 
     words = ["house", "Haus", "cat", "Katze", "the", "der", "runs", "läuft", "fast", "schnell", "street", "Straße"]
     texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)) + "." for i in range(200)]

@@ -6,7 +6,7 @@ job arrays, srun, submitit's USR2 handler, ``scontrol requeue`` and sacct are th
 
 What runs: ``grids/smoke.yaml`` cut down with ``--only`` and ``--set train.steps=100`` on the reduced tiny assets
 (the smoke grid's own assets take minutes to pretrain; these are built once per test session), one CPU per cell,
-training with experiments.train.train_cell:
+training with experiments.recipes.train.train_cell:
 
 1. three synthetic_fusion cells — bert2bert, roberta2gpt (RoBERTa → GPT-2) and gpt (decoder-only) — as one job array;
    every one must finish;
@@ -237,7 +237,7 @@ def test_a_cell_that_raises_is_failed_with_its_traceback_and_the_others_are_unaf
     assert reason.startswith("RuntimeError: injected failure at training step") and "\n" not in reason
     assert artifact_names(smoke.client, bad) == {"cell.json", "traceback.txt"}
     trace = Path(smoke.client.download_artifacts(bad.info.run_id, "traceback.txt", str(tmp_path))).read_text()
-    assert trace.startswith("Traceback (most recent call last)") and "experiments/train.py" in trace
+    assert trace.startswith("Traceback (most recent call last)") and "experiments/recipes/train.py" in trace
     assert f"injected failure at training step {FAIL_AT_STEP}" in trace
     # it failed where it was made to, after really training: its steps up to the failure reached MLflow
     assert [s for s, _ in metric_steps(smoke.client, bad.info.run_id, "loss")] == [FAIL_AT_STEP]

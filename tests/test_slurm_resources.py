@@ -1,4 +1,4 @@
-"""The Slurm resource pre-flight (experiments.slurm_resources): sinfo parsing on captured outputs, the comparison
+"""The Slurm resource pre-flight (experiments.launch.slurm): sinfo parsing on captured outputs, the comparison
 rules, and the launcher's one-line refusals against the real cluster (integration_helpers.require_slurm: fail in CI,
 skip elsewhere without one), where nothing may be written."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import slurm_resources as sr
+from experiments.launch import slurm as sr
 from integration_helpers import REPO, data_spec, quick_assets, require_slurm, subprocess_env
 
 # `sinfo -h -N -o SINFO_FORMAT` captured on the CI single-node cluster (scripts/slurm_cluster.sh) ...

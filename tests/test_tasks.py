@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import data as data_module
-from experiments.data import (
-    LABEL_PAD_ID,
-    LengthBucketBatchSampler,
-    Seq2SeqCollator,
-    build_dataloader,
-    hub_request,
-    load_split,
-    read_gigaword_zip,
-    tokenize_split,
-)
-from experiments.metrics import METRICS
-from experiments.tasks import TASKS, get_task
+from experiments.data import batches as data_module
+from experiments.data.batches import (LABEL_PAD_ID, LengthBucketBatchSampler, Seq2SeqCollator, build_dataloader,
+                                      tokenize_split)
+from experiments.data.sources import hub_request, load_split, read_gigaword_zip
+from experiments.data.metrics import METRICS
+from experiments.config.tasks import TASKS, get_task
 
 # ---------------------------------------------------------------------------------------------------------------------
 # tokenizers with bertgen.tokenization's interface

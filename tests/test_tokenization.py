@@ -451,7 +451,7 @@ def test_bad_options_and_files(tmp_path, tokenizer_files):
         load_tokenizer([tmp_path / "wp" / "vocab.txt", tmp_path / "notes.md"])
 
 
-# -- vocabularies the harness trains (experiments.vocabulary) ---------------------------------------------------------
+# -- vocabularies the harness trains (experiments.data.vocabulary) ---------------------------------------------------------
 def _corpus(seed: int = 0, lines: int = 300) -> list[str]:
     """A few hundred English and German lines, cased, with umlauts: what a WMT vocabulary sees, in miniature."""
     import random
@@ -468,7 +468,7 @@ def test_trained_vocabulary_is_cased_deterministic_and_read_by_load_tokenizer(tm
     """A vocabulary trained by the harness on a few hundred lines: read back by load_tokenizer as BERT WordPiece or
     BertGenerationTokenizer, cased (Haus and haus differ, umlauts kept), with start / end / pad tokens, at most
     ``size`` ids (SentencePiece: exactly); two trainings on the same lines write byte-identical files."""
-    from experiments.vocabulary import ensure_vocabulary, load_vocabulary
+    from experiments.data.vocabulary import ensure_vocabulary, load_vocabulary
 
     texts = _corpus()
     first, trained = ensure_vocabulary(lambda: texts, "corpus-0", {"train": train, "size": size}, tmp_path / "a")
@@ -489,7 +489,7 @@ def test_vocabulary_cache_key_follows_the_data_and_the_settings_and_a_cached_one
     """Same data and settings: the cached directory, without calling for the texts again (nothing is retrained).
     Another data identity, size or trainer: another directory. An incomplete directory (no manifest) is never read:
     it is trained again and replaced; a training that fails leaves nothing behind."""
-    from experiments.vocabulary import MANIFEST, ensure_vocabulary, vocabulary_dir, vocabulary_key
+    from experiments.data.vocabulary import MANIFEST, ensure_vocabulary, vocabulary_dir, vocabulary_key
 
     settings = {"train": "wordpiece", "size": 100}
     texts = _corpus()

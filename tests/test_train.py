@@ -1,6 +1,6 @@
 """Training one cell: schedules, atomic checkpoints, exact resumption, DDP, decoding and failure reporting.
 
-Cells run on the reduced smoke assets (experiments.pretrain_tiny, built once per session): hidden 64, 2 layers,
+Cells run on the reduced smoke assets (experiments.smoke.pretrain, built once per session): hidden 64, 2 layers,
 40 training examples, a handful of steps.
 """
 
@@ -18,12 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from experiments import checkpointing
-from experiments.metrics import compute_metrics
-from experiments.optim import LRSchedule, build_optimizer, paper_peak_lr
-from experiments.config import TrainConfig, from_dict
-from experiments.cell_inputs import warm_start_from
-from experiments.train import NonFiniteLossError, train_cell
+from experiments.recipes import checkpointing
+from experiments.data.metrics import compute_metrics
+from experiments.recipes.optim import LRSchedule, build_optimizer, paper_peak_lr
+from experiments.config.cell import TrainConfig, from_dict
+from experiments.recipes.build import warm_start_from
+from experiments.recipes.train import NonFiniteLossError, train_cell
 from integration_helpers import quick_assets
 
 
@@ -303,9 +303,9 @@ def test_frozen_warm_started_parameters_hold_still_until_the_step_and_resume_acr
     checkpoint every tensor bert2bert took from BERT is bit-identical to the checkpoint's and has no Adam state, the
     new ones (cross-attention, output bias) have moved; after step 5 the warm ones train too. A run that crashes at
     step 6 and resumes from step 4 crosses the boundary and ends bit-identical to an uninterrupted run."""
-    from experiments.cell_inputs import build_model
-    from experiments.config import CellConfig
-    from experiments.train import warm_started_parameters
+    from experiments.recipes.build import build_model
+    from experiments.config.cell import CellConfig
+    from experiments.recipes.train import warm_started_parameters
 
     cell = make_cell(assets, tmp_path / "root", freeze_warm_started_steps=5)
     straight_logger = RecordingLogger()
@@ -353,7 +353,7 @@ def test_cell_with_a_trained_vocabulary_trains_it_once_and_decodes_with_it(asset
     """vocab {train: sentencepiece}: the cell trains the vocabulary on its own training texts, builds bertShare with
     it (word embeddings new, layers warm), trains, decodes, keeps a copy for re-decoding; a second cell (another seed)
     on the same data reuses the cached vocabulary without training it again."""
-    from experiments.evaluate import load_cell
+    from experiments.recipes.evaluate import load_cell
 
     cell = make_cell(assets, tmp_path / "root", scheme="bertShare", steps=4, eval_every=0, checkpoint_every=0)
     cell["vocab"] = {"train": "sentencepiece", "size": 64}
@@ -366,9 +366,9 @@ def test_cell_with_a_trained_vocabulary_trains_it_once_and_decodes_with_it(asset
     assert {tuple(w.shape) for k, w in weights.items() if k.endswith("word_embeddings.weight")} == {(64, 64)}
     assert (tmp_path / "first" / "vocabulary" / "spiece.model").read_bytes() == (cached[0] / "spiece.model").read_bytes()
     (tmp_path / "first" / "cell.json").write_text(json.dumps(cell))  # what the job writes beside the run
-    loaded = load_cell(tmp_path / "first", "last")  # experiments.evaluate rebuilds it from the cell's copy
+    loaded = load_cell(tmp_path / "first", "last")  # experiments.recipes.evaluate rebuilds it from the cell's copy
     assert loaded.input_tokenizer.vocab_size == 64
-    from experiments.evaluation_preflight import check_cell_weights
+    from experiments.recipes.evaluate_preflight import check_cell_weights
 
     check_cell_weights(tmp_path / "first", "last")  # the evaluation's pre-flight builds it the same way
 
@@ -380,7 +380,7 @@ def test_cell_with_a_trained_vocabulary_trains_it_once_and_decodes_with_it(asset
 def test_preemption_save_resumes_from_the_start_of_the_interrupted_step(assets, tmp_path):
     """The hook the job calls on SIGUSR2, fired in the middle of step 3 (its forward pass), writes a checkpoint
     from which the resumed cell redoes step 3 and ends where an uninterrupted cell ends."""
-    import experiments.train as train_module
+    import experiments.recipes.train as train_module
 
     cell = make_cell(assets, tmp_path / "root", steps=4, eval_every=0, checkpoint_every=0)
     straight = train_cell(cell, tmp_path / "straight", RecordingLogger())
@@ -506,8 +506,8 @@ def _wmt_cell(assets: dict, root: Path) -> dict:
 
 def test_extra_test_set_is_decoded_scored_and_logged_like_the_test_split(assets, tmp_path):
     from analysis import schema
-    from experiments.cell import EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE
-    from experiments.tracking import CellLogger
+    from experiments.grid.identity import EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE
+    from experiments.tracking.runs import CellLogger
 
     cell = _wmt_cell(assets, tmp_path / "root")
     cell["data"]["newstest2016"] = dict(cell["data"]["validation"])  # a different file than the test split's
@@ -545,7 +545,7 @@ def test_extra_test_set_is_decoded_scored_and_logged_like_the_test_split(assets,
 def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, tmp_path, caplog):
     cell = _wmt_cell(assets, tmp_path / "root")  # local data, nothing named for newstest2016: no hub download
     logger = RecordingLogger()
-    with caplog.at_level("WARNING", logger="experiments.train"):
+    with caplog.at_level("WARNING", logger="experiments.recipes.train"):
         metrics = train_cell(cell, tmp_path / "cell", logger)
     assert set(metrics) == {"sacrebleu", "bleu_uncased"}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -558,9 +558,9 @@ def test_local_cell_without_the_extra_test_set_skips_it_with_a_warning(assets, t
 
 
 def test_extra_test_sets_come_from_the_hub_only_with_the_test_split():
-    from experiments.config import DataSources
-    from experiments.tasks import TASKS
-    from experiments.cell_inputs import extra_test_splits, predictions_file
+    from experiments.config.cell import DataSources
+    from experiments.config.tasks import TASKS
+    from experiments.recipes.build import extra_test_splits, predictions_file
 
     wmt, hub = TASKS["wmt14_de_en"], {"train": None, "validation": None, "test": None}
     assert extra_test_splits(DataSources(**hub), wmt) == (("newstest2016",), ())

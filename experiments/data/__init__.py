@@ -1,0 +1,1 @@
+"""Task data and scores: sources, batches, metrics, archives, vocabularies."""

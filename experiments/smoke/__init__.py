@@ -1,0 +1,1 @@
+"""Tiny checkpoints and tasks made here for the smoke grid (assets: light; pretrain: the heavy part)."""

@@ -1,0 +1,1 @@
+"""MLflow: runs, the store, sync and relocation."""
