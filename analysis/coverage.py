@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from experiments.cli import EXIT_FAILED, EXIT_OK, entry_point
 from experiments.tracking.runs import flatten
 
 from . import paper, schema
@@ -53,6 +54,7 @@ def uncovered(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.
     return rows[~rows.cell & (rows.reason == "")]
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     from experiments.grid.load import load_grid
 
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in missing.itertuples():
         print(f"Table {row.table}: {row.paper_model} / {row.paper_task} / {row.paper_metric}: no cell, no reason")
     print(f"{len(missing)} paper row(s) without a cell or a stated reason", file=sys.stderr)
-    return 1 if len(missing) else 0
+    return EXIT_FAILED if len(missing) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -29,13 +29,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from experiments.cli import EXIT_OK, entry_point
+
 from . import schema, stats
 from .table_specs import Column, Row
 from .cells import TableResult, dev_criterion, select_runs
-from .tables import build_table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .runs import RunStore
+from .runs import RunStore
+from .tables import add_store_arguments, build_table
 
 DEFAULT_OUT = Path("outputs/figures")
 DEFAULT_FORMATS = ("png", "pdf")
@@ -292,26 +292,21 @@ def make_figures(store: RunStore, tables: dict[int, TableResult] | None = None, 
     return figures
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runs import RunStore
-    from .tables import add_store_arguments
-
     parser = argparse.ArgumentParser(prog="python -m analysis.plots", description=__doc__.split("\n\n")[0])
     add_store_arguments(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS), choices=["png", "pdf", "svg"])
     args = parser.parse_args(argv)
-    try:
-        store = RunStore(args.tracking_uri, args.experiment, args.grid)
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    store = RunStore(args.tracking_uri, args.experiment, args.grid)
     figures = make_figures(store, n_boot=args.n_boot)
     if not figures:
         print(f"no runs to plot in {store.tracking_uri}")
     for name, fig in figures.items():
         for path in save(fig, args.out, name, args.formats):
             print(path)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -12,12 +12,16 @@ difference is no larger than what another seed gives. The figure has one panel p
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .runs import RunStore
+from experiments.cli import EXIT_OK, entry_point
+from experiments.config.validate import Refusal
+
+from .runs import RunStore, add_tracking_uri
 
 PRECISION_PARAM = "train.bf16"
 
@@ -79,16 +83,17 @@ def curves_figure(store: RunStore, runs: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="bertgen-bf16", help="MLflow experiment (default: bertgen-bf16)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the project's store)")
+    add_tracking_uri(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the curves to this PNG")
     args = parser.parse_args(argv)
     store = RunStore(args.tracking_uri, experiment=args.experiment)
     runs = precision_runs(store)
     if runs.empty or set(runs.precision) != {"fp32", "bf16"}:
-        raise SystemExit(f"experiment {args.experiment}: needs finished runs in both fp32 and bf16 (have "
+        raise Refusal(f"experiment {args.experiment}: needs finished runs in both fp32 and bf16 (have "
                          f"{sorted(set(runs.precision))}); run grids/bf16_check.yaml")
     table = comparison(store, runs)
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.3f}".format):
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
         args.out.write_bytes(to_png(curves_figure(store, runs)))
         print(f"wrote {args.out}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,7 @@ in-memory cache, because per-example ROUGE on a large test set is the slowest th
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -20,15 +21,36 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from experiments import cli
+from experiments.config.evaluation import DEFAULT_OUTPUT_ROOT
+from experiments.config.validate import Refusal
+from experiments.tracking.store import sqlite_path
+
 from . import schema, textstats
 
 RUN_COLUMNS = ("run_id", "experiment_id", "status", "start_time", "artifact_uri", "task", "scheme", "seed",
                "cell_id", "group", "grid", "data_fraction", "variant", "size", "data_variant")  # fmt: skip
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Explicit argument, else ``$BERTGEN_TRACKING_URI``, else ``sqlite:///outputs/mlflow.db``."""
-    return tracking_uri or os.environ.get(schema.TRACKING_URI_ENV) or schema.DEFAULT_TRACKING_URI
+TRACKING_URI_ENV = "BERTGEN_TRACKING_URI"  # the analysis' own override (the notebook reads it too)
+
+
+class StoreUnavailable(Refusal, ValueError):
+    """No store at the tracking URI, or no experiment of that name in it: every analysis command refuses."""
+
+
+def resolve_tracking_uri(given: str | None = None) -> str:
+    """The store the analysis reads: ``given`` (``--tracking-uri``), else ``$BERTGEN_TRACKING_URI``, else what the
+    launcher writes to with no URI of its own (``$MLFLOW_TRACKING_URI``, else ``outputs/mlflow.db``), resolved by
+    :func:`experiments.cli.tracking_uri` so that one URI (a relative ``sqlite:///`` path included) is one store for
+    both."""
+    return cli.tracking_uri(given or os.environ.get(TRACKING_URI_ENV), DEFAULT_OUTPUT_ROOT)
+
+
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri`` as every analysis command takes it (read by :func:`resolve_tracking_uri`)."""
+    cli.add_tracking_uri(parser, f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, else $MLFLOW_TRACKING_URI, else "
+                                 f"sqlite:///{DEFAULT_OUTPUT_ROOT}/mlflow.db, as the launcher)")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -53,11 +75,11 @@ class RunStore:
         import mlflow  # slow import (seconds): only when a store is actually opened
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        if self.tracking_uri.startswith("sqlite:///"):
-            db = Path(self.tracking_uri[len("sqlite:///"):])
+        db = sqlite_path(self.tracking_uri)
+        if db is not None:
             if not db.is_file():  # MLflow would silently create an empty store there
-                raise ValueError(f"tracking URI {self.tracking_uri}: no MLflow store at {db} (run `make smoke`, or "
-                                 f"pass --tracking-uri / set ${schema.TRACKING_URI_ENV})")
+                raise StoreUnavailable(f"tracking URI {self.tracking_uri}: no MLflow store at {db} (run `make smoke`, or "
+                                       f"pass --tracking-uri / set ${TRACKING_URI_ENV})")
         self.experiment = experiment
         self.grid = grid
         self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
@@ -74,7 +96,7 @@ class RunStore:
             found = self._client.get_experiment_by_name(self.experiment)
             if found is None:
                 names = [e.name for e in self._client.search_experiments()]
-                raise ValueError(f"tracking store {self.tracking_uri}: no experiment named {self.experiment!r} (have {names})")
+                raise StoreUnavailable(f"tracking store {self.tracking_uri}: no experiment named {self.experiment!r} (have {names})")
             return [found.experiment_id]
         return [e.experiment_id for e in self._client.search_experiments()]
 

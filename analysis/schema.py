@@ -37,12 +37,6 @@ from experiments.config.model_size import PAPER_SIZES, SIZE_PATTERN, model_size
 from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Where runs live
-
-TRACKING_URI_ENV = "BERTGEN_TRACKING_URI"
-DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Harness names (MLflow tags, params, metric keys, artifacts) — adapt these when the harness changes.
 
 TAG_TASK = "task"

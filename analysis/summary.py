@@ -18,10 +18,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from experiments.cli import EXIT_OK, entry_point
 from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
-from .runs import RunStore, align, metric_score
+from .runs import RunStore, add_tracking_uri, align, metric_score
 from .table_specs import BASELINE_ROWS
 from .tables import scheme_order
 
@@ -113,21 +114,17 @@ def render_summary(store: RunStore, n_boot: int = stats.DEFAULT_N_BOOT) -> str:
     return "\n\n".join(blocks + [note]) if blocks else "no finished cell runs in this store"
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.summary", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: ${schema.TRACKING_URI_ENV} or "
-                                               f"{schema.DEFAULT_TRACKING_URI})")
+    add_tracking_uri(parser)
     parser.add_argument("--experiment", help="only this MLflow experiment (default: all)")
     parser.add_argument("--grid", help="only runs of this grid")
     parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_N_BOOT, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    try:
-        store = RunStore(args.tracking_uri, experiment=args.experiment, grid=args.grid)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    store = RunStore(args.tracking_uri, experiment=args.experiment, grid=args.grid)
     print(render_summary(store, args.n_boot))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

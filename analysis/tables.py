@@ -27,22 +27,21 @@ import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
+from experiments.cli import EXIT_OK, entry_point
 from experiments.config.tasks import TASKS as HARNESS_TASKS
 
 from . import paper, schema, stats
 from .cells import (CELL_COLUMNS, CellData, TableResult, cell_record, closing_notes, compute_cell, mark_significance,
                     table_runs, task_baseline)
 from .gpt2_tuning import build_gpt2_tuning_table
+from .runs import RunStore, add_tracking_uri
 from .table_specs import BASELINE_ROWS, NOT_RUN_NOTE, TABLES, Row, TableSpec
 # Rendering (markdown, LaTeX, CSV) lives in analysis.table_render; render and wide are imported from here too.
 from .table_render import DEFAULT_FORMAT, FORMATS, SUFFIX, render, wide  # noqa: F401
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .runs import RunStore
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -217,14 +216,14 @@ def parse_tables(text: str) -> list[int | str]:
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default=None,
-                        help=f"MLflow tracking URI (default: ${schema.TRACKING_URI_ENV}, else {schema.DEFAULT_TRACKING_URI})")
+    add_tracking_uri(parser)
     parser.add_argument("--experiment", default=None, help="MLflow experiment name (default: all experiments)")
     parser.add_argument("--grid", default=None, help="only runs of this grid (tag 'grid')")
     parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_N_BOOT, help="bootstrap resamples")
     parser.add_argument("--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level / 1 - CI level")
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     add_store_arguments(parser)
@@ -235,12 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = None
     if any(n != 1 for n in args.table):
-        from .runs import RunStore
-
-        try:
-            store = RunStore(args.tracking_uri, args.experiment, args.grid)
-        except ValueError as err:
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        store = RunStore(args.tracking_uri, args.experiment, args.grid)
     for number in args.table:
         text = render(build_table(number, store, n_boot=args.n_boot, alpha=args.alpha), args.format)
         if args.out is None:
@@ -250,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = args.out / f"table{number}.{SUFFIX[args.format]}"
             path.write_text(text, encoding="utf-8")
             print(path)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -765,7 +765,7 @@ def test_the_summary_keeps_runs_of_other_settings_apart(tmp_path):
     assert "| bert2bert [train.steps=1000] | 1 | 70.0 [" in text and "| bert2bert [train.steps=300] | 1 | 40.0 [" in text
 
 
-def test_precision_comparison_pairs_fp32_and_bf16_runs_with_the_seed_spread(tmp_path):
+def test_precision_comparison_pairs_fp32_and_bf16_runs_with_the_seed_spread(tmp_path, capsys):
     """analysis.precision: per scheme and measure, the fp32 and bf16 means, their difference and the fp32 seed
     spread (the noise it is read against), and one curve per run in the figure."""
     from mlflow.entities import Metric
@@ -794,5 +794,64 @@ def test_precision_comparison_pairs_fp32_and_bf16_runs_with_the_seed_spread(tmp_
     assert len(fig.axes[0].lines) == 4
     main(["--tracking-uri", uri, "--experiment", "bf16", "--out", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="needs finished runs in both fp32 and bf16"):
-        main(["--tracking-uri", uri, "--experiment", "Default"])
+    capsys.readouterr()
+    assert main(["--tracking-uri", uri, "--experiment", "Default"]) == 2
+    assert "needs finished runs in both fp32 and bf16" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the commands: one store for one URI, one refusal line
+
+
+def test_an_analysis_command_reads_the_store_the_launcher_writes_for_the_same_uri(tmp_path, monkeypatch, capsys):
+    """``--tracking-uri sqlite:///study/mlflow.db`` (relative, as the README prints it) and ``$MLFLOW_TRACKING_URI``
+    mean for ``python -m analysis.*`` the store ``python -m experiments.launch`` writes for them
+    (:func:`experiments.cli.tracking_uri`, which the launcher calls): the analysis used to ignore
+    ``$MLFLOW_TRACKING_URI`` and read ``outputs/mlflow.db`` instead."""
+    from experiments import cli
+    from analysis import summary, tables
+    from analysis.runs import RunStore
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BERTGEN_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    relative = "sqlite:///study/mlflow.db"
+    launcher_uri = cli.tracking_uri(relative, "outputs")
+    (tmp_path / "study").mkdir()
+    uri, client, experiment_id, parent, files = _new_store(tmp_path / "study", "study")
+    assert uri == launcher_uri
+    preds = _fusion_examples(70, 1)
+    _log_run(client, experiment_id, parent, task="synthetic_fusion", scheme="bert2bert", seed=1,
+             params={"data_fraction": "1.0", "init_layers": "null"}, metrics=_scores(preds, ["exact", "sari"]),
+             predictions=preds, tmp=files)
+
+    assert RunStore(relative).tracking_uri == launcher_uri
+    assert tables.main(["--tracking-uri", relative, "--table", "2", "--format", "csv", "--out", "tables",
+                        "--n-boot", "20"]) == 0
+    assert (tmp_path / "tables" / "table2.csv").is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", relative)
+    capsys.readouterr()
+    assert summary.main(["--n-boot", "20"]) == 0
+    assert "| bert2bert | 1 | 70.0 [" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, args", [
+    ("summary", ["--tracking-uri", "sqlite:///absent/mlflow.db"]),
+    ("tables", ["--tracking-uri", "sqlite:///absent/mlflow.db", "--table", "2"]),
+    ("plots", ["--tracking-uri", "sqlite:///absent/mlflow.db", "--out", "figures"]),
+    ("precision", ["--tracking-uri", "sqlite:///absent/mlflow.db"]),
+    ("coverage", ["absent.yaml"]),
+])
+def test_every_analysis_command_refuses_in_one_error_line_and_exit_status_2(command, args, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A store that is not there (or a grid file that is not) is one ``error:`` line on stderr and exit status 2
+    (experiments.cli.entry_point), never a traceback or argparse's usage text; nothing is created."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"analysis.{command}").main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "absent" in err
+    assert list(tmp_path.iterdir()) == []
