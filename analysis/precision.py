@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = precision_runs(store)
     if runs.empty or set(runs.precision) != {"fp32", "bf16"}:
         raise Refusal(f"experiment {args.experiment}: needs finished runs in both fp32 and bf16 (have "
-                         f"{sorted(set(runs.precision))}); run grids/bf16_check.yaml")
+                      f"{sorted(set(runs.precision))}); run grids/bf16_check.yaml")
     table = comparison(store, runs)
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
