@@ -32,9 +32,6 @@ HEAVY = {"torch", "mlflow", "datasets"}  # over a second each to import (one cor
 SMOKE_IMPORTERS = {"grid", "launch"}  # the only stages outside smoke/ that may import it (smoke/assets.py alone)
 # Stage inversions left from the flat layout, each to be removed (issue 22; the fix named), not to be added to:
 NOT_YET_BY_STAGE = {
-    ("experiments.config.cell", "experiments.data.sources"): "FORMATS, SPEC_KEYS: a data spec's keys belong to config",
-    ("experiments.config.cell", "experiments.data.archive"): "archive_for: the archive table belongs to config",
-    ("experiments.config.cell", "experiments.data.vocabulary"): "vocabulary MIN/MAX_SIZE, TRAINERS' names to config",
     ("experiments.config.evaluation", "experiments.grid.document"): "parse_sets, set_dotted: --set parsing to config "
     "(or experiments/cli.py's shared --set)",
     ("experiments.config.evaluation", "experiments.grid.identity"): "CELL_CONFIG_FILE, one_line: file names and the "
