@@ -42,6 +42,7 @@ from .data_spec import FORMATS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, SPEC_KEYS, VOCAB
 from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
 
+CELL_CONFIG_FILE = "cell.json"  # the JSON form (to_dict) a job receives and a trained cell's directory holds
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.recipes.optim.LRSchedule implements
