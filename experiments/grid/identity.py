@@ -117,5 +117,3 @@ def cell_label(cell: CellConfig | dict) -> str:
 def cell_dir(cell: dict) -> Path:
     """Where a cell writes: ``<output_root>/cells/<task>/<scheme>/<cell_id>`` (the id alone is the key)."""
     return Path(cell["output_root"]) / "cells" / cell["task"] / cell["scheme"] / cell["cell_id"]
-
-
