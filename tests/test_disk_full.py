@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from experiments.config import validate
 from experiments.grid import identity as cell_module
 from experiments.launch import job as cell_job
 from experiments.recipes import checkpointing
@@ -352,7 +353,7 @@ def test_when_the_store_shares_the_full_disk_the_reason_is_in_the_pending_file(a
     fail_on_the_second_checkpoint(monkeypatch)
     with pytest.raises(DiskFullError) as caught:
         train_cell(cell, out_dir, logger)
-    logger.finish_failure(cell_module.one_line(caught.value), [])
+    logger.finish_failure(validate.one_line(caught.value), [])
     parked = [json.loads(line) for line in (out_dir / tracking.PENDING_FILE).read_text().splitlines()]
     reasons = [op["tags"]["failure_reason"] for op in parked if op["op"] == "tags" and "failure_reason" in op["tags"]]
     assert reasons == [f"DiskFullError: {caught.value}"]

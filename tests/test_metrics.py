@@ -9,21 +9,18 @@ import warnings
 import numpy as np
 import pytest
 
-from experiments.data import metrics
-from experiments.data.metrics import (
-    METRICS,
-    compute_metrics,
+from experiments.data import metric_functions
+from experiments.data.metric_functions import (
     corpus_bleu_nltk,
     exact_match,
-    example_statistics,
     nltk_bleu_statistics,
     rouge,
     sacrebleu_score,
     sari,
     sari_components,
-    score_from_statistics,
     split_sentences,
 )
+from experiments.data.metrics import METRICS, compute_metrics, example_statistics, score_from_statistics
 from experiments.config.tasks import TASKS
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -204,7 +201,7 @@ def test_wmt_bleu_normalises_utf8_quotes():
     differs from its reference only in quote style scores 100, where sacreBLEU on the raw strings does not."""
     import sacrebleu
 
-    assert metrics.normalize_quotes("„Ja“, sagte er. ‚So‘ «oui» ‹non› “yes” don’t ´s") == (
+    assert metric_functions.normalize_quotes("„Ja“, sagte er. ‚So‘ «oui» ‹non› “yes” don’t ´s") == (
         '"Ja", sagte er. \'So\' "oui" \'non\' "yes" don\'t \'s')
     predictions = ['Er sagte: "Wir kommen morgen wieder" und ging \'nach Hause\' .',
                    'He said "we will be back tomorrow" and it\'s over .']
@@ -223,7 +220,7 @@ def test_wmt_bleu_normalises_utf8_quotes():
 def test_sacrebleu_variable_reference_counts_and_statistics():
     predictions = ["the cat sat on the mat", "a dog ran in the park today"]
     references = [["the cat sat on the mat", "a cat sat on the mat"], ["a dog ran in a park today"]]
-    rows = metrics.sacrebleu_statistics(predictions, references)
+    rows = metric_functions.sacrebleu_statistics(predictions, references)
     assert rows.shape == (2, 10)
     assert score_from_statistics("sacrebleu", rows) == pytest.approx(sacrebleu_score(predictions, references))
     # the first example alone is a perfect match

@@ -212,14 +212,14 @@ def fixture_archive(archive_bytes: bytes, url: str):
     import dataclasses
     import hashlib
 
-    from experiments.data.archive import DISCOFUSE_BALANCED
+    from experiments.config.data_spec import DISCOFUSE_BALANCED
 
     return dataclasses.replace(DISCOFUSE_BALANCED, urls=(url,), size=len(archive_bytes),
                                sha256=hashlib.sha256(archive_bytes).hexdigest())
 
 
 def test_the_published_archive_is_recorded_as_data():
-    from experiments.data.archive import DISCOFUSE_BALANCED, DISCOFUSE_DIR, archive_for
+    from experiments.config.data_spec import DISCOFUSE_BALANCED, DISCOFUSE_DIR, archive_for
 
     assert DISCOFUSE_BALANCED.urls[0] == "https://storage.googleapis.com/gresearch/discofuse/discofuse_v1_wikipedia.zip"
     assert DISCOFUSE_BALANCED.size == 1_717_422_334 and len(DISCOFUSE_BALANCED.sha256) == 64
@@ -276,10 +276,10 @@ def test_prefetch_fetches_the_archive_a_grid_names(loopback, archive_bytes, tmp_
     is fetched into their folder; a second run finds them. A mismatch is one line, exit status 1."""
     import yaml
 
-    from experiments.data import archive as data_archive
+    from experiments.config import data_spec
 
     base, requests = loopback
-    monkeypatch.setattr(data_archive, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/good.zip"),))
+    monkeypatch.setattr(data_spec, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/good.zip"),))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bert").mkdir()
     grid = tmp_path / "grid.yaml"
@@ -292,7 +292,7 @@ def test_prefetch_fetches_the_archive_a_grid_names(loopback, archive_bytes, tmp_
     out = capsys.readouterr().out
     assert "verified" in out and "nothing else to fetch" in out and requests == ["/good.zip"]
     assert all((tmp_path / f).is_file() for f in files.values()) and not fake_hub
-    monkeypatch.setattr(data_archive, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/other.zip"),))
+    monkeypatch.setattr(data_spec, "ARCHIVES", (fixture_archive(archive_bytes, f"{base}/other.zip"),))
     (tmp_path / files["test"]).unlink()
     assert pf.main([str(grid), "--cache-dir", str(tmp_path / "cache")]) == 1
     err = capsys.readouterr().err

@@ -463,6 +463,15 @@ def _corpus(seed: int = 0, lines: int = 300) -> list[str]:
             for _ in range(lines)]
 
 
+def test_the_trainers_a_cell_may_name_are_the_trainers_the_harness_has():
+    """A cell's vocab.train is checked against experiments.config.data_spec's names (the config stage); each must be a
+    trainer experiments.data.vocabulary has, and every trainer must be nameable."""
+    from experiments.config.data_spec import VOCAB_TRAINERS
+    from experiments.data.vocabulary import TRAINERS
+
+    assert tuple(TRAINERS) == VOCAB_TRAINERS and all(TRAINERS[name].name == name for name in VOCAB_TRAINERS)
+
+
 @pytest.mark.parametrize("train,size", [("wordpiece", 120), ("sentencepiece", 80)])
 def test_trained_vocabulary_is_cased_deterministic_and_read_by_load_tokenizer(tmp_path, train, size):
     """A vocabulary trained by the harness on a few hundred lines: read back by load_tokenizer as BERT WordPiece or

@@ -38,12 +38,11 @@ from bertgen.generation import LENGTH_PENALTY_STYLE, LENGTH_PENALTY_STYLES
 from bertgen.schemes import CROSS_ATTENTION_INITS, GPT2_OVERRIDE_NAMES, SCHEMES, WarmStart
 
 from . import validate as v
-from ..data.sources import FORMATS, SPEC_KEYS
-from ..data.archive import archive_for  # data on no hub: the archive its authors published
+from .data_spec import FORMATS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, SPEC_KEYS, VOCAB_TRAINERS, archive_for
 from .model_size import SIZE_PATTERN
 from .tasks import STANDARD_SPLITS, TASKS, Task
-from ..data.vocabulary import MAX_SIZE as MAX_VOCAB_SIZE, MIN_SIZE as MIN_VOCAB_SIZE, TRAINERS as VOCAB_TRAINERS
 
+CELL_CONFIG_FILE = "cell.json"  # the JSON form (to_dict) a job receives and a trained cell's directory holds
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.recipes.optim.LRSchedule implements

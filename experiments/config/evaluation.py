@@ -14,12 +14,11 @@ from typing import Any
 
 from bertgen.checkpoint import is_local_reference
 
-from ..grid.document import parse_sets, set_dotted
-from ..grid.identity import CELL_CONFIG_FILE, one_line
 from . import validate as v
-from .cell import (BEST, CHECKPOINT_NAMES, LAST, CellConfig, DataSources, DecodeConfig, ExampleCaps, bf16_setting,
-                   from_dict, setting, to_dict)
+from .cell import (BEST, CELL_CONFIG_FILE, CHECKPOINT_NAMES, LAST, CellConfig, DataSources, DecodeConfig,
+                   ExampleCaps, bf16_setting, from_dict, setting, to_dict)
 from .tasks import TASKS, Task, get_task
+from .yaml_text import parse_sets, set_dotted
 
 EVALUATION_FILE = "evaluation.json"
 DEFAULT_EXPERIMENT = "bertgen-evaluate"
@@ -129,7 +128,7 @@ def read_cell(directory: Path) -> CellConfig:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise EvaluationError(f"{path}: not a readable cell config ({one_line(err)})") from None
+        raise EvaluationError(f"{path}: not a readable cell config ({v.one_line(err)})") from None
     try:
         return CellConfig.from_dict(raw, str(path))
     except v.Invalid as err:

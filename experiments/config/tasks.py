@@ -10,7 +10,7 @@ Decisions documented here:
 * WikiSplit targets join the two simple sentences with a plain space.  The TSV release separates them with
   `` <::::> ``, but Google's released roberta2roberta_L-24_wikisplit model emits the two sentences joined by a space,
   so that is the paper's target format; the separator is also ignored by the WikiSplit SARI/BLEU protocols (see
-  experiments.data.metrics.WIKISPLIT_SEPARATOR), so either choice scores the same.
+  experiments.data.metric_functions.WIKISPLIT_SEPARATOR), so either choice scores the same.
 * DiscoFuse on the hub is the full 16.3M-example ``discofuse-wikipedia`` release; the paper's 4.5M balanced subset
   exists only in Google's original archive (train_balanced.tsv, read as a local TSV with the same column names).
 * Gigaword targets and sources are lowercased (the Rush et al. release already is; lowercasing again is a no-op that

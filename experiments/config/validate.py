@@ -44,6 +44,11 @@ def short_text(text: object, limit: int | None = 120) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
+def one_line(err: BaseException, limit: int = 480) -> str:
+    """An exception as a failed run's reason or a refusal quotes it: its type and message, on one line, cut."""
+    return short_text(f"{type(err).__name__}: {err}", limit)
+
+
 def nearest_existing(path: Path) -> Path:
     """``path`` or its nearest ancestor that exists: what decides whether a folder can still be created there."""
     while not path.exists() and path != path.parent:

@@ -1,12 +1,12 @@
 """Data that is on no hub, fetched from the archive its authors published: downloaded, verified, then extracted.
 
-The paper trained and tested on the balanced 4.5M Wikipedia DiscoFuse (``train_balanced.tsv``, ``dev_balanced.tsv``,
-``test_balanced.tsv``), which only Google's ``discofuse_v1_wikipedia.zip`` holds (the hub has the full 16.3M set).
-:data:`DISCOFUSE_BALANCED` records where that archive is, its size and its SHA-256; :func:`fetch_archive` streams it
+The archives are declared in :mod:`experiments.config.data_spec` (``ARCHIVES``: DiscoFuse's balanced 4.5M Wikipedia
+files, which only Google's ``discofuse_v1_wikipedia.zip`` holds, with its URL, size and SHA-256, so that a cell's
+check can say a missing file is fetched by prefetch); :func:`fetch_archive` streams one
 to a temporary file beside the destination, refuses it in one line when its size or digest differ (nothing is
 kept), and only then extracts the members into a staging folder and moves each into place with ``os.replace``, so a
 reader never sees a half-written file. ``python -m experiments.launch.prefetch GRID`` calls it for every such file a grid
-names that is missing (the grids name ``data/discofuse/*_balanced.tsv``, :data:`DISCOFUSE_DIR`).
+names that is missing (the grids name ``data/discofuse/*_balanced.tsv``, ``DISCOFUSE_DIR``).
 """
 
 from __future__ import annotations
@@ -17,52 +17,19 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
+from ..config.data_spec import Archive
+
 CHUNK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class Archive:
-    """A published archive: where it is (mirrors tried in order), what it must be, which members are wanted."""
-
-    name: str
-    urls: tuple[str, ...]
-    size: int  # bytes
-    sha256: str
-    members: dict  # member path inside the archive -> the file name it is written to
-    provenance: str  # where the URL, size and digest were read
-
-
-DISCOFUSE_BALANCED = Archive(
-    name="discofuse_v1_wikipedia.zip",
-    urls=("https://storage.googleapis.com/gresearch/discofuse/discofuse_v1_wikipedia.zip",
-          "https://storage.googleapis.com/discofuse.appspot.com/discofuse_v1_wikipedia.zip"),
-    size=1_717_422_334,
-    sha256="e8a5ec52cdd9820ce9b410b47c3a57a49a300470c976202cd7caab613658ebfe",
-    members={f"discofuse_v1/wikipedia/{split}_balanced.tsv": f"{split}_balanced.tsv"
-             for split in ("train", "dev", "test")},
-    provenance=("URLs: google-research-datasets/discofuse README (appspot) and huggingface/datasets' discofuse "
-                "script (gresearch); size and SHA-256: huggingface/datasets datasets/discofuse/dataset_infos.json "
-                "(download_checksums of the gresearch URL); not downloaded from this project"),
-)
-ARCHIVES = (DISCOFUSE_BALANCED,)
-DISCOFUSE_DIR = Path("data") / "discofuse"  # where the grids expect the balanced files (relative to the launch)
 
 
 class ArchiveError(RuntimeError):
     """A download that cannot be used (one line: the URL, what was wrong, that nothing was kept)."""
-
-
-def archive_for(path: str | os.PathLike) -> Archive | None:
-    """The archive a data file is extracted from, recognised by its file name."""
-    name = Path(path).name
-    return next((a for a in ARCHIVES if name in a.members.values()), None)
 
 
 def fetch_archive(archive: Archive, destination: Path, urls: tuple[str, ...] | None = None,

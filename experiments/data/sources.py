@@ -33,16 +33,15 @@ from typing import Any
 import huggingface_hub
 import numpy as np
 
+from ..config.data_spec import FORMATS, SPEC_KEYS
 from ..config.tasks import Task, get_task
 
-# datasets is imported where it is used: importing it takes ~1.5 s (measured here), and experiments.config.cell imports
-# this module for its data-spec keys, so grid checks and analysis would pay for it without reading any data.
+# datasets is imported where it is used: importing it takes ~1.5 s (measured here), and the launcher's checks
+# (pre-flight, prefetch) import this module without reading any data.
 
 logger = logging.getLogger(__name__)
 
-SPEC_KEYS = {"path", "format", "columns", "source_path", "target_path", "xml_unescape"}
 _COLUMN_KEYS = {"input", "target", "id"}
-FORMATS = {"jsonl", "csv", "tsv", "wikisplit", "parallel"}
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 

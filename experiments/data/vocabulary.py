@@ -46,8 +46,6 @@ from bertgen.tokenization import SPIECE_UNDERLINE, BaseTokenizer, load_tokenizer
 
 FORMAT_VERSION = 1  # bump when a trainer's settings or files change, so cached vocabularies are not reused
 MANIFEST = "vocabulary.json"  # written last: a directory without it is incomplete
-MIN_SIZE = 16
-MAX_SIZE = 1 << 20
 
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SENTENCEPIECE_SEPARATOR = "<::::>"  # the released BertGeneration vocabularies' sep token (bertgen.tokenization)
@@ -114,7 +112,7 @@ def _train_sentencepiece(texts: Iterator[str], size: int, directory: Path) -> No
     (directory / "spiece.model").write_bytes(model)
 
 
-# The trainers a cell's vocab.train names (experiments.config.cell reads the names from here).
+# The trainers a cell's vocab.train names, one per name in experiments.config.data_spec.VOCAB_TRAINERS.
 TRAINERS: dict[str, Trainer] = {t.name: t for t in (
     Trainer("wordpiece", ("sentencepiece", "tokenizers"), "cased WordPiece (BERT pre-tokenisation), pieces by SentencePiece BPE",
             _train_wordpiece),

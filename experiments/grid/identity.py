@@ -29,8 +29,7 @@ _PAPER_CHECKPOINTS = to_dict(CellConfig.__dataclass_fields__["checkpoints"].defa
 
 _PAPER_BASE_SIZE = next(name for name, size in PAPER_SIZES.items() if size == "base")  # L12-H768
 
-# Files a cell writes in its directory.
-CELL_CONFIG_FILE = "cell.json"
+# Files a cell writes in its directory (and its config, experiments.config.cell.CELL_CONFIG_FILE).
 PREDICTIONS_FILE = "predictions.jsonl"
 EXTRA_PREDICTIONS_GLOB = "predictions_*.jsonl"  # a task's extra test sets (experiments.recipes.build.predictions_file)
 METRICS_FILE = "metrics.json"
@@ -118,10 +117,3 @@ def cell_label(cell: CellConfig | dict) -> str:
 def cell_dir(cell: dict) -> Path:
     """Where a cell writes: ``<output_root>/cells/<task>/<scheme>/<cell_id>`` (the id alone is the key)."""
     return Path(cell["output_root"]) / "cells" / cell["task"] / cell["scheme"] / cell["cell_id"]
-
-
-def one_line(err: BaseException, limit: int = 480) -> str:
-    text = f"{type(err).__name__}: {err}".replace("\n", " ").strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-

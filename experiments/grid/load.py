@@ -60,9 +60,10 @@ from ..config.cell import FAMILIES, SPLITS, CellConfig
 from ..config.model_size import model_size
 from ..config.tasks import TASKS
 from ..config.validate import Refusal
+from ..config.yaml_text import parse_sets, set_dotted
 from ..smoke.assets import TASK_SPLITS, SmokeSettings, content_hash
 from .document import (GLOB_CHARS, GridError, cell_matches_where, display_path, dotted_fields, lookup_dotted,
-                       merge_patch, parse_sets, patch_from_dotted, read_yaml, set_dotted)
+                       merge_patch, patch_from_dotted, read_yaml)
 from .identity import cell_label, compute_cell_id
 
 EXECUTORS = ("slurm", "local", "debug")
@@ -460,7 +461,11 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
     schema = cell_schema()
     cell_sets: list[tuple[str, Any]] = []
     doc_set_keys: list[str] = []
-    for key, value in parse_sets(sets):
+    try:
+        pairs = parse_sets(sets)
+    except v.Invalid as err:  # a malformed pair: named by the flag, not the grid file
+        raise GridError(err.path, "", err.message) from None
+    for key, value in pairs:
         if key.split(".")[0] in schema:
             try:
                 validator = lookup_dotted(schema, key, f"--set {key}")

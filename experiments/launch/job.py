@@ -22,8 +22,10 @@ from typing import Any, Callable
 import submitit
 import torch
 
-from ..grid.identity import (CELL_CONFIG_FILE, DONE_FILE, EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE,
-                             TRACEBACK_FILE, cell_dir, cell_label, one_line)
+from ..config.cell import CELL_CONFIG_FILE
+from ..config.validate import one_line
+from ..grid.identity import (DONE_FILE, EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE, TRACEBACK_FILE,
+                             cell_dir, cell_label)
 from ..system.disk import atomic_write_text
 from ..tracking import runs as tracking
 

@@ -6,7 +6,7 @@ Run it where there is network (a login node); it downloads what the selected cel
 checkpoints (``huggingface_hub.snapshot_download`` with the files ``bertgen.checkpoint`` reads) and hub data
 (``datasets.load_dataset`` with the cell's exact call, ``experiments.data.sources.hub_request``; Gigaword's archive
 with ``hf_hub_download``), and data that is on no hub from the archive its authors published, verified against the
-size and SHA-256 recorded in :mod:`experiments.data.archive` (DiscoFuse's balanced files, where the grids name them:
+size and SHA-256 recorded in :mod:`experiments.config.data_spec` (DiscoFuse's balanced files, where the grids name them:
 ``data/discofuse/*_balanced.tsv``), and prints what each weighs and how much was fetched. ``--cache-dir DIR`` puts
 them under ``DIR/hub`` and ``DIR/datasets`` instead of the default HF caches; the jobs then need ``HF_HUB_CACHE=DIR/hub
 HF_DATASETS_CACHE=DIR/datasets`` (printed). With ``HF_HUB_OFFLINE=1`` set for the jobs, the launch pre-flight
@@ -32,9 +32,10 @@ from bertgen.families import FAMILIES
 
 from ..cli import EXIT_FAILED, EXIT_OK, entry_point
 from ..config.cell import CellConfig
+from ..config.data_spec import archive_for
 from ..config.tasks import get_task
 from ..config.validate import Refusal, short_text
-from ..data.archive import archive_for, fetch_archive
+from ..data.archive import fetch_archive
 from ..data.sources import hub_request
 from ..grid.document import GridError
 from ..grid.load import load_grid, select
@@ -202,7 +203,7 @@ def check_hub(grid: Any, cells: list[CellConfig], dry_run: bool = False) -> list
 
 
 def archive_data(cells: list[CellConfig]) -> dict[Path, Any]:
-    """directory -> the published archive (experiments.data.archive) of each missing local data file the cells name
+    """directory -> the published archive (experiments.config.data_spec) of each missing local data file the cells name
     that such an archive holds (DiscoFuse's balanced files)."""
     found: dict[Path, Any] = {}
     for cell in cells:

@@ -45,9 +45,9 @@ from bertgen.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TORCH_WEIGHTS, is_local
 from bertgen.families import FAMILIES
 
 from ..config.cell import SPLITS, CellConfig
+from ..config.data_spec import archive_for
 from ..config.tasks import get_task
 from ..config.validate import short_text
-from ..data.archive import archive_for
 from ..data.batches import tokenize_split
 from ..data.local_files import load_local_split, quiet_datasets, spec_files
 from ..grid.document import GridError

@@ -48,7 +48,7 @@ from ..config.cell import CHECKPOINT_NAMES, to_dict
 from ..config.tasks import TASKS, get_task
 from ..data.batches import tokenizer_fingerprint
 from ..data.sources import load_split
-from ..grid.identity import TEST_PREFIX, one_line
+from ..grid.identity import TEST_PREFIX
 from ..system.disk import atomic_write_text
 from ..tracking.runs import ROLE_TAG, flatten, git_commit, now_ms
 from ..tracking.store import check_tracking, experiment_id_for
@@ -133,7 +133,7 @@ def load_released(checkpoint: str, revision: str | None = None,
     try:
         tokenizer = load_tokenizer(directory, **(tokenizer_args or {}))
     except TokenizerError as err:
-        raise EvaluationError(f"{directory}: tokenizer_args {tokenizer_args}: {one_line(err)}") from None
+        raise EvaluationError(f"{directory}: tokenizer_args {tokenizer_args}: {v.one_line(err)}") from None
     set_generation_ids(model, directory, raw, tokenizer)
     pad = model.config.pad_token_id
     return LoadedModel(model, tokenizer, tokenizer, pad, {"evaluated": checkpoint, "scheme": "released",
@@ -303,7 +303,7 @@ class EvaluationJob:
         try:
             summary = evaluate(self.config, out_dir, self.device)
         except BaseException as err:
-            tracker.fail(run_id, one_line(err))
+            tracker.fail(run_id, v.one_line(err))
             raise
         tracker.finish(run_id, summary, out_dir)
         return {"status": "FINISHED", "run_id": run_id, "evaluation_id": eid, "metrics": run_metrics(summary)}
@@ -332,7 +332,7 @@ def load_evaluation_grid(path: Path, sets: list[str],
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise EvaluationError(f"{where}: {one_line(err)}") from None
+        raise EvaluationError(f"{where}: {v.one_line(err)}") from None
     if not isinstance(doc, dict):
         raise EvaluationError(f"{where}: expected a mapping with {list(GRID_KEYS)}")
     for key in doc:
@@ -458,14 +458,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results.append(handle.result())
             except Exception as err:  # noqa: BLE001 - reported per evaluation, the others go on
-                results.append({"status": "FAILED", "reason": one_line(err), "metrics": {}})
+                results.append({"status": "FAILED", "reason": v.one_line(err), "metrics": {}})
     else:
         results = []
         for job in jobs:
             try:
                 results.append(job())
             except (EvaluationError, CheckpointError, v.Invalid, ValueError, OSError) as err:
-                results.append({"status": "FAILED", "reason": one_line(err), "metrics": {}})
+                results.append({"status": "FAILED", "reason": v.one_line(err), "metrics": {}})
     failed = False
     for job, result in zip(jobs, results):
         shown = ", ".join(f"{k[len(TEST_PREFIX):]} {val:.2f}" for k, val in sorted(result["metrics"].items())

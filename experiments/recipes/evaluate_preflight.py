@@ -30,11 +30,11 @@ from bertgen.checkpoint import CheckpointError, read_config_dict, read_weight_he
 from bertgen.modeling_encoder_decoder import EncoderDecoderModel
 from bertgen.tokenization import load_tokenizer
 
+from ..config.cell import CELL_CONFIG_FILE
 from ..config.evaluation import EvaluationConfig, EvaluationError, read_cell
 from ..config.tasks import get_task
-from ..config.validate import nearest_existing, short_text
+from ..config.validate import nearest_existing, one_line, short_text
 from ..data.local_files import load_local_split
-from ..grid.identity import CELL_CONFIG_FILE, one_line
 from . import checkpointing
 from .build import build_model, extra_test_splits, trained_vocabulary_copy
 
