@@ -40,8 +40,7 @@ from .cells import (CELL_COLUMNS, CellData, TableResult, cell_record, closing_no
 from .gpt2_tuning import build_gpt2_tuning_table
 from .runs import RunStore, add_tracking_uri
 from .table_specs import BASELINE_ROWS, NOT_RUN_NOTE, TABLES, Row, TableSpec
-# Rendering (markdown, LaTeX, CSV) lives in analysis.table_render; render and wide are imported from here too.
-from .table_render import DEFAULT_FORMAT, FORMATS, SUFFIX, render, wide  # noqa: F401
+from .table_render import DEFAULT_FORMAT, FORMATS, SUFFIX, render
 
 
 # ---------------------------------------------------------------------------------------------------------------------

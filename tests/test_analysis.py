@@ -374,7 +374,7 @@ def test_significance_marks_the_clearly_worse_scheme(tables):
     best, worse = cell(tables[2], "bertShare", "sari_100"), cell(tables[2], "rnd2rnd", "sari_100")
     assert best.is_best and best.mark == ""
     assert worse.mark == "†" and worse.p_vs_best < 0.05
-    from analysis.tables import render
+    from analysis.table_render import render
 
     markdown = render(tables[2], "markdown")
     assert "| rnd2rnd | 20.5 ± 0.7 [" in markdown and "(n=2)† | 58.3 | -37.8 |" in markdown
@@ -382,7 +382,7 @@ def test_significance_marks_the_clearly_worse_scheme(tables):
 
 
 def test_missing_cells_show_a_dash(tables):
-    from analysis.tables import wide
+    from analysis.table_render import wide
 
     frame = wide(tables[2])
     assert frame.loc["bert2bert", ("SARI 100%", "ours")] == "—"  # its only run FAILED
@@ -632,7 +632,8 @@ def test_gpt2_tuning_table_lays_out_optimizer_lr_and_warmup_beside_the_papers_de
     default first with the paper's default SARI, and a "best on dev" row (chosen on dev, not test) with its tuned SARI;
     other schemes, data fractions and the paper-only schemes behave as in the numbered tables."""
     from analysis.runs import RunStore
-    from analysis.tables import build_table, main, parse_tables, render, wide
+    from analysis.table_render import render, wide
+    from analysis.tables import build_table, main, parse_tables
 
     uri, client, experiment_id, parent, files = _new_store(tmp_path, "tuning")
     default = {"data_fraction": "1.0", "init_layers": "null", "train.lr": "0.05", "train.warmup_steps": "40000"}
