@@ -16,6 +16,7 @@ import yaml
 
 from experiments.launch import job as cell_job
 from experiments.launch import launcher as launch
+from experiments.config.cell import to_dict
 from experiments.grid.identity import cell_label, compute_cell_id
 from experiments.grid.load import load_grid
 from experiments.config.model_size import PAPER_SIZES, model_size
@@ -185,7 +186,8 @@ def test_every_paper_cell_has_its_size_and_24_layer_wikisplit_stops_at_100k(tmp_
     from experiments.config.tasks import TASKS
 
     monkeypatch.chdir(tmp_path)
-    cells = load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml", check_paths=False).cells
+    cells = [to_dict(c) for c in load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml",
+                                           check_paths=False).cells]
     assert all(c["size"] for c in cells)
     wikisplit = {(c["scheme"], c["size"]): c["train"]["steps"] for c in cells if c["task"] == "wikisplit"}
     large = {key: steps for key, steps in wikisplit.items() if key[1] == "L24-H1024"}
