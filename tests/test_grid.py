@@ -166,6 +166,16 @@ def test_matrix_sweep_include_exclude_and_precedence(tmp_path):
     json.dumps(json_cells(grid))  # plain JSON, as train_cell receives it
 
 
+def test_the_grid_hands_out_typed_cells_whose_json_form_reads_back_the_same(tmp_path):
+    """Grid.cells are CellConfig with their ids, no JSON beside them; their JSON form (cell.json's) types back to the
+    same cell, so the job trains what the launcher planned."""
+    grid = load_grid(write_grid(tmp_path, {**BASE, "sweep": {"data_fraction": [1.0, 0.1]}}))
+    assert len(grid.cells) == 4 and all(isinstance(c, CellConfig) for c in grid.cells)
+    assert [c.cell_id for c in grid.cells] == [compute_cell_id(c) for c in grid.cells]
+    assert [CellConfig.from_dict(c) for c in json_cells(grid)] == grid.cells
+    assert not hasattr(grid, "configs")
+
+
 def test_set_applies_cell_fields_last_and_edits_the_grid_otherwise(tmp_path):
     doc = {**BASE, "overrides": [{"match": {"scheme": "gpt"}, "set": {"train": {"steps": 7}}}]}
     grid = load_grid(write_grid(tmp_path, doc), ["train.steps=11", "decode.num_beams=3", "seeds=[4, 5]",
