@@ -181,7 +181,8 @@ class CellJob(submitit.helpers.Checkpointable):
         self._logger = logger
         logger.start(host=socket.gethostname(), pid=os.getpid(), job_tags=job_tags)
         try:
-            atomic_write_text(out_dir / CELL_CONFIG_FILE, json.dumps(to_dict(self.cell), indent=2, sort_keys=True) + "\n")
+            cell_json = json.dumps(to_dict(self.cell), indent=2, sort_keys=True)
+            atomic_write_text(out_dir / CELL_CONFIG_FILE, cell_json + "\n")
             metrics = self._train_or_reuse(out_dir, logger)
         except BaseException as err:  # noqa: BLE001 - every way out is recorded, then re-raised where it should be
             return self._fail(err, logger)

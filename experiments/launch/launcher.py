@@ -340,15 +340,15 @@ def log_manifest(tracker, parent: str, grid: Grid, cells: list[CellConfig], plan
     artifacts of the launch's run; the cells in their JSON form (``cell.json``'s)."""
     manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    cells_json = [to_dict(c) for c in cells]
-    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells_json, "plan": plan.action}, indent=2) + "\n")
+    record = {"grid": str(grid.path), "cells": [to_dict(c) for c in cells], "plan": plan.action}
+    manifest.write_text(json.dumps(record, indent=2) + "\n")
     tracker.client.log_artifact(parent, str(manifest))
     if grid.path.is_file():
         tracker.client.log_artifact(parent, str(grid.path))
 
 
-def cell_jobs(cells: list[CellConfig], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str, uri: str,
-              grid: Grid, executor_kind: str, started: list[str],
+def cell_jobs(cells: list[CellConfig], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str,
+              uri: str, grid: Grid, executor_kind: str, started: list[str],
               tags: dict[str, str]) -> list[tuple[CellConfig, CellJob | EvaluationJob]]:
     """The job of each cell the plan runs: its re-decoding, or training in a new or reused MLflow run tagged with
     ``tags`` (a reused one with its git_commit only), appended to ``started`` as soon as it exists, so that an
@@ -453,7 +453,8 @@ def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: s
           f"python -m experiments.tracking.sync {output_root}", file=sys.stderr)
 
 
-def _submit_slurm(executor, jobs: list[tuple[CellConfig, CellJob]], tracker, parent: str, uri: str, grid: Grid) -> int:
+def _submit_slurm(executor, jobs: list[tuple[CellConfig, CellJob]], tracker, parent: str, uri: str,
+                  grid: Grid) -> int:
     try:
         with contextlib.redirect_stderr(io.StringIO()) as said, executor.batch():  # submitit echoes sbatch's stderr
             submitted = [executor.submit(job) for _, job in jobs]
