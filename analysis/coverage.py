@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from experiments.cli import EXIT_FAILED, EXIT_OK, entry_point
-from experiments.tracking.runs import flatten
+from experiments.config.cell import CellConfig
+from experiments.tracking.runs import cell_params
 
 from . import paper, schema
 from .table_specs import NOT_RUN_METRICS, not_run_reason
@@ -25,16 +26,15 @@ PAPER_GRID = Path(__file__).resolve().parents[1] / "grids" / "paper.yaml"
 TABLES = tuple(range(2, 8))
 
 
-def cell_row_key(cell: dict) -> tuple[str, str, str, str, float]:
-    """(scheme, size, variant, task, data fraction) of a grid cell (its JSON form), as the tables key its runs: the
-    cell's params (its size and budget among them) read by ``schema.run_fields``, which is how its MLflow run will be
-    read."""
-    fields = schema.run_fields("grid cell", {schema.TAG_TASK: cell["task"], schema.TAG_SCHEME: cell["scheme"]},
-                               flatten(cell))
+def cell_row_key(cell: CellConfig) -> tuple[str, str, str, str, float]:
+    """(scheme, size, variant, task, data fraction) of a grid cell, as the tables key its runs: the cell's params
+    (its size and budget among them) read by ``schema.run_fields``, which is how its MLflow run will be read."""
+    fields = schema.run_fields("grid cell", {schema.TAG_TASK: cell.task, schema.TAG_SCHEME: cell.scheme},
+                               cell_params(cell))
     return fields.scheme, fields.size, fields.variant, fields.task, round(fields.data_fraction, 9)
 
 
-def coverage(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.DataFrame:
+def coverage(cells: Iterable[CellConfig], numbers: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's rows of Tables 2–7 with ``cell`` (a cell of ``cells`` fills it) and ``reason`` (why none can);
     ``numbers``: ``paper.paper_numbers()`` of the CSVs to check (the repository's copies by default)."""
     numbers = paper.paper_numbers() if numbers is None else numbers
@@ -48,7 +48,7 @@ def coverage(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.D
     return rows
 
 
-def uncovered(cells: Iterable[dict], numbers: pd.DataFrame | None = None) -> pd.DataFrame:
+def uncovered(cells: Iterable[CellConfig], numbers: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rows with neither a cell nor a reason (what a complete paper grid has none of)."""
     rows = coverage(cells, numbers)
     return rows[~rows.cell & (rows.reason == "")]

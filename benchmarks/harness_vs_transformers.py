@@ -123,10 +123,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid, cells = load_selection(args.grid, args.sets, args.only)
+    _, cells = load_selection(args.grid, args.sets, args.only)
     if len(cells) != 1:
         raise SystemExit(f"--only {args.only}: selects {len(cells)} cells of {args.grid}; expected exactly one")
-    cell = grid.config(cells[0]["cell_id"])
+    (cell,) = cells
     if cell.scheme in ("gpt", "rnd2gpt", "bert2gpt", "roberta2gpt"):
         raise SystemExit(f"{cell.cell_id}: scheme {cell.scheme} has a GPT-2 decoder; only encoder-decoder cells "
                          "(BERT/RoBERTa stacks) have a transformers EncoderDecoderModel counterpart")
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     print(f"| test pairs decoded/s ({'bf16' if args.decode_bf16 and trainer.bf16 else 'fp32'}) | "
           f"{pairs['transformers']:.2f} | {pairs['bertgen']:.2f} | {pairs['bertgen'] / pairs['transformers']:.2f}x |")
     print(f"identical decoded tokens: {decoded['identical']}")
-    metrics_path = cell_dir(cells[0]) / METRICS_FILE
+    metrics_path = cell_dir(cell) / METRICS_FILE
     if metrics_path.exists():
         recorded = json.loads(metrics_path.read_text(encoding="utf-8"))
         steps = recorded.get("steps") or cell.train.steps

@@ -138,7 +138,7 @@ def test_dry_run_of_the_split_grid_prints_the_plan_and_a_total(capsys):
     assert f"{len(grid.cells)} cells" in total and "GPU-hours on NVIDIA H100 80GB" in total
     assert "ESTIMATE from FLOPs" in total
     hours = float(re.search(r"([\d,.]+) GPU-hours", total).group(1).replace(",", ""))
-    expected = sum(cp.cell_cost(c, "h100-80gb", 1).gpu_hours for c in grid.configs.values())
+    expected = sum(cp.cell_cost(c, "h100-80gb", 1).gpu_hours for c in grid.cells)
     assert hours == pytest.approx(expected, abs=0.5)
     plan_rows = [line for line in out if line.startswith("wikisplit/")]
     assert len(plan_rows) == len(grid.cells) and all("fits 1 GPU" in row for row in plan_rows)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from experiments.config import validate
+from experiments.config.cell import CellConfig, paper_cell, to_dict
+from experiments.config.tasks import TASKS
 from experiments.grid import identity as cell_module
 from experiments.launch import job as cell_job
 from experiments.recipes import checkpointing
@@ -214,7 +216,7 @@ def store(tmp_path, tmp_path_factory, request) -> str:
     return f"sqlite:///{db}"
 
 
-def cell_run(uri: str, cell: dict) -> str:
+def cell_run(uri: str, cell: CellConfig) -> str:
     tracker = tracking.Tracker(uri, "disk-full")
     return tracker.create_cell_run(cell, "tiny", tracker.start_parent("launch", {}), {})
 
@@ -224,7 +226,8 @@ def test_an_artifact_the_store_has_no_room_for_is_parked_and_synced_later(tmp_pa
 
     from experiments.tracking import sync
 
-    run_id = cell_run(store, {"cell_id": "c1", "task": "discofuse", "scheme": "bert2bert", "seed": 1, "grid": "g"})
+    paper = CellConfig.from_dict({**paper_cell(TASKS["discofuse"], "bert2bert", 1, "g", str(tmp_path)), "cell_id": "c1"})
+    run_id = cell_run(store, paper)
     out_dir = tmp_path / "cell"
     out_dir.mkdir()
     (out_dir / "predictions.jsonl").write_text('{"id": "0", "prediction": "a b"}\n')
@@ -305,7 +308,7 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
     from experiments.launch.job import CellJob
 
     uri = store  # on another disk than the cell's
-    cell = disk_full_cell(assets, tmp_path / "root")
+    cell = CellConfig.from_dict(disk_full_cell(assets, tmp_path / "root"))
     run_id = cell_run(uri, cell)
     monkeypatch.setattr(cell_job, "TRAIN_FN", None)
     monkeypatch.chdir(tmp_path)  # the job moves into its launch directory
@@ -337,7 +340,7 @@ def test_a_cell_ends_on_a_full_disk_in_one_line_and_resumes_once_there_is_room(a
 
     from experiments.recipes.train import train_cell
 
-    metrics = train_cell(cell, out_dir, Recording())  # room again: what --retry-failed runs
+    metrics = train_cell(to_dict(cell), out_dir, Recording())  # room again: what --retry-failed runs
     assert steps == (list(range(5, 13)) if site == "checkpoint" else [])
     same_result(out_dir, metrics, uninterrupted)
 

@@ -14,13 +14,23 @@ import yaml
 
 from bertgen.schemes import SCHEMES
 from experiments.grid.identity import cell_label, compute_cell_id, identity_view
-from experiments.config.cell import COSMETIC_KEYS
+from experiments.config.cell import COSMETIC_KEYS, CellConfig, to_dict
 from experiments.grid.load import load_grid, smoke_asset_paths
 from experiments.grid.document import GridError
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "grids"
 BASE = {"tasks": ["discofuse"], "schemes": ["bert2bert", "gpt"], "seeds": [1]}
+
+
+def json_cells(grid) -> list[dict]:
+    """The grid's cells in their JSON form (what cell.json holds), for assertions on it."""
+    return [to_dict(c) for c in grid.cells]
+
+
+def cell_id_of(cell: dict) -> str:
+    """The id of a cell written in its JSON form (as cell.json holds it)."""
+    return compute_cell_id(CellConfig.from_dict(cell))
 
 
 def write_grid(tmp_path: Path, doc: dict | str, name: str = "g.yaml") -> Path:
@@ -136,7 +146,7 @@ def test_matrix_sweep_include_exclude_and_precedence(tmp_path):
                      "init_layers": {"first_k": 10}}],
     }
     grid = load_grid(write_grid(tmp_path, doc))
-    cells = {(c["task"], c["scheme"], c["seed"], c["data_fraction"]): c for c in grid.cells}
+    cells = {(c["task"], c["scheme"], c["seed"], c["data_fraction"]): c for c in json_cells(grid)}
     # discofuse: 3 schemes x (seed 1: 2 fractions + seed 2: 1 fraction); wikisplit: bertShare only; plus xsum
     assert len(grid.cells) == 3 * 3 + 3 + 1
     assert ("wikisplit", "gpt", 1, 1.0) not in cells and ("wikisplit", "bert2bert", 1, 1.0) not in cells
@@ -152,8 +162,18 @@ def test_matrix_sweep_include_exclude_and_precedence(tmp_path):
     assert big["init_layers"] == {"first_k": 10} and big["train"]["batch_size"] == 128
     # families a scheme does not read are null, so they cannot change its id
     assert plain["checkpoints"] == {"bert": None, "roberta": None, "gpt2": "gpt2"}
-    assert all(c["output_root"] == str(tmp_path / "out") and c["grid"] == "g" for c in grid.cells)
-    json.dumps(grid.cells)  # plain JSON, as train_cell receives it
+    assert all(c["output_root"] == str(tmp_path / "out") and c["grid"] == "g" for c in json_cells(grid))
+    json.dumps(json_cells(grid))  # plain JSON, as train_cell receives it
+
+
+def test_the_grid_hands_out_typed_cells_whose_json_form_reads_back_the_same(tmp_path):
+    """Grid.cells are CellConfig with their ids, no JSON beside them; their JSON form (cell.json's) types back to the
+    same cell, so the job trains what the launcher planned."""
+    grid = load_grid(write_grid(tmp_path, {**BASE, "sweep": {"data_fraction": [1.0, 0.1]}}))
+    assert len(grid.cells) == 4 and all(isinstance(c, CellConfig) for c in grid.cells)
+    assert [c.cell_id for c in grid.cells] == [compute_cell_id(c) for c in grid.cells]
+    assert [CellConfig.from_dict(c) for c in json_cells(grid)] == grid.cells
+    assert not hasattr(grid, "configs")
 
 
 def test_set_applies_cell_fields_last_and_edits_the_grid_otherwise(tmp_path):
@@ -161,9 +181,9 @@ def test_set_applies_cell_fields_last_and_edits_the_grid_otherwise(tmp_path):
     grid = load_grid(write_grid(tmp_path, doc), ["train.steps=11", "decode.num_beams=3", "seeds=[4, 5]",
                                                  "mlflow.tracking_uri=http://mlflow.example:5000",
                                                  "executor.slurm.partition=big", "checkpoints.gpt2=gpt2-medium"])
-    assert {c["seed"] for c in grid.cells} == {4, 5}
-    assert all(c["train"]["steps"] == 11 and c["decode"]["num_beams"] == 3 for c in grid.cells)
-    assert {c["checkpoints"]["gpt2"] for c in grid.cells if c["scheme"] == "gpt"} == {"gpt2-medium"}
+    assert {c["seed"] for c in json_cells(grid)} == {4, 5}
+    assert all(c["train"]["steps"] == 11 and c["decode"]["num_beams"] == 3 for c in json_cells(grid))
+    assert {c["checkpoints"]["gpt2"] for c in json_cells(grid) if c["scheme"] == "gpt"} == {"gpt2-medium"}
     assert grid.tracking_uri == "http://mlflow.example:5000" and grid.executor["slurm"]["partition"] == "big"
 
 
@@ -177,10 +197,10 @@ def test_include_grids_keep_their_own_settings_and_dedupe_shared_cells(tmp_path)
                       "root.yaml")
     grid = load_grid(root)
     assert grid.name == "root"
-    assert sorted((c["scheme"], c["checkpoints"]["gpt2"] or "-") for c in grid.cells) == [
+    assert sorted((c["scheme"], c["checkpoints"]["gpt2"] or "-") for c in json_cells(grid)) == [
         ("bertShare", "-"), ("gpt", "gpt2"), ("gpt", "gpt2-medium")]
-    assert all(c["train"]["steps"] == 9 for c in grid.cells)
-    assert [c["decode"]["num_beams"] for c in grid.cells if c["scheme"] == "bertShare"] == [8]
+    assert all(c["train"]["steps"] == 9 for c in json_cells(grid))
+    assert [c["decode"]["num_beams"] for c in json_cells(grid) if c["scheme"] == "bertShare"] == [8]
     cyclic = write_grid(tmp_path, {"include_grids": ["cyclic.yaml"]}, "cyclic.yaml")
     with pytest.raises(GridError, match=r"include_grids\[0\]: expected no cycle"):
         load_grid(cyclic)
@@ -204,19 +224,20 @@ def test_cell_id_is_pinned_for_a_fixed_config():
     by_hand["train"] = {**{k: v for k, v in cell["train"].items() if k not in ("num_workers", "checkpoint_every")},
                         "select": "last"}
     canonical = json.dumps(by_hand, sort_keys=True, separators=(",", ":"))
-    assert compute_cell_id(cell) == hashlib.sha256(canonical.encode()).hexdigest()[:12] == "b28ed45cd167"
+    assert cell_id_of(cell) == hashlib.sha256(canonical.encode()).hexdigest()[:12] == "b28ed45cd167"
     redecoded = {**cell, "decode": {**cell["decode"], "num_beams": 1, "length_penalty": 1.0}}
-    assert compute_cell_id(redecoded) == compute_cell_id(cell)
-    assert compute_cell_id({**cell, "train": {**cell["train"], "select": "best_dev"}}) != compute_cell_id(cell)
+    assert cell_id_of(redecoded) == cell_id_of(cell)
+    assert cell_id_of({**cell, "train": {**cell["train"], "select": "best_dev"}}) != cell_id_of(cell)
     moved = {**cell, "grid": "paper", "output_root": "/elsewhere", "cell_id": "abc",
              "train": {**cell["train"], "num_workers": 16, "checkpoint_every": 100}}
-    assert compute_cell_id(moved) == compute_cell_id(cell)
-    assert "output_root" not in identity_view(cell) and "num_workers" not in identity_view(cell)["train"]
+    assert cell_id_of(moved) == cell_id_of(cell)
+    view = identity_view(CellConfig.from_dict(cell))
+    assert "output_root" not in view and "num_workers" not in view["train"]
     assert set(COSMETIC_KEYS) == {"cell_id", "grid", "output_root", "train.num_workers", "train.checkpoint_every",
                                   "train.log_every", "train.dev_decode_examples", "variant"}
     for change in ({"seed": 2}, {"data_fraction": 0.1}, {"init_layers": {"first_k": 2}},
                    {"train": {**cell["train"], "lr": 0.01}}, {"checkpoints": {**cell["checkpoints"], "bert": "b"}}):
-        assert compute_cell_id({**cell, **change}) != compute_cell_id(cell), change
+        assert cell_id_of({**cell, **change}) != cell_id_of(cell), change
 
 
 def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
@@ -227,11 +248,11 @@ def test_ids_are_stable_across_loads_paths_and_spelling(tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     moved = load_grid(write_grid(elsewhere, doc))
-    ids = [c["cell_id"] for c in first.cells]
+    ids = [c["cell_id"] for c in json_cells(first)]
     assert len(set(ids)) == 4
-    assert ids == [c["cell_id"] for c in again.cells] == [c["cell_id"] for c in moved.cells]
+    assert ids == [c["cell_id"] for c in json_cells(again)] == [c["cell_id"] for c in json_cells(moved)]
     changed = load_grid(write_grid(tmp_path, {**doc, "defaults": {"train": {"lr": 0.02}}}))
-    assert not set(ids) & {c["cell_id"] for c in changed.cells}
+    assert not set(ids) & {c["cell_id"] for c in json_cells(changed)}
 
 
 # -- shipped grids -------------------------------------------------------------------------------------------------
@@ -243,29 +264,29 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
     grid = load_grid(GRIDS / f"{name}.yaml", check_paths=name not in ("fusion", "ablations", "paper"))
     assert len(grid.cells) == count
     assert list(tmp_path.iterdir()) == []
-    assert all(c["train"]["steps"] >= 1 for c in grid.cells)
+    assert all(c["train"]["steps"] >= 1 for c in json_cells(grid))
     if name == "translation":
-        assert {c["checkpoints"]["bert"] for c in grid.cells} == {"bert-base-multilingual-cased", None}
-        assert not {"robertaShare", "roberta2gpt"} & {c["scheme"] for c in grid.cells}
+        assert {c["checkpoints"]["bert"] for c in json_cells(grid)} == {"bert-base-multilingual-cased", None}
+        assert not {"robertaShare", "roberta2gpt"} & {c["scheme"] for c in json_cells(grid)}
     if name == "fusion":
-        assert sorted({c["data_fraction"] for c in grid.cells}) == [0.01, 0.1, 1.0]
+        assert sorted({c["data_fraction"] for c in json_cells(grid)}) == [0.01, 0.1, 1.0]
     if name == "ablations":  # Table 6's "- embeddings from checkpoint" row, for both of its schemes
-        noemb = [c for c in grid.cells if c["init_layers"] == {"without_embeddings": True}]
+        noemb = [c for c in json_cells(grid) if c["init_layers"] == {"without_embeddings": True}]
         assert sorted(cell_label(c) for c in noemb) == ["discofuse/bertShare/seed1/init=noemb",
                                                         "discofuse/gpt/seed1/init=noemb"]
         # Table 6's SentencePiece rows: one 16k vocabulary setting, the second row frozen 100k then 300k steps
-        spm = [c for c in grid.cells if c.get("vocab")]
+        spm = [c for c in json_cells(grid) if c.get("vocab")]
         assert sorted((c["scheme"], c["train"]["steps"], c["train"].get("freeze_warm_started_steps")) for c in spm) == [
             ("bertShare", 300_000, None), ("bertShare", 400_000, 100_000), ("gpt", 300_000, None),
             ("gpt", 400_000, 100_000)]
         assert {json.dumps(c["vocab"], sort_keys=True) for c in spm} == {'{"size": 16000, "train": "sentencepiece"}'}
         assert sorted(cell_label(c) for c in spm if c["scheme"] == "gpt") == [
             "discofuse/gpt/seed1/vocab=sentencepiece16000", "discofuse/gpt/seed1/vocab=sentencepiece16000/freeze=100000"]
-        emb10 = [c["scheme"] for c in grid.cells if c["init_layers"] == {"embeddings_only": True}
+        emb10 = [c["scheme"] for c in json_cells(grid) if c["init_layers"] == {"embeddings_only": True}
                  and c["data_fraction"] == 0.1]
         assert sorted(emb10) == ["bertShare", "gpt"]
     if name == "translation":  # Table 4's Transformer baselines: rnd2rnd with Transformer-base widths
-        transformer = {(c["task"], c["variant"]): c for c in grid.cells if c.get("variant")}
+        transformer = {(c["task"], c["variant"]): c for c in json_cells(grid) if c.get("variant")}
         assert set(transformer) == {(t, v) for t in ("wmt14_en_de", "wmt14_de_en")
                                     for v in ("transformer_wmt_vocab", "transformer_public_vocab")}
         six = transformer["wmt14_en_de", "transformer_wmt_vocab"]
@@ -278,9 +299,9 @@ def test_shipped_grids_validate(name, count, tmp_path, monkeypatch):
 
 def test_paper_grid_covers_every_cell_of_the_other_grids():
     # check_paths=False: the DiscoFuse grids name data/discofuse/*_balanced.tsv, which prefetch puts there
-    paper = {c["cell_id"] for c in load_grid(GRIDS / "paper.yaml", check_paths=False).cells}
+    paper = {c["cell_id"] for c in json_cells(load_grid(GRIDS / "paper.yaml", check_paths=False))}
     for name in ("fusion", "split", "translation", "summarization", "ablations", "gpt2_tuning"):
-        assert {c["cell_id"] for c in load_grid(GRIDS / f"{name}.yaml", check_paths=False).cells} <= paper, name
+        assert {c["cell_id"] for c in json_cells(load_grid(GRIDS / f"{name}.yaml", check_paths=False))} <= paper, name
 
 
 def test_gpt2_tuning_grid_sweeps_lr_warmup_and_optimizer(tmp_path, monkeypatch):
@@ -290,19 +311,19 @@ def test_gpt2_tuning_grid_sweeps_lr_warmup_and_optimizer(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     grid = load_grid(GRIDS / "gpt2_tuning.yaml", check_paths=False)
-    assert len(grid.cells) == 36 and len({c["cell_id"] for c in grid.cells}) == 36
-    assert {c["task"] for c in grid.cells} == {"discofuse"} and {c["data_fraction"] for c in grid.cells} == {1.0}
+    assert len(grid.cells) == 36 and len({c["cell_id"] for c in json_cells(grid)}) == 36
+    assert {c["task"] for c in json_cells(grid)} == {"discofuse"} and {c["data_fraction"] for c in json_cells(grid)} == {1.0}
     settings = {(c["scheme"], c["train"].get("optimizer", "adam"), c["train"]["lr"], c["train"]["warmup_steps"])
-                for c in grid.cells}
+                for c in json_cells(grid)}
     expected = {(scheme, optimizer, lr, warmup) for scheme in ("gpt", "rnd2gpt", "bert2gpt")
                 for optimizer, lrs in (("adam", (0.01, 0.05, 0.25)), ("adafactor", (1.0, 5.0, 25.0)))
                 for lr in lrs for warmup in (10_000, 40_000)}
     assert settings == expected
-    for c in grid.cells:
+    for c in json_cells(grid):
         assert c["train"]["schedule"] == "noam" and ("optimizer" in c["train"]) == (cell_label(c).endswith("/opt=adafactor"))
         assert c["train"].get("optimizer") != "adam"  # the default is left out of the JSON form (and the id)
-    fusion = {c["cell_id"] for c in load_grid(GRIDS / "fusion.yaml", check_paths=False).cells}
-    shared = [c for c in grid.cells if c["cell_id"] in fusion]
+    fusion = {c["cell_id"] for c in json_cells(load_grid(GRIDS / "fusion.yaml", check_paths=False))}
+    shared = [c for c in json_cells(grid) if c["cell_id"] in fusion]
     assert sorted(c["scheme"] for c in shared) == ["bert2gpt", "gpt", "rnd2gpt"]
     assert all("optimizer" not in c["train"] and (c["train"]["lr"], c["train"]["warmup_steps"]) == (0.05, 40_000)
                for c in shared)
@@ -313,8 +334,8 @@ def test_smoke_grid_uses_the_tiny_assets_without_building_them(tmp_path, monkeyp
     grid = load_grid(GRIDS / "smoke.yaml")
     paths = smoke_asset_paths(grid.smoke_root)
     assert grid.smoke_root == tmp_path / "outputs" / "smoke_assets" and not grid.smoke_root.exists()
-    assert {c["scheme"] for c in grid.cells if c["task"] == "synthetic_fusion"} == set(SCHEMES)
-    for cell in grid.cells:
+    assert {c["scheme"] for c in json_cells(grid) if c["task"] == "synthetic_fusion"} == set(SCHEMES)
+    for cell in json_cells(grid):
         for family, ref in cell["checkpoints"].items():
             assert ref in (None, paths["checkpoints"][family])
         kind = {"synthetic_fusion": "fusion", "synthetic_split": "split"}[cell["task"]]
@@ -326,18 +347,18 @@ def test_smoke_grid_uses_the_tiny_assets_without_building_them(tmp_path, monkeyp
 def test_mini_wikisplit_grid_reads_shared_data_and_minilm(shared_dir, minilm_dir, monkeypatch):
     monkeypatch.chdir(REPO)  # its data paths are relative to the repository root (../shared)
     grid = load_grid(GRIDS / "mini_wikisplit.yaml")
-    assert sorted(c["scheme"] for c in grid.cells) == ["bert2bert", "bert2bert", "bert2rnd", "bertShare", "rnd2bert",
+    assert sorted(c["scheme"] for c in json_cells(grid)) == ["bert2bert", "bert2bert", "bert2rnd", "bertShare", "rnd2bert",
                                                        "rnd2rnd"]
     # Only warm decoders have a self-attention to copy: rnd2rnd and bert2rnd stay the paper's cells (no field),
     # like the bert2bert cell that keeps the paper's random cross-attention on purpose.
-    assert sorted(c["scheme"] for c in grid.cells if "cross_attention_init" not in c) == ["bert2bert", "bert2rnd",
+    assert sorted(c["scheme"] for c in json_cells(grid) if "cross_attention_init" not in c) == ["bert2bert", "bert2rnd",
                                                                                            "rnd2rnd"]
-    assert {c.get("cross_attention_init") for c in grid.cells} == {None, "self_attention"}
-    for cell in grid.cells:
+    assert {c.get("cross_attention_init") for c in json_cells(grid)} == {None, "self_attention"}
+    for cell in json_cells(grid):
         assert Path(cell["checkpoints"]["bert"]).resolve() == minilm_dir.resolve()
         assert Path(cell["data"]["test"]).resolve() == (shared_dir / "data/wikisplit/validation.tsv").resolve()
     other = load_grid(GRIDS / "mini_wikisplit.yaml", [f"checkpoints.bert={minilm_dir}",
                                                       f"data.test={shared_dir / 'data/wikisplit/tune.tsv'}"])
-    assert all(c["data"]["test"].endswith("tune.tsv") for c in other.cells)
+    assert all(c["data"]["test"].endswith("tune.tsv") for c in json_cells(other))
     with pytest.raises(GridError, match=r"--set data\.train: expected an existing file"):
         load_grid(GRIDS / "mini_wikisplit.yaml", ["data.train=/no/such.tsv"])

@@ -19,6 +19,7 @@ from experiments.recipes import decode as evaluation
 from experiments.system import machine
 from experiments.recipes.build import uncased
 from experiments.recipes.diagnostics import IGNORES_INPUT_GAP, measure_input_use, normalized_entropy, rotate_sources
+from experiments.config.cell import to_dict
 from experiments.grid.load import load_grid
 from experiments.data.metrics import baseline_predictions, compute_metrics, lead_sentences, split_punctuation
 from experiments.recipes.train import train_cell
@@ -165,7 +166,7 @@ def test_warm_started_model_learns_to_copy_real_sentences_with_the_cpu_study_set
                                                                                        tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     grid = load_grid(REPO / "grids/mini_wikisplit.yaml", [f"checkpoints.bert={minilm_dir}"])
-    cell = next(c for c in grid.cells if c["scheme"] == "bert2bert" and c.get("cross_attention_init") ==
+    cell = next(c for c in map(to_dict, grid.cells) if c["scheme"] == "bert2bert" and c.get("cross_attention_init") ==
                 "self_attention")
     # The study's model and optimiser settings, on a copy task of short sentences and fewer updates to fit a test.
     cell = {**cell, "data": _copy_task(shared_dir, tmp_path),

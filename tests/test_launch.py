@@ -27,6 +27,7 @@ import yaml
 from experiments.launch import job as cell_job
 from experiments.launch import launcher as launch
 from experiments.tracking import sync
+from experiments.config.cell import to_dict
 from experiments.grid.identity import cell_dir
 from experiments.launch.job import CellJob
 from experiments.grid.load import load_grid, select
@@ -185,7 +186,7 @@ def test_dry_run_prints_the_cells_and_writes_nothing(study, capsys):
     assert len(rows) == 6 == len(grid.cells)
     for line, cell in zip(rows, grid.cells):
         fields = re.split(r"\s{2,}", line)
-        assert fields[:4] == [cell["cell_id"], "discofuse", cell["scheme"], "1"]
+        assert fields[:4] == [cell.cell_id, "discofuse", cell.scheme, "1"]
         assert fields[5] == "3" and fields[6] == "slurm gpuq 1x2gpu"
     assert "df0.1" in "\n".join(rows)
     assert "6 of 6 cells" in out[-1]
@@ -197,17 +198,17 @@ def test_only_selects_by_glob_name_or_id_prefix(study, capsys):
     grid = load_grid(study.grid)
 
     def selected(pattern: str) -> set[str]:
-        return {c["cell_id"] for c in select(grid.cells, pattern)}
+        return {c.cell_id for c in select(grid.cells, pattern)}
 
-    by_scheme = lambda *names: {c["cell_id"] for c in grid.cells if c["scheme"] in names}  # noqa: E731
+    by_scheme = lambda *names: {c.cell_id for c in grid.cells if c.scheme in names}  # noqa: E731
     assert selected("bertShare") == by_scheme("bertShare")
     assert selected("discofuse/bert*") == by_scheme("bert2bert", "bertShare")
-    assert selected("*/*gpt/*/df0.1") == {c["cell_id"] for c in grid.cells
-                                          if c["scheme"] in ("gpt", "rnd2gpt") and c["data_fraction"] == 0.1}
-    one = grid.cells[3]["cell_id"]
+    assert selected("*/*gpt/*/df0.1") == {c.cell_id for c in grid.cells
+                                          if c.scheme in ("gpt", "rnd2gpt") and c.data_fraction == 0.1}
+    one = grid.cells[3].cell_id
     assert selected(one[:6]) == {one}
     assert selected(f"gpt,{one}") == by_scheme("gpt") | {one}
-    assert selected("discofuse") == {c["cell_id"] for c in grid.cells}
+    assert selected("discofuse") == {c.cell_id for c in grid.cells}
     assert launch.main([str(study.grid), "--dry-run", "--only", "gpt"]) == 0
     assert len([l for l in capsys.readouterr().out.splitlines() if re.match(r"[0-9a-f]{12}\s", l)]) == 2
     assert launch.main([str(study.grid), "--dry-run", "--only", "nothing*"]) == 2
@@ -231,7 +232,7 @@ def test_launch_records_runs_and_relaunch_skips_finished_and_failed(study, capsy
     tags = ok.data.tags
     assert tags["mlflow.parentRunId"] == parent.info.run_id == bad.data.tags["mlflow.parentRunId"]
     assert (tags["cell_id"], tags["task"], tags["scheme"], tags["seed"], tags["grid"]) == (
-        cell["cell_id"], "discofuse", "bert2bert", "1", "grid")
+        cell.cell_id, "discofuse", "bert2bert", "1", "grid")
     assert tags["host"] == socket.gethostname() and re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", tags["git_commit"])
     assert ok.data.params["train.steps"] == "3" and ok.data.params["checkpoints.gpt2"] == "null"
     assert ok.data.params["decode.length_penalty_style"] == "gnmt"
@@ -239,7 +240,7 @@ def test_launch_records_runs_and_relaunch_skips_finished_and_failed(study, capsy
     history = study.client.get_metric_history(ok.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
     assert artifacts(study, ok) == {"cell.json", "predictions.jsonl", "metrics.json"}
-    assert json.loads((cell_dir(cell) / "cell.json").read_text()) == cell
+    assert json.loads((cell_dir(cell) / "cell.json").read_text()) == to_dict(cell)
     assert "FloatingPointError: loss is NaN at step 2" in bad.data.tags["failure_reason"]
     assert artifacts(study, bad) == {"cell.json", "traceback.txt"}
     trace = (cell_dir(load_grid(study.grid).cells[1]) / "traceback.txt").read_text()
@@ -490,10 +491,10 @@ def test_local_executor_runs_cells_as_processes(study, tmp_path, monkeypatch, ca
     assert ok.data.tags["submitit_job_id"].isdigit()  # the local job's controller process
     assert dead.info.status == "FAILED" and dead.data.tags["failure_reason"].startswith("worker process died")
     # the cell's logs are found from its folder (and printed by the launcher); INFO lines reach them
-    cell = next(c for c in load_grid(study.grid).cells if c["scheme"] == "bert2bert")
+    cell = next(c for c in load_grid(study.grid).cells if c.scheme == "bert2bert")
     log = cell_dir(cell) / "job.err"
     assert log.is_symlink() and str(log.resolve()) == ok.data.tags["log_stderr"]
-    assert f"cell {cell['cell_id']} is training" in log.read_text()
+    assert f"cell {cell.cell_id} is training" in log.read_text()
     assert f"log {log} -> " in out
     # what it ran on
     assert ok.data.tags["version_torch"] == torch.__version__ and ok.data.tags["version_cuda"]
@@ -512,9 +513,9 @@ def test_discofuse_without_the_papers_balanced_files_is_refused_unless_the_hub_s
     assert "data.variant: full" in err
     assert not (study.root / "out").exists() and study.cell_runs() == []
     assert study.launch("--dry-run", "--set", "data.variant=full") == 0
-    cells = load_grid(study.grid, ["data.variant=full"]).cells
+    cells = [to_dict(c) for c in load_grid(study.grid, ["data.variant=full"]).cells]
     assert {c["data"]["variant"] for c in cells} == {"full"}
-    assert "variant" not in load_grid(study.grid, ["data.variant=paper"]).cells[0]["data"]  # the default: no id change
+    assert "variant" not in to_dict(load_grid(study.grid, ["data.variant=paper"]).cells[0])["data"]  # the default: no id change
 
 
 def test_a_copied_output_folder_does_not_write_into_the_original(study, tmp_path, capsys):
@@ -561,7 +562,7 @@ def test_the_paper_grid_dry_run_shows_every_cell_and_the_plan_on_a_machine_with_
     assert launch.main([paper, "--dry-run", "--executor", "local"]) == 0
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if re.match(r"[0-9a-f]{12}\s", line)]
-    assert {line.split()[0] for line in rows} == {c["cell_id"] for c in cells}
+    assert {line.split()[0] for line in rows} == {c.cell_id for c in cells}
     assert f"compute plan total: {len(cells)} cells" in out and "GPU-hours" in out
     warnings = err.strip().splitlines()
     assert warnings and all(w.startswith("warning: ") for w in warnings)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.config.cell import to_dict
 from experiments.grid.identity import cell_dir
 from experiments.grid.load import load_grid
 from experiments.tracking.runs import PENDING_FILE
@@ -91,9 +92,9 @@ class Study:
         for cell in self.cells:
             file = cell_dir(cell) / "progress"
             try:
-                out[cell["scheme"]] = int(file.read_text())
+                out[cell.scheme] = int(file.read_text())
             except (OSError, ValueError):
-                out[cell["scheme"]] = 0
+                out[cell.scheme] = 0
         return out
 
     def all_at_least(self, step: int) -> bool:
@@ -111,13 +112,13 @@ class Study:
         runs, logged = self.runs(), self.progress()
         assert sorted(runs) == sorted(SCHEMES)
         for cell in self.cells:
-            run = runs[cell["scheme"]]
-            assert run.info.status == "FINISHED", (cell["scheme"], run.info.status)
+            run = runs[cell.scheme]
+            assert run.info.status == "FINISHED", (cell.scheme, run.info.status)
             for key in METRICS:
-                expected = [(step, scripted_metrics(cell, step)[key]) for step in range(1, logged[cell["scheme"]] + 1)]
-                assert metric_steps(self.client, run.info.run_id, key) == expected, (cell["scheme"], key)
+                expected = [(step, scripted_metrics(to_dict(cell), step)[key]) for step in range(1, logged[cell.scheme] + 1)]
+                assert metric_steps(self.client, run.info.run_id, key) == expected, (cell.scheme, key)
             test = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-            assert test == {f"test_{k}": v for k, v in scripted_test_metrics(cell).items()}
+            assert test == {f"test_{k}": v for k, v in scripted_test_metrics(to_dict(cell)).items()}
             assert {f.path for f in self.client.list_artifacts(run.info.run_id)} == \
                 {"cell.json", "predictions.jsonl", "metrics.json"}
 
@@ -158,7 +159,7 @@ def test_an_outage_in_the_middle_loses_nothing_and_the_backlog_goes_out_while_ce
     for cell in study.cells:
         assert not (cell_dir(cell) / PENDING_FILE).exists()  # sent by the live run, nothing parked
         # metrics were logged (client-side timestamps) while the server was away: training did not wait for it
-        stamps = [m.timestamp for m in study.client.get_metric_history(study.runs()[cell["scheme"]].info.run_id,
+        stamps = [m.timestamp for m in study.client.get_metric_history(study.runs()[cell.scheme].info.run_id,
                                                                        "loss")]
         assert sum(stopped_ms < t < restarted_ms for t in stamps) >= 50
     assert study.runs("launch")["launch"].info.status == "FINISHED"

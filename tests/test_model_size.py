@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 
 from experiments.launch import job as cell_job
 from experiments.launch import launcher as launch
+from experiments.config.cell import to_dict
 from experiments.grid.identity import cell_label, compute_cell_id
 from experiments.grid.load import load_grid
 from experiments.config.model_size import PAPER_SIZES, model_size
@@ -85,7 +87,7 @@ def test_two_depths_are_two_cells_two_runs_and_two_marked_rows(assets, tmp_path,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid_path = write_grid(tmp_path, assets, uri, [str(shallow), str(deep)])
     cells = load_grid(grid_path).cells
-    assert [c["size"] for c in cells] == ["L2-H64", "L3-H64"]
+    assert [c.size for c in cells] == ["L2-H64", "L3-H64"]
     assert [cell_label(c).rsplit("/", 1)[-1] for c in cells] == ["L2-H64", "L3-H64"]
 
     # One path, re-pretrained at another depth, is another cell: the id hashes the size of a local checkpoint.
@@ -95,12 +97,11 @@ def test_two_depths_are_two_cells_two_runs_and_two_marked_rows(assets, tmp_path,
     shutil.rmtree(moving)
     deeper_copy(shallow, moving, layers=3)
     after = load_grid(write_grid(tmp_path, assets, uri, [str(moving)], "moving")).cells[0]
-    assert (before["size"], after["size"]) == ("L2-H64", "L3-H64") and before["cell_id"] != after["cell_id"]
+    assert (before.size, after.size) == ("L2-H64", "L3-H64") and before.cell_id != after.cell_id
     with pytest.raises(ValueError, match=r"cell size: the grid recorded L2-H64 .* now build L3-H64"):
         from experiments.recipes.build import build_model
-        from experiments.config.cell import CellConfig
 
-        build_model(CellConfig.from_dict(before))
+        build_model(before)
 
     assert launch.main([str(grid_path), "--executor", "debug"]) == 0
     from mlflow.tracking import MlflowClient
@@ -155,10 +156,10 @@ def test_24_layer_runs_fill_24_layer_rows_and_other_budgets_are_rows_of_their_ow
                {"task": "discofuse", "scheme": "bert2bert", "cross_attention_init": "self_attention"}]}
     (tmp_path / "sizes.yaml").write_text(yaml.safe_dump(doc))
     cells = load_grid(tmp_path / "sizes.yaml").cells
-    assert [c["size"] for c in cells] == ["L24-H1024", "L12-H768", "L12-H768"]
+    assert [c.size for c in cells] == ["L24-H1024", "L12-H768", "L12-H768"]
     assert cell_label(cells[0]).endswith("/bert=bert-large-cased/L24-H1024") and "L12" not in cell_label(cells[1])
     # hub cells keep the ids they had before cells had a size (the id hashes the size of local checkpoints only)
-    assert compute_cell_id(cells[0]) == compute_cell_id({k: v for k, v in cells[0].items() if k != "size"})
+    assert compute_cell_id(cells[0]) == compute_cell_id(replace(cells[0], size=None))
     assert launch.main([str(tmp_path / "sizes.yaml"), "--executor", "debug"]) == 0
 
     store = RunStore(uri)
@@ -185,7 +186,8 @@ def test_every_paper_cell_has_its_size_and_24_layer_wikisplit_stops_at_100k(tmp_
     from experiments.config.tasks import TASKS
 
     monkeypatch.chdir(tmp_path)
-    cells = load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml", check_paths=False).cells
+    cells = [to_dict(c) for c in load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml",
+                                           check_paths=False).cells]
     assert all(c["size"] for c in cells)
     wikisplit = {(c["scheme"], c["size"]): c["train"]["steps"] for c in cells if c["task"] == "wikisplit"}
     large = {key: steps for key, steps in wikisplit.items() if key[1] == "L24-H1024"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.launch import prefetch as pf
+from experiments.config.cell import to_dict
 from experiments.grid.load import load_grid
 from integration_helpers import REPO, subprocess_env
 
@@ -69,13 +70,13 @@ def fake_hub(monkeypatch):
 
 def test_what_a_grid_names_on_the_hub():
     grid = load_grid(REPO / "grids" / "split.yaml")
-    checkpoints = pf.hub_checkpoints(list(grid.configs.values()))
+    checkpoints = pf.hub_checkpoints(grid.cells)
     assert set(checkpoints) == {"bert-base-cased", "roberta-base", "gpt2", "bert-large-cased", "roberta-large"}
     assert checkpoints["gpt2"] == ["checkpoints.gpt2"]
-    data = pf.hub_data(list(grid.configs.values()))
+    data = pf.hub_data(grid.cells)
     assert {r.kwargs["split"] for r in data.values()} == {"train", "validation", "test"}
     # local checkpoints and files are not fetched; the smoke grid's tasks are the project's own
-    smoke = list(load_grid(REPO / "grids" / "smoke.yaml").configs.values())
+    smoke = load_grid(REPO / "grids" / "smoke.yaml").cells
     assert pf.hub_checkpoints(smoke) == {}
     assert pf.hub_data(smoke) == {}
 
@@ -228,9 +229,9 @@ def test_the_published_archive_is_recorded_as_data():
     assert archive_for(DISCOFUSE_DIR / "dev_balanced.tsv") is DISCOFUSE_BALANCED and archive_for("dev.tsv") is None
     for grid in ("fusion", "ablations", "gpt2_tuning"):
         loaded = load_grid(REPO / "grids" / f"{grid}.yaml", check_paths=False)
-        cells = loaded.cells
+        cells = [to_dict(c) for c in loaded.cells]
         assert {c["data"]["test"] for c in cells} == {str(DISCOFUSE_DIR / "test_balanced.tsv")}, grid
-        assert set(pf.archive_data(list(loaded.configs.values()))) <= {DISCOFUSE_DIR}
+        assert set(pf.archive_data(loaded.cells)) <= {DISCOFUSE_DIR}
 
 
 def test_the_archive_is_downloaded_verified_and_extracted(loopback, archive_bytes, tmp_path):

@@ -44,8 +44,7 @@ def test_the_preflight_builds_the_model_the_cell_trains(assets, tmp_path, monkey
     have the same parameters (names and shapes) and the same warm start, cross-attention initialisation included
     (the pre-flight once planned without ``cross_attention_init``: it checked a model the cell did not train)."""
     grid = load_grid(_grid(assets, tmp_path, "bert2bert", **defaults))
-    (cell,) = grid.cells
-    typed = grid.config(cell["cell_id"])
+    (typed,) = grid.cells
     assert typed.cross_attention_init == "self_attention"
     built: list[bertgen.schemes.Built] = []
     real_build = bertgen.schemes.build

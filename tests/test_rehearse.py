@@ -40,7 +40,7 @@ def tiny_grid(tmp_path, depths=(2,), schemes=("rnd2rnd", "bert2bert"), tasks=("w
 def test_shapes_group_by_architecture_then_lengths(tmp_path):
     grid = load_grid(tiny_grid(tmp_path, schemes=("rnd2rnd", "bert2bert", "bertShare"),
                                tasks=("wikisplit", "discofuse")), check_paths=False)
-    architectures, unknown = rehearse.group_shapes(list(grid.configs.values()), "cpu")
+    architectures, unknown = rehearse.group_shapes(grid.cells, "cpu")
     assert not unknown
     # rnd2rnd and bert2bert build one model (only which side is warm differs); bertShare another
     by_labels = {frozenset(label.split()[0] for at in a.lengths.values() for label in at.shape_labels): a
@@ -54,7 +54,7 @@ def test_shapes_group_by_architecture_then_lengths(tmp_path):
     # a step's examples: 1 on a CPU; on a GPU the plan's micro-batch (batch_size 4 / grad_accum 2)
     assert {at.micro_batch for a in architectures for at in a.lengths.values()} == {1}
     gpu_grid = load_grid(tiny_grid(tmp_path / "gpu"), ["defaults.train.grad_accum=2"], check_paths=False)
-    cells = list(gpu_grid.configs.values())
+    cells = gpu_grid.cells
     gpu = rehearse.group_shapes(cells, "cuda")[0]
     assert {at.micro_batch for a in gpu for at in a.lengths.values()} == {2}
     assert {at.micro_batch for a in rehearse.group_shapes(cells, "cuda", 3)[0] for at in a.lengths.values()} == {3}
@@ -63,9 +63,9 @@ def test_shapes_group_by_architecture_then_lengths(tmp_path):
 def test_bf16_only_where_the_device_computes_it(tmp_path, monkeypatch):
     grid = load_grid(tiny_grid(tmp_path), ["defaults.train.bf16=true"], check_paths=False)
     monkeypatch.setattr(rehearse.machine, "native_bf16", lambda device: False)
-    assert {a.dtype for a in rehearse.group_shapes(list(grid.configs.values()), "cpu")[0]} == {"fp32"}
+    assert {a.dtype for a in rehearse.group_shapes(grid.cells, "cpu")[0]} == {"fp32"}
     monkeypatch.setattr(rehearse.machine, "native_bf16", lambda device: True)
-    assert {a.dtype for a in rehearse.group_shapes(list(grid.configs.values()), "cpu")[0]} == {"bf16"}
+    assert {a.dtype for a in rehearse.group_shapes(grid.cells, "cpu")[0]} == {"bf16"}
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_failure_kinds_and_what_to_change():
 def test_the_plan_uses_recorded_rates_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(measured_rates.MEASURED_RATES_VARIABLE, str(tmp_path / "rates.json"))
     grid = load_grid("grids/split.yaml")
-    cell = next(iter(grid.configs.values()))
+    cell = grid.cells[0]
     shape = cp.cell_shape(cell)
     estimate = cp.cell_cost(cell, "h100-80gb", 1)
     assert estimate.source == "estimate"
@@ -128,7 +128,7 @@ def test_the_plan_uses_recorded_rates_and_says_so(tmp_path, monkeypatch, capsys)
     assert launch.main(["grids/split.yaml", "--dry-run", "--executor", "local", "--gpu", "h100-80gb"]) == 0
     out = capsys.readouterr().out
     total = next(line for line in out.splitlines() if line.startswith("compute plan total:"))
-    same = sum(1 for c in grid.configs.values() if cp.cell_shape(c) == shape and cp.dtype_of(c) == cp.dtype_of(cell))
+    same = sum(1 for c in grid.cells if cp.cell_shape(c) == shape and cp.dtype_of(c) == cp.dtype_of(cell))
     assert f"{same} cells from rates measured on GPU test rig" in total
     assert any(line.startswith(cell.task) and "measured" in line for line in out.splitlines())
 
@@ -138,6 +138,6 @@ def test_a_bad_rates_file_is_a_warning_and_the_estimate(tmp_path, monkeypatch, c
     rates.write_text("{not json")
     monkeypatch.setenv(measured_rates.MEASURED_RATES_VARIABLE, str(rates))
     grid = load_grid("grids/split.yaml")
-    assert cp.cell_cost(next(iter(grid.configs.values())), "h100-80gb", 1).source == "estimate"
+    assert cp.cell_cost(grid.cells[0], "h100-80gb", 1).source == "estimate"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(rates) in err[0] and "ignored" in err[0]

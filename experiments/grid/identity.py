@@ -1,8 +1,9 @@
 """One cell of a study grid: its stable id, its directory, its label and the files it writes.
 
 A cell's settings are :class:`experiments.config.cell.CellConfig` (one training run: one task, one scheme, one seed and
-every setting needed to reproduce it). Jobs receive it, and ``cell.json`` holds it, in its JSON form
-(:func:`experiments.config.cell.to_dict`); :func:`experiments.recipes.train.train_cell` reads it back typed.
+every setting needed to reproduce it), typed from the grid to the job. Only where it leaves the process is it JSON
+(:func:`experiments.config.cell.to_dict`): ``cell.json`` and what :class:`experiments.launch.job.CellJob` hands the
+training entry point, which :func:`experiments.recipes.train.train_cell` reads back typed.
 
 The id hashes everything that can change what the cell trains; fields that only say where or how fast it runs
 (``COSMETIC_KEYS``, marked ``cosmetic`` in experiments.config.cell) and how its test sets are decoded
@@ -52,15 +53,15 @@ def _strip(config: dict, dotted: str) -> None:
     node.pop(leaf, None)
 
 
-def identity_view(cell: CellConfig | dict) -> dict:
+def identity_view(cell: CellConfig) -> dict:
     """The part of a cell its id is computed from, its training identity: its JSON form without the cosmetic keys
-    and the decoding settings (a dict is read as a CellConfig first, so it is checked and normalised).
+    and the decoding settings.
 
     The model size (``size``, experiments.config.model_size) counts where a checkpoint is a local directory, whose name
     does not say what it holds: the same path re-pretrained at another depth is another cell. A hub id names its
     checkpoint and so its size already; leaving the size out there keeps the ids of hub cells as they were, and
     independent of whether the hub cache could tell the size at the time."""
-    view = to_dict(cell if isinstance(cell, CellConfig) else CellConfig.from_dict(cell))
+    view = to_dict(cell)
     for dotted in (*COSMETIC_KEYS, *DECODING_SECTIONS):
         _strip(view, dotted)
     if not any(ref and is_local_reference(ref) for ref in view["checkpoints"].values()):
@@ -68,15 +69,17 @@ def identity_view(cell: CellConfig | dict) -> dict:
     return view
 
 
-def compute_cell_id(cell: CellConfig | dict) -> str:
+def compute_cell_id(cell: CellConfig) -> str:
     """12 hex digits of sha256 over the canonical JSON of :func:`identity_view` (sorted keys, no whitespace)."""
     canonical = json.dumps(identity_view(cell), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
 def cell_label(cell: CellConfig | dict) -> str:
-    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init);
-    of a typed cell or its JSON form alike."""
+    """A short readable name: ``task/scheme/seedN`` plus whatever distinguishes sweep cells (data fraction, init).
+
+    Read from the JSON form, so that the grid loader can name a cell whose document failed to type (its one-line
+    refusals); a typed cell is written out first."""
     if isinstance(cell, CellConfig):
         cell = to_dict(cell)
     parts = [cell["task"], cell["scheme"], f"seed{cell['seed']}"]
@@ -114,6 +117,6 @@ def cell_label(cell: CellConfig | dict) -> str:
     return "/".join(parts)
 
 
-def cell_dir(cell: dict) -> Path:
+def cell_dir(cell: CellConfig) -> Path:
     """Where a cell writes: ``<output_root>/cells/<task>/<scheme>/<cell_id>`` (the id alone is the key)."""
-    return Path(cell["output_root"]) / "cells" / cell["task"] / cell["scheme"] / cell["cell_id"]
+    return Path(cell.output_root) / "cells" / cell.task / cell.scheme / cell.cell_id

@@ -156,7 +156,7 @@ def smoke_asset_configs(root: Path) -> dict[str, dict[str, int]]:
 
 
 # -- selection ------------------------------------------------------------------------------------------------------
-def cell_matches(cell: dict, pattern: str) -> bool:
+def cell_matches(cell: CellConfig, pattern: str) -> bool:
     """``--only``: a glob over ``task/scheme/seedN[/variant]`` (e.g. ``discofuse/bert*``), a task or scheme name,
     or a prefix of the cell id. Several patterns may be given separated by commas."""
     label = cell_label(cell)
@@ -164,16 +164,17 @@ def cell_matches(cell: dict, pattern: str) -> bool:
         if not part:
             continue
         if (fnmatch.fnmatchcase(label, part) or fnmatch.fnmatchcase(label, part + "/*")
-                or part in (cell["task"], cell["scheme"]) or cell["cell_id"].startswith(part)):
+                or part in (cell.task, cell.scheme) or cell.cell_id.startswith(part)):
             return True
     return False
 
 
-def select(cells: list[dict], only: str | None) -> list[dict]:
+def select(cells: list[CellConfig], only: str | None) -> list[CellConfig]:
     return cells if not only else [c for c in cells if cell_matches(c, only)]
 
 
-def load_selection(path: str, sets: list[str], only: str | None, check_paths: bool = True) -> tuple[Grid, list[dict]]:
+def load_selection(path: str, sets: list[str], only: str | None,
+                   check_paths: bool = True) -> tuple[Grid, list[CellConfig]]:
     """The grid and its cells that ``--only`` selects; a Refusal (one line) when it does not load or selects none."""
     grid = load_grid(path, sets, check_paths=check_paths)
     cells = select(grid.cells, only)
@@ -191,17 +192,9 @@ class Grid:
     tracking_uri: str | None
     experiment: str
     executor: dict[str, Any]
-    cells: list[dict]  # the JSON form, what a job receives (cell.json)
-    configs: dict[str, CellConfig]  # cell id -> the same cell typed, checked once by the loader
+    cells: list[CellConfig]  # checked once by the loader, with their ids; JSON only in a job's cell.json
     smoke_root: Path | None = None  # set when some cell uses the tiny smoke assets
     allow_network_filesystem: bool = False  # mlflow.allow_network_filesystem (launch_guard.check_store_filesystem)
-
-    def cell(self, cell_id: str) -> dict:
-        return next(c for c in self.cells if c["cell_id"] == cell_id)
-
-    def config(self, cell_id: str) -> CellConfig:
-        """The typed cell of ``cell_id`` (no second parse of its JSON form)."""
-        return self.configs[cell_id]
 
     @property
     def where(self) -> str:
@@ -499,7 +492,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
             for cell in cells:
                 merge_patch(schema, cell, patch_from_dotted(key, value))
         known = smoke_asset_configs(output_root / SMOKE_DIR) if expander.smoke_used else {}
-        resolved, configs = _finish(cells, where, known)
+        resolved = _finish(cells, where, known)
     except GridError as err:
         raise fail(err) from None
 
@@ -511,19 +504,18 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
         executor={"default": executor.get("default"),
                   "slurm": {**DEFAULT_SLURM, **executor.get("slurm", {})},
                   "local": {**DEFAULT_LOCAL, **executor.get("local", {})}},
-        cells=resolved, configs=configs,
+        cells=resolved,
         smoke_root=output_root / SMOKE_DIR if expander.smoke_used else None,
         allow_network_filesystem=bool(mlflow.get("allow_network_filesystem", False)),
     )
 
 
-def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tuple[list[dict], dict[str, CellConfig]]:
+def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> list[CellConfig]:
     """Null the checkpoints a scheme does not read (and a cross-attention init it has nothing to copy from), check
     each whole cell against experiments.config.cell.CellConfig, record its model size (experiments.config.model_size;
-    ``known_configs``: configs of checkpoints not built yet), give ids, dedupe. The cells stay in their JSON form
-    (what a job receives) and typed (cell id -> CellConfig)."""
-    out: dict[str, dict] = {}
-    configs: dict[str, CellConfig] = {}
+    ``known_configs``: configs of checkpoints not built yet), give ids, dedupe. What leaves is typed: the expanded
+    grid documents (``cells``) end here."""
+    out: dict[str, CellConfig] = {}
     origins: dict[str, tuple[str, str] | None] = {}
     for cell in cells:
         origin = cell.pop(_ORIGIN, None)
@@ -532,7 +524,7 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tu
             # No warm decoder with cross-attention (random decoder, decoder-only gpt): the init has nothing to copy,
             # so the cell is the paper's scheme and keeps its id.
             cell.pop("cross_attention_init", None)
-        label = cell_label(cell)
+        label = cell_label(cell)  # the document's: it is not typed yet
         families = scheme_families(scheme)
         for family in FAMILIES:
             if family not in families:
@@ -554,15 +546,13 @@ def _finish(cells: list[dict], where: str, known_configs: dict[str, dict]) -> tu
             config.check_paths.reset(token)
         typed = replace(typed, size=model_size(typed.scheme, asdict(typed.checkpoints), typed.model,
                                                known_configs, typed.init_layers))
-        cell = config.to_dict(typed)
-        cell["cell_id"] = compute_cell_id(typed)
-        first = origins.get(cell["cell_id"])
-        if cell["cell_id"] in out and origin and first and origin != first and origin[0] == first[0]:
+        typed = replace(typed, cell_id=compute_cell_id(typed))
+        first = origins.get(typed.cell_id)
+        if typed.cell_id in out and origin and first and origin != first and origin[0] == first[0]:
             # the same cell from two entries of one file (a copied include line, a matrix cell listed again): a
             # mistake the dedupe below would hide. Across included grids, sharing a cell is normal (paper.yaml).
-            raise GridError(origin[0], origin[1], f"expected distinct cells, {label} (id {cell['cell_id']}) is "
+            raise GridError(origin[0], origin[1], f"expected distinct cells, {label} (id {typed.cell_id}) is "
                                                   f"already made by {first[1]}")
-        origins.setdefault(cell["cell_id"], origin)
-        out.setdefault(cell["cell_id"], cell)
-        configs.setdefault(cell["cell_id"], replace(typed, cell_id=cell["cell_id"]))
-    return list(out.values()), configs
+        origins.setdefault(typed.cell_id, origin)
+        out.setdefault(typed.cell_id, typed)
+    return list(out.values())

@@ -340,16 +340,16 @@ class GridCosts:
         return line
 
 
-def grid_costs(cells: list[dict], grid: Any, gpu: str | None = None) -> GridCosts:
-    """The compute plan of a launch's cells (``grid``'s typed cells: ``Grid.config``) on ``gpu``."""
+def grid_costs(cells: list[CellConfig], grid: Any, gpu: str | None = None) -> GridCosts:
+    """The compute plan of a launch's cells (of ``grid``, whose Slurm settings give the ranks) on ``gpu``."""
     gpu = gpu or DEFAULT_GPU
     if gpu not in GPUS:
         raise ValueError(f"--gpu {gpu!r}: expected one of {', '.join(GPUS)}")
     s = grid.executor["slurm"]
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
 
-    return GridCosts(gpu, {c["cell_id"]: cell_cost(grid.config(c["cell_id"]), gpu, ranks) for c in cells},
-                     {c["cell_id"]: cell_label(c) for c in cells})
+    return GridCosts(gpu, {c.cell_id: cell_cost(c, gpu, ranks) for c in cells},
+                     {c.cell_id: cell_label(c) for c in cells})
 
 
 # -- the table ------------------------------------------------------------------------------------------------------

@@ -50,9 +50,9 @@ def _local_dirs(cell: CellConfig) -> dict[str, Path]:
     return out
 
 
-def check_json_files(grid: Grid, cells: list[dict]) -> None:
+def check_json_files(grid: Grid, cells: list[CellConfig]) -> None:
     seen: set[Path] = set()
-    for cell in (grid.config(c["cell_id"]) for c in cells):
+    for cell in cells:
         for family, directory in _local_dirs(cell).items():
             for name in JSON_FILES:
                 file = directory / name
@@ -84,8 +84,8 @@ def _vocab_size(directory: Path) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
-def check_decoding(grid: Grid, cells: list[dict]) -> None:
-    for cell in (grid.config(c["cell_id"]) for c in cells):
+def check_decoding(grid: Grid, cells: list[CellConfig]) -> None:
+    for cell in cells:
         beams = cell.decode.num_beams
         if beams <= 1:
             continue
@@ -112,7 +112,7 @@ def check_writable(grid: Grid, names: tuple[str, ...] = ("launches", "submitit",
                                                          "writable by this user (nothing was written)")
 
 
-def check_pending(grid: Grid, cells: list[dict]) -> None:
+def check_pending(grid: Grid, cells: list[CellConfig]) -> None:
     for cell in cells:
         pending = cell_dir(cell) / PENDING_FILE
         if not pending.is_file():

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import submitit
 import torch
 
-from ..config.cell import CELL_CONFIG_FILE
+from ..config.cell import CELL_CONFIG_FILE, CellConfig, to_dict
 from ..config.validate import one_line
 from ..grid.identity import (DONE_FILE, EXTRA_PREDICTIONS_GLOB, METRICS_FILE, PREDICTIONS_FILE, TRACEBACK_FILE,
                              cell_dir, cell_label)
@@ -126,10 +126,12 @@ class CellJob(submitit.helpers.Checkpointable):
     ``run_id`` is the child run the launcher created (status SCHEDULED) so that a relaunch finds it by its
     ``cell_id`` tag instead of making a duplicate. ``raise_on_failure`` is off for the debug executor, whose job
     object would otherwise open pdb on the exception; the failure is then in the returned result and in MLflow.
-    ``num_threads`` caps torch's intra-op threads to the CPUs the executor gave the cell.
+    ``num_threads`` caps torch's intra-op threads to the CPUs the executor gave the cell. The cell is typed; its
+    JSON form (:func:`experiments.config.cell.to_dict`) is what leaves the job: ``cell.json`` and the training entry
+    point's argument.
     """
 
-    def __init__(self, cell: dict, tracking_uri: str, run_id: str, launch_dir: str | os.PathLike,
+    def __init__(self, cell: CellConfig, tracking_uri: str, run_id: str, launch_dir: str | os.PathLike,
                  raise_on_failure: bool = True, num_threads: int | None = None):
         self.cell = cell
         self.tracking_uri = tracking_uri
@@ -173,33 +175,34 @@ class CellJob(submitit.helpers.Checkpointable):
         if rank == 0:
             job_tags.update(link_job_logs(out_dir))
         if rank != 0:  # other ranks of a multi-task job train; only rank 0 talks to MLflow
-            resolve_train_fn()(self.cell, out_dir, tracking.NullLogger())
-            return {"cell_id": self.cell["cell_id"], "status": "RANK", "metrics": {}}
+            resolve_train_fn()(to_dict(self.cell), out_dir, tracking.NullLogger())
+            return {"cell_id": self.cell.cell_id, "status": "RANK", "metrics": {}}
 
         logger = tracking.CellLogger(self.tracking_uri, self.run_id, out_dir)
         self._logger = logger
         logger.start(host=socket.gethostname(), pid=os.getpid(), job_tags=job_tags)
         try:
-            atomic_write_text(out_dir / CELL_CONFIG_FILE, json.dumps(self.cell, indent=2, sort_keys=True) + "\n")
+            cell_json = json.dumps(to_dict(self.cell), indent=2, sort_keys=True)
+            atomic_write_text(out_dir / CELL_CONFIG_FILE, cell_json + "\n")
             metrics = self._train_or_reuse(out_dir, logger)
         except BaseException as err:  # noqa: BLE001 - every way out is recorded, then re-raised where it should be
             return self._fail(err, logger)
         logger.finish_success(metrics, [out_dir / CELL_CONFIG_FILE, out_dir / PREDICTIONS_FILE,
                                         *sorted(out_dir.glob(EXTRA_PREDICTIONS_GLOB)), out_dir / METRICS_FILE])
         self._logger = None
-        return {"cell_id": self.cell["cell_id"], "status": "FINISHED", "metrics": metrics}
+        return {"cell_id": self.cell.cell_id, "status": "FINISHED", "metrics": metrics}
 
     def _train_or_reuse(self, out_dir: Path, logger: Any) -> dict[str, float]:
         done = out_dir / DONE_FILE
         if done.is_file():
             record = json.loads(done.read_text())
-            if record.get("cell_id") == self.cell["cell_id"]:
+            if record.get("cell_id") == self.cell.cell_id:
                 return {k: float(v) for k, v in record["metrics"].items()}
-        metrics = resolve_train_fn()(self.cell, out_dir, logger)
+        metrics = resolve_train_fn()(to_dict(self.cell), out_dir, logger)
         if not isinstance(metrics, dict):
             raise TypeError(f"train_cell returned {type(metrics).__name__}, expected a dict of test metrics")
         metrics = {k: float(v) for k, v in metrics.items()}
-        atomic_write_text(done, json.dumps({"cell_id": self.cell["cell_id"], "metrics": metrics}, indent=2) + "\n")
+        atomic_write_text(done, json.dumps({"cell_id": self.cell.cell_id, "metrics": metrics}, indent=2) + "\n")
         return metrics
 
     def _fail(self, err: BaseException, logger: Any) -> dict:
@@ -220,7 +223,7 @@ class CellJob(submitit.helpers.Checkpointable):
             print(trace, file=sys.stderr)
         logger.finish_failure(reason, [out_dir / CELL_CONFIG_FILE, out_dir / TRACEBACK_FILE])
         self._logger = None
-        print(f"cell {self.cell['cell_id']} ({cell_label(self.cell)}) FAILED: {reason}", file=sys.stderr)
+        print(f"cell {self.cell.cell_id} ({cell_label(self.cell)}) FAILED: {reason}", file=sys.stderr)
         if self.raise_on_failure:
             raise err
-        return {"cell_id": self.cell["cell_id"], "status": "FAILED", "metrics": {}, "reason": reason}
+        return {"cell_id": self.cell.cell_id, "status": "FAILED", "metrics": {}, "reason": reason}

@@ -47,7 +47,7 @@ from ..grid.identity import cell_dir, cell_label
 from ..grid.load import Grid, load_selection, smoke_asset_paths
 from ..recipes.evaluate import EvaluationJob, EvaluationTracker, default_output_dir
 from ..smoke.assets import ensure_smoke_assets
-from ..tracking.runs import PENDING_FILE, Tracker, append_pending, cell_is_alive, flatten, git_commit, now_ms
+from ..tracking.runs import PENDING_FILE, Tracker, append_pending, cell_is_alive, cell_params, git_commit, now_ms
 from ..tracking.store import check_tracking
 from ..tracking.sync import sync_file
 from . import compute_plan, guard as launch_guard, slurm as slurm_resources
@@ -59,10 +59,9 @@ DECODING_PREFIXES = tuple(f"{section}." for section in DECODING_SECTIONS)
 LOCAL_POLL_S = 1.0
 
 
-def decoding_view(cell: dict) -> dict[str, str]:
-    """The decoding settings of a cell as MLflow holds them (flattened params, ``decode.num_beams`` → ``"4"``)."""
-    typed = CellConfig.from_dict(cell) if isinstance(cell, dict) else cell
-    return flatten({section: to_dict(getattr(typed, section)) for section in DECODING_SECTIONS})
+def decoding_view(cell: CellConfig) -> dict[str, str]:
+    """The decoding settings of a cell as MLflow holds them (its params, ``decode.num_beams`` → ``"4"``)."""
+    return {k: v for k, v in cell_params(cell).items() if k.startswith(DECODING_PREFIXES)}
 
 
 def pick_executor(requested: str | None, grid: Grid) -> str:
@@ -78,15 +77,14 @@ def where_text(executor: str, grid: Grid) -> str:
     return "this process (debug)"
 
 
-def _variant(cell: dict) -> str:
+def _variant(cell: CellConfig) -> str:
     parts = cell_label(cell).split("/")[3:]
     return "/".join(parts) or "-"
 
 
-def dry_run_table(cells: list[dict], executor: str, grid: Grid) -> str:
+def dry_run_table(cells: list[CellConfig], executor: str, grid: Grid) -> str:
     where = where_text(executor, grid)
-    rows = [[c["cell_id"], c["task"], c["scheme"], str(c["seed"]), _variant(c), str(c["train"]["steps"]), where]
-            for c in cells]
+    rows = [[c.cell_id, c.task, c.scheme, str(c.seed), _variant(c), str(c.train.steps), where] for c in cells]
     return format_table(["id", "task", "scheme", "seed", "variant", "steps", "where"], rows)
 
 
@@ -117,10 +115,10 @@ class Plan:
         return ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
 
 
-def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) -> Plan:
+def plan_cells(cells: list[CellConfig], existing: dict[str, Any], retry_failed: bool) -> Plan:
     plan = Plan()
     for cell in cells:
-        cid = cell["cell_id"]
+        cid = cell.cell_id
         run = existing.get(cid)
         plan.runs[cid] = run
         if run is None:
@@ -139,13 +137,13 @@ def plan_cells(cells: list[dict], existing: dict[str, Any], retry_failed: bool) 
     return plan
 
 
-def sync_pending(cells: list[dict], uri: str) -> None:
+def sync_pending(cells: list[CellConfig], uri: str) -> None:
     """Upload metrics a previous attempt parked on disk, so this launch sees the runs as they really are."""
     for cell in cells:
         pending = cell_dir(cell) / PENDING_FILE
         if pending.is_file():
             sent, left = sync_file(pending, uri)
-            print(f"synced {sent} pending operations of {cell['cell_id']}" + (f" ({left} left)" if left else ""))
+            print(f"synced {sent} pending operations of {cell.cell_id}" + (f" ({left} left)" if left else ""))
 
 
 def prepare_smoke_assets(grid: Grid) -> None:
@@ -191,19 +189,19 @@ class Outcome:
     reason: str = ""
 
 
-def run_debug(executor, jobs: list[tuple[dict, CellJob]]) -> dict[str, Outcome]:
+def run_debug(executor, jobs: list[tuple[CellConfig, CellJob]]) -> dict[str, Outcome]:
     outcomes = {}
     for cell, job in jobs:
         result = executor.submit(job).result()
-        outcomes[cell["cell_id"]] = Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
+        outcomes[cell.cell_id] = Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
     return outcomes
 
 
-def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, tracker) -> dict[str, Outcome]:
+def run_local(executor, jobs: list[tuple[CellConfig, CellJob]], parallelism: int, tracker) -> dict[str, Outcome]:
     """Keep ``parallelism`` cells running as local processes; a process that died without reporting is FAILED."""
     outcomes: dict[str, Outcome] = {}
     queue = list(jobs)
-    running: list[tuple[dict, CellJob, Any]] = []
+    running: list[tuple[CellConfig, CellJob, Any]] = []
     try:
         while queue or running:
             while queue and len(running) < parallelism:
@@ -211,15 +209,15 @@ def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, trac
                 submitted = executor.submit(job)
                 if job.run_id:  # an evaluation job starts its run itself
                     tracker.client.set_tag(job.run_id, "submitit_job_id", str(submitted.job_id))
-                print(f"started {cell['cell_id']} {cell_label(cell)} (pid {submitted.job_id}; log "
+                print(f"started {cell.cell_id} {cell_label(cell)} (pid {submitted.job_id}; log "
                       f"{cell_dir(cell) / 'job.err'} -> {submitted.paths.stderr})", flush=True)
                 running.append((cell, job, submitted))
             time.sleep(LOCAL_POLL_S)
             for entry in [r for r in running if r[2].done()]:
                 running.remove(entry)
                 cell, job, submitted = entry
-                outcomes[cell["cell_id"]] = _collect_local(cell, job, submitted, tracker)
-                print(f"done    {cell['cell_id']} {cell_label(cell)}: {outcomes[cell['cell_id']].status}", flush=True)
+                outcomes[cell.cell_id] = _collect_local(cell, job, submitted, tracker)
+                print(f"done    {cell.cell_id} {cell_label(cell)}: {outcomes[cell.cell_id].status}", flush=True)
     except KeyboardInterrupt:
         for _, _, submitted in running:
             submitted.cancel(check=False)
@@ -227,7 +225,7 @@ def run_local(executor, jobs: list[tuple[dict, CellJob]], parallelism: int, trac
     return outcomes
 
 
-def _collect_local(cell: dict, job: CellJob, submitted, tracker) -> Outcome:
+def _collect_local(cell: CellConfig, job: CellJob, submitted, tracker) -> Outcome:
     try:
         result = submitted.result()
         return Outcome(result["status"], result.get("metrics", {}), result.get("reason", ""))
@@ -246,10 +244,10 @@ def _collect_local(cell: dict, job: CellJob, submitted, tracker) -> Outcome:
         return Outcome("FAILED", {}, reason)
 
 
-def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -> str:
+def results_table(cells: list[CellConfig], plan: Plan, outcomes: dict[str, Outcome]) -> str:
     rows = []
     for cell in cells:
-        cid = cell["cell_id"]
+        cid = cell.cell_id
         action = plan.action[cid]
         if cid in outcomes:
             outcome = outcomes[cid]
@@ -262,13 +260,13 @@ def results_table(cells: list[dict], plan: Plan, outcomes: dict[str, Outcome]) -
                       "redecoded": "FINISHED (re-decoded before)"}.get(action, action)
             metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} if run is not None else {}
             note = run.data.tags.get("failure_reason", "") if run is not None and action == "failed" else ""
-        shown = main_metrics(cell["task"], metrics)
-        rows.append([cid, cell["task"], cell["scheme"], str(cell["seed"]), _variant(cell), status,
+        shown = main_metrics(cell.task, metrics)
+        rows.append([cid, cell.task, cell.scheme, str(cell.seed), _variant(cell), status,
                      shown + (f"  [{note[:100]}]" if note else "")])
     return format_table(["cell", "task", "scheme", "seed", "variant", "status", "test metrics"], rows)
 
 
-def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool, argv: list[str]) -> int:
+def launch(grid: Grid, cells: list[CellConfig], executor_kind: str, retry_failed: bool, argv: list[str]) -> int:
     """Run (or submit) the cells that need it and log them under one parent run; a refusal (no store, nothing
     writable, bad pending records) is raised before the first byte is written."""
     uri = tracking_uri(grid.tracking_uri, grid.output_root)
@@ -281,7 +279,7 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     plan = plan_cells(cells, tracker.cell_runs(), retry_failed)
     print(f"grid {grid.name}: {len(cells)} cells: {plan.summary()}  (MLflow: {uri}, experiment {grid.experiment})")
     redecodings = resolve_redecodings(cells, plan, uri, grid, executor_kind)
-    if not redecodings and not any(plan.action[c["cell_id"]] in ("new", "resume", "retry") for c in cells):
+    if not redecodings and not any(plan.action[c.cell_id] in ("new", "resume", "retry") for c in cells):
         # nothing to run: report what is there, leave no empty launch run behind
         print()
         print(results_table(cells, plan, {}))
@@ -318,8 +316,8 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
             return refuse(f"{grid.output_root}: {type(err).__name__}: {short_text(err, 200)}; runs of this launch "
                           "marked FAILED")
         raise
-    failed = [c for c in cells if (outcomes[c["cell_id"]].status if c["cell_id"] in outcomes
-                                   else plan.action[c["cell_id"]]) in ("FAILED", "failed")]
+    failed = [c for c in cells if (outcomes[c.cell_id].status if c.cell_id in outcomes
+                                   else plan.action[c.cell_id]) in ("FAILED", "failed")]
     close_parent(tracker, parent, "FAILED" if failed else "FINISHED", {"failed_cells": str(len(failed))}, uri,
                  grid.output_root)
     print()
@@ -328,7 +326,7 @@ def launch(grid: Grid, cells: list[dict], executor_kind: str, retry_failed: bool
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def check_before_writing(grid: Grid, cells: list[dict], uri: str, executor_kind: str) -> None:
+def check_before_writing(grid: Grid, cells: list[CellConfig], uri: str, executor_kind: str) -> None:
     """Every refusal a launch can meet before its first byte: the store answers and may be used from where the
     cells run, the folders it writes can be written, the cells' pending records can be read."""
     check_tracking(uri)
@@ -337,26 +335,27 @@ def check_before_writing(grid: Grid, cells: list[dict], uri: str, executor_kind:
     launch_guard.check_pending(grid, cells)
 
 
-def log_manifest(tracker, parent: str, grid: Grid, cells: list[dict], plan: Plan, stamp: str) -> None:
+def log_manifest(tracker, parent: str, grid: Grid, cells: list[CellConfig], plan: Plan, stamp: str) -> None:
     """``<output_root>/launches/<grid>-<stamp>.json`` (the grid, its cells, the plan) and the grid file, as
-    artifacts of the launch's run."""
+    artifacts of the launch's run; the cells in their JSON form (``cell.json``'s)."""
     manifest = grid.output_root / "launches" / f"{grid.name}-{stamp}.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"grid": str(grid.path), "cells": cells, "plan": plan.action}, indent=2) + "\n")
+    record = {"grid": str(grid.path), "cells": [to_dict(c) for c in cells], "plan": plan.action}
+    manifest.write_text(json.dumps(record, indent=2) + "\n")
     tracker.client.log_artifact(parent, str(manifest))
     if grid.path.is_file():
         tracker.client.log_artifact(parent, str(grid.path))
 
 
-def cell_jobs(cells: list[dict], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str, uri: str,
-              grid: Grid, executor_kind: str, started: list[str],
-              tags: dict[str, str]) -> list[tuple[dict, CellJob | EvaluationJob]]:
+def cell_jobs(cells: list[CellConfig], plan: Plan, redecodings: dict[str, EvaluationJob], tracker, parent: str,
+              uri: str, grid: Grid, executor_kind: str, started: list[str],
+              tags: dict[str, str]) -> list[tuple[CellConfig, CellJob | EvaluationJob]]:
     """The job of each cell the plan runs: its re-decoding, or training in a new or reused MLflow run tagged with
     ``tags`` (a reused one with its git_commit only), appended to ``started`` as soon as it exists, so that an
     interrupted launch closes it."""
-    jobs: list[tuple[dict, CellJob | EvaluationJob]] = []
+    jobs: list[tuple[CellConfig, CellJob | EvaluationJob]] = []
     for cell in cells:
-        cid = cell["cell_id"]
+        cid = cell.cell_id
         action = plan.action[cid]
         if action == "redecode":
             jobs.append((cell, redecodings[cid]))
@@ -401,14 +400,14 @@ def _abandon(tracker, parent: str, started: list[str], err: BaseException, uri: 
             signal.signal(signal.SIGINT, previous)
 
 
-def resolve_redecodings(cells: list[dict], plan: Plan, uri: str, grid: Grid,
+def resolve_redecodings(cells: list[CellConfig], plan: Plan, uri: str, grid: Grid,
                         executor_kind: str) -> dict[str, EvaluationJob]:
     """The evaluation job of each ``redecode`` cell; one whose evaluation finished before becomes ``redecoded``
     (with that run, whose scores the results table shows)."""
     jobs: dict[str, EvaluationJob] = {}
     evaluations = None
     for cell in cells:
-        cid = cell["cell_id"]
+        cid = cell.cell_id
         if plan.action[cid] != "redecode":
             continue
         evaluations = evaluations or EvaluationTracker(uri, grid.experiment)
@@ -421,16 +420,16 @@ def resolve_redecodings(cells: list[dict], plan: Plan, uri: str, grid: Grid,
     return jobs
 
 
-def redecoding_job(cell: dict, evaluations: EvaluationTracker, uri: str, grid: Grid,
+def redecoding_job(cell: CellConfig, evaluations: EvaluationTracker, uri: str, grid: Grid,
                    executor_kind: str) -> tuple[EvaluationJob | None, Any]:
     """(the evaluation job that decodes a finished cell with its new decoding settings, None) or, when that
     evaluation finished before, (None, its run). A cell whose directory is gone cannot be re-decoded: the launch
     says so and leaves the cell as it is."""
     try:
-        config = cell_evaluation(grid.config(cell["cell_id"]), cell_dir(cell))
+        config = cell_evaluation(cell, cell_dir(cell))
         done = evaluations.finished(evaluation_id(config))
     except EvaluationError as err:
-        print(f"note: {cell['cell_id']} ({cell_label(cell)}): cannot re-decode ({err}); left as it is")
+        print(f"note: {cell.cell_id} ({cell_label(cell)}): cannot re-decode ({err}); left as it is")
         return None, None
     if done is not None:
         return None, done
@@ -454,7 +453,8 @@ def close_parent(tracker, parent: str, status: str, tags: dict[str, str], uri: s
           f"python -m experiments.tracking.sync {output_root}", file=sys.stderr)
 
 
-def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: str, uri: str, grid: Grid) -> int:
+def _submit_slurm(executor, jobs: list[tuple[CellConfig, CellJob]], tracker, parent: str, uri: str,
+                  grid: Grid) -> int:
     try:
         with contextlib.redirect_stderr(io.StringIO()) as said, executor.batch():  # submitit echoes sbatch's stderr
             submitted = [executor.submit(job) for _, job in jobs]
@@ -466,7 +466,7 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
     for (cell, job), sub in zip(jobs, submitted):
         if job.run_id:
             tracker.client.set_tag(job.run_id, "slurm_job_id", str(sub.job_id))
-        rows.append([str(sub.job_id), cell["cell_id"], cell_label(cell)])
+        rows.append([str(sub.job_id), cell.cell_id, cell_label(cell)])
     tracker.finish_parent(parent, "FINISHED", {"slurm_jobs": ",".join(str(s.job_id) for s in submitted)[:5000]})
     print(format_table(["slurm job", "cell", "label"], rows))
     array = str(submitted[0].job_id).split("_")[0]
@@ -479,7 +479,7 @@ def _submit_slurm(executor, jobs: list[tuple[dict, CellJob]], tracker, parent: s
     return EXIT_OK
 
 
-def _withdraw_runs(jobs: list[tuple[dict, CellJob]], tracker, parent: str, reason: str) -> int:
+def _withdraw_runs(jobs: list[tuple[CellConfig, CellJob]], tracker, parent: str, reason: str) -> int:
     """After a refused submission: the cell runs this launch created and its own run are deleted (a relaunch starts
     clean), runs it had reused (resume/retry) are KILLED again, so the next launch resumes them."""
     removed = 0

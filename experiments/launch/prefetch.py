@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     grid = load_grid(args.grid, args.sets, check_paths=False)  # what is missing is what it fetches
-    cells = [grid.config(cell["cell_id"]) for cell in select(grid.cells, args.only)]
+    cells = select(grid.cells, args.only)
     if offline():
         raise Refusal("HF_HUB_OFFLINE is set: prefetch needs the hub (unset it here)")
     try:

@@ -263,14 +263,13 @@ class Preflight:
         return self.notes
 
 
-def check_cells(grid: Grid, cells: list[dict], dry_run: bool = False) -> tuple[list[str], list[str]]:
+def check_cells(grid: Grid, cells: list[CellConfig], dry_run: bool = False) -> tuple[list[str], list[str]]:
     """Check what ``cells`` will read (module docstring); raises :class:`GridError` (one line) on the first problem.
     Returns (notes on examples that will be truncated, a dry run's warnings on what is not there yet)."""
-    typed = [grid.config(cell["cell_id"]) for cell in cells]
     preflight = Preflight(grid, dry_run)
     with quiet_datasets():
-        notes = preflight.run(typed)
+        notes = preflight.run(cells)
     # hub checkpoints resolve: offline (HF_HUB_OFFLINE=1) against the local cache
-    return notes, preflight.warnings + check_hub(grid, typed, dry_run)
+    return notes, preflight.warnings + check_hub(grid, cells, dry_run)
 
 

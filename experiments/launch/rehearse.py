@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     grid, cells = load_selection(args.grid, args.sets, args.only, check_paths=False)
     s = grid.executor["slurm"]
     ranks = int(s.get("nodes") or 1) * int(s.get("tasks_per_node") or 1)
-    architectures, unknown = group_shapes([grid.config(c["cell_id"]) for c in cells], args.device, args.micro_batch,
-                                          ranks)
+    architectures, unknown = group_shapes(cells, args.device, args.micro_batch, ranks)
     for line in unknown:
         print(f"note: not rehearsed: {line}")
     shapes = sum(len(a.lengths) for a in architectures)

@@ -71,6 +71,15 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def cell_params(cell: Any) -> dict[str, str]:
+    """A typed cell's MLflow params (experiments.config.cell.CellConfig): its JSON form, what ``cell.json`` holds,
+    flattened (``train.lr``, ``decode.num_beams`` ...). The one place a cell becomes params: its run, the launcher's
+    comparison of decoding settings, the paper grid's coverage."""
+    from ..config.cell import to_dict  # lazy: the typed cell loads torch, which this module does not otherwise
+
+    return flatten(to_dict(cell))
+
+
 def git_commit(repo: Path | None = None) -> str:
     """HEAD of the project's repository, ``-dirty`` when tracked files changed; ``unknown`` outside git."""
     repo = repo or Path(__file__).resolve().parents[1]
@@ -146,16 +155,18 @@ class Tracker:
             if not token:
                 return found
 
-    def create_cell_run(self, cell: dict, label: str, parent_id: str, tags: dict[str, str]) -> str:
+    def create_cell_run(self, cell: Any, label: str, parent_id: str, tags: dict[str, str]) -> str:
+        """The SCHEDULED child run of a typed cell (experiments.config.cell.CellConfig): tags by which the launcher
+        and the tables find it, params of :func:`cell_params`."""
         from mlflow.entities import Param  # lazy: import cost (module imports)
 
-        run_tags = {ROLE_TAG: "cell", PARENT_TAG: parent_id, "cell_id": cell["cell_id"], "task": cell["task"],
-                    "scheme": cell["scheme"], "seed": str(cell["seed"]), "grid": cell["grid"], "attempts": "0", **tags}
-        if cell.get("size"):  # experiments.config.model_size: the tables' row key (also a param, with the whole cell)
-            run_tags["size"] = cell["size"]
+        run_tags = {ROLE_TAG: "cell", PARENT_TAG: parent_id, "cell_id": cell.cell_id, "task": cell.task,
+                    "scheme": cell.scheme, "seed": str(cell.seed), "grid": cell.grid, "attempts": "0", **tags}
+        if cell.size:  # experiments.config.model_size: the tables' row key (also a param, with the whole cell)
+            run_tags["size"] = cell.size
         run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=label)
         self.client.update_run(run.info.run_id, status="SCHEDULED")
-        params = [Param(k, v) for k, v in sorted(flatten(cell).items())]
+        params = [Param(k, v) for k, v in sorted(cell_params(cell).items())]
         for start in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[start:start + 100])
         return run.info.run_id
