@@ -9,8 +9,8 @@ WikiSplit). The harness's own trainer (``CellTrainer``: its model
 build, data pipeline, batches, optimizer, schedule, bf16 setting and gradient clipping) runs ``--updates`` updates
 of that cell; transformers' ``EncoderDecoderModel``, loaded from the very same initial weights, runs the same updates
 on the same micro-batches with the same optimizer, schedule, autocast and clipping, alternating update by update
-with the harness so that load on a shared machine hits both alike. Then both decode the first
-``--decode-examples`` test pairs (beam search with the cell's beams and length penalty in transformers' form, so
+with the harness so that load on a shared machine hits both alike. Then both libraries decode the first
+``--decode-examples`` test pairs with the harness's trained weights (beam search with the cell's beams and length penalty in transformers' form, so
 the tokens can be compared; batches of the cell's decode batch size, longest first), and the outputs are checked
 for equality. Prints the machine, one markdown table of updates/s and decoded pairs/s with their ratios, and what
 the cell recorded if it has run (its ``metrics.json``: train seconds per update, including its dev evaluations and
@@ -152,7 +152,10 @@ def main(argv=None) -> int:
                                 cell.train.max_grad_norm)
                 if update >= 2:
                     times[name].append(time.perf_counter() - start)
-        decoded = decode_both(trainer.model, twin, trainer, args.decode_examples, args.decode_bf16 and trainer.bf16)
+        # Decoding compares the libraries on identical weights: the harness's trained ones, loaded into transformers.
+        with tempfile.TemporaryDirectory() as trained:
+            decoded = decode_both(trainer.model, transformers_twin(trainer.model, trained), trainer,
+                                  args.decode_examples, args.decode_bf16 and trainer.bf16)
     print(describe("cpu"))
     print(f"cell {cell.cell_id} ({cell.task}/{cell.scheme}, batch {cell.train.batch_size}, "
           f"bf16 {'on' if trainer.bf16 else 'off'}, beams {cell.decode.num_beams}); {args.updates} updates and "
