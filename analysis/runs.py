@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import cli
-from experiments.config.evaluation import DEFAULT_OUTPUT_ROOT
+from experiments.config.cell import DEFAULT_OUTPUT_ROOT
 from experiments.config.validate import Refusal
 from experiments.tracking.store import sqlite_path
 

@@ -46,7 +46,9 @@ CELL_CONFIG_FILE = "cell.json"  # the JSON form (to_dict) a job receives and a t
 SPLITS = STANDARD_SPLITS  # every task's; DataSources and ExampleCaps also hold the extra test sets (WMT's)
 FAMILIES = tuple(BERTGEN_FAMILIES)  # bert, roberta, gpt2: the rows of bertgen.families
 SCHEDULES = ("noam", "constant", "linear")  # what experiments.recipes.optim.LRSchedule implements
-SELECTIONS = ("last", "best_dev")  # train.select: the weights that decode the test sets
+SELECT_LAST, SELECT_BEST_DEV = SELECTIONS = ("last", "best_dev")  # train.select: the weights that decode the tests
+# Where a grid writes unless it says (`output_root`), and where evaluations and the analysis look by default.
+DEFAULT_OUTPUT_ROOT = "outputs"
 # the checkpoints a trained cell keeps under <cell dir>/checkpoints/ (the last, resumable; the best on dev)
 LAST, BEST = CHECKPOINT_NAMES = ("last", "best")
 # train.optimizer: the paper's Adam (§4, the default) and Adafactor (§5's GPT-2 tuning; experiments.recipes.optim)

@@ -15,14 +15,13 @@ from typing import Any
 from bertgen.checkpoint import is_local_reference
 
 from . import validate as v
-from .cell import (BEST, CELL_CONFIG_FILE, CHECKPOINT_NAMES, LAST, CellConfig, DataSources, DecodeConfig,
+from .cell import (BEST, CELL_CONFIG_FILE, CHECKPOINT_NAMES, LAST, SELECT_BEST_DEV, CellConfig, DataSources, DecodeConfig,
                    ExampleCaps, bf16_setting, from_dict, setting, to_dict)
 from .tasks import TASKS, Task, get_task
 from .yaml_text import parse_sets, set_dotted
 
 EVALUATION_FILE = "evaluation.json"
 DEFAULT_EXPERIMENT = "bertgen-evaluate"
-DEFAULT_OUTPUT_ROOT = "outputs"
 
 # How a source becomes encoder input ids: "tokenizer" (the tokenizer's own special tokens), "bare" (none) or
 # "bos_eos" (<s> text </s>).
@@ -249,7 +248,7 @@ def cell_evaluation_doc(cell: CellConfig, directory: Path) -> dict[str, Any]:
             if split not in ("train", "validation") and spec is not None}
     return {"checkpoint": str(Path(directory).resolve()), "task": cell.task, "decode": to_dict(cell.decode),
             "data": data, "max_examples": {"test": cell.max_examples.test},
-            "select": BEST if cell.train.select == "best_dev" else LAST}
+            "select": BEST if cell.train.select == SELECT_BEST_DEV else LAST}
 
 
 def cell_evaluation(cell: CellConfig, directory: Path) -> EvaluationConfig:

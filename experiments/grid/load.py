@@ -482,7 +482,7 @@ def _load(path: Path, where: str, doc: dict, sets: Iterable[str]) -> Grid:
                                        f"{v.short_repr(path.stem)} is "
                                        f"not one; set name: in the grid)")
     try:  # checked first: the cells' paths are made from it
-        output_root = Path(output_root_check(doc.get("output_root", "outputs"), "output_root")).expanduser().resolve()
+        output_root = Path(output_root_check(doc.get("output_root", config.DEFAULT_OUTPUT_ROOT), "output_root")).expanduser().resolve()
     except v.Invalid as err:
         raise fail(GridError(where, err.path, err.message)) from None
     expander = _FileExpander(schema, output_root, str(name))

@@ -44,8 +44,9 @@ from bertgen.tokenization import TokenizerError, load_tokenizer
 from .. import cli
 from ..cli import EXIT_FAILED, EXIT_OK, add_device, add_tracking_uri, entry_point, tracking_uri
 from ..config import validate as v
-from ..config.cell import CHECKPOINT_NAMES, to_dict
+from ..config.cell import CHECKPOINT_NAMES, DEFAULT_OUTPUT_ROOT, to_dict
 from ..config.tasks import TASKS, get_task
+from ..config.yaml_text import load_text
 from ..data.batches import tokenizer_fingerprint
 from ..data.sources import load_split
 from ..grid.identity import TEST_PREFIX
@@ -58,7 +59,7 @@ from .decode import TestDecoding, use_bf16, write_summary
 from .distributed import DistributedContext
 from .evaluate_preflight import check_checkpoint, check_test_data, check_writable, released_config, selected_checkpoint
 
-from ..config.evaluation import (DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_ROOT, EVALUATION_FILE, RELEASED_VARIANT, SETTABLE,
+from ..config.evaluation import (DEFAULT_EXPERIMENT, EVALUATION_FILE, RELEASED_VARIANT, SETTABLE,
                                  TOP_LEVEL, EvaluationConfig, EvaluationError, build_config, evaluation_id, read_cell,
                                  released_entry)
 from .evaluate_preflight import set_generation_ids
@@ -330,7 +331,7 @@ def load_evaluation_grid(path: Path, sets: list[str],
     ``only``, the evaluations it selects (:func:`_item_matches`), the others not even checked."""
     where = str(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_text(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise EvaluationError(f"{where}: {v.one_line(err)}") from None
     if not isinstance(doc, dict):

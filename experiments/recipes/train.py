@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from ..config.cell import BEST, LAST, CellConfig
+from ..config.cell import BEST, LAST, SELECT_BEST_DEV, CellConfig
 from ..config.tasks import STANDARD_SPLITS, get_task
 from ..data.batches import LengthBucketBatchSampler, Seq2SeqCollator
 from . import checkpointing
@@ -349,7 +349,7 @@ class CellTrainer:
                      "".join(f" {k} {v:.3f}" for k, v in extra.items()))
         if loss < self.best_dev_loss:
             self.best_dev_loss, self.best_step = loss, self.step
-            if self.ctx.is_main and self.train_settings.select == "best_dev":
+            if self.ctx.is_main and self.train_settings.select == SELECT_BEST_DEV:
                 checkpointing.save_checkpoint(self.checkpoint_root / BEST, self.model, None,
                                               self.trainer_state(self.step, self.epoch, self.batches_in_epoch))
             barrier(self.ctx)
@@ -416,7 +416,7 @@ class CellTrainer:
     # -- testing -----------------------------------------------------------------------------------------------
     def load_selected(self) -> None:
         """``train.select``: the weights at the end of training (in memory already), or the best dev loss's."""
-        if self.train_settings.select != "best_dev":
+        if self.train_settings.select != SELECT_BEST_DEV:
             return
         found = checkpointing.find_checkpoint(self.checkpoint_root / BEST)
         if found is not None:
@@ -435,7 +435,7 @@ class CellTrainer:
                 **self.recipe.summary(results), "cell_id": self.cell_id, "task": self.task.name,
                 "scheme": self.cell.scheme, "seed": self.seed, "steps": self.step, "best_step": self.best_step,
                 "select": self.train_settings.select,
-                "tested_step": self.best_step if self.train_settings.select == "best_dev" else self.step,
+                "tested_step": self.best_step if self.train_settings.select == SELECT_BEST_DEV else self.step,
                 "best_dev_loss": self.best_dev_loss if math.isfinite(self.best_dev_loss) else None,
                 "train_seconds": self.train_seconds,
                 "examples": {split: len(self.data[split][0]) for split in self.data},

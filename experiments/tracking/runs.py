@@ -46,7 +46,6 @@ from .store import experiment_id_for, mlflow_client, quiet_http_retries
 # mlflow is imported where it is used: importing it takes ~3 s (measured here), which launch --dry-run, grid
 # validation and every test that never tracks would pay for nothing.
 
-DEFAULT_OUTPUT_ROOT = "outputs"
 PENDING_FILE = "pending_metrics.jsonl"
 HEARTBEAT_FILE = "heartbeat.json"
 ROLE_TAG = "role"
