@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_model as bench  # noqa: E402  (the benchmark's model, batch and step, shared)
 
-# (kind, operator names): the first kind whose names contain an operator's name takes it; the rest is "other".
+# (kind, operator names): an operator belongs to the first kind that lists its name; the rest is "other".
 KINDS = (
-    ("matrix products", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::addmv", "aten::addmv_", "aten::mv",
-                         "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise", "aten::_mkldnn_linear",
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::addmv", "aten::addmv_",
+                         "aten::mv", "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise", "aten::_mkldnn_linear",
                          "aten::mkldnn_linear")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("zero fills", ("aten::fill_", "aten::zero_", "aten::zeros")),

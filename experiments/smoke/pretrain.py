@@ -664,7 +664,7 @@ def _build_assets(directory: Path, settings: SmokeSettings) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.smoke.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="directory the assets go under (smoke-<hash>/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
