@@ -28,8 +28,8 @@ import bench_model as bench  # noqa: E402  (the benchmark's model, batch and ste
 # (kind, operator names): an operator belongs to the first kind that lists its name; the rest is "other".
 KINDS = (
     ("matrix products", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::addmv", "aten::addmv_",
-                         "aten::mv", "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise", "aten::_mkldnn_linear",
-                         "aten::mkldnn_linear")),
+                         "aten::mv", "aten::baddbmm", "aten::addbmm", "mkldnn::_linear_pointwise",
+                         "aten::_mkldnn_linear", "aten::mkldnn_linear")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("zero fills", ("aten::fill_", "aten::zero_", "aten::zeros")),
     ("dropout masks (random bits)", ("aten::random_", "aten::bernoulli_", "aten::bitwise_and_", "aten::ge_",
