@@ -13,8 +13,9 @@ with the harness so that load on a shared machine hits both alike. Then both lib
 ``--decode-examples`` test pairs with the harness's trained weights (beam search with the cell's beams and length
 penalty in transformers' form, so the tokens can be compared; batches of the cell's decode batch size, longest
 first), and the outputs are checked for equality. Prints the machine, one markdown table of updates/s and decoded
-pairs/s with their ratios, and what the cell recorded if it has run (its ``metrics.json``: train seconds per update, including its dev evaluations and
-checkpoints, and its test decode seconds), which is the harness's whole cost per cell.
+pairs/s with their ratios, and what the cell recorded if it has run (its ``metrics.json``: train seconds per
+update, including its dev evaluations and checkpoints, and its test decode seconds), which is the harness's whole
+cost per cell.
 
 Only encoder-decoder cells (BERT/RoBERTa stacks) have a transformers counterpart; GPT-2 prefix-LM cells are refused.
 """
