@@ -100,10 +100,14 @@ def _configured_backend() -> str:
         return "onednn"
     if choice == "blas":
         return "blas"
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
-    if not (has_onednn() and x86):
+    if not _onednn_is_a_candidate():
         return "blas"
     return measured_choice()["backend"]
+
+
+def _onednn_is_a_candidate() -> bool:
+    """Whether ``auto`` measures at all: oneDNN's fp32 products are only worth timing on x86 CPUs."""
+    return has_onednn() and platform.machine().lower() in ("x86_64", "amd64", "i686")
 
 
 def measure_products(repeats: int = 2) -> dict[str, float]:
@@ -168,7 +172,7 @@ def backend_reason() -> str:
         return f"{_forced} (forced for this block by use_cpu_backend)"
     if choice != "auto":
         return f"{cpu_backend()} ({BACKEND_VARIABLE}={choice})"
-    if cpu_backend() == "blas" and not (has_onednn() and platform.machine().lower() in ("x86_64", "amd64", "i686")):
+    if not _onednn_is_a_candidate():
         return "blas (no oneDNN, or not an x86 CPU)"
     seconds = measured_choice()["seconds"]
     return (f"{cpu_backend()} (measured here: BLAS {1e3 * seconds['blas']:.1f} ms, oneDNN "
