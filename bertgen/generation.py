@@ -31,7 +31,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from . import vocab_projection
+from . import kv_cache, vocab_projection
 # Re-exported: the search loops live in bertgen.search, imported from here.
 from .search import (  # noqa: F401
     _NOT_A_CANDIDATE,
@@ -61,12 +61,13 @@ LENGTH_PENALTY_STYLE = "gnmt"
 def select_cache_rows(cache, rows: torch.Tensor | None, sources: torch.Tensor | None):
     """Reorder the self-attention cache by ``rows`` and keep the cross-attention keys/values of ``sources``.
 
-    The layout is ``outputs.PastKeyValues``: per layer (self_k, self_v, cross_k, cross_v), batch first.
+    The layout is ``outputs.PastKeyValues``: per layer (self_k, self_v, cross_k, cross_v), batch first, with the
+    self-attention keys/values in ``kv_cache.KVBuffer``s (reordered in place).
     """
+    if rows is not None:
+        kv_cache.reorder_rows(cache, rows)
     out = []
     for self_k, self_v, cross_k, cross_v in cache:
-        if rows is not None:
-            self_k, self_v = self_k.index_select(0, rows), self_v.index_select(0, rows)
         if sources is not None and cross_k is not None:
             cross_k, cross_v = cross_k.index_select(0, sources), cross_v.index_select(0, sources)
         out.append((self_k, self_v, cross_k, cross_v))
@@ -133,9 +134,10 @@ class EncoderDecoderStep:
             input_ids=tokens, encoder_hidden_states=self.encoder_states, encoder_attention_mask=self.encoder_mask,
             past_key_values=self.cache, use_cache=self.use_cache,
         )
-        if self.use_cache:
-            self.cache = body.past_key_values
-            # The cross-attention keys/values now live in the cache; the states themselves are no longer needed.
+        if self.use_cache and self.cache is None:
+            # Later calls append to these buffers in place. The cross-attention keys/values now live in the cache;
+            # the states themselves are no longer needed.
+            self.cache = kv_cache.appendable(body.past_key_values)
             self.encoder_states = None
         weight, bias = self.decoder.output_projection()
         return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)

@@ -22,6 +22,7 @@ from .attention import (
 )
 from .configuration import BertGenerationConfig
 from .dropout import Dropout, dropout_add
+from .kv_cache import append_positions
 from .linear import Linear, linear
 from .modeling_utils import CausalLMHeadMixin, PreTrainedModel, check_input_ids, check_mask_shape, residual_dtype
 from .outputs import BaseModelOutput
@@ -103,8 +104,8 @@ class BertGenerationSelfAttention(nn.Module):
             past_len = 0
             if past is not None:
                 past_len = past[0].size(2)
-                key = torch.cat([past[0], key], dim=2)
-                value = torch.cat([past[1], value], dim=2)
+                key = append_positions(past[0], key)
+                value = append_positions(past[1], value)
         extra = self.relative_scores(query, key, past_len) if self.position_embedding_type != "absolute" else None
         out, weights = attention(
             query, key, value, mask, is_causal, self.dropout_p if self.training else 0.0,

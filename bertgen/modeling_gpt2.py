@@ -44,7 +44,8 @@ from .checkpoint import (
 )
 from .configuration import GPT2Config
 from .families import gpt2_state_to_hf
-from . import generation, vocab_projection
+from . import generation, kv_cache, vocab_projection
+from .kv_cache import append_positions
 from .dropout import Dropout
 from .linear import Linear
 from .modeling_bert_generation import _expand_head_mask
@@ -89,8 +90,8 @@ class GPT2Attention(nn.Module):
             query, key, value = (split_heads(t, self.num_heads)
                                  for t in self.c_attn(hidden_states).split(self.width, dim=2))
             if past is not None:
-                key = torch.cat([past[0], key], dim=2)
-                value = torch.cat([past[1], value], dim=2)
+                key = append_positions(past[0], key)
+                value = append_positions(past[1], value)
         out, weights = attention(
             query, key, value, mask, is_causal, self.dropout_p if self.training else 0.0,
             need_weights=output_attentions, head_mask=head_mask, scale=self.scale,
@@ -496,8 +497,8 @@ class PrefixLMStep:
             tokens = torch.cat([self.source, sequences], dim=1)
         body = self.body(input_ids=tokens, attention_mask=mask, position_ids=positions,
                          past_key_values=self.cache, use_cache=self.use_cache)
-        if self.use_cache:
-            self.cache = body.past_key_values
+        if self.use_cache and self.cache is None:
+            self.cache = kv_cache.appendable(body.past_key_values)  # later calls append to these in place
         weight, bias = self.model.output_projection()
         return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
 
