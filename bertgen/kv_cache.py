@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 # Room allocated beyond the positions present; the buffer doubles when it is full.
-INITIAL_ROOM = 64
+INITIAL_ROOM = 16
 
 
 class KVBuffer:
