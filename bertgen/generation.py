@@ -79,8 +79,9 @@ class Seq2SeqModel(Protocol):
     encoder-decoder (``EncoderDecoderModel``) and the decoder-only prefix LM (``GPT2PrefixLM``) both provide it."""
 
     def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      use_cache: bool = True) -> DecodingStep:
-        """A cached step function over the sources ``input_ids``."""
+                      use_cache: bool = True, max_new_tokens: int | None = None) -> DecodingStep:
+        """A cached step function over the sources ``input_ids`` (``max_new_tokens``: the most calls after the
+        first, to size the cache; unknown, it grows)."""
 
     def decoding_start_id(self) -> int:
         """The token every output row starts with (the decoder start token, or the prefix LM's separator)."""
@@ -111,9 +112,11 @@ class EncoderDecoderStep:
     show that caching changes nothing).
     """
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, use_cache: bool = True):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, use_cache: bool = True,
+                 max_new_tokens: int | None = None):
         self.decoder = model.decoder
         self.use_cache = use_cache
+        self.max_new_tokens = max_new_tokens
         self.encoder_states, _ = model.encode(input_ids=input_ids, attention_mask=attention_mask)
         self.encoder_mask = attention_mask
         self.cache = None
@@ -137,7 +140,7 @@ class EncoderDecoderStep:
         if self.use_cache and self.cache is None:
             # Later calls append to these buffers in place. The cross-attention keys/values now live in the cache;
             # the states themselves are no longer needed.
-            self.cache = kv_cache.appendable(body.past_key_values)
+            self.cache = kv_cache.appendable(body.past_key_values, self.max_new_tokens)
             self.encoder_states = None
         weight, bias = self.decoder.output_projection()
         return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
@@ -311,7 +314,7 @@ def generate(
         raise ValueError(f"generate: min_new_tokens={min_new_tokens} exceeds max_new_tokens={max_new_tokens}; no "
                          "hypothesis could end with EOS")
 
-    step = model.decoding_step(input_ids, attention_mask, use_cache=use_cache)
+    step = model.decoding_step(input_ids, attention_mask, use_cache=use_cache, max_new_tokens=max_new_tokens)
     prompt = torch.full((input_ids.size(0), 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     sequences, scores = search(
         step, prompt, num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,

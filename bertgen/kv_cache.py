@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-# Room allocated beyond the positions present; the buffer doubles when it is full.
+# Room allocated beyond the positions present when the number still to come is not known; the buffer doubles
+# when it is full. A small buffer also reads faster: attention's reads of the filled part stay close together.
 INITIAL_ROOM = 16
 
 
@@ -25,9 +26,9 @@ class KVBuffer:
     """One layer's self-attention keys (or values) while decoding: a [rows, heads, capacity, head_dim] buffer of
     which the first ``length`` positions are filled. ``tensor`` is the filled part (a view)."""
 
-    def __init__(self, tensor: torch.Tensor):
+    def __init__(self, tensor: torch.Tensor, room: int | None = None):
         rows, heads, length, dim = tensor.shape
-        self.buffer = tensor.new_empty(rows, heads, length + INITIAL_ROOM, dim)
+        self.buffer = tensor.new_empty(rows, heads, length + (INITIAL_ROOM if room is None else room), dim)
         self.buffer[:, :, :length] = tensor
         self.length = length
 
@@ -71,11 +72,13 @@ def append_positions(past: torch.Tensor | KVBuffer, new: torch.Tensor) -> torch.
     return torch.cat([past, new], dim=2)
 
 
-def appendable(cache):
+def appendable(cache, room: int | None = None):
     """A model's returned ``past_key_values`` (per layer: self_k, self_v, cross_k, cross_v) with the self-attention
-    keys and values moved into ``KVBuffer``s; entries already in buffers stay as they are."""
+    keys and values moved into ``KVBuffer``s with room for ``room`` more positions (the tokens still to generate:
+    then the buffers never grow, and a long decode holds no doubled buffers); entries already in buffers stay."""
     return tuple(
-        (k if isinstance(k, KVBuffer) else KVBuffer(k), v if isinstance(v, KVBuffer) else KVBuffer(v), *cross)
+        (k if isinstance(k, KVBuffer) else KVBuffer(k, room), v if isinstance(v, KVBuffer) else KVBuffer(v, room),
+         *cross)
         for k, v, *cross in cache
     )
 

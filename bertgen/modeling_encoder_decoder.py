@@ -225,8 +225,8 @@ class EncoderDecoderModel(PreTrainedModel):
 
     # -- the seq2seq interface (bertgen.generation.Seq2SeqModel) ----------------------------------------------------
     def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      use_cache: bool = True) -> generation.EncoderDecoderStep:
-        return generation.EncoderDecoderStep(self, input_ids, attention_mask, use_cache=use_cache)
+                      use_cache: bool = True, max_new_tokens: int | None = None) -> generation.EncoderDecoderStep:
+        return generation.EncoderDecoderStep(self, input_ids, attention_mask, use_cache, max_new_tokens)
 
     def decoding_start_id(self) -> int:
         start = self.config.decoder_start_token_id

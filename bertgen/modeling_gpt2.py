@@ -443,8 +443,8 @@ class GPT2PrefixLM(GPT2LMHeadModel):
 
     # -- the seq2seq interface (bertgen.generation.Seq2SeqModel) ----------------------------------------------------
     def decoding_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      use_cache: bool = True) -> PrefixLMStep:
-        return PrefixLMStep(self, input_ids, attention_mask, use_cache=use_cache)
+                      use_cache: bool = True, max_new_tokens: int | None = None) -> PrefixLMStep:
+        return PrefixLMStep(self, input_ids, attention_mask, use_cache, max_new_tokens)
 
     def decoding_start_id(self) -> int:
         return self.separator_id
@@ -476,10 +476,11 @@ class PrefixLMStep:
     count of real prefix tokens follow the rows through beam reordering (``rows``)."""
 
     def __init__(self, model: GPT2PrefixLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, max_new_tokens: int | None = None):
         self.body = model.transformer
         self.model = model
         self.use_cache = use_cache
+        self.max_new_tokens = max_new_tokens
         self.source = input_ids
         self.source_mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).long()
         self.cache = None
@@ -498,7 +499,8 @@ class PrefixLMStep:
         body = self.body(input_ids=tokens, attention_mask=mask, position_ids=positions,
                          past_key_values=self.cache, use_cache=self.use_cache)
         if self.use_cache and self.cache is None:
-            self.cache = kv_cache.appendable(body.past_key_values)  # later calls append to these in place
+            # Later calls append to these in place.
+            self.cache = kv_cache.appendable(body.past_key_values, self.max_new_tokens)
         weight, bias = self.model.output_projection()
         return vocab_projection.log_probs(body.last_hidden_state[:, -1], weight, bias)
 

@@ -51,3 +51,11 @@ def test_fewer_rows_when_sources_leave():
 def test_plain_tensors_still_concatenate():
     past, new = _positions(2, 3, 6), _positions(2, 1, 7)
     assert torch.equal(kv_cache.append_positions(past, new), torch.cat([past, new], dim=2))
+
+
+def test_known_room_never_grows():
+    buffer = KVBuffer(_positions(3, 1, 8), room=5)
+    start = buffer.buffer
+    for step in range(5):
+        buffer.append(_positions(3, 1, 9 + step))
+    assert buffer.buffer is start and buffer.size(2) == 6
