@@ -45,7 +45,6 @@ from .checkpoint import (
 from .configuration import GPT2Config
 from .families import gpt2_state_to_hf
 from . import generation, kv_cache, vocab_projection
-from .kv_cache import append_positions
 from .dropout import Dropout
 from .linear import Linear
 from .modeling_bert_generation import _expand_head_mask
@@ -90,8 +89,8 @@ class GPT2Attention(nn.Module):
             query, key, value = (split_heads(t, self.num_heads)
                                  for t in self.c_attn(hidden_states).split(self.width, dim=2))
             if past is not None:
-                key = append_positions(past[0], key)
-                value = append_positions(past[1], value)
+                key = kv_cache.append_positions(past[0], key)
+                value = kv_cache.append_positions(past[1], value)
         out, weights = attention(
             query, key, value, mask, is_causal, self.dropout_p if self.training else 0.0,
             need_weights=output_attentions, head_mask=head_mask, scale=self.scale,
