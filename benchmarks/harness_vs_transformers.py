@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/harness_vs_transformers.py GRID --only PATTERN [--set key=value ...]
                                                            [--updates 20] [--decode-examples 48]
+                                                           [--weights CELL/checkpoints/last/model.safetensors]
 
 The cell is the one grid cell ``--only`` selects (the launcher's grid loading and selection), e.g. the main job's
 real-data cell: ``grids/mini_wikisplit.yaml --only wikisplit/bert2bert/seed1/xattn=self_attention`` (MiniLM on
@@ -12,7 +13,10 @@ on the same micro-batches with the same optimizer, schedule, autocast and clippi
 with the harness so that load on a shared machine hits both alike. Then both libraries decode the first
 ``--decode-examples`` test pairs with the harness's trained weights (beam search with the cell's beams and length
 penalty in transformers' form, so the tokens can be compared; batches of the cell's decode batch size, longest
-first), and the outputs are checked for equality. Prints the machine, one markdown table of updates/s and decoded
+first), and the outputs are checked for equality through each row's first EOS. A few updates leave a model whose
+best output is often EOS alone, so ``--weights`` decodes a trained cell's weights instead (``--updates 0`` skips the
+training comparison): e.g. ``outputs/cells/wikisplit/bert2bert/<id>/checkpoints/last/model.safetensors`` after
+``make study``. Prints the machine, one markdown table of updates/s and decoded
 pairs/s with their ratios, and what the cell recorded if it has run (its ``metrics.json``: train seconds per
 update, including its dev evaluations and checkpoints, and its test decode seconds), which is the harness's whole
 cost per cell.
@@ -129,12 +133,17 @@ def main(argv=None) -> int:
     p.add_argument("--only", required=True, help="the one cell to measure (the launcher's --only pattern)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grid or cell field, as the launcher's --set")
-    p.add_argument("--updates", type=int, default=20, help="updates timed on each side, after 2 warm-up updates")
+    p.add_argument("--updates", type=int, default=20,
+                   help="updates timed on each side, after 2 warm-up updates (0: no training, decoding only)")
     p.add_argument("--decode-examples", type=int, default=48, help="test pairs beam-decoded by each side")
+    p.add_argument("--weights", type=Path,
+                   help="decode with these weights (a cell checkpoint's model.safetensors) instead of the trained ones")
     p.add_argument("--decode-bf16", action="store_true",
                    help="decode under the cell's bf16 setting (default fp32, where the tokens must be identical)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.weights and not args.weights.is_file():
+        raise SystemExit(f"--weights {args.weights}: no such file; expected a cell checkpoint's model.safetensors")
     if args.threads:
         torch.set_num_threads(args.threads)
     _, cells = load_selection(args.grid, args.sets, args.only)
@@ -153,7 +162,7 @@ def main(argv=None) -> int:
         trainer.model.train()
         times: dict[str, list[float]] = {"bertgen": [], "transformers": []}
         batches = iter(trainer.loader)
-        for update in range(args.updates + 2):
+        for update in range(args.updates + 2 if args.updates else 0):
             micro_batches = next(batches)
             order = ("bertgen", "transformers") if update % 2 == 0 else ("transformers", "bertgen")
             for name in order:
@@ -166,7 +175,12 @@ def main(argv=None) -> int:
                                 cell.train.max_grad_norm)
                 if update >= 2:
                     times[name].append(time.perf_counter() - start)
-        # Decoding compares the libraries on identical weights: the harness's trained ones, loaded into transformers.
+        # Decoding compares the libraries on identical weights: the harness's trained ones (or --weights), loaded
+        # into transformers.
+        if args.weights:
+            from safetensors.torch import load_model
+
+            load_model(trainer.model, str(args.weights))
         with tempfile.TemporaryDirectory() as trained:
             decoded = decode_both(trainer.model, transformers_twin(trainer.model, trained), trainer,
                                   args.decode_examples, args.decode_bf16 and trainer.bf16)
@@ -176,9 +190,10 @@ def main(argv=None) -> int:
           f"{decoded['examples']} test pairs on each side")
     print("| measure | transformers | bertgen (the harness) | ratio |")
     print("|---|---:|---:|---:|")
-    ups = {name: 1.0 / statistics.median(t) for name, t in times.items()}
-    print(f"| updates/s (median update, same batches) | {ups['transformers']:.2f} | {ups['bertgen']:.2f} | "
-          f"{ups['bertgen'] / ups['transformers']:.2f}x |")
+    if args.updates:
+        ups = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+        print(f"| updates/s (median update, same batches) | {ups['transformers']:.2f} | {ups['bertgen']:.2f} | "
+              f"{ups['bertgen'] / ups['transformers']:.2f}x |")
     pairs = {name: decoded["examples"] / s for name, s in decoded["seconds"].items()}
     print(f"| test pairs decoded/s ({'bf16' if args.decode_bf16 and trainer.bf16 else 'fp32'}) | "
           f"{pairs['transformers']:.2f} | {pairs['bertgen']:.2f} | {pairs['bertgen'] / pairs['transformers']:.2f}x |")
