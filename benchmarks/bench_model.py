@@ -154,19 +154,26 @@ def measure_train(directory: str, bf16: bool, rounds: int, steps: int, threads: 
     }
 
 
-def measure_generate(directory: str, batches: int, max_new_tokens: int, device: str = "cpu") -> dict:
-    """Beam-4 generation of exactly ``max_new_tokens`` tokens (min = max) on both models; checks identical outputs."""
+def beam_generate_fn(model, which: str, max_new_tokens: int):
+    """(input_ids, attention_mask) -> beam-4 output of exactly ``max_new_tokens`` tokens (min = max), in the
+    library's own API; the same search settings on both sides."""
     import bertgen.generation as G
 
-    hf, ours = load("transformers", directory).to(device), load("ours", directory).to(device)
-    hf.eval(), ours.eval()
-    inputs = [tuple(t.to(device) for t in make_batch(100 + i)[:2]) for i in range(batches)]
     kwargs = dict(num_beams=4, length_penalty=1.0, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                   early_stopping=True)
-    generate = {
-        "transformers": lambda ids, mask: hf.generate(input_ids=ids, attention_mask=mask, **kwargs),
-        "ours": lambda ids, mask: G.generate(ours, ids, mask, length_penalty_style="hf", **kwargs),
-    }
+    if which == "transformers":
+        return lambda ids, mask: model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return lambda ids, mask: G.generate(model, ids, mask, length_penalty_style="hf", **kwargs)
+
+
+def measure_generate(directory: str, batches: int, max_new_tokens: int, device: str = "cpu") -> dict:
+    """Beam-4 generation of exactly ``max_new_tokens`` tokens (min = max) on both models; checks identical outputs."""
+    inputs = [tuple(t.to(device) for t in make_batch(100 + i)[:2]) for i in range(batches)]
+    generate = {}
+    for which in LIBRARIES:
+        model = load(which, directory).to(device)
+        model.eval()
+        generate[which] = beam_generate_fn(model, which, max_new_tokens)
     seconds = {which: 0.0 for which in LIBRARIES}
     results: dict[str, list[torch.Tensor]] = {which: [] for which in LIBRARIES}
     with torch.inference_mode():

@@ -1,6 +1,8 @@
-"""Where a training step's time goes, by kind of operation, for bertgen and transformers on identical weights.
+"""Where a training step's (or a beam search's) time goes, by kind of operation, for bertgen and transformers on
+identical weights.
 
-    .venv/bin/python benchmarks/profile_step.py [--bf16] [--steps 2] [--threads N] [--library ours|transformers|both]
+    .venv/bin/python benchmarks/profile_step.py [--bf16 | --beam] [--steps 2] [--threads N]
+                                                [--library ours|transformers|both]
 
 The model, batch and optimizer are ``bench_model.py``'s (MiniLM-size encoder-decoder, batch 16 × (64 + 64), fused
 Adam). Each library runs in its own fresh process: two warm-up steps, then ``--steps`` steps under
@@ -8,6 +10,9 @@ Adam). Each library runs in its own fresh process: two warm-up steps, then ``--s
 casts and copies, zero fills, dropout masks, ...) by the table ``KINDS`` below, so the kinds add up to the profiled
 step. Prints one markdown table: milliseconds per step per kind, for each library. The profiler adds overhead to
 every op (a few µs), so its total is a little above the plain step time, printed beside it.
+
+``--beam`` profiles ``bench_model.py``'s beam search instead (fp32, beam 4, exactly 48 new tokens, batches of 16
+sources; one warm-up batch, then ``--steps`` batches), by the table ``BEAM_KINDS``, ms per batch.
 """
 
 from __future__ import annotations
@@ -50,21 +55,43 @@ KINDS = (
                                           "aten::neg", "aten::tanh", "aten::pow", "aten::cumsum")),
 )
 
+# Beam search: the cache reorder and the search's own bookkeeping (transformers gathers every cache row, then
+# concatenates the step's keys; bertgen copies the moved rows into its buffers) are one kind.
+BEAM_KINDS = (
+    ("matrix products", dict(KINDS)["matrix products"]),
+    ("attention (SDPA)", ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::baddbmm")),
+    ("cache reorder and search bookkeeping", ("aten::index_select", "aten::index_copy_", "aten::cat", "aten::where",
+                                             "aten::gather", "aten::isin", "aten::nonzero", "aten::index")),
+    ("casts and copies", dict(KINDS)["casts and copies"]),
+    ("top-k", ("aten::topk", "aten::sort")),
+    ("log-softmax", ("aten::_log_softmax",)),
+    ("LayerNorm and GELU", ("aten::native_layer_norm", "aten::gelu")),
+    ("other elementwise and reductions", dict(KINDS)["other elementwise and reductions"]),
+)
 
-def kind_of(name: str) -> str:
-    for kind, names in KINDS:
+
+def kind_of(name: str, kinds=KINDS) -> str:
+    for kind, names in kinds:
         if name in names:
             return kind
     return "other (views, allocation, autograd bookkeeping)"
 
 
-def profile_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
+def profile_child(which: str, directory: str, bf16: bool, steps: int, beam: bool = False) -> dict:
     """In a fresh process: warm up, time ``steps`` plain steps, then profile ``steps`` steps; ms per step per kind."""
     from torch.profiler import ProfilerActivity, profile
 
     model = bench.load(which, directory)
-    step = bench.train_step_fn(model, which, bf16)
-    for i in range(2):
+    if beam:
+        model.eval()
+        generate = bench.beam_generate_fn(model, which, max_new_tokens=48)
+
+        def step(ids, mask, *_):
+            with torch.inference_mode():
+                generate(ids, mask)
+    else:
+        step = bench.train_step_fn(model, which, bf16)
+    for i in range(1 if beam else 2):
         step(*bench.make_batch(i))
     plain = []
     for i in range(steps):
@@ -76,7 +103,7 @@ def profile_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
             step(*bench.make_batch(20 + i))
     kinds: dict[str, float] = {}
     for event in prof.key_averages():
-        kind = kind_of(event.key)
+        kind = kind_of(event.key, BEAM_KINDS if beam else KINDS)
         kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / steps
     return {"kinds": kinds, "plain_ms": 1e3 * min(plain)}
 
@@ -84,16 +111,19 @@ def profile_child(which: str, directory: str, bf16: bool, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bf16", action="store_true", help="profile the bf16 autocast step (default: fp32)")
+    p.add_argument("--beam", action="store_true", help="profile beam-4 generation (fp32, 48 tokens) instead")
     p.add_argument("--steps", type=int, default=2, help="profiled steps per library (after two warm-up steps)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--library", choices=("ours", "transformers", "both"), default="both")
     p.add_argument("--child", choices=bench.LIBRARIES, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.bf16 and args.beam:
+        p.error("--beam profiles fp32 decoding (where the tokens must match transformers'); drop --bf16")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(profile_child(args.child, args.checkpoint, args.bf16, args.steps)))
+        print(json.dumps(profile_child(args.child, args.checkpoint, args.bf16, args.steps, args.beam)))
         return
     from experiments.system.machine import describe
 
@@ -103,13 +133,17 @@ def main() -> None:
         bench.save_reference_checkpoint(directory)
         for which in libraries:
             cmd = [sys.executable, __file__, "--child", which, "--checkpoint", directory, "--steps", str(args.steps),
-                   "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else [])
+                   "--threads", str(args.threads)] + ["--bf16"] * args.bf16 + ["--beam"] * args.beam
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
             results[which] = json.loads(out.strip().splitlines()[-1])
     print(describe("cpu"))
-    print(f"{'bf16 autocast' if args.bf16 else 'fp32'} training step, batch {bench.BATCH} x "
-          f"({bench.SRC_LEN}+{bench.TGT_LEN}), ms per step (profiler self time by kind of op)")
-    kinds = [kind for kind, _ in KINDS] + [kind_of("")]
+    if args.beam:
+        print(f"beam-4 generation, fp32, 48 new tokens, {bench.BATCH} sources of {bench.SRC_LEN} tokens, ms per "
+              "batch (profiler self time by kind of op)")
+    else:
+        print(f"{'bf16 autocast' if args.bf16 else 'fp32'} training step, batch {bench.BATCH} x "
+              f"({bench.SRC_LEN}+{bench.TGT_LEN}), ms per step (profiler self time by kind of op)")
+    kinds = [kind for kind, _ in (BEAM_KINDS if args.beam else KINDS)] + [kind_of("")]
     print("| kind of op | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
     for kind in sorted(kinds, key=lambda k: -max(r["kinds"].get(k, 0.0) for r in results.values())):
