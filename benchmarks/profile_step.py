@@ -59,7 +59,7 @@ KINDS = (
 # concatenates the step's keys; bertgen copies the moved rows into its buffers) are one kind.
 BEAM_KINDS = (
     ("matrix products", dict(KINDS)["matrix products"]),
-    ("attention (SDPA)", ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::baddbmm")),
+    ("attention (SDPA)", ("aten::_scaled_dot_product_flash_attention_for_cpu",)),
     ("cache reorder and search bookkeeping", ("aten::index_select", "aten::index_copy_", "aten::cat", "aten::where",
                                              "aten::gather", "aten::isin", "aten::nonzero", "aten::index")),
     ("casts and copies", dict(KINDS)["casts and copies"]),
