@@ -13,6 +13,10 @@ every op (a few µs), so its total is a little above the plain step time, printe
 
 ``--beam`` profiles ``bench_model.py``'s beam search instead (fp32, beam 4, exactly 48 new tokens, batches of 16
 sources; one warm-up batch, then ``--steps`` batches), by the table ``BEAM_KINDS``, ms per batch.
+
+Below the table, the ceiling the profile allows: the kinds bertgen computes with transformers' own kernels
+(``SHARED_KINDS``) at their profiled time and everything else free, and how much time everything else may take at
+issue 23's target ratio.
 """
 
 from __future__ import annotations
@@ -68,6 +72,27 @@ BEAM_KINDS = (
     ("LayerNorm and GELU", ("aten::native_layer_norm", "aten::gelu")),
     ("other elementwise and reductions", dict(KINDS)["other elementwise and reductions"]),
 )
+
+
+# Kinds bertgen computes with the same kernels as transformers, on the same (or smaller) shapes: the products (MKL or
+# oneDNN on both sides, whichever bertgen.linear measured faster), SDPA, beam search's top-k and the fused Adam. The
+# tokens and the fp32 parity rest on computing them exactly as transformers does, so they bound the ratio bertgen
+# can reach: were everything else free, its step would take these kinds' time and no less.
+SHARED_KINDS = ("matrix products", "attention (SDPA)", "top-k", "optimizer (fused Adam, zero_grad)")
+# Issue 23's targets (ratio to transformers): fp32 training, bf16 autocast training, beam-4 search.
+TARGETS = {"fp32": 1.5, "bf16": 2.0, "beam": 2.0}
+
+
+def ratio_bound(reference_ms: float, ours: dict[str, float], target: float) -> dict[str, float]:
+    """What a profile allows: ``ceiling``, the ratio bertgen would reach if everything besides ``SHARED_KINDS``
+    took no time; ``budget_ms``, the time everything else may take at ``target`` (negative: unreachable with these
+    kernels); ``rest_ms``, the time it takes now. ``reference_ms`` is transformers' profiled step."""
+    shared = sum(ms for kind, ms in ours.items() if kind in SHARED_KINDS)
+    if shared <= 0 or reference_ms <= 0 or target <= 0:
+        raise ValueError(f"ratio_bound: expected positive times and target, got shared {shared} ms, reference "
+                         f"{reference_ms} ms, target {target}")
+    return {"ceiling": reference_ms / shared, "budget_ms": reference_ms / target - shared,
+            "rest_ms": sum(ours.values()) - shared}
 
 
 def kind_of(name: str, kinds=KINDS) -> str:
@@ -152,6 +177,15 @@ def main() -> None:
           + " |")
     print("| plain step (no profiler, fastest) | " + " | ".join(f"{r['plain_ms']:,.1f}" for r in results.values())
           + " |")
+    if set(results) == set(bench.LIBRARIES):
+        mode = "beam" if args.beam else "bf16" if args.bf16 else "fp32"
+        bound = ratio_bound(sum(results["transformers"]["kinds"].values()), results["ours"]["kinds"], TARGETS[mode])
+        shared = ", ".join(kind for kind in SHARED_KINDS if kind in results["ours"]["kinds"])
+        verdict = (f"everything else may take {bound['budget_ms']:,.0f} ms" if bound["budget_ms"] > 0
+                   else "out of reach even if everything else took no time")
+        print(f"\nCeiling: with its {shared} as profiled and everything else free, bertgen would run "
+              f"{bound['ceiling']:.2f}x transformers' profiled step. At issue 23's {TARGETS[mode]:g}x target "
+              f"{verdict}; it takes {bound['rest_ms']:,.0f} ms now.")
 
 
 if __name__ == "__main__":
